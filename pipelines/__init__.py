@@ -1,0 +1,1 @@
+"""Ablation and experiment orchestration for efficient Mask2Former encoders."""

@@ -1,0 +1,111 @@
+"""Loading mmengine configs from the CLI, with every user mistake turned into one line."""
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+from typing import Any, Iterable
+
+from pipelines.errors import UserError
+
+DATALOADERS = ("train_dataloader", "val_dataloader", "test_dataloader")
+
+
+def parse_cfg_options(pairs: Iterable[str] | None) -> dict[str, Any]:
+    """``['a.b=1', 'c=[1,2]']`` -> ``{'a.b': 1, 'c': [1, 2]}`` using mmengine's own parser."""
+    from mmengine.config import DictAction
+
+    out: dict[str, Any] = {}
+    for pair in pairs or ():
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise UserError(f"--cfg-options expects KEY=VALUE, got {pair!r}")
+        out[key] = DictAction._parse_iterable(value)
+    return out
+
+
+def _check_key(cfg, key: str) -> None:
+    node: Any = cfg.to_dict() if hasattr(cfg, "to_dict") else cfg
+    walked = []
+    for part in key.split("."):
+        if isinstance(node, dict):
+            if part not in node:
+                where = ".".join(walked) or "the top level"
+                raise UserError(f"unknown --cfg-options key {key!r}: no {part!r} under {where}")
+            node = node[part]
+        elif isinstance(node, (list, tuple)) and part.lstrip("-").isdigit():
+            if not -len(node) <= int(part) < len(node):
+                raise UserError(f"unknown --cfg-options key {key!r}: index {part} out of range")
+            node = node[int(part)]
+        else:
+            raise UserError(f"unknown --cfg-options key {key!r}: {'.'.join(walked)} is not a dict")
+        walked.append(part)
+
+
+def load_config(path: str | os.PathLike, cfg_options: Iterable[str] | None = None,
+                data_root: str | None = None):
+    """Read an mmengine config and apply ``--cfg-options`` (each key must already exist)."""
+    from mmengine.config import Config
+
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"config file not found: {path}")
+    try:
+        cfg = Config.fromfile(str(path))
+    except (SyntaxError, ImportError, KeyError, FileNotFoundError, ValueError) as err:
+        raise UserError(f"cannot read config {path}: {type(err).__name__}: {err}") from None
+    options = parse_cfg_options(cfg_options)
+    for key in options:
+        _check_key(cfg, key)
+    cfg.merge_from_dict(options)
+    if data_root is not None:
+        set_data_root(cfg, data_root)
+    return cfg
+
+
+def set_data_root(cfg, data_root: str) -> None:
+    for name in DATALOADERS:
+        loader = cfg.get(name)
+        if loader and "dataset" in loader:
+            loader.dataset.data_root = str(data_root)
+
+
+def check_dataset(cfg, loaders: Iterable[str]) -> None:
+    """Fail early, in one line, when a dataloader's image or label folder is missing or empty."""
+    for name in loaders:
+        loader = cfg.get(name)
+        if not loader:
+            continue
+        ds = loader.dataset
+        root = Path(ds.get("data_root", "") or "")
+        for kind, rel in dict(ds.get("data_prefix", {})).items():
+            folder = root / rel
+            if not folder.is_dir():
+                raise UserError(f"dataset folder missing: {folder} ({name}.dataset.data_prefix."
+                                f"{kind}); generate one with `python -m pipelines data synthetic "
+                                f"--out {root}` or pass --data-root")
+            if not any(folder.iterdir()):
+                raise UserError(f"dataset folder is empty: {folder} ({name})")
+
+
+def ensure_writable_dir(path: str | os.PathLike, what: str = "work dir") -> Path:
+    path = Path(path)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=path, prefix=".write-test-"):
+            pass
+    except OSError as err:
+        raise UserError(f"{what} {path} is not writable: {err.strerror}") from None
+    return path
+
+
+def write_json_atomic(path: str | os.PathLike, data: Any) -> Path:
+    """Write JSON next to ``path`` then rename, so a reader never sees half a file."""
+    import json
+
+    path = Path(path)
+    ensure_writable_dir(path.parent, "output folder")
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
+    tmp.replace(path)
+    return path

@@ -1,0 +1,1 @@
+"""Datasets: the synthetic multi-scale set (generator and MMSeg dataset class)."""

@@ -1,0 +1,1 @@
+"""MMSeg / MMDet plug-ins for the efficient-encoder methods, one file per method."""
