@@ -1,0 +1,214 @@
+"""MLflow runs of one ablation (or Optuna search) -> one tidy pandas table, one row per run.
+
+The naming contract is the ingestion's (``pipelines/tracking.py``):
+
+* experiment name = ablation name; one parent run (tag ``pipelines.role=parent``) named after it;
+* one child run per grid run, named by its run id, tags ``pipelines.role=run``,
+  ``pipelines.run_id=<id>``, ``pipelines.ablation=<name>``, ``mlflow.parentRunId``;
+* Optuna trials are tagged ``pipelines.role=trial`` and carry a ``trial_number`` metric;
+* params :data:`PARAMS`, metrics :data:`METRICS` plus ``iou.<class>``; ECO-M2F runs may log an
+  artifact ``exit_histogram.json`` (``{"exit_layer": count}``).
+
+The table has the same columns and dtypes whether it comes from MLflow (:func:`load_runs`) or from
+a CSV written by :func:`write_runs_csv` (:func:`read_runs_csv`), so every figure can be redrawn
+from a recorded table without a tracking server.
+"""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pandas as pd
+
+from pipelines.errors import UserError
+
+ROLE_TAG = "pipelines.role"
+RUN_ID_TAG = "pipelines.run_id"
+ABLATION_TAG = "pipelines.ablation"
+EXIT_HISTOGRAM_ARTIFACT = "exit_histogram.json"
+
+#: roles whose runs are data points (the parent run only groups them)
+POINT_ROLES = ("run", "trial")
+
+#: param name -> dtype of its column
+PARAMS = {
+    "variant": "string", "schedule": "string", "trc": "boolean", "lpe": "boolean",
+    "cluster_fraction": "Float64", "beta": "Float64", "seed": "Int64", "config": "string",
+    "max_iters": "Int64",
+}
+#: metrics every figure may use (always present as columns, NaN when a run lacks them)
+METRICS = (
+    "miou", "aacc", "macc", "gflops_backbone", "gflops_encoder", "gflops_pixel_decoder",
+    "gflops_transformer_decoder", "gflops_total", "latency_ms", "latency_ms_pixel_decoder",
+    "train_time_s", "mean_exit_layers", "trial_number",
+)
+#: identity columns, first in the table
+ID_COLUMNS = ("run_id", "mlflow_run_id", "experiment_id", "experiment", "role", "ablation",
+              "status")
+ID_DTYPES = {c: "string" for c in ID_COLUMNS}
+
+
+def _as_bool(value):
+    if value is None or (isinstance(value, float) and value != value) or value is pd.NA:
+        return pd.NA
+    text = str(value).strip().lower()
+    if text in ("true", "1", "yes"):
+        return True
+    if text in ("false", "0", "no"):
+        return False
+    return pd.NA
+
+
+def tidy_runs(df: pd.DataFrame) -> pd.DataFrame:
+    """Fixed column order and dtypes, rows sorted by (role, variant, run id).
+
+    Columns: :data:`ID_COLUMNS`, :data:`PARAMS`, :data:`METRICS`, any other ``gflops_*`` /
+    ``latency_*`` metric (e.g. per-stage encoder GFLOPs), ``iou.<class>`` sorted by class, then
+    ``exit_histogram`` (JSON text with sorted integer keys, empty when absent).
+    """
+    df = df.copy()
+    for col in (*ID_COLUMNS, *PARAMS, *METRICS, "exit_histogram"):
+        if col not in df.columns:
+            df[col] = pd.NA
+    for col in ID_COLUMNS:
+        df[col] = df[col].astype("string")
+    for col, dtype in PARAMS.items():
+        if dtype == "boolean":
+            df[col] = df[col].map(_as_bool).astype("boolean")
+        elif dtype == "string":
+            df[col] = df[col].astype("string").fillna("")
+        else:
+            df[col] = pd.to_numeric(df[col], errors="coerce").astype(dtype)
+    df["exit_histogram"] = df["exit_histogram"].map(_normalise_histogram).astype("string")
+    known = {*ID_COLUMNS, *PARAMS, *METRICS, "exit_histogram"}
+    extra = sorted(c for c in df.columns if c not in known and not c.startswith("iou."))
+    iou = sorted(c for c in df.columns if c.startswith("iou."))
+    for col in (*METRICS, *extra, *iou):
+        df[col] = pd.to_numeric(df[col], errors="coerce").astype("float64")
+    df = df[[*ID_COLUMNS, *PARAMS, *METRICS, *extra, *iou, "exit_histogram"]]
+    df = df.sort_values(["role", "variant", "run_id", "mlflow_run_id"], kind="stable",
+                        na_position="last")
+    return df.reset_index(drop=True)
+
+
+def _normalise_histogram(value) -> str:
+    if value is None or value is pd.NA or (isinstance(value, float) and value != value):
+        return ""
+    if isinstance(value, str):
+        if not value.strip():
+            return ""
+        value = json.loads(value)
+    hist = {int(k): int(v) for k, v in dict(value).items()}
+    return json.dumps({str(k): hist[k] for k in sorted(hist)})
+
+
+def exit_histogram(row) -> dict[int, int]:
+    """A row's exit histogram as ``{exit_layer: count}`` (empty when the run has none)."""
+    text = row["exit_histogram"]
+    if text is None or text is pd.NA or not str(text):
+        return {}
+    return {int(k): int(v) for k, v in json.loads(text).items()}
+
+
+def _read_histogram(client, run_id: str):
+    names = {a.path for a in client.list_artifacts(run_id)}
+    if EXIT_HISTOGRAM_ARTIFACT not in names:
+        return None
+    quiet = {"MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false"}
+    saved = {k: os.environ.get(k) for k in quiet}
+    os.environ.update(quiet)
+    try:
+        local = client.download_artifacts(run_id, EXIT_HISTOGRAM_ARTIFACT)
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+    return json.loads(Path(local).read_text())
+
+
+def load_runs(tracking_uri: str, experiment: str, roles=POINT_ROLES) -> pd.DataFrame:
+    """All data-point runs of one experiment (ablation or search) as a tidy table.
+
+    Args:
+        tracking_uri: MLflow tracking URI (``sqlite:///mlflow.db``, ``http://host:5000``, a
+            ``file:`` store, ``postgresql://...``).
+        experiment: experiment name, i.e. the ablation (or search) name.
+        roles: values of the ``pipelines.role`` tag to keep (the parent run is left out).
+
+    Returns:
+        One row per run; see :func:`tidy_runs` for the columns.
+
+    Raises:
+        UserError: the store cannot be reached or has no such experiment.
+    """
+    from mlflow.exceptions import MlflowException
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri=tracking_uri)
+    try:
+        exp = client.get_experiment_by_name(experiment)
+    except MlflowException as err:
+        raise UserError(f"cannot read MLflow store {tracking_uri}: {err.message}") from None
+    if exp is None:
+        names = sorted(e.name for e in client.search_experiments())
+        raise UserError(f"no MLflow experiment {experiment!r} at {tracking_uri} "
+                        f"(experiments: {', '.join(names) or 'none'})")
+    rows, token = [], None
+    while True:
+        page = client.search_runs([exp.experiment_id], max_results=1000, page_token=token,
+                                  order_by=["attributes.run_name ASC"])
+        for run in page:
+            tags = run.data.tags
+            role = tags.get(ROLE_TAG, "")
+            if role not in roles:
+                continue
+            row = {
+                "run_id": tags.get(RUN_ID_TAG) or run.info.run_name,
+                "mlflow_run_id": run.info.run_id,
+                "experiment_id": exp.experiment_id,
+                "experiment": exp.name,
+                "role": role,
+                "ablation": tags.get(ABLATION_TAG, exp.name),
+                "status": run.info.status,
+            }
+            row.update({k: v for k, v in run.data.params.items() if k in PARAMS})
+            row.update(run.data.metrics)
+            if run.data.params.get("variant") == "eco_m2f" or "mean_exit_layers" in row:
+                row["exit_histogram"] = _read_histogram(client, run.info.run_id)
+            rows.append(row)
+        token = page.token
+        if not token:
+            break
+    return tidy_runs(pd.DataFrame(rows))
+
+
+def write_runs_csv(df: pd.DataFrame, path: str | os.PathLike) -> Path:
+    """The tidy table as CSV (stable float format, so the same runs give the same bytes)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tidy_runs(df).to_csv(path, index=False, float_format="%.10g", lineterminator="\n")
+    return path
+
+
+def read_runs_csv(path: str | os.PathLike) -> pd.DataFrame:
+    """A table written by :func:`write_runs_csv` (or recorded by hand with the same columns)."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"runs table not found: {path}")
+    df = pd.read_csv(path, dtype={c: "string" for c in (*ID_COLUMNS, "variant", "schedule",
+                                                        "config", "exit_histogram")},
+                     keep_default_na=True)
+    return tidy_runs(df)
+
+
+def read_source(tracking_uri: str | None = None, experiment: str | None = None,
+                runs_csv: str | os.PathLike | None = None) -> pd.DataFrame:
+    """Either a recorded CSV (``runs_csv``) or the MLflow store (``tracking_uri`` + ``experiment``)."""
+    if runs_csv:
+        return read_runs_csv(runs_csv)
+    if not tracking_uri or not experiment:
+        raise UserError("give --tracking-uri and --experiment, or --runs-csv")
+    return load_runs(tracking_uri, experiment)
