@@ -15,6 +15,9 @@ def add_parser(sub) -> None:
     p.add_argument("--cfg-options", nargs="+", metavar="KEY=VALUE", default=[],
                    help="override config keys, e.g. train_cfg.max_iters=100 (keys must exist)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--done-file", metavar="JSON", help="after training finishes, write a small "
+                   "JSON here (iterations, last checkpoint, training time): the workflow's "
+                   "output, so checkpoints never need to be declared")
     p.set_defaults(func=run)
 
 
@@ -49,6 +52,42 @@ def train(cfg):
 def run(args: argparse.Namespace) -> int:
     import pipelines.registry  # noqa: F401  (before the config: it imports mmseg/mmdet)
 
+    import time
+    from pathlib import Path
+
     cfg = build_train_config(args)
-    train(cfg)
+    start = time.perf_counter()
+    runner = train(cfg)
+    elapsed = time.perf_counter() - start
+    if args.done_file:
+        from pipelines.config import write_json_atomic
+
+        work_dir = Path(cfg.work_dir)
+        last = work_dir / "last_checkpoint"
+        checkpoint = last.read_text().strip() if last.is_file() else ""
+        write_json_atomic(args.done_file, {
+            "config": str(args.config), "work_dir": str(work_dir), "checkpoint": checkpoint,
+            "iters": int(runner.iter), "max_iters": int(runner.max_iters),
+            "train_time_s": _total_train_time(work_dir, elapsed),
+            "cfg_options": list(args.cfg_options)})
     return 0
+
+
+def _total_train_time(work_dir, elapsed: float) -> float:
+    """Seconds spent training in ``work_dir`` over every (resumed) invocation.
+
+    Each invocation that finishes adds its wall time to ``train_time.json`` in the work dir.
+    An invocation that was killed adds nothing, so a resumed run reports the time of the
+    finishing invocation (plus earlier finished ones, when ``max_iters`` was raised later).
+    """
+    import json
+    from pathlib import Path
+
+    path = Path(work_dir) / "train_time.json"
+    try:
+        before = float(json.loads(path.read_text()).get("train_time_s", 0.0))
+    except (OSError, ValueError, AttributeError):
+        before = 0.0
+    total = before + elapsed
+    path.write_text(json.dumps({"train_time_s": total}) + "\n")
+    return round(total, 3)

@@ -1,0 +1,28 @@
+# The ablation DAG: dataset -> train -> evaluate, flops, benchmark -> ingest (MLflow) -> report.
+#
+#   snakemake --cores 2                                   (demo grid, local, CPU)
+#   snakemake --cores 2 --configfile configs/ablations/ade20k.yaml --config data='{root: /data/ade}'
+#   snakemake --profile slurm --configfile configs/ablations/ade20k.yaml     (see workflow/README.md)
+#
+# Everything worth testing lives in pipelines/ (grid expansion: pipelines/grid.py); the rules
+# only call `python -m pipelines <stage>`.
+from snakemake.utils import min_version
+
+min_version("9.0")
+
+
+configfile: "configs/ablations/demo.yaml"
+
+
+include: "workflow/rules/common.smk"
+include: "workflow/rules/data.smk"
+include: "workflow/rules/train.smk"
+include: "workflow/rules/cost.smk"
+include: "workflow/rules/eco_m2f.smk"
+include: "workflow/rules/report.smk"
+
+
+rule all:
+    input:
+        get_final_outputs(),
+    default_target: True

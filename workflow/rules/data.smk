@@ -1,0 +1,21 @@
+# The dataset: the synthetic set is written by the workflow; a real one (ADE20K, Cityscapes)
+# is given by the user in `data.root` and only checked by the stages that read it.
+if config["data"]["synthetic"] is not None:
+
+    rule generate_dataset:
+        output:
+            meta=f"{config['data']['root']}/meta.json",
+        log:
+            f"{RESULTS}/logs/{ABLATION}/generate_dataset.log",
+        params:
+            root=lambda wildcards, output: os.path.dirname(output.meta),
+            spec=config["data"]["synthetic"],
+        resources:
+            mem_mb=2000,
+            runtime=30,
+        conda:
+            CONDA_ENV
+        shell:
+            "python -m pipelines data synthetic --out {params.root} --train {params.spec[train]} "
+            "--val {params.spec[val]} --size {params.spec[size]} --seed {params.spec[seed]} "
+            "--no-progress > {log} 2>&1"
