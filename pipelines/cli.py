@@ -17,6 +17,8 @@ COMMAND_MODULES = (
     "pipelines.data.cli",
     "pipelines.train",
     "pipelines.evaluate",
+    "pipelines.figures",
+    "pipelines.html_report",
 )
 
 
