@@ -17,6 +17,11 @@ COMMAND_MODULES = (
     "pipelines.data.cli",
     "pipelines.train",
     "pipelines.evaluate",
+    "pipelines.grid",
+    "pipelines.ingest",
+    "pipelines.report",
+    "pipelines.flops",
+    "pipelines.benchmark",
     "pipelines.figures",
     "pipelines.html_report",
 )
