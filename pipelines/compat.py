@@ -2,10 +2,16 @@
 
 1. **torch >= 2.6 loads checkpoints with ``weights_only=True``.** mmengine 0.10.7 saves its
    resume state (message hub, ``HistoryBuffer`` objects, numpy scalars and arrays) into the
-   checkpoint and then cannot load it again, so ``resume`` breaks. We do *not* switch
-   ``weights_only`` off: :func:`allow_mmengine_checkpoints` adds exactly the types an mmengine
-   checkpoint holds to torch's safe-globals allowlist. Any other pickled global (the way a
-   malicious file runs code) is still refused.
+   checkpoint and then cannot load it again, so ``resume`` breaks. The worst offender is
+   ``HistoryBuffer.__getstate__``, which pickles its class-level table of statistics
+   *functions* (``getattr(HistoryBuffer, 'mean')``): allowing ``builtins.getattr`` would open
+   the door to arbitrary code. We do *not* switch ``weights_only`` off. Instead, narrowly:
+   :func:`patch_history_buffer_pickling` makes the checkpoints this project writes carry only
+   data (the table is rebuilt from the class on load, as mmengine's own ``__setstate__``
+   already does), and :func:`allow_mmengine_checkpoints` adds exactly the data types such a
+   checkpoint holds to torch's safe-globals allowlist. Checkpoints written by an unpatched
+   mmengine elsewhere still need ``weights_only=False`` by the user's own decision, and any
+   other pickled global (the way a malicious file runs code) is still refused.
 2. **numpy 2.** mmengine's ``HistoryBuffer`` and mmseg's metrics are fine, but numpy 2 moved
    the pickled location of arrays (``numpy._core``), so a checkpoint written under numpy 2
    names ``numpy._core.multiarray._reconstruct`` and one written under numpy 1 names
@@ -77,6 +83,22 @@ def mmengine_checkpoint_globals() -> list:
             ("numpy.core.multiarray.scalar", "numpy.core.multiarray.scalar")]
 
 
+def patch_history_buffer_pickling() -> None:
+    """Pickle ``HistoryBuffer`` without its statistics-function table (see the module doc)."""
+    from mmengine.logging.history_buffer import HistoryBuffer
+
+    if getattr(HistoryBuffer.__getstate__, "_pipelines_patched", False):
+        return
+
+    def __getstate__(self) -> dict:
+        state = dict(self.__dict__)
+        state.pop("statistics_methods", None)
+        return state
+
+    __getstate__._pipelines_patched = True
+    HistoryBuffer.__getstate__ = __getstate__
+
+
 def allow_mmengine_checkpoints() -> None:
     import torch
     from numpy._core import multiarray
@@ -98,5 +120,6 @@ def apply() -> None:
         return
     silence_known_warnings()
     check_versions()
+    patch_history_buffer_pickling()
     allow_mmengine_checkpoints()
     _applied = True

@@ -1,0 +1,39 @@
+"""Shared fixtures: a small synthetic dataset written once per test session."""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+TINY_CONFIG = REPO / "configs" / "models" / "mask2former_r18_synthetic-128x128.py"
+
+
+def run_cli(*args: str, cwd: Path | None = None, timeout: float = 600, env=None):
+    """Run ``python -m pipelines ARGS`` in a fresh interpreter; returns CompletedProcess."""
+    full_env = dict(os.environ, PYTHONWARNINGS="ignore", **(env or {}))
+    return subprocess.run([sys.executable, "-m", "pipelines", *args], cwd=cwd or REPO,
+                          capture_output=True, text=True, timeout=timeout, env=full_env)
+
+
+@pytest.fixture(scope="session")
+def synthetic_root(tmp_path_factory) -> Path:
+    """12 train + 4 val images at 64x64 (seconds to write, enough to train a few iterations)."""
+    from pipelines.data.synthetic import SyntheticSpec, write_dataset
+
+    out = tmp_path_factory.mktemp("data") / "synthetic"
+    write_dataset(out, SyntheticSpec(train=12, val=4, size=64, seed=3), progress=False)
+    return out
+
+
+# tiny runs: 64x64 inputs (the model is fully convolutional + deformable attention)
+TINY_OPTIONS = (
+    "model.data_preprocessor.size=[64,64]",
+    "train_dataloader.dataset.pipeline.2.scale=[64,64]",
+    "train_dataloader.dataset.pipeline.3.crop_size=[64,64]",
+    "test_dataloader.dataset.pipeline.1.scale=[64,64]",
+    "model.decode_head.train_cfg.num_points=1024",
+)
