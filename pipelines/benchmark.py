@@ -1,0 +1,181 @@
+"""``python -m pipelines benchmark``: latency of the pixel decoder and of the whole model.
+
+Random weights (no download), batch 1, ``torch.no_grad``, eval mode. Each measured call is timed
+on its own (``torch.cuda.synchronize`` before and after on CUDA); after ``--warmup`` untimed
+calls, ``--repeats`` timed calls give the median and the spread (IQR, q1..q3). With
+``--baseline`` both models live in one process and their calls are interleaved (A B, then B A,
+...), so a change in machine load hits both alike; the ratios candidate / baseline are reported.
+
+Deformable attention backend: on CPU mmcv's ``MultiScaleDeformableAttention`` always runs its
+PyTorch fallback (``grid_sample`` per level). On CUDA it runs mmcv's CUDA kernel when mmcv was
+compiled with CUDA, otherwise the same PyTorch fallback on the GPU; the output says which.
+"""
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+from typing import Callable, Dict, List, Tuple
+
+from pipelines.config import load_config, write_json_atomic
+from pipelines.errors import UserError
+from pipelines.flops import build_model, inference_forward, input_shape
+
+PARTS = ("pixel_decoder", "model")
+
+
+def add_parser(sub) -> None:
+    p = sub.add_parser("benchmark", help="measure pixel-decoder and whole-model latency "
+                       "(median, IQR), optionally side by side with a baseline",
+                       description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("config", help="mmengine model config to measure")
+    p.add_argument("--baseline", metavar="CONFIG", help="a second config measured in the same "
+                   "process, calls interleaved; ratios are candidate / baseline")
+    p.add_argument("--shape", nargs=2, type=int, metavar=("H", "W"),
+                   help="input size, multiples of 32 (default: the config's crop_size)")
+    p.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
+    p.add_argument("--repeats", type=int, default=20, help="timed calls per part (default 20)")
+    p.add_argument("--warmup", type=int, default=3, help="untimed calls first (default 3)")
+    p.add_argument("--cfg-options", nargs="+", metavar="KEY=VALUE", default=[],
+                   help="applied to CONFIG and to --baseline")
+    p.add_argument("--json", metavar="OUT", help="write the result as JSON here")
+    p.set_defaults(func=run)
+
+
+# ----------------------------------------------------------------------------- pure helpers
+def summarize(times_ms: List[float]) -> dict:
+    """Median, quartiles, IQR, min and count of a list of timings in ms."""
+    if not times_ms:
+        raise ValueError("no timings")
+    if len(times_ms) >= 2:
+        q1, q2, q3 = statistics.quantiles(times_ms, n=4, method="inclusive")
+    else:
+        q1 = q2 = q3 = times_ms[0]
+    return {"median_ms": statistics.median(times_ms), "q1_ms": q1, "q3_ms": q3,
+            "iqr_ms": q3 - q1, "min_ms": min(times_ms), "n": len(times_ms)}
+
+
+def deform_attn_backend(device: str) -> str:
+    """Which implementation of mmcv's MultiScaleDeformableAttention runs on ``device``; on a GPU
+    with a CPU-only mmcv build, switch mmcv to its PyTorch path (it would fail otherwise)."""
+    if device == "cpu":
+        return "pytorch (mmcv MultiScaleDeformableAttention CPU fallback: grid_sample per level)"
+    import mmcv.ops.multi_scale_deform_attn as msda
+    from mmcv.ops import get_compiling_cuda_version
+
+    if get_compiling_cuda_version() not in ("not available", "", None):
+        return f"mmcv CUDA kernel (mmcv compiled with CUDA {get_compiling_cuda_version()})"
+    msda.IS_CUDA_AVAILABLE = False  # mmcv has no CUDA op: use its PyTorch path on the GPU
+    return "pytorch (mmcv was built without CUDA: grid_sample fallback on the GPU)"
+
+
+def make_timer(device: str) -> Callable[[Callable[[], object]], float]:
+    import torch
+
+    cuda = device == "cuda"
+
+    def timed(fn) -> float:
+        if cuda:
+            torch.cuda.synchronize()
+        start = time.perf_counter()
+        fn()
+        if cuda:
+            torch.cuda.synchronize()
+        return (time.perf_counter() - start) * 1e3
+
+    return timed
+
+
+def interleaved(calls: Dict[str, Callable[[], object]], repeats: int, warmup: int,
+                timer: Callable) -> Dict[str, List[float]]:
+    """Time every call ``repeats`` times, alternating the order each round; ``warmup`` untimed
+    rounds first."""
+    names = list(calls)
+    for _ in range(warmup):
+        for name in names:
+            calls[name]()
+    out: Dict[str, List[float]] = {name: [] for name in names}
+    for r in range(repeats):
+        for name in (names if r % 2 == 0 else names[::-1]):
+            out[name].append(timer(calls[name]))
+    return out
+
+
+# ----------------------------------------------------------------------------- measuring
+def model_calls(model, image_hw: Tuple[int, int], device: str) -> Dict[str, Callable]:
+    """``{'pixel_decoder': fn, 'model': fn}`` for a built model on ``device`` (inputs fixed)."""
+    import torch
+
+    model = model.to(device).eval()
+    forward = inference_forward(model, image_hw)
+    img = torch.randn(1, 3, *image_hw, device=device)
+    with torch.no_grad():
+        feats = [f.detach() for f in model.extract_feat(img)]
+    pixel_decoder = model.decode_head.pixel_decoder
+    return {"pixel_decoder": lambda: pixel_decoder(feats), "model": lambda: forward(img)}
+
+
+def benchmark(configs: Dict[str, object], image_hw: Tuple[int, int], device: str = "cpu",
+              repeats: int = 20, warmup: int = 3) -> dict:
+    """Measure every config (``{name: cfg}``) side by side; returns the JSON document."""
+    import torch
+
+    from pipelines.flops import describe_pixel_decoder
+
+    if repeats < 1 or warmup < 0:
+        raise UserError(f"--repeats must be >= 1 and --warmup >= 0, got {repeats}, {warmup}")
+    if device == "cuda" and not torch.cuda.is_available():
+        raise UserError("--device cuda asked for, but torch sees no CUDA device")
+    backend = deform_attn_backend(device)
+    calls, described = {}, {}
+    for name, cfg in configs.items():
+        model = build_model(cfg)
+        described[name] = {"config": str(cfg.filename),
+                           "pixel_decoder_type": describe_pixel_decoder(model)}
+        for part, fn in model_calls(model, image_hw, device).items():
+            calls[f"{name}/{part}"] = fn
+    with torch.no_grad():
+        times = interleaved(calls, repeats, warmup, make_timer(device))
+    results = {name: dict(described[name], **{part: summarize(times[f"{name}/{part}"])
+                                              for part in PARTS})
+               for name in configs}
+    doc = {"shape": list(image_hw), "batch": 1, "device": device, "deform_attn_backend": backend,
+           "torch_threads": torch.get_num_threads(), "repeats": repeats, "warmup": warmup,
+           "results": results}
+    if "baseline" in configs:
+        doc["ratios"] = {part: results["candidate"][part]["median_ms"]
+                         / results["baseline"][part]["median_ms"] for part in PARTS}
+        doc["latency_reduction"] = {part: 1 - r for part, r in doc["ratios"].items()}
+    return doc
+
+
+def format_table(doc: dict) -> str:
+    lines = [f"latency, input {doc['shape'][0]}x{doc['shape'][1]}, batch 1, {doc['device']} "
+             f"({doc['torch_threads']} threads), {doc['repeats']} runs after {doc['warmup']} "
+             f"warm-up", f"deformable attention: {doc['deform_attn_backend']}",
+             f"{'model':<11}{'part':<15}{'median ms':>11}{'IQR ms':>9}  config"]
+    for name, res in doc["results"].items():
+        for part in PARTS:
+            s = res[part]
+            lines.append(f"{name:<11}{part:<15}{s['median_ms']:11.1f}{s['iqr_ms']:9.1f}  "
+                         f"{res['config']}")
+    for part, ratio in doc.get("ratios", {}).items():
+        lines.append(f"ratio candidate/baseline {part:<14} {ratio:.3f}  "
+                     f"(reduction {100 * (1 - ratio):.1f}%)")
+    return "\n".join(lines)
+
+
+def run(args: argparse.Namespace) -> int:
+    import pipelines.registry  # noqa: F401
+
+    cfg = load_config(args.config, args.cfg_options)
+    configs = {"candidate": cfg}
+    if args.baseline:
+        configs["baseline"] = load_config(args.baseline, args.cfg_options)
+    image_hw = input_shape(cfg, args.shape)
+    doc = benchmark(configs, image_hw, args.device, args.repeats, args.warmup)
+    print(format_table(doc))
+    if args.json:
+        write_json_atomic(args.json, doc)
+        print(f"-> {args.json}")
+    return 0

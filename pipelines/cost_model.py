@@ -1,0 +1,107 @@
+"""Analytic FLOPs of the Mask2Former pixel decoder (baseline and PRO-SCALE), from the architecture.
+
+Same convention as :mod:`pipelines.flops` (fvcore / ``mmengine.analysis``): one multiply-add is one
+FLOP; Linear and conv without bias; GroupNorm / LayerNorm 5 FLOPs per element (affine); bilinear
+resize 4 FLOPs per output element; element-wise ops, softmax, sigmoid and max-pool are free; the
+deformable sampling kernel counts 4 FLOPs per sampled value per channel (bilinear) only when
+``count_sampling``. The derivation is in ``pipelines/models/README.md``; ``tests/unit/test_flops.py``
+holds these numbers equal to the traced ones. Batch size 1; results in FLOPs (not GFLOPs).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Sequence, Tuple
+
+NORM = 5  # per element, GroupNorm / LayerNorm with affine parameters
+RESIZE = 4  # per output element, bilinear
+
+
+@dataclass(frozen=True)
+class EncoderSpec:
+    """The deformable encoder layer's sizes (mmdet's Mask2Former defaults)."""
+    dims: int = 256
+    heads: int = 8
+    points: int = 4
+    ffn: int = 1024
+
+
+def encoder_layer_flops(tokens: int, levels: int, spec: EncoderSpec = EncoderSpec(),
+                        count_sampling: bool = False) -> int:
+    """One deformable self-attention encoder layer over ``tokens`` tokens and ``levels`` levels."""
+    d, hlp = spec.dims, spec.heads * levels * spec.points
+    attn = (tokens * d * d            # value_proj
+            + tokens * d * hlp * 2    # sampling_offsets (x, y per head, level, point)
+            + tokens * d * hlp        # attention_weights
+            + tokens * d * d)         # output_proj
+    ffn = 2 * tokens * d * spec.ffn
+    norms = 2 * NORM * tokens * d
+    sampling = RESIZE * tokens * d * levels * spec.points if count_sampling else 0
+    return attn + ffn + norms + sampling
+
+
+def level_shapes(image_hw: Tuple[int, int], strides: Sequence[int] = (32, 16, 8)):
+    """Sizes ``(h, w)`` of the encoder's maps, coarsest first (ResNet: ceil at every stride)."""
+    h, w = image_hw
+    return [(-(-h // s), -(-w // s)) for s in strides]
+
+
+def encoder_flops(shapes: Sequence[Tuple[int, int]], schedule: Sequence[int],
+                  spec: EncoderSpec = EncoderSpec(), count_sampling: bool = False) -> int:
+    """The (PRO-SCALE) encoder: stage ``s`` runs ``schedule[s-1]`` layers over the ``s`` coarsest
+    maps. The baseline is ``schedule = (0, ..., 0, num_layers)``."""
+    total = 0
+    for stage, layers in enumerate(schedule):
+        tokens = sum(h * w for h, w in shapes[:stage + 1])
+        total += layers * encoder_layer_flops(tokens, stage + 1, spec, count_sampling)
+    return total
+
+
+def pixel_decoder_flops(image_hw: Tuple[int, int], in_channels: Sequence[int],
+                        schedule: Sequence[int] = (0, 0, 6), trc: bool = False, lpe: bool = False,
+                        feat_channels: int = 256, out_channels: int = 256,
+                        spec: EncoderSpec = EncoderSpec(), count_sampling: bool = False) -> dict:
+    """FLOPs of the whole pixel decoder (4 input maps at strides 4, 8, 16, 32; the 3 coarsest
+    enter the encoder). Returns ``{'encoder', 'input_proj', 'trc', 'fpn', 'pixel_decoder'}``."""
+    c = feat_channels
+    shapes = level_shapes(image_hw)  # res5, res4, res3
+    (h4, w4), = level_shapes(image_hw, (4,))
+    coarse_in = list(in_channels[1:])[::-1]  # res5, res4, res3 input channels
+    input_proj = sum(cin * c * h * w + NORM * c * h * w
+                     for cin, (h, w) in zip(coarse_in, shapes))
+    trc_flops = 0
+    if trc:  # res3 resized to res5 and res4 size, then Linear(C -> 1) per token
+        trc_flops = sum(RESIZE * c * h * w + c * h * w for h, w in shapes[:len(schedule) - 1])
+    enc = encoder_flops(shapes, schedule, spec, count_sampling)
+    n4 = h4 * w4
+    fpn = (in_channels[0] * c * n4 + NORM * c * n4   # lateral 1x1 conv + GN
+           + RESIZE * c * n4                         # upsample res3 output to 1/4
+           + (0 if lpe else 9 * c * c * n4)          # 3x3 output conv (LPE: free max-pool)
+           + NORM * c * n4                           # its GN (kept by LPE)
+           + c * out_channels * n4)                  # mask_feature 1x1 conv
+    return dict(encoder=enc, input_proj=input_proj, trc=trc_flops, fpn=fpn,
+                pixel_decoder=enc + input_proj + trc_flops + fpn)
+
+
+def pixel_decoder_flops_from_cfg(pixel_decoder_cfg, image_hw: Tuple[int, int],
+                                 count_sampling: bool = False) -> dict:
+    """:func:`pixel_decoder_flops` for a config dict of ``MSDeformAttnPixelDecoder`` or
+    ``ProScalePixelDecoder`` (as found at ``model.decode_head.pixel_decoder``, with
+    ``in_channels`` filled in by the head)."""
+    cfg = pixel_decoder_cfg
+    layer = cfg['encoder']['layer_cfg']
+    spec = EncoderSpec(dims=layer['self_attn_cfg'].get('embed_dims', 256),
+                       heads=layer['self_attn_cfg'].get('num_heads', 8),
+                       points=layer['self_attn_cfg'].get('num_points', 4),
+                       ffn=layer['ffn_cfg'].get('feedforward_channels', 1024))
+    levels = layer['self_attn_cfg'].get('num_levels', 3)
+    if levels != 3:
+        raise ValueError('the cost model assumes 3 encoder levels over 4 input maps')
+    if 'schedule' in cfg:
+        schedule = tuple(cfg['schedule'])
+    else:
+        schedule = (0,) * (levels - 1) + (cfg['encoder']['num_layers'],)
+    return pixel_decoder_flops(image_hw, cfg['in_channels'], schedule,
+                               trc=bool(cfg.get('trc', False)), lpe=bool(cfg.get('lpe', False)),
+                               feat_channels=cfg.get('feat_channels', 256),
+                               out_channels=cfg.get('out_channels', 256), spec=spec,
+                               count_sampling=count_sampling)

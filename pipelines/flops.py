@@ -1,0 +1,212 @@
+"""``python -m pipelines flops``: GFLOPs and parameters of a model config, by tracing the real model.
+
+The model (random weights, never a pretrained download) is traced on CPU by
+``mmengine.analysis.FlopAnalyzer`` (fvcore's counter): one multiply-add = one FLOP, Linear / conv
+without bias, norms and bilinear resizes per element, element-wise ops free. The deformable
+attention's sampling kernel (``grid_sample`` in mmcv's PyTorch fallback) is left out unless
+``--count-sampling``, as in the papers, whose counter cannot see inside the CUDA op. Counting
+always runs the PyTorch path on CPU, so the answer does not depend on the machine.
+
+Reported parts (GFLOPs = 1e9 FLOPs, batch 1): ``backbone``; ``encoder`` (the transformer encoder
+layers alone); ``pixel_decoder`` (all of it, encoder included); ``transformer_decoder``; ``total``
+(the whole inference forward: backbone, decode head and its mask upsampling).
+"""
+from __future__ import annotations
+
+import argparse
+from typing import Sequence, Tuple
+
+from pipelines.config import load_config, write_json_atomic
+from pipelines.errors import UserError
+
+# part name -> module path inside the segmentor
+PARTS = {
+    "backbone": "backbone",
+    "encoder": "decode_head.pixel_decoder.encoder",
+    "pixel_decoder": "decode_head.pixel_decoder",
+    "transformer_decoder": "decode_head.transformer_decoder",
+}
+SAMPLING_OP = "aten::grid_sampler"
+
+
+def add_parser(sub) -> None:
+    p = sub.add_parser("flops", help="count GFLOPs and parameters per part of a model "
+                       "(traced; sampling kernel excluded by default)", description=__doc__,
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("config", help="mmengine model config (configs/models/*.py)")
+    p.add_argument("--shape", nargs=2, type=int, metavar=("H", "W"),
+                   help="input size, multiples of 32 (default: the config's crop_size, else 512 512)")
+    p.add_argument("--cfg-options", nargs="+", metavar="KEY=VALUE", default=[])
+    p.add_argument("--count-sampling", action="store_true",
+                   help="also count the deformable sampling kernel (4 FLOPs per sampled value)")
+    p.add_argument("--json", metavar="OUT", help="write the result as JSON here")
+    p.set_defaults(func=run)
+
+
+# ----------------------------------------------------------------------------- shared helpers
+def input_shape(cfg, shape: Sequence[int] | None) -> Tuple[int, int]:
+    """The (H, W) to run at: ``--shape`` or the config's crop size; multiples of 32 only."""
+    if shape is None:
+        shape = tuple(cfg.get("crop_size", (512, 512)))
+    if len(shape) != 2:
+        raise UserError(f"--shape needs two numbers H W, got {list(shape)}")
+    h, w = (int(s) for s in shape)
+    if h <= 0 or w <= 0 or h % 32 or w % 32:
+        raise UserError(f"input shape {h}x{w} is not a positive multiple of 32 (the backbone's "
+                        "coarsest stride); pass e.g. --shape 512 512")
+    return h, w
+
+
+def build_model(cfg):
+    """Build the segmentor with random weights, in eval mode, on CPU. Build errors (unknown type,
+    bad PRO-SCALE schedule) become one-line :class:`UserError`."""
+    import pipelines.registry  # noqa: F401  (compat fixes + plug-ins)
+    from mmseg.registry import MODELS
+    from mmseg.utils import register_all_modules
+
+    register_all_modules(init_default_scope=True)
+    model_cfg = cfg.model.copy()
+    if model_cfg.get("backbone") is not None:
+        model_cfg.backbone["init_cfg"] = None  # random weights: never download a checkpoint
+    model_cfg.pop("pretrained", None)
+    try:
+        model = MODELS.build(model_cfg)
+    except (KeyError, ValueError, TypeError, AssertionError) as err:
+        msg = str(err.args[0] if isinstance(err, KeyError) and err.args else err)
+        msg = " ".join(msg.split())
+        raise UserError(f"cannot build the model of {cfg.filename}: {type(err).__name__}: "
+                        f"{msg}") from None
+    quiet_init_weights(model)
+    return model.eval()
+
+
+def quiet_init_weights(model) -> None:
+    """``model.init_weights()`` without mmengine's per-parameter INFO log."""
+    import logging
+
+    from mmengine.logging import MMLogger
+
+    logger = MMLogger.get_current_instance()
+    level = logger.level
+    logger.setLevel(logging.WARNING)
+    try:
+        model.init_weights()
+    finally:
+        logger.setLevel(level)
+
+
+def inference_forward(model, image_hw: Tuple[int, int]):
+    """A module ``img -> seg_logits``: the segmentor's whole-image inference (backbone, decode
+    head, mask upsampling) without data samples, so that it can be traced."""
+    import torch.nn as nn
+
+    class InferenceForward(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.model = model
+            self.metas = [dict(img_shape=tuple(image_hw), pad_shape=tuple(image_hw),
+                               ori_shape=tuple(image_hw))]
+
+        def forward(self, img):
+            feats = self.model.extract_feat(img)
+            return self.model.decode_head.predict(feats, self.metas, self.model.test_cfg)
+
+    return InferenceForward()
+
+
+def pixel_decoder_inputs(model, image_hw: Tuple[int, int], batch: int = 1):
+    """Random backbone-shaped features for the pixel decoder alone."""
+    import torch
+
+    with torch.no_grad():
+        return [f.detach() for f in model.extract_feat(torch.randn(batch, 3, *image_hw))]
+
+
+def describe_pixel_decoder(model) -> str:
+    pd = model.decode_head.pixel_decoder
+    name = type(pd).__name__
+    if hasattr(pd, "schedule"):
+        name += f"(schedule={tuple(pd.schedule)}, trc={pd.trc is not None}, lpe={pd.lpe})"
+    return name
+
+
+# ----------------------------------------------------------------------------- counting
+def count_flops(model, image_hw: Tuple[int, int], count_sampling: bool = False) -> dict:
+    """Trace ``model``'s inference on one ``image_hw`` image; FLOPs and parameters per part."""
+    import torch
+    from mmengine.analysis import FlopAnalyzer
+    from mmengine.analysis.complexity_analysis import _DEFAULT_SUPPORTED_FLOP_OPS
+
+    model = model.cpu().eval()
+    wrapper = inference_forward(model, image_hw)
+    img = torch.zeros(1, 3, *image_hw)
+    analyzer = FlopAnalyzer(wrapper, (img,))
+    # mmengine 0.10.7's set_op_handle(name, None) leaves the default handle in place (the op is
+    # still counted), so the handle table is rebuilt without the sampling op instead.
+    handles = dict(_DEFAULT_SUPPORTED_FLOP_OPS)
+    if not count_sampling:
+        handles.pop(SAMPLING_OP)
+    analyzer.clear_op_handles().set_op_handle(**handles)
+    analyzer.unsupported_ops_warnings(False).uncalled_modules_warnings(False)
+    analyzer.tracer_warnings("none")
+    with torch.no_grad():
+        by_module = analyzer.by_module()
+        total = analyzer.total()
+    flops = {part: int(by_module.get(f"model.{path}", 0)) for part, path in PARTS.items()}
+    flops["total"] = int(total)
+    modules = dict(model.named_modules())
+    params = {part: sum(p.numel() for p in modules[path].parameters()) if path in modules else 0
+              for part, path in PARTS.items()}
+    params["total"] = sum(p.numel() for p in model.parameters())
+    return {"flops": flops, "params": params}
+
+
+def flops_report(cfg, image_hw: Tuple[int, int], count_sampling: bool = False,
+                 model=None) -> dict:
+    """The JSON document of the ``flops`` command (GFLOPs, parameters, analytic check)."""
+    from pipelines.cost_model import pixel_decoder_flops_from_cfg
+
+    model = build_model(cfg) if model is None else model
+    counted = count_flops(model, image_hw, count_sampling)
+    gflops = {k: v / 1e9 for k, v in counted["flops"].items()}
+    pd_cfg = dict(cfg.model.decode_head.pixel_decoder)
+    head = cfg.model.decode_head  # Mask2FormerHead hands these to its pixel decoder
+    pd_cfg.update(in_channels=list(head.in_channels), feat_channels=head.get("feat_channels", 256),
+                  out_channels=head.get("out_channels", 256))
+    try:
+        analytic = pixel_decoder_flops_from_cfg(pd_cfg, image_hw, count_sampling)
+        analytic = {k: analytic[k] / 1e9 for k in ("encoder", "pixel_decoder")}
+    except (KeyError, ValueError):
+        analytic = None  # a pixel decoder the cost model does not describe
+    return {
+        "config": str(cfg.filename), "shape": list(image_hw), "batch": 1,
+        "pixel_decoder": describe_pixel_decoder(model),
+        "count_sampling": bool(count_sampling), "units": "GFLOPs (1e9, one multiply-add = one FLOP)",
+        "gflops": gflops, "params": counted["params"], "analytic_gflops": analytic,
+    }
+
+
+def format_table(report: dict) -> str:
+    lines = [f"{report['config']}  input {report['shape'][0]}x{report['shape'][1]}  "
+             f"pixel decoder {report['pixel_decoder']}",
+             f"sampling kernel counted: {'yes' if report['count_sampling'] else 'no (papers)'}",
+             f"{'part':<20}{'GFLOPs':>10}{'analytic':>10}{'params (M)':>12}"]
+    for part in ("backbone", "encoder", "pixel_decoder", "transformer_decoder", "total"):
+        ana = (report["analytic_gflops"] or {}).get(part)
+        ana_s = f"{ana:10.3f}" if ana is not None else f"{'':>10}"
+        lines.append(f"{part:<20}{report['gflops'][part]:10.3f}{ana_s}"
+                     f"{report['params'][part] / 1e6:12.3f}")
+    return "\n".join(lines)
+
+
+def run(args: argparse.Namespace) -> int:
+    import pipelines.registry  # noqa: F401
+
+    cfg = load_config(args.config, args.cfg_options)
+    image_hw = input_shape(cfg, args.shape)
+    report = flops_report(cfg, image_hw, args.count_sampling)
+    print(format_table(report))
+    if args.json:
+        write_json_atomic(args.json, report)
+        print(f"-> {args.json}")
+    return 0

@@ -1,0 +1,223 @@
+"""PRO-SCALE: progressive token length scaling in the pixel decoder's encoder.
+
+Paper: *Progressive Token Length Scaling in Transformer Encoders for Efficient Universal
+Segmentation* (arXiv 2404.14657). Written from ``docs/methods.md``, not from the public code.
+
+The baseline encoder runs every layer over all tokens of the three coarse maps, ordered coarsest
+first (res5 = 1/32, res4 = 1/16, res3 = 1/8). PRO-SCALE splits the layers into stages: stage ``s``
+runs ``schedule[s - 1]`` layers over the tokens of the ``s`` coarsest maps only (``s``-level
+deformable attention), and the next finer map joins before the next stage. Because the order is
+coarsest first, a stage's tokens are a *prefix* of the baseline sequence, so positional + level
+encodings and reference points are the baseline's, sliced. ``schedule=(0, 0, 6)`` is exactly the
+baseline (``do_nothing``-style identity: the same layers in the same order over the same tokens).
+
+Optional parts:
+
+* **TRC** (token re-calibration): before stage 1 and before stage 2 the tokens of the map that
+  joins there (res5, then res4) are multiplied by ``sigmoid(Linear(res3 resized) / T)``, the
+  1/8 features bilinearly resized to that map's size, one ``Linear(C -> 1)`` shared by both
+  stages (C + 1 = 257 parameters). Tokens ``(B, L, C)`` become a map ``(B, C, H, W)`` through a
+  ``transpose`` then ``reshape`` (:func:`tokens_to_map`). The public code ``view``\\ s ``(B, L, C)``
+  straight to ``(B, C, H, W)``: that reinterprets memory, so channels and positions are mixed and
+  the resize runs on a scrambled image. We implement the intended operation.
+* **LPE** (light pixel embedding): the 3x3 conv of the 1/4-scale output conv becomes a 3x3
+  max-pool (stride 1, padding 1), keeping the GroupNorm and ReLU.
+
+Layout follows ToMe's ``merge.py``: pure tensor functions, a schedule parser, and one small
+registered class that subclasses mmdet's ``MSDeformAttnPixelDecoder`` (upstream attribute names,
+typos included: ``postional_encoding``).
+"""
+from __future__ import annotations
+
+import copy
+from numbers import Integral
+from typing import List, Sequence, Tuple
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from mmdet.models.layers import MSDeformAttnPixelDecoder
+from mmdet.models.layers.transformer import DeformableDetrTransformerEncoderLayer
+from mmdet.registry import MODELS
+from mmengine.config import ConfigDict
+from mmengine.model import ModuleList
+from torch import Tensor
+
+
+# ----------------------------------------------------------------------------- pure functions
+def parse_schedule(schedule, num_levels: int = 3) -> Tuple[int, ...]:
+    """Check a schedule ``(p1, ..., pL)`` of encoder layers per stage and return it as a tuple.
+
+    Raises:
+        TypeError: not a sequence of ints (bools and floats are refused too).
+        ValueError: wrong length, a negative entry, or no layer at all.
+    """
+    if isinstance(schedule, (str, bytes)) or not isinstance(schedule, Sequence):
+        raise TypeError(f"PRO-SCALE schedule must be a sequence of {num_levels} ints, "
+                        f"got {schedule!r}")
+    if len(schedule) != num_levels:
+        raise ValueError(f"PRO-SCALE schedule must have {num_levels} entries (one per encoder "
+                         f"level), got {len(schedule)}: {tuple(schedule)!r}")
+    for p in schedule:
+        if isinstance(p, bool) or not isinstance(p, Integral):
+            raise TypeError(f"PRO-SCALE schedule entries must be ints, got {p!r} in "
+                            f"{tuple(schedule)!r}")
+        if p < 0:
+            raise ValueError(f"PRO-SCALE schedule entries must be >= 0, got {tuple(schedule)!r}")
+    if sum(schedule) == 0:
+        raise ValueError(f"PRO-SCALE schedule {tuple(schedule)!r} has no encoder layer; "
+                         "the sum must be positive")
+    return tuple(int(p) for p in schedule)
+
+
+def stage_of_layers(schedule: Sequence[int]) -> List[int]:
+    """Number of levels each encoder layer attends to: ``(2, 1, 3) -> [1, 1, 2, 3, 3, 3]``."""
+    return [s + 1 for s, p in enumerate(schedule) for _ in range(p)]
+
+
+def tokens_to_map(tokens: Tensor, hw: Tuple[int, int]) -> Tensor:
+    """``(B, H*W, C)`` -> ``(B, C, H, W)``: permute first, then reshape (never a raw view)."""
+    return tokens.transpose(1, 2).reshape(tokens.shape[0], tokens.shape[2], *hw)
+
+
+def map_to_tokens(x: Tensor) -> Tensor:
+    """``(B, C, H, W)`` -> ``(B, H*W, C)``."""
+    return x.flatten(2).transpose(1, 2)
+
+
+def recalibrate_tokens(tokens: Tensor, hw: Tuple[int, int], fine: Tensor,
+                       fine_hw: Tuple[int, int], proj: nn.Linear,
+                       temperature: float) -> Tensor:
+    """TRC: gate ``tokens`` (``(B, h*w, C)``) per token with ``sigmoid(proj(fine resized) / T)``.
+
+    Args:
+        tokens: the coarse tokens joining a stage.
+        hw: their map size ``(h, w)``.
+        fine: the res3 (1/8) tokens ``(B, H*W, C)``.
+        fine_hw: their map size ``(H, W)``.
+        proj: the shared ``Linear(C, 1)``.
+        temperature: divides the logit before the sigmoid.
+    """
+    fine_map = tokens_to_map(fine, fine_hw)
+    resized = F.interpolate(fine_map, size=hw, mode='bilinear', align_corners=False)
+    gate = torch.sigmoid(proj(map_to_tokens(resized)) / temperature)
+    return tokens * gate
+
+
+def stage_inputs(num_levels: int, shapes: Sequence[Tuple[int, int]], pos: Tensor,
+                 ref: Tensor, device) -> dict:
+    """Keyword arguments of an encoder layer that attends to the ``num_levels`` coarsest maps.
+
+    ``pos`` (``(B, N, C)``) and ``ref`` (``(N, 2)``) are the baseline's, over all levels; they are
+    sliced to the prefix of tokens the stage sees.
+    """
+    shapes = list(shapes[:num_levels])
+    n = sum(h * w for h, w in shapes)
+    batch = pos.shape[0]
+    spatial_shapes = torch.tensor(shapes, dtype=torch.long, device=device)
+    level_start_index = torch.cat((spatial_shapes.new_zeros((1,)),
+                                   spatial_shapes.prod(1).cumsum(0)[:-1]))
+    reference_points = ref[None, :n, None].expand(batch, n, num_levels, 2)
+    return dict(query_pos=pos[:, :n], key_padding_mask=None, spatial_shapes=spatial_shapes,
+                level_start_index=level_start_index, reference_points=reference_points,
+                valid_ratios=pos.new_ones((batch, num_levels, 2)))
+
+
+# ----------------------------------------------------------------------------- module
+@MODELS.register_module()
+class ProScalePixelDecoder(MSDeformAttnPixelDecoder):
+    """``MSDeformAttnPixelDecoder`` whose encoder grows its token set stage by stage.
+
+    Args:
+        schedule (tuple[int]): encoder layers per stage, one entry per encoder level, coarsest
+            stage first. ``(3, 3, 3)`` in the paper's configs; ``(0, 0, 6)`` is the baseline.
+            It replaces ``encoder.num_layers``.
+        trc (bool): token re-calibration of the res5 / res4 tokens from the res3 features.
+        trc_temperature (float): temperature of the TRC sigmoid (0.1 in the paper's configs).
+        lpe (bool): light pixel embedding (3x3 max-pool instead of the 3x3 output conv).
+        **kwargs: everything ``mmdet.MSDeformAttnPixelDecoder`` takes (``encoder``, ...).
+    """
+
+    def __init__(self, *, schedule: Sequence[int] = (3, 3, 3), trc: bool = False,
+                 trc_temperature: float = 0.1, lpe: bool = False, **kwargs) -> None:
+        encoder = ConfigDict(copy.deepcopy(kwargs.pop('encoder')))  # upstream reads attributes
+        num_levels = encoder['layer_cfg']['self_attn_cfg']['num_levels']
+        self.schedule = parse_schedule(schedule, num_levels)
+        if not float(trc_temperature) > 0:
+            raise ValueError(f"trc_temperature must be > 0, got {trc_temperature!r}")
+        encoder['num_layers'] = sum(self.schedule)
+        super().__init__(encoder=encoder, **kwargs)
+        # layers of the early stages attend to fewer levels (their offsets / weights are smaller)
+        layers = []
+        for i, levels in enumerate(stage_of_layers(self.schedule)):
+            if levels == num_levels:
+                layers.append(self.encoder.layers[i])
+                continue
+            layer_cfg = copy.deepcopy(encoder['layer_cfg'])
+            layer_cfg['self_attn_cfg']['num_levels'] = levels
+            layers.append(DeformableDetrTransformerEncoderLayer(**layer_cfg))
+        self.encoder.layers = ModuleList(layers)
+        self.trc_temperature = float(trc_temperature)
+        feat_channels = self.level_encoding.embedding_dim
+        self.trc = nn.Linear(feat_channels, 1) if trc else None
+        self.lpe = bool(lpe)
+        if lpe:  # ConvModule keeps its norm and activation; only the 3x3 conv is swapped
+            for output_conv in self.output_convs:
+                output_conv.conv = nn.MaxPool2d(kernel_size=3, stride=1, padding=1)
+
+    def init_weights(self) -> None:
+        super().init_weights()  # caffe2_xavier_init skips a max-pool (it has no weight)
+        if self.trc is not None:
+            nn.init.normal_(self.trc.weight, std=0.01)
+            nn.init.zeros_(self.trc.bias)
+
+    def _encoder_tokens(self, feats: List[Tensor]):
+        """Project the coarse maps; tokens, positional + level encodings and reference points
+        per level, coarsest first (exactly as the upstream forward builds them)."""
+        batch = feats[0].shape[0]
+        tokens, pos, ref, shapes = [], [], [], []
+        for i in range(self.num_encoder_levels):
+            level_idx = self.num_input_levels - i - 1
+            feat = feats[level_idx]
+            hw = tuple(int(s) for s in feat.shape[-2:])
+            mask = feat.new_zeros((batch,) + hw, dtype=torch.bool)
+            level_pos = self.level_encoding.weight[i].view(1, -1, 1, 1) + \
+                self.postional_encoding(mask)
+            points = self.point_generator.single_level_grid_priors(hw, level_idx,
+                                                                   device=feat.device)
+            factor = feat.new_tensor([hw[1], hw[0]]) * self.strides[level_idx]
+            tokens.append(map_to_tokens(self.input_convs[i](feat)))
+            pos.append(map_to_tokens(level_pos))
+            ref.append(points / factor)
+            shapes.append(hw)
+        return tokens, torch.cat(pos, 1), torch.cat(ref, 0), shapes
+
+    def forward_encoder(self, feats: List[Tensor]) -> List[Tensor]:
+        """The progressive encoder; returns the encoded maps ``(B, C, h, w)``, coarsest first."""
+        tokens, pos, ref, shapes = self._encoder_tokens(feats)
+        fine, fine_hw = tokens[-1], shapes[-1]
+        layers = iter(self.encoder.layers)
+        for stage, num_layers in enumerate(self.schedule):
+            joining = tokens[stage]
+            if self.trc is not None and stage < len(self.schedule) - 1:
+                joining = recalibrate_tokens(joining, shapes[stage], fine, fine_hw, self.trc,
+                                             self.trc_temperature)
+            query = torch.cat((query, joining), 1) if stage else joining
+            if num_layers == 0:
+                continue
+            kwargs = stage_inputs(stage + 1, shapes, pos, ref, query.device)
+            for _ in range(num_layers):
+                query = next(layers)(query=query, **kwargs)
+        sizes = [h * w for h, w in shapes]
+        return [tokens_to_map(x, hw) for x, hw in zip(query.split(sizes, 1), shapes)]
+
+    def forward(self, feats: List[Tensor]) -> Tuple[Tensor, List[Tensor]]:
+        """Same contract as ``MSDeformAttnPixelDecoder.forward``: ``(mask_feature, multi-scale
+        features)``; the FPN tail is upstream's."""
+        outs = self.forward_encoder(feats)
+        for i in range(self.num_input_levels - self.num_encoder_levels - 1, -1, -1):
+            cur_feat = self.lateral_convs[i](feats[i])
+            y = cur_feat + F.interpolate(outs[-1], size=cur_feat.shape[-2:], mode='bilinear',
+                                         align_corners=False)
+            outs.append(self.output_convs[i](y))
+        return self.mask_feature(outs[-1]), outs[:self.num_outs]
