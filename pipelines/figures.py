@@ -432,6 +432,19 @@ def save(fig, stem: Path) -> list[Path]:
     return written
 
 
+def png_bytes(fig, close: bool = True) -> bytes:
+    """The PNG of a figure as bytes (for notebooks: ``display(Image(data=png_bytes(fig)))``)."""
+    import io
+
+    matplotlib, plt = _pyplot()
+    buf = io.BytesIO()
+    with matplotlib.rc_context(STYLE):
+        fig.savefig(buf, format="png", dpi=PNG_DPI, metadata=METADATA["png"])
+    if close:
+        plt.close(fig)
+    return buf.getvalue()
+
+
 def _write_text(path: Path, text: str) -> None:
     tmp = path.with_name(f".{path.name}.tmp")
     tmp.write_text(text, encoding="utf-8", newline="\n")

@@ -1,0 +1,136 @@
+"""Write the source notebooks ``pareto.ipynb`` and ``ablation.ipynb`` (cells kept here, as code,
+so that a diff of a notebook is a diff of this file). Figure code lives in ``pipelines/``; the
+notebooks only call it.
+
+    .venv/bin/python analysis/build_notebooks.py      # rewrite the two source notebooks
+    bash analysis/run_notebooks.sh [RUNS_CSV]          # execute them headless (papermill)
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import nbformat
+from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook
+
+HERE = Path(__file__).resolve().parent
+
+PARAMETERS = '''\
+# Parameters (papermill: -p NAME VALUE). Give a tracking URI + experiment, or a runs CSV
+# (a `runs.csv` written by `python -m pipelines figures`, or the recorded test table).
+tracking_uri = ""          # e.g. "sqlite:///../results/mlflow.db"
+experiment = "demo"        # MLflow experiment = ablation (or search) name
+runs_csv = "../tests/data/runs_small.csv"  # used when tracking_uri is empty
+'''
+
+SETUP = '''\
+import sys
+from pathlib import Path
+
+# the repository root, so that `pipelines` imports without `pip install -e .`
+root = next(p for p in [Path.cwd(), *Path.cwd().parents] if (p / "pipelines").is_dir())
+sys.path.insert(0, str(root))
+
+import pandas as pd
+from IPython.display import Image, display
+
+from pipelines.analysis.data import read_source
+from pipelines.figures import Skip, draw, png_bytes
+
+if tracking_uri:
+    runs = read_source(tracking_uri, experiment)
+else:
+    csv = Path(runs_csv)
+    runs = read_source(runs_csv=csv if csv.is_absolute() or csv.exists() else root / csv.name)
+grid = runs[runs["role"] == "run"]
+print(f"{len(grid)} grid runs, {int((runs['role'] == 'trial').sum())} search trials; "
+      f"variants: {', '.join(sorted(grid['variant'].unique()))}")
+
+
+def show(name):
+    """Draw one paper figure (the same code as `python -m pipelines figures`)."""
+    fig = draw(name, runs)
+    if isinstance(fig, Skip):
+        print(f"skipped {name}: {fig.reason}")
+    else:
+        display(Image(data=png_bytes(fig)))
+'''
+
+
+def pareto_notebook():
+    return new_notebook(cells=[
+        new_markdown_cell("# Pareto analysis of an ablation\n\nObjectives: maximise `miou` "
+                          "(%), minimise `gflops_total` (GFLOPs per image). Fronts, hypervolume "
+                          "and knee point come from `pipelines.pareto` (pymoo underneath); see "
+                          "its docstring for the definitions."),
+        new_code_cell(PARAMETERS, metadata={"tags": ["parameters"]}),
+        new_code_cell(SETUP),
+        new_markdown_cell("## Pareto fronts: per variant and overall"),
+        new_code_cell('''\
+from pipelines.pareto import fronts_by
+
+fronts = fronts_by(grid.dropna(subset=["miou", "gflops_total"]))
+cols = ["front", "knee", "run_id", "mlflow_run_id", "miou", "gflops_total", "latency_ms"]
+fronts[cols]'''),
+        new_markdown_cell("## Hypervolume per variant (one reference point for all)"),
+        new_code_cell('''\
+from pipelines.pareto import hypervolume, reference_point
+
+ref = reference_point(grid)
+hv = pd.Series({v: hypervolume(g, ref) for v, g in grid.groupby("variant", sort=True)},
+               name="hypervolume")
+hv["overall"] = hypervolume(grid, ref)
+print(f"reference point: {ref[0]:.3f} GFLOPs, {ref[1]:g} mIoU")
+hv.to_frame()'''),
+        new_markdown_cell("## Knee point of the overall front"),
+        new_code_cell('''\
+knee = fronts[(fronts["front"] == "overall") & fronts["knee"]]
+knee[cols]'''),
+        new_markdown_cell("## Figures"),
+        new_code_cell('show("accuracy_vs_gflops")'),
+        new_code_cell('show("search_hypervolume")'),
+    ], metadata={"kernelspec": {"name": "python3", "display_name": "Python 3",
+                                "language": "python"},
+                 "language_info": {"name": "python"}})
+
+
+def ablation_notebook():
+    return new_notebook(cells=[
+        new_markdown_cell("# Ablation overview\n\nSettings and results of every run, then the "
+                          "per-method figures. A figure whose runs do not exist yet prints a "
+                          "one-line note instead."),
+        new_code_cell(PARAMETERS, metadata={"tags": ["parameters"]}),
+        new_code_cell(SETUP),
+        new_markdown_cell("## Runs"),
+        new_code_cell('''\
+from pipelines.figures import points_table
+
+points_table(runs)'''),
+        new_markdown_cell("## Mean over seeds per setting"),
+        new_code_cell('''\
+keys = ["variant", "schedule", "trc", "lpe", "beta", "cluster_fraction"]
+metrics = ["miou", "gflops_total", "gflops_encoder", "latency_ms"]
+(grid.assign(**{k: grid[k].astype("string").fillna("") for k in keys})
+     .groupby(keys, sort=True)[metrics].agg(["mean", "count"]).round(3))'''),
+        new_markdown_cell("## PRO-SCALE: encoder GFLOPs per schedule"),
+        new_code_cell('show("encoder_gflops_by_schedule")'),
+        new_markdown_cell("## ECO-M2F: exits"),
+        new_code_cell('show("eco_m2f_exits")'),
+        new_markdown_cell("## AiluRus: clustering fraction"),
+        new_code_cell('show("accuracy_vs_cluster_fraction")'),
+        new_markdown_cell("## Does wall clock follow FLOPs?"),
+        new_code_cell('show("latency_vs_gflops")'),
+    ], metadata={"kernelspec": {"name": "python3", "display_name": "Python 3",
+                                "language": "python"},
+                 "language_info": {"name": "python"}})
+
+
+def main() -> None:
+    for name, nb in (("pareto", pareto_notebook()), ("ablation", ablation_notebook())):
+        for i, cell in enumerate(nb.cells):  # stable ids: no churn when rebuilt
+            cell["id"] = f"{name}-{i:02d}"
+        nbformat.validate(nb)
+        nbformat.write(nb, HERE / f"{name}.ipynb")
+
+
+if __name__ == "__main__":
+    main()
