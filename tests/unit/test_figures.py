@@ -1,0 +1,160 @@
+"""Figures, Pareto tables and the HTML report: byte-identical re-runs, skip notes, run ids."""
+from __future__ import annotations
+
+import argparse
+import csv
+import filecmp
+import json
+import shutil
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from pipelines import figures, html_report
+from pipelines.analysis.data import read_runs_csv
+from pipelines.errors import UserError
+
+RUNS_CSV = Path(__file__).resolve().parents[1] / "data" / "runs_small.csv"
+
+
+@pytest.fixture(scope="module")
+def runs() -> pd.DataFrame:
+    return read_runs_csv(RUNS_CSV)
+
+
+@pytest.fixture(scope="module")
+def rendered(runs, tmp_path_factory):
+    """The full recorded table rendered twice into two folders."""
+    outs = []
+    for name in ("first", "second"):
+        out = tmp_path_factory.mktemp(name)
+        figures.render_all(runs, out, log=lambda *_: None)
+        outs.append(out)
+    return outs
+
+
+def test_every_figure_written_as_pdf_and_png(rendered):
+    manifest = json.loads((rendered[0] / "figures.json").read_text())
+    assert manifest["skipped"] == {}
+    assert sorted(manifest["figures"]) == sorted(figures.FIGURES)
+    for name in figures.FIGURES:
+        assert (rendered[0] / f"{name}.pdf").read_bytes().startswith(b"%PDF")
+        assert (rendered[0] / f"{name}.png").read_bytes().startswith(b"\x89PNG")
+
+
+def test_rerun_gives_byte_identical_files(rendered):
+    first, second = rendered
+    names = sorted(p.name for p in first.iterdir())
+    assert names == sorted(p.name for p in second.iterdir())
+    match, mismatch, errors = filecmp.cmpfiles(first, second, names, shallow=False)
+    assert mismatch == [] and errors == []
+
+
+def test_no_dates_or_versions_in_metadata(rendered):
+    pdf = (rendered[0] / "accuracy_vs_gflops.pdf").read_bytes()
+    assert b"CreationDate" not in pdf and b"Matplotlib" not in pdf
+    png = (rendered[0] / "accuracy_vs_gflops.png").read_bytes()
+    assert b"Software" not in png and b"matplotlib" not in png.lower()
+
+
+def test_every_pareto_point_traceable_to_its_run(rendered, runs):
+    ids = set(runs["mlflow_run_id"])
+    with open(rendered[0] / "points.csv", newline="") as fh:
+        points = list(csv.DictReader(fh))
+    assert len(points) == int((runs["role"] == "run").sum())
+    assert all(p["run_id"] and p["mlflow_run_id"] in ids for p in points)
+    on_front = [p for p in points if p["pareto_overall"] == "True"]
+    assert on_front and sum(p["knee_overall"] == "True" for p in points) == 1
+    table = figures.pareto_table(runs)
+    assert set(table["front"]) == {"overall", *runs.loc[runs["role"] == "run", "variant"]}
+    assert table["mlflow_run_id"].isin(ids).all() and table["run_id"].str.len().gt(0).all()
+    md = (rendered[0] / "pareto_points.md").read_text()
+    tex = (rendered[0] / "pareto_points.tex").read_text()
+    for mlflow_id in table["mlflow_run_id"]:
+        assert f"`{mlflow_id}`" in md and mlflow_id in tex
+    assert md.count("\n") == len(table) + 2
+    assert {p["mlflow_run_id"] for p in on_front} == set(
+        table.loc[table["front"] == "overall", "mlflow_run_id"])
+
+
+def test_missing_variants_are_skipped_with_a_note(runs, rendered, tmp_path):
+    baseline = runs[(runs["role"] == "run") & (runs["variant"] == "baseline")]
+    notes = []
+    shutil.copytree(rendered[0], tmp_path, dirs_exist_ok=True)  # a folder from a fuller table
+    manifest = figures.render_all(baseline, tmp_path, log=notes.append)
+    skipped = {"encoder_gflops_by_schedule", "eco_m2f_exits", "accuracy_vs_cluster_fraction",
+               "search_hypervolume"}
+    assert set(manifest["skipped"]) == skipped
+    assert sorted(n.split(":")[0] for n in notes if n.startswith("skipped")) == sorted(
+        f"skipped {name}" for name in skipped)
+    for name in skipped:  # no stale plot from the earlier, fuller table
+        assert not (tmp_path / f"{name}.png").exists()
+    assert (tmp_path / "accuracy_vs_gflops.png").exists()
+    # and they appear once their runs exist (the full table draws everything: see above)
+
+
+def test_per_stage_encoder_split_used_when_tracked(runs):
+    assert figures._stage_columns(runs) == []
+    staged = runs.assign(gflops_encoder_stage2=0.5, gflops_encoder_stage1=0.2)
+    assert figures._stage_columns(staged) == ["gflops_encoder_stage1", "gflops_encoder_stage2"]
+    assert not isinstance(figures.draw("encoder_gflops_by_schedule", staged), figures.Skip)
+
+
+def test_latex_escaping():
+    assert figures._tex("a_b 50% β") == r"a\_b 50\% $\beta$"
+
+
+def _cli(module, *argv):
+    parser = argparse.ArgumentParser()
+    module.add_parser(parser.add_subparsers())
+    args = parser.parse_args(list(argv))
+    return args.func(args)
+
+
+def test_cli_needs_a_source(tmp_path):
+    with pytest.raises(UserError, match="--tracking-uri"):
+        _cli(figures, "figures", "--out", str(tmp_path))
+    with pytest.raises(UserError, match="not found"):
+        _cli(figures, "figures", "--runs-csv", str(tmp_path / "nope.csv"), "--out", str(tmp_path))
+
+
+def test_html_report_links_every_run_and_is_deterministic(runs, tmp_path):
+    assert _cli(html_report, "html-report", "--runs-csv", str(RUNS_CSV),
+                "--out", str(tmp_path / "a"), "--mlflow-ui", "http://mlflow:5000/") == 0
+    page = (tmp_path / "a" / "index.html").read_text()
+    for _, run in runs[runs["role"] == "run"].iterrows():
+        url = f"http://mlflow:5000/#/experiments/{run['experiment_id']}/runs/{run['mlflow_run_id']}"
+        assert f'href="{url}"' in page
+    for name in figures.FIGURES:
+        assert f'src="figures/{name}.png"' in page
+    html_report.build_report(runs, tmp_path / "b", ui="http://mlflow:5000", log=lambda *_: None)
+    assert page == (tmp_path / "b" / "index.html").read_text()
+
+
+def test_load_runs_reads_the_ingestion_contract_back(tmp_path, monkeypatch, runs):
+    """A few runs logged into a SQLite store the way the ingestion does come back exactly as
+    recorded in runs_small.csv (apart from MLflow's random ids)."""
+    import importlib.util
+
+    from pipelines.analysis.data import load_runs
+
+    spec = importlib.util.spec_from_file_location("record", RUNS_CSV.with_name(
+        "record_runs_small.py"))
+    record = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(record)
+    keep = {"baseline-s0", "pro_scale-3-3-3-trc", "eco_m2f-b0.005"}
+    monkeypatch.setattr(record, "RUNS", [r for r in record.RUNS if r[0] in keep])
+    monkeypatch.setattr(record, "TRIALS", record.TRIALS[:1])
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    record.log_runs(uri, "demo")
+    got = load_runs(uri, "demo")
+    assert list(got["role"]) == ["run", "run", "run", "trial"]  # the parent run is left out
+    assert got["mlflow_run_id"].str.len().eq(32).all()
+    want = runs[runs["run_id"].isin(keep | {"trial-000"})].reset_index(drop=True)
+    ignore = ["mlflow_run_id", "experiment_id"]
+    pd.testing.assert_frame_equal(got.drop(columns=ignore), want.drop(columns=ignore))
+    assert json.loads(got.loc[got["run_id"] == "eco_m2f-b0.005", "exit_histogram"].iloc[0]) == {
+        "2": 5, "3": 9, "4": 8, "5": 6, "6": 4}
+    with pytest.raises(UserError, match="no MLflow experiment 'nope'"):
+        load_runs(uri, "nope")
