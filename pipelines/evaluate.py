@@ -29,13 +29,12 @@ def metrics_to_json(metrics: dict) -> dict:
 
 
 def evaluate(cfg, checkpoint: str | Path) -> dict:
-    import pipelines.registry  # noqa: F401
-    from mmengine.runner import Runner
+    from pipelines.runner import build_runner, run_loop
 
     cfg.load_from = str(checkpoint)
     cfg.resume = False
-    runner = Runner.from_cfg(cfg)
-    metrics = runner.test()
+    runner = build_runner(cfg)
+    metrics = run_loop(runner, "test")
     return metrics_to_json(metrics)
 
 

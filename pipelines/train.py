@@ -40,12 +40,11 @@ def build_train_config(args: argparse.Namespace):
 
 def train(cfg):
     """Run training; returns the runner (its ``iter`` and ``work_dir`` tell what happened)."""
-    import pipelines.registry  # noqa: F401  (compat fixes + plug-ins)
     import pipelines.hooks  # noqa: F401
-    from mmengine.runner import Runner
+    from pipelines.runner import build_runner, run_loop
 
-    runner = Runner.from_cfg(cfg)
-    runner.train()
+    runner = build_runner(cfg)
+    run_loop(runner, "train")
     return runner
 
 

@@ -31,9 +31,9 @@ def synthetic_root(tmp_path_factory) -> Path:
 
 # tiny runs: 64x64 inputs (the model is fully convolutional + deformable attention)
 TINY_OPTIONS = (
-    "model.data_preprocessor.size=[64,64]",
-    "train_dataloader.dataset.pipeline.2.scale=[64,64]",
-    "train_dataloader.dataset.pipeline.3.crop_size=[64,64]",
-    "test_dataloader.dataset.pipeline.1.scale=[64,64]",
+    "model.data_preprocessor.size=(64,64)",
+    "train_dataloader.dataset.pipeline.2.scale=(64,64)",
+    "train_dataloader.dataset.pipeline.3.crop_size=(64,64)",
+    "test_dataloader.dataset.pipeline.1.scale=(64,64)",
     "model.decode_head.train_cfg.num_points=1024",
 )
