@@ -83,11 +83,12 @@ def collect_metrics(paths: RunPaths) -> dict[str, float | None]:
             metrics["params"] = params
     bench = _read_json(paths.benchmark)
     if bench:
-        metrics["latency_ms"] = _number(bench, "latency_ms", "total.median_ms", "median_ms",
-                                        "model.median_ms", "latency_ms.total")
+        # `python -m pipelines benchmark --json`: results.candidate.{model,pixel_decoder}.median_ms
+        metrics["latency_ms"] = _number(bench, "results.candidate.model.median_ms",
+                                        "latency_ms", "model.median_ms")
         metrics["latency_ms_pixel_decoder"] = _number(
-            bench, "latency_ms_pixel_decoder", "pixel_decoder.median_ms",
-            "latency_ms.pixel_decoder", "components.pixel_decoder.median_ms")
+            bench, "results.candidate.pixel_decoder.median_ms", "latency_ms_pixel_decoder",
+            "pixel_decoder.median_ms")
     done = _read_json(paths.train_done)
     if done:
         metrics["train_time_s"] = _number(done, "train_time_s")

@@ -23,7 +23,12 @@ except UserError as err:
 ABLATION = config["name"]
 RESULTS = config["results"]
 # every rule runs in this environment (`--sdm conda` on a cluster; the local .venv otherwise)
-CONDA_ENV = "../../environment.yml"
+# (None until the repository's environment.yml exists: Snakemake records the file's hash)
+CONDA_ENV = (
+    "../../environment.yml"
+    if os.path.isfile(os.path.join(workflow.basedir, "environment.yml"))
+    else None
+)
 STAGE_ROOT = f"{RESULTS}/{{stage}}/{ABLATION}/{{run_id}}"
 
 

@@ -36,6 +36,8 @@ rule benchmark_model:
         config=lambda wildcards: get_run(wildcards).config,
         shape=config["benchmark"]["shape"],
         device=config["benchmark"]["device"],
+        repeats=config["benchmark"]["repeats"],
+        warmup=config["benchmark"]["warmup"],
         options=get_options,
     threads: get_threads("benchmark")
     resources:
@@ -46,4 +48,5 @@ rule benchmark_model:
     shell:
         "OMP_NUM_THREADS={threads} PYTHONWARNINGS=ignore "
         "python -m pipelines benchmark {params.config} --shape {params.shape} --device {params.device} "
+        "--repeats {params.repeats} --warmup {params.warmup} "
         "--json {output.benchmark} --cfg-options {params.options} > {log} 2>&1"

@@ -26,7 +26,7 @@ rule ingest_results:
     shell:
         "PYTHONWARNINGS=ignore python -m pipelines ingest --ablation {params.ablation} --results {params.results} "
         "--tracking-uri {params.tracking_uri:q} --artifact-location {params.artifacts:q} "
-        "--description {params.description:q} --out {output.ingested} "
+        "--description={params.description:q} --out {output.ingested} "
         "--runs {params.runs} > {log} 2>&1"
 
 
