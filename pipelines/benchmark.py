@@ -15,7 +15,7 @@ from __future__ import annotations
 import argparse
 import statistics
 import time
-from typing import Callable, Dict, List, Tuple
+from typing import Callable, Dict, List, Sequence, Tuple
 
 from pipelines.config import load_config, write_json_atomic
 from pipelines.errors import UserError
@@ -115,30 +115,48 @@ def model_calls(model, image_hw: Tuple[int, int], device: str) -> Dict[str, Call
     return {"pixel_decoder": lambda: pixel_decoder(feats), "model": lambda: forward(img)}
 
 
-def benchmark(configs: Dict[str, object], image_hw: Tuple[int, int], device: str = "cpu",
-              repeats: int = 20, warmup: int = 3) -> dict:
-    """Measure every config (``{name: cfg}``) side by side; returns the JSON document."""
+def measure_models(models: Dict[str, object], image_hw: Tuple[int, int], device: str = "cpu",
+                   repeats: int = 20, warmup: int = 3, parts: Sequence[str] = PARTS) -> dict:
+    """Time ``parts`` of every built model (``{name: model}``), all calls interleaved in one
+    loop; returns ``{name: {part: summary}}`` (see :func:`summarize`)."""
     import torch
 
-    from pipelines.flops import describe_pixel_decoder
+    calls = {}
+    for name, model in models.items():
+        for part, fn in model_calls(model, image_hw, device).items():
+            if part in parts:
+                calls[f"{name}/{part}"] = fn
+    with torch.no_grad():
+        times = interleaved(calls, repeats, warmup, make_timer(device))
+    return {name: {part: summarize(times[f"{name}/{part}"]) for part in parts}
+            for name in models}
+
+
+def check_device(device: str, repeats: int, warmup: int) -> str:
+    """Refuse impossible settings in one line; returns the deformable-attention backend."""
+    import torch
 
     if repeats < 1 or warmup < 0:
         raise UserError(f"--repeats must be >= 1 and --warmup >= 0, got {repeats}, {warmup}")
     if device == "cuda" and not torch.cuda.is_available():
         raise UserError("--device cuda asked for, but torch sees no CUDA device")
-    backend = deform_attn_backend(device)
-    calls, described = {}, {}
-    for name, cfg in configs.items():
-        model = build_model(cfg)
-        described[name] = {"config": str(cfg.filename),
-                           "pixel_decoder_type": describe_pixel_decoder(model)}
-        for part, fn in model_calls(model, image_hw, device).items():
-            calls[f"{name}/{part}"] = fn
-    with torch.no_grad():
-        times = interleaved(calls, repeats, warmup, make_timer(device))
-    results = {name: dict(described[name], **{part: summarize(times[f"{name}/{part}"])
-                                              for part in PARTS})
-               for name in configs}
+    return deform_attn_backend(device)
+
+
+def benchmark(configs: Dict[str, object], image_hw: Tuple[int, int], device: str = "cpu",
+              repeats: int = 20, warmup: int = 3) -> dict:
+    """Measure ``{'candidate': cfg[, 'baseline': cfg]}`` side by side; the JSON document."""
+    import torch
+
+    from pipelines.flops import describe_pixel_decoder
+
+    backend = check_device(device, repeats, warmup)
+    models = {name: build_model(cfg) for name, cfg in configs.items()}
+    timings = measure_models(models, image_hw, device, repeats, warmup)
+    results = {name: dict(config=str(cfg.filename),
+                          pixel_decoder_type=describe_pixel_decoder(models[name]),
+                          **timings[name])
+               for name, cfg in configs.items()}
     doc = {"shape": list(image_hw), "batch": 1, "device": device, "deform_attn_backend": backend,
            "torch_threads": torch.get_num_threads(), "repeats": repeats, "warmup": warmup,
            "results": results}

@@ -1,0 +1,1 @@
+"""Benchmark scripts (each runnable with ``python -m pipelines.benchmarks.<name>``)."""
