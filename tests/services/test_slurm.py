@@ -1,0 +1,82 @@
+"""The ablation DAG on a real single-node SLURM (sbatch per job, a fake GPU through gres.conf).
+
+Runs the two-run tiny grid twice: locally and with ``--profile slurm`` (resolved the way a user
+gets it: workflow/scripts/install_profile.sh links the profile into the user's snakemake config
+folder); the evaluation metrics must be equal.
+"""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import REPO
+from tests.services.local_slurm import LocalSlurm, missing_reason
+from tests.workflow.conftest import snakemake, tiny_ablation, write_config
+
+pytestmark = [pytest.mark.services, pytest.mark.slow]
+
+
+@pytest.fixture
+def slurm(tmp_path):
+    reason = missing_reason()
+    if reason:
+        pytest.skip(reason)
+    cluster = LocalSlurm(tmp_path / "slurm")
+    try:
+        cluster.start()
+    except RuntimeError as err:
+        pytest.fail(f"SLURM is installed but did not start: {str(err)[-2000:]}")
+    yield cluster
+    cluster.stop()
+
+
+def _metrics(root: Path, ablation: str) -> dict[str, dict]:
+    out = {}
+    for path in sorted((root / "results" / "evaluate" / ablation).glob("*/metrics.json")):
+        data = json.loads(path.read_text())
+        out[path.parent.name] = {k: data[k] for k in ("miou", "aacc", "macc", "per_class_iou")}
+    return out
+
+
+def test_slurm_run_equals_local_run(slurm, tmp_path):
+    local_dir, slurm_dir = tmp_path / "local", tmp_path / "cluster"
+    configs = {}
+    for where in (local_dir, slurm_dir):
+        where.mkdir()
+        config = tiny_ablation(where, name="tiny", benchmark=False)
+        if where == slurm_dir:  # the train jobs ask SLURM for the (fake) GPU
+            config["resources"] = {"train": {"gpus": 1, "cpus": 1, "mem_mb": 3000,
+                                             "runtime": 30}}
+        configs[where] = write_config(where / "tiny.yaml", config)
+
+    local = snakemake(local_dir, configs[local_dir])
+    assert local.returncode == 0, local.stderr[-3000:]
+
+    xdg = tmp_path / "xdg"
+    env = dict(slurm.env, XDG_CONFIG_HOME=str(xdg))
+    link = subprocess.run(["bash", "workflow/scripts/install_profile.sh"], cwd=REPO, env=env,
+                          capture_output=True, text=True)
+    assert link.returncode == 0, link.stderr
+    assert (xdg / "snakemake" / "slurm" / "config.yaml").is_file()
+
+    cluster = snakemake(slurm_dir, configs[slurm_dir], "--profile", "slurm",
+                        "--slurm-init-seconds-before-status-checks", "5",
+                        "--seconds-between-status-checks", "5", "--jobs", "4",
+                        env=env, timeout=1500)
+    assert cluster.returncode == 0, (cluster.stderr[-4000:] + "\n" + slurm.logs())
+    # the jobs really went through sbatch, and the train jobs carried the GPU request
+    jobs = subprocess.run(["squeue", "-h", "-t", "all", "-o", "%j|%b|%T"], env=slurm.env,
+                          capture_output=True, text=True).stdout.splitlines()
+    assert len(jobs) >= 6, jobs
+    assert all(line.endswith("COMPLETED") for line in jobs), jobs
+    assert sum("gpu" in line.split("|")[1] for line in jobs) == 2, jobs
+    assert list((slurm_dir / ".snakemake" / "slurm_logs").rglob("*.log"))
+
+    local_metrics, cluster_metrics = _metrics(local_dir, "tiny"), _metrics(slurm_dir, "tiny")
+    assert set(local_metrics) == {"baseline-seed0", "pro_scale-s3-3-3-trc-lpe-seed0"}
+    assert cluster_metrics == local_metrics
+    assert (slurm_dir / "results" / "ingest" / "tiny" / "ingested.json").is_file()
