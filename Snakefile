@@ -11,7 +11,11 @@ from snakemake.utils import min_version
 min_version("9.0")
 
 
-configfile: "configs/ablations/demo.yaml"
+# The demo ablation by default. An ablation given with --configfile replaces it instead of being
+# merged into it (Snakemake's default merge would leak the demo's variants and settings).
+if not workflow.overwrite_configfiles:
+
+    configfile: "configs/ablations/demo.yaml"
 
 
 include: "workflow/rules/common.smk"

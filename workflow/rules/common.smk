@@ -10,9 +10,16 @@ from snakemake.utils import validate
 
 sys.path.insert(0, workflow.basedir)
 from pipelines.errors import UserError  # noqa: E402
-from pipelines.grid import RunPaths, expand_grid  # noqa: E402
+from pipelines.grid import RunPaths, expand_grid, validate_ablation  # noqa: E402
 
 
+# First the same schema through pipelines.grid, which names the offending key in one line
+# ("ablation config key 'grid.variants.vit': unknown key") instead of a schema dump; then
+# snakemake's own validate (fills the defaults in).
+try:
+    validate_ablation(config)
+except UserError as err:
+    raise WorkflowError(f"invalid ablation config: {err}") from None
 validate(config, schema="../schemas/ablation.schema.yaml", set_default=True)
 
 try:
