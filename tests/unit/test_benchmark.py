@@ -1,0 +1,94 @@
+"""Latency benchmark: statistics, interleaving, and the structure of its output (not timings)."""
+from __future__ import annotations
+
+import json
+
+import pytest
+
+import pipelines.registry  # noqa: F401
+from pipelines.benchmark import interleaved, summarize
+from tests.conftest import REPO, TINY_CONFIG, run_cli
+
+PROSCALE_TINY = REPO / "configs/models/mask2former_r18_proscale-333_synthetic-128x128.py"
+
+
+def test_summarize_quartiles():
+    s = summarize([5.0, 1.0, 3.0, 2.0, 4.0])
+    assert s["median_ms"] == 3.0
+    assert (s["q1_ms"], s["q3_ms"], s["iqr_ms"]) == (2.0, 4.0, 2.0)
+    assert s["min_ms"] == 1.0 and s["n"] == 5
+    assert summarize([7.0])["iqr_ms"] == 0.0
+    with pytest.raises(ValueError):
+        summarize([])
+
+
+def test_interleaved_alternates_order_and_skips_warmup():
+    order = []
+    calls = {"a": lambda: order.append("a"), "b": lambda: order.append("b")}
+    ticks = iter(range(100))
+
+    def timer(fn):
+        fn()
+        return float(next(ticks))
+
+    times = interleaved(calls, repeats=3, warmup=1, timer=timer)
+    assert order == ["a", "b", "a", "b", "b", "a", "a", "b"]  # warm-up, then A B, B A, A B
+    assert times == {"a": [0.0, 3.0, 4.0], "b": [1.0, 2.0, 5.0]}
+
+
+def test_benchmark_document_structure():
+    from pipelines.benchmark import benchmark, format_table
+    from pipelines.config import load_config
+
+    doc = benchmark({"candidate": load_config(PROSCALE_TINY), "baseline": load_config(TINY_CONFIG)},
+                    (64, 64), "cpu", repeats=2, warmup=0)
+    assert doc["device"] == "cpu" and doc["shape"] == [64, 64] and doc["repeats"] == 2
+    assert "pytorch" in doc["deform_attn_backend"] and "CPU fallback" in doc["deform_attn_backend"]
+    for name in ("candidate", "baseline"):
+        res = doc["results"][name]
+        for part in ("pixel_decoder", "model"):
+            s = res[part]
+            assert s["n"] == 2 and s["median_ms"] > 0 and s["q1_ms"] <= s["median_ms"] <= s["q3_ms"]
+    assert "ProScalePixelDecoder(schedule=(3, 3, 3), trc=True, lpe=True)" == \
+        doc["results"]["candidate"]["pixel_decoder_type"]
+    for part in ("pixel_decoder", "model"):
+        ratio = doc["results"]["candidate"][part]["median_ms"] / \
+            doc["results"]["baseline"][part]["median_ms"]
+        assert doc["ratios"][part] == pytest.approx(ratio)
+        assert doc["latency_reduction"][part] == pytest.approx(1 - ratio)
+    table = format_table(doc)
+    assert "ratio candidate/baseline pixel_decoder" in table and "grid_sample" in table
+
+
+@pytest.mark.slow  # two model builds + timing in a fresh interpreter: ~20 s idle, ~50 s loaded
+def test_cli_benchmark_json(tmp_path):
+    out = tmp_path / "bench.json"
+    proc = run_cli("benchmark", str(PROSCALE_TINY), "--shape", "64", "64", "--repeats", "2",
+                   "--warmup", "0", "--json", str(out))
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    doc = json.loads(out.read_text())
+    assert set(doc["results"]) == {"candidate"} and "ratios" not in doc
+    assert "CPU fallback" in proc.stdout
+
+
+@pytest.mark.parametrize("args, words", [
+    (["--shape", "100", "64"], "multiple of 32"),
+    (["--repeats", "0"], "--repeats"),
+    (["--baseline", "configs/models/missing.py"], "config file not found"),
+    (["--cfg-options", "model.decode_head.pixel_decoder.schedule=(0,0,0)"], "schedule"),
+])
+def test_cli_benchmark_bad_input_is_one_line(args, words):
+    proc = run_cli("benchmark", str(PROSCALE_TINY), *args)
+    assert proc.returncode == 2
+    lines = [ln for ln in proc.stderr.splitlines() if ln.strip()]
+    assert len(lines) == 1, proc.stderr[-2000:]
+    assert lines[0].startswith("error: ") and words in lines[0]
+
+
+def test_cli_benchmark_cuda_without_gpu():
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("a GPU is present")
+    proc = run_cli("benchmark", str(TINY_CONFIG), "--device", "cuda", "--shape", "64", "64")
+    assert proc.returncode == 2 and "no CUDA device" in proc.stderr
