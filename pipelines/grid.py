@@ -160,7 +160,7 @@ def variant_cfg_options(variant: str, settings: Mapping[str, Any]) -> list[str]:
         return [f"{PRO_SCALE_KEY}.schedule=[{sched}]",
                 f"{PRO_SCALE_KEY}.trc={bool(settings['trc'])}",
                 f"{PRO_SCALE_KEY}.lpe={bool(settings['lpe'])}"]
-    raise UserError(f"variant {variant!r} is a known axis value but has no model yet "
+    raise UserError(f"grid.variants.{variant}: a known variant that has no model yet "
                     f"(implemented: {', '.join(IMPLEMENTED)})")
 
 

@@ -47,11 +47,12 @@ def write_config(path: Path, config: dict) -> Path:
     return path
 
 
-def snakemake(workdir: Path, configfile: Path | None, *args: str, timeout: float = 1200,
+def snakemake(workdir: Path | None, configfile: Path | None, *args: str, timeout: float = 1200,
               env: dict | None = None):
     """Run the repo's Snakefile with `workdir` as working directory (its own .snakemake)."""
-    cmd = [str(SNAKEMAKE), "--snakefile", str(REPO / "Snakefile"), "--directory", str(workdir),
-           "--cores", "2", *args]
+    cmd = [str(SNAKEMAKE), "--snakefile", str(REPO / "Snakefile"), "--cores", "2", *args]
+    if workdir is not None:  # None: the repository itself (lint)
+        cmd[3:3] = ["--directory", str(workdir)]
     if configfile is not None:
         cmd[1:1] = ["--configfile", str(configfile)]
     base = env if env is not None else os.environ

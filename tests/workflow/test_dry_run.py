@@ -1,0 +1,110 @@
+"""The DAG without training: dry runs, lint, and malformed ablation configs refused up front."""
+from __future__ import annotations
+
+import re
+
+import pytest
+import yaml
+
+from tests.conftest import REPO
+from tests.workflow.conftest import snakemake, tiny_ablation, write_config
+
+
+def job_counts(stdout: str) -> dict[str, int]:
+    """The `Job stats` table of a dry run -> {rule: count}."""
+    counts: dict[str, int] = {}
+    for rule, n in re.findall(r"^(\w+)\s+(\d+)$", stdout, flags=re.M):
+        counts.setdefault(rule, int(n))
+    return counts
+
+
+def test_demo_dry_run(tmp_path):
+    # demo.yaml (the Snakefile's default) in a fresh folder, so nothing is done yet; its model
+    # paths are relative to the repository, so they are made absolute here
+    assert 'configfile: "configs/ablations/demo.yaml"' in (REPO / "Snakefile").read_text()
+    demo = yaml.safe_load((REPO / "configs" / "ablations" / "demo.yaml").read_text())
+    demo["models"] = {k: str(REPO / v) for k, v in demo["models"].items()}
+    proc = snakemake(tmp_path, write_config(tmp_path / "demo.yaml", demo), "-n")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    counts = job_counts(proc.stdout)
+    assert counts["train_model"] == 4 and counts["evaluate_model"] == 4
+    assert counts["count_flops"] == 4 and counts["benchmark_model"] == 4
+    assert counts["ingest_results"] == 1 and counts["write_report"] == 1
+    for run_id in ("baseline-seed0", "pro_scale-s3-3-3-trc-lpe-seed0",
+                   "pro_scale-s2-2-2-trc-lpe-seed0", "pro_scale-s1-1-4-trc-lpe-seed0"):
+        assert f"results/train/demo/{run_id}/train_done.json" in proc.stdout
+    # checkpoints are never outputs: a retry resumes instead of deleting them
+    assert ".pth" not in proc.stdout
+
+
+@pytest.mark.parametrize("ablation, n_train", [("ade20k", 51)])
+def test_full_size_grids_dry_run(tmp_path, ablation, n_train):
+    proc = snakemake(tmp_path, REPO / "configs" / "ablations" / f"{ablation}.yaml", "-n")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert job_counts(proc.stdout)["train_model"] == n_train
+    assert "generate_dataset" not in proc.stdout  # the user's dataset, not generated
+    assert "gres=gpu:1" in proc.stdout
+
+
+def test_cityscapes_config_is_schema_valid():
+    from pipelines.grid import load_ablation, validate_ablation
+
+    config = validate_ablation(load_ablation(REPO / "configs" / "ablations" / "cityscapes.yaml"))
+    assert config["name"] == "cityscapes"
+
+
+def test_lint_is_clean():
+    proc = snakemake(None, None, "--lint")
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-2000:]
+    assert "Congratulations, your workflow is in a good condition!" in proc.stdout + proc.stderr
+    assert "Lints for" not in proc.stdout + proc.stderr
+
+
+def test_changing_one_axis_value_adds_only_its_runs(tmp_path):
+    a = tiny_ablation(tmp_path)
+    a["grid"]["variants"]["pro_scale"]["schedule"] = ["3-3-3", "2-2-2"]
+    proc = snakemake(tmp_path, write_config(tmp_path / "a.yaml", a), "-n")
+    assert job_counts(proc.stdout)["train_model"] == 3
+    assert "pro_scale-s2-2-2-trc-lpe-seed0" in proc.stdout
+
+
+@pytest.mark.parametrize("mutate, key", [
+    (lambda c: c["grid"]["variants"].update(vit_magic={}), "grid.variants.vit_magic"),
+    (lambda c: c["grid"]["variants"]["pro_scale"].update(schedule=["3-3"]),
+     "grid.variants.pro_scale.schedule.0"),
+    (lambda c: c["grid"]["variants"]["pro_scale"].update(schedule=["3-3-0"]),
+     "grid.variants.pro_scale.schedule.0"),
+    (lambda c: c["train"].update(max_iters="many"), "train.max_iters"),
+    (lambda c: c["grid"].update(seed=["zero"]), "grid.seed.0"),
+    (lambda c: c.update(colour="blue"), "colour"),
+    (lambda c: c["grid"]["variants"]["pro_scale"].update(beta=[0.1]),
+     "grid.variants.pro_scale.beta"),
+    (lambda c: c["grid"]["variants"]["pro_scale"].update(trc=["yes"]),
+     "grid.variants.pro_scale.trc.0"),
+])
+def test_malformed_configs_are_refused_before_any_job(tmp_path, mutate, key):
+    config = tiny_ablation(tmp_path)
+    mutate(config)
+    path = write_config(tmp_path / "bad.yaml", config)
+    proc = snakemake(tmp_path, path, "--cores", "1")
+    assert proc.returncode != 0
+    assert f"invalid ablation config: ablation config key '{key}'" in proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert not (tmp_path / "results").exists() and not (tmp_path / "data").exists()
+
+
+def test_unknown_model_variant_config_is_refused(tmp_path):
+    config = tiny_ablation(tmp_path)
+    config["grid"]["variants"]["eco_m2f"] = {"beta": [0.01],
+                                             "config": config["models"]["baseline"]}
+    proc = snakemake(tmp_path, write_config(tmp_path / "bad.yaml", config), "-n")
+    assert proc.returncode != 0
+    out = proc.stdout + proc.stderr
+    assert "invalid ablation config: grid.variants.eco_m2f: a known variant that has no model" \
+        in out
+
+
+def test_demo_config_is_valid_yaml_with_known_keys():
+    config = yaml.safe_load((REPO / "configs" / "ablations" / "demo.yaml").read_text())
+    assert set(config["grid"]["variants"]) == {"baseline", "pro_scale"}
+    assert len(config["grid"]["variants"]["pro_scale"]["schedule"]) >= 3
