@@ -45,12 +45,16 @@ quiet "${PIP[@]}" install -q "pip>=23" wheel ninja "setuptools==80.9.0" \
 if ! "$VENV/bin/python" -c 'import mmcv.ops' 2>/dev/null \
    || [ "$("$VENV/bin/python" -c 'import mmcv; print(mmcv.__version__)' 2>/dev/null)" != "2.1.0" ]; then
     echo "install.sh: installing mmcv 2.1.0 with compiled ops (a source build takes ~25 min on 2 cores)"
-    # mmcv's setup.py needs an old setuptools (the recipe in ../shared/wheels/README.md);
-    # the runtime pin is put back right after.
-    quiet "${PIP[@]}" install -q "setuptools<70"
-    MAX_JOBS=${MAX_JOBS:-2} MMCV_WITH_OPS=1 FORCE_CUDA=${FORCE_CUDA:-0} \
-        quiet "${PIP[@]}" install "${find_links[@]}" --no-build-isolation "mmcv==2.1.0"
-    quiet "${PIP[@]}" install -q "setuptools==80.9.0"
+    if [ "${FORCE_CUDA:-0}" = 0 ] && compgen -G "$ROOT/../shared/wheels/mmcv-2.1.0-cp311-*.whl" >/dev/null; then
+        quiet "${PIP[@]}" install -q "${find_links[@]}" --no-build-isolation "mmcv==2.1.0"
+    else
+        # mmcv's setup.py needs an old setuptools (the recipe in ../shared/wheels/README.md);
+        # pip warns that torch wants a newer one: the runtime pin is put back right after.
+        quiet "${PIP[@]}" install -q "setuptools<70"
+        MAX_JOBS=${MAX_JOBS:-2} MMCV_WITH_OPS=1 FORCE_CUDA=${FORCE_CUDA:-0} \
+            quiet "${PIP[@]}" install --no-build-isolation --no-binary mmcv "mmcv==2.1.0"
+        quiet "${PIP[@]}" install -q "setuptools==80.9.0"
+    fi
 fi
 quiet "${PIP[@]}" install -q "${find_links[@]}" --no-build-isolation -e "$ROOT"
 "$VENV/bin/python" -c 'import mmcv.ops, mmseg, mmdet, pipelines'
