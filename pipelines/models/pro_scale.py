@@ -21,7 +21,9 @@ Optional parts:
   straight to ``(B, C, H, W)``: that reinterprets memory, so channels and positions are mixed and
   the resize runs on a scrambled image. We implement the intended operation.
 * **LPE** (light pixel embedding): the 3x3 conv of the 1/4-scale output conv becomes a 3x3
-  max-pool (stride 1, padding 1), keeping the GroupNorm and ReLU.
+  max-pool (stride 1, padding 1), keeping the GroupNorm and ReLU. The pool is computed as
+  separable shifted maxima (:func:`max_pool_3x3`), bit-identical to ``F.max_pool2d`` and ~10x
+  faster on CPU.
 
 Layout follows ToMe's ``merge.py``: pure tensor functions, a schedule parser, and one small
 registered class that subclasses mmdet's ``MSDeformAttnPixelDecoder`` (upstream attribute names,
@@ -104,6 +106,28 @@ def recalibrate_tokens(tokens: Tensor, hw: Tuple[int, int], fine: Tensor,
     return tokens * gate
 
 
+def max_pool_3x3(x: Tensor) -> Tensor:
+    """3x3 max-pool, stride 1, padding 1 (``-inf`` border), as row maxima then column maxima.
+
+    Bit-identical to ``F.max_pool2d(x, 3, 1, 1)`` (max is exact and separable) and about 10x
+    faster on CPU for NCHW maps (PyTorch's CPU kernel computes ``argmax`` indices it discards;
+    measured 96 ms vs 9 ms at 1x256x128x128). Free in FLOPs either way (fvcore convention).
+    """
+    p = F.pad(x, (1, 1, 1, 1), value=float('-inf'))
+    rows = torch.maximum(torch.maximum(p[..., :-2], p[..., 1:-1]), p[..., 2:])
+    return torch.maximum(torch.maximum(rows[..., :-2, :], rows[..., 1:-1, :]), rows[..., 2:, :])
+
+
+class MaxPool3x3(nn.MaxPool2d):
+    """``nn.MaxPool2d(3, stride=1, padding=1)`` computed by :func:`max_pool_3x3` (LPE)."""
+
+    def __init__(self) -> None:
+        super().__init__(kernel_size=3, stride=1, padding=1)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return max_pool_3x3(x)
+
+
 def stage_inputs(num_levels: int, shapes: Sequence[Tuple[int, int]], pos: Tensor,
                  ref: Tensor, device) -> dict:
     """Keyword arguments of an encoder layer that attends to the ``num_levels`` coarsest maps.
@@ -163,7 +187,7 @@ class ProScalePixelDecoder(MSDeformAttnPixelDecoder):
         self.lpe = bool(lpe)
         if lpe:  # ConvModule keeps its norm and activation; only the 3x3 conv is swapped
             for output_conv in self.output_convs:
-                output_conv.conv = nn.MaxPool2d(kernel_size=3, stride=1, padding=1)
+                output_conv.conv = MaxPool3x3()
 
     def init_weights(self) -> None:
         super().init_weights()  # caffe2_xavier_init skips a max-pool (it has no weight)

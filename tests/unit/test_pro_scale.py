@@ -134,6 +134,16 @@ def test_trc_adds_257_parameters_and_lpe_drops_the_3x3_conv():
     assert hasattr(lpe.output_convs[0], 'gn') and lpe.output_convs[0].with_activation
 
 
+@pytest.mark.parametrize("shape", [(1, 3, 5, 7), (2, 4, 1, 1), (1, 2, 8, 3)])
+def test_max_pool_3x3_equals_torch(shape):
+    from pipelines.models.pro_scale import max_pool_3x3
+
+    x = torch.randn(*shape)
+    assert torch.equal(max_pool_3x3(x), torch.nn.functional.max_pool2d(x, 3, 1, 1))
+    x = -torch.rand(*shape) - 1  # all negative: the border must act as -inf, not 0
+    assert torch.equal(max_pool_3x3(x), torch.nn.functional.max_pool2d(x, 3, 1, 1))
+
+
 def test_lpe_output_conv_is_maxpool_norm_relu():
     model = build(type='ProScalePixelDecoder', schedule=(1, 1, 1), lpe=True)
     conv = model.output_convs[0]
