@@ -78,6 +78,8 @@ def get_or_create_experiment(client, name: str, artifact_location: str | None = 
         if exp.lifecycle_stage == "deleted":
             client.restore_experiment(exp.experiment_id)
         return exp.experiment_id
+    if artifact_location and "://" not in artifact_location:
+        artifact_location = str(Path(artifact_location) / name)  # one folder per ablation
     return client.create_experiment(name, artifact_location=resolve_artifact_location(
         artifact_location))
 
