@@ -2,6 +2,7 @@
 # Grid expansion, run ids and the result layout live in pipelines/grid.py (unit-tested).
 import json
 import os
+import re
 from pathlib import Path
 import shlex
 import sys
@@ -36,11 +37,10 @@ CONDA_ENV = (
     if os.path.isfile(os.path.join(workflow.basedir, "environment.yml"))
     else None
 )
-STAGE_ROOT = f"{RESULTS}/{{stage}}/{ABLATION}/{{run_id}}"
 
 
 wildcard_constraints:
-    run_id="|".join(sorted(RUNS)),
+    run_id="|".join(re.escape(run_id) for run_id in sorted(RUNS)),
 
 
 def paths(run_id):
