@@ -76,7 +76,8 @@ class LocalSlurm:
         r = self.root
         for sub in ("state", "spool", "log"):
             (r / sub).mkdir(parents=True, exist_ok=True)
-        ctl_port, d_port = free_port(), free_port()
+        self.ctl_port = ctl_port = free_port()
+        d_port = free_port()
         self.conf.write_text(f"""\
 ClusterName=pipelines-test
 SlurmctldHost={self.node}(127.0.0.1)
@@ -104,6 +105,7 @@ ReturnToService=2
 MinJobAge=600
 JobAcctGatherType=jobacct_gather/none
 AccountingStorageType=accounting_storage/none
+SlurmctldParameters=enable_configless
 JobCompType=jobcomp/none
 GresTypes=gpu
 SlurmctldTimeout=30
@@ -125,10 +127,13 @@ PartitionName=main Nodes={self.node} Default=YES MaxTime=INFINITE State=UP
                                            stdout=open(log / "slurmctld.out", "w"),
                                            stderr=subprocess.STDOUT, env=self.env))
         time.sleep(1)
-        self.procs.append(subprocess.Popen([_sbin("slurmd"), "-D", "-f", str(self.conf),
-                                            "-N", self.node],
+        # configless slurmd: it fetches slurm.conf + gres.conf from slurmctld and points the
+        # jobs' SLURM_CONF at its cached copy, so `srun` inside a job finds the cluster too
+        slurmd_env = {k: v for k, v in self.env.items() if k != "SLURM_CONF"}
+        self.procs.append(subprocess.Popen([_sbin("slurmd"), "-D", "-N", self.node,
+                                            "--conf-server", f"127.0.0.1:{self.ctl_port}"],
                                            stdout=open(log / "slurmd.out", "w"),
-                                           stderr=subprocess.STDOUT, env=self.env))
+                                           stderr=subprocess.STDOUT, env=slurmd_env))
         deadline = time.time() + timeout
         while time.time() < deadline:
             out = subprocess.run(["sinfo", "-h", "-o", "%t"], capture_output=True, text=True,
