@@ -24,7 +24,7 @@ import hashlib
 import itertools
 import json
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable, Mapping
 
@@ -60,6 +60,7 @@ class Run:
         config: model config path (``configs/models/*.py``).
         max_iters: training iterations.
         cfg_options: every ``KEY=VALUE`` passed to train / evaluate / flops / benchmark.
+        data_root: dataset folder (part of the recipe hash).
     """
 
     run_id: str
@@ -69,7 +70,6 @@ class Run:
     max_iters: int
     cfg_options: tuple[str, ...] = ()
     data_root: str = ""
-    extra: Mapping[str, Any] = field(default_factory=dict)
 
     @property
     def recipe_hash(self) -> str:
