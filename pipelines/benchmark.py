@@ -52,7 +52,14 @@ def summarize(times_ms: List[float]) -> dict:
     else:
         q1 = q2 = q3 = times_ms[0]
     return {"median_ms": statistics.median(times_ms), "q1_ms": q1, "q3_ms": q3,
-            "iqr_ms": q3 - q1, "min_ms": min(times_ms), "n": len(times_ms)}
+            "iqr_ms": q3 - q1, "min_ms": min(times_ms), "n": len(times_ms),
+            "times_ms": list(times_ms)}
+
+
+def paired_ratio(candidate_ms: List[float], baseline_ms: List[float]) -> float:
+    """Median over rounds of candidate / baseline, each pair timed back to back in one round of
+    :func:`interleaved`, so a load burst that hits a round hits both sides of its ratio."""
+    return statistics.median(c / b for c, b in zip(candidate_ms, baseline_ms))
 
 
 def deform_attn_backend(device: str) -> str:
