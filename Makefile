@@ -1,8 +1,9 @@
-# The README's two commands are `make demo` (main job) and `make test` (the whole suite, as CI).
+# The README's two commands are `make demo` (main job) and `make test` (the tests; CI adds
+# `make test-slow`).
 PY := .venv/bin/python
 STAMP := .venv/.pipelines-installed
 
-.PHONY: setup demo test test-quick bench clean
+.PHONY: setup demo test test-slow bench clean
 setup:
 	@bash workflow/scripts/install.sh
 
@@ -13,14 +14,17 @@ demo: setup
 	PATH="$(CURDIR)/.venv/bin:$$PATH" .venv/bin/snakemake --cores 2 --rerun-incomplete \
 		--show-failed-logs $(DEMO_ARGS)
 	@echo "results:  results/<stage>/demo/<run-id>/  (metrics JSON; checkpoints in results/train/demo/)"
-	@echo "report:   results/report/demo/report.md"
+	@echo "report:   results/report/demo/report.md  and  results/report/demo/html/index.html"
+	@echo "figures:  results/figures/demo/  (snakemake figures redraws them from MLflow)"
 	@echo "MLflow:   sqlite:///results/mlflow.db  ->  .venv/bin/mlflow ui --backend-store-uri sqlite:///results/mlflow.db"
 
+# `make test`: everything but the slow end-to-end tests (under 10 minutes on 2 cores);
+# `make test-slow`: real DAG runs, SIGKILL/resume, SLURM (CI runs both, see .ci/run).
 test: setup
-	$(PY) -m pytest -q
-
-test-quick: setup
 	$(PY) -m pytest -q -m "not slow"
+
+test-slow: setup
+	$(PY) -m pytest -q -m slow
 
 bench: setup
 	$(PY) -m pipelines.benchmarks.train_tiny

@@ -24,6 +24,7 @@ include: "workflow/rules/train.smk"
 include: "workflow/rules/cost.smk"
 include: "workflow/rules/eco_m2f.smk"
 include: "workflow/rules/report.smk"
+include: "workflow/rules/figures.smk"
 
 
 rule all:

@@ -103,4 +103,7 @@ def get_final_outputs():
     return [
         f"{RESULTS}/ingest/{ABLATION}/ingested.json",
         f"{RESULTS}/report/{ABLATION}/report.md",
+        # figures.smk: Pareto figures + tables and the HTML report, from the MLflow store
+        f"{RESULTS}/figures/{ABLATION}/figures.json",
+        f"{RESULTS}/report/{ABLATION}/html/index.html",
     ]
