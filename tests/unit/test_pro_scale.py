@@ -29,8 +29,11 @@ def pixel_decoder_cfg(**changes):
 
 def build(**changes):
     from mmdet.registry import MODELS
+    from mmengine.registry import DefaultScope
 
-    model = MODELS.build(pixel_decoder_cfg(**changes))
+    # other tests leave mmseg as the process-wide default scope; these names are mmdet's
+    with DefaultScope.overwrite_default_scope("mmdet"):
+        model = MODELS.build(pixel_decoder_cfg(**changes))
     model.init_weights()
     return model.eval()
 
