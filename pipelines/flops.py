@@ -154,11 +154,32 @@ def count_flops(model, image_hw: Tuple[int, int], count_sampling: bool = False) 
         total = analyzer.total()
     flops = {part: int(by_module.get(f"model.{path}", 0)) for part, path in PARTS.items()}
     flops["total"] = int(total)
+    stages = {f"stage{k}": int(sum(by_module.get(f"model.{PARTS['encoder']}.layers.{i}", 0)
+                                   for i in layer_ids))
+              for k, layer_ids in encoder_stage_layers(model).items()}
     modules = dict(model.named_modules())
     params = {part: sum(p.numel() for p in modules[path].parameters()) if path in modules else 0
               for part, path in PARTS.items()}
     params["total"] = sum(p.numel() for p in model.parameters())
-    return {"flops": flops, "params": params}
+    return {"flops": flops, "params": params, "encoder_stages": stages}
+
+
+def encoder_stage_layers(model) -> dict:
+    """Encoder layer indices per stage, keyed by the number of levels a stage attends to
+    (PRO-SCALE's schedule; a plain encoder is one stage over every level)."""
+    pd = model.decode_head.pixel_decoder
+    layers = getattr(getattr(pd, "encoder", None), "layers", None)
+    if layers is None:
+        return {}
+    from pipelines.models.pro_scale import stage_of_layers
+
+    schedule = getattr(pd, "schedule", None)
+    levels = (stage_of_layers(schedule) if schedule is not None
+              else [pd.num_encoder_levels] * len(layers))
+    out: dict = {}
+    for i, k in enumerate(levels):
+        out.setdefault(k, []).append(i)
+    return out
 
 
 def flops_report(cfg, image_hw: Tuple[int, int], count_sampling: bool = False,
@@ -183,6 +204,8 @@ def flops_report(cfg, image_hw: Tuple[int, int], count_sampling: bool = False,
         "pixel_decoder": describe_pixel_decoder(model),
         "count_sampling": bool(count_sampling), "units": "GFLOPs (1e9, one multiply-add = one FLOP)",
         "gflops": gflops, "params": counted["params"], "analytic_gflops": analytic,
+        # traced encoder GFLOPs per stage (stage k attends to the k coarsest levels)
+        "encoder_stages_gflops": {k: v / 1e9 for k, v in counted["encoder_stages"].items()},
     }
 
 

@@ -78,6 +78,8 @@ def collect_metrics(paths: RunPaths) -> dict[str, float | None]:
     if flops:
         for key in FLOPS_KEYS:
             metrics[f"gflops_{key}"] = _number(flops, key, f"gflops.{key}", f"gflops_{key}")
+        for stage, value in (flops.get("encoder_stages_gflops") or {}).items():
+            metrics[f"gflops_encoder_{stage}"] = _number({"v": value}, "v")
         params = _number(flops, "params", "params.total")
         if params is not None:
             metrics["params"] = params

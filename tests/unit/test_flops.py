@@ -163,3 +163,20 @@ def test_cli_flops_bad_input_is_one_line(args, words):
     lines = [ln for ln in proc.stderr.splitlines() if ln.strip()]
     assert len(lines) == 1, proc.stderr[-2000:]
     assert lines[0].startswith("error: ") and words in lines[0]
+
+
+@pytest.mark.parametrize("name, schedule", [("proscale", (3, 3, 3)), ("proscale", (1, 0, 2)),
+                                            ("baseline", None)])
+def test_encoder_stages_traced_equal_analytic(tiny_cfgs, name, schedule):
+    from pipelines.cost_model import encoder_layer_flops, level_shapes
+
+    shape = (64, 96)
+    report = _report(tiny_cfgs[name], shape, schedule)
+    stages = report["encoder_stages_gflops"]
+    assert sum(stages.values()) == pytest.approx(report["gflops"]["encoder"], rel=1e-9)
+    schedule = schedule or (0, 0, 6)
+    shapes = level_shapes(shape)
+    expected = {f"stage{k + 1}": n * encoder_layer_flops(sum(h * w for h, w in shapes[:k + 1]),
+                                                          k + 1) / 1e9
+                for k, n in enumerate(schedule) if n}
+    assert stages == pytest.approx(expected, rel=1e-3)
