@@ -85,13 +85,14 @@ def _complete(metrics: dict) -> dict:
     return m
 
 
-def log_runs(tracking_uri: str, ablation: str = "demo") -> None:
+def log_runs(tracking_uri: str, ablation: str = "demo", artifact_location: str | None = None) -> None:
     """Log RUNS and TRIALS the way the ingestion does (experiment = ablation, one parent)."""
     import mlflow
     from mlflow.tracking import MlflowClient
 
     client = MlflowClient(tracking_uri)
-    exp_id = client.create_experiment(ablation)
+    # an explicit artifact folder: MLflow's default is ./mlruns in whatever the cwd is
+    exp_id = client.create_experiment(ablation, artifact_location=artifact_location)
     parent = client.create_run(exp_id, run_name=ablation,
                                tags={"pipelines.role": "parent", "pipelines.ablation": ablation})
     defaults = dict(schedule="", trc="false", lpe="false", cluster_fraction="", beta="",
@@ -124,7 +125,7 @@ def main() -> None:
 
     with tempfile.TemporaryDirectory() as tmp:
         uri = f"sqlite:///{tmp}/mlflow.db"
-        log_runs(uri)
+        log_runs(uri, artifact_location=str(Path(tmp) / "artifacts"))
         df = load_runs(uri, "demo")
     # MLflow ids are random per store: replace them by stable ones so the file is reproducible
     df["mlflow_run_id"] = [f"{i:032x}" for i in range(1, len(df) + 1)]

@@ -147,7 +147,7 @@ def test_load_runs_reads_the_ingestion_contract_back(tmp_path, monkeypatch, runs
     monkeypatch.setattr(record, "RUNS", [r for r in record.RUNS if r[0] in keep])
     monkeypatch.setattr(record, "TRIALS", record.TRIALS[:1])
     uri = f"sqlite:///{tmp_path}/mlflow.db"
-    record.log_runs(uri, "demo")
+    record.log_runs(uri, "demo", artifact_location=str(tmp_path / "artifacts"))
     got = load_runs(uri, "demo")
     assert list(got["role"]) == ["run", "run", "run", "trial"]  # the parent run is left out
     assert got["mlflow_run_id"].str.len().eq(32).all()
