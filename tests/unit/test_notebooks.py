@@ -33,15 +33,20 @@ def test_notebook_is_parameterised(name):
     assert not any(c.get("outputs") for c in nb.cells if c.cell_type == "code")  # source copy
 
 
-@pytest.mark.parametrize("name", NOTEBOOKS)
-def test_notebook_executes_on_the_recorded_table(name, tmp_path):
+def _execute(name: str, runs_csv: Path, tmp_path: Path):
+    """Run notebook ``name`` headless with papermill on ``runs_csv``; the executed notebook."""
     import papermill
 
     out = tmp_path / f"{name}.ipynb"
     papermill.execute_notebook(str(ANALYSIS / f"{name}.ipynb"), str(out), cwd=str(ANALYSIS),
-                               parameters={"runs_csv": str(RUNS_CSV), "tracking_uri": ""},
+                               parameters={"runs_csv": str(runs_csv), "tracking_uri": ""},
                                kernel_name="python3", progress_bar=False)
-    nb = nbformat.read(out, as_version=4)
+    return nbformat.read(out, as_version=4)
+
+
+@pytest.mark.parametrize("name", NOTEBOOKS)
+def test_notebook_executes_on_the_recorded_table(name, tmp_path):
+    nb = _execute(name, RUNS_CSV, tmp_path)
     assert _errors(nb) == []
     assert _images(nb) >= 2
     text = "".join(o.get("text", "") for c in nb.cells if c.cell_type == "code"
@@ -60,12 +65,6 @@ def test_kept_executed_copy_has_no_errors(name):
 def test_notebook_executes_on_the_demo_recorded_from_a_real_run(name, tmp_path):
     """The table a real `make demo` wrote (baseline + 3 PRO-SCALE schedules): the notebooks
     must also cope with variants and the search being absent."""
-    import papermill
-
-    out = tmp_path / f"{name}.ipynb"
-    papermill.execute_notebook(str(ANALYSIS / f"{name}.ipynb"), str(out), cwd=str(ANALYSIS),
-                               parameters={"runs_csv": str(DEMO_CSV), "tracking_uri": ""},
-                               kernel_name="python3", progress_bar=False)
-    nb = nbformat.read(out, as_version=4)
+    nb = _execute(name, DEMO_CSV, tmp_path)
     assert _errors(nb) == []
     assert _images(nb) >= 1
