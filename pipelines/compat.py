@@ -77,10 +77,10 @@ def mmengine_checkpoint_globals() -> list:
                     np.uint8, np.bool_]
     dtype_classes = [type(np.dtype(t)) for t in scalar_types]
     reconstructs = [np._core.multiarray._reconstruct, np._core.multiarray.scalar]
+    # numpy-1 spellings of the same functions, for checkpoints written under numpy < 2
+    numpy1_names = [(f, f"numpy.core.multiarray.{f.__name__}") for f in reconstructs]
     return [HistoryBuffer, np.ndarray, np.dtype, *dtype_classes, *scalar_types, *reconstructs,
-            # numpy-1 spellings of the same functions, for checkpoints written under numpy < 2
-            ("numpy.core.multiarray._reconstruct", "numpy.core.multiarray._reconstruct"),
-            ("numpy.core.multiarray.scalar", "numpy.core.multiarray.scalar")]
+            *numpy1_names]
 
 
 def patch_history_buffer_pickling() -> None:
@@ -101,16 +101,8 @@ def patch_history_buffer_pickling() -> None:
 
 def allow_mmengine_checkpoints() -> None:
     import torch
-    from numpy._core import multiarray
 
-    entries = []
-    for item in mmengine_checkpoint_globals():
-        if isinstance(item, tuple):  # (qualified name, name to register it under)
-            func = getattr(multiarray, item[0].rsplit(".", 1)[1])
-            entries.append((func, item[1]))
-        else:
-            entries.append(item)
-    torch.serialization.add_safe_globals(entries)
+    torch.serialization.add_safe_globals(mmengine_checkpoint_globals())
 
 
 def apply() -> None:

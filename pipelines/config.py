@@ -24,8 +24,9 @@ def parse_cfg_options(pairs: Iterable[str] | None) -> dict[str, Any]:
     return out
 
 
-def _check_key(cfg, key: str) -> None:
-    node: Any = cfg.to_dict() if hasattr(cfg, "to_dict") else cfg
+def _check_key(cfg: dict, key: str) -> None:
+    """``cfg``: the config as a plain dict (``Config.to_dict()``)."""
+    node: Any = cfg
     walked = []
     for part in key.split("."):
         if isinstance(node, dict):
@@ -55,8 +56,9 @@ def load_config(path: str | os.PathLike, cfg_options: Iterable[str] | None = Non
     except (SyntaxError, ImportError, KeyError, FileNotFoundError, ValueError) as err:
         raise UserError(f"cannot read config {path}: {type(err).__name__}: {err}") from None
     options = parse_cfg_options(cfg_options)
+    plain = cfg.to_dict()
     for key in options:
-        _check_key(cfg, key)
+        _check_key(plain, key)
     cfg.merge_from_dict(options)
     if data_root is not None:
         set_data_root(cfg, data_root)
