@@ -13,6 +13,7 @@ DATALOADERS = ("train_dataloader", "val_dataloader", "test_dataloader")
 
 def parse_cfg_options(pairs: Iterable[str] | None) -> dict[str, Any]:
     """``['a.b=1', 'c=[1,2]']`` -> ``{'a.b': 1, 'c': [1, 2]}`` using mmengine's own parser."""
+    quiet_import_warnings()
     from mmengine.config import DictAction
 
     out: dict[str, Any] = {}
@@ -22,6 +23,27 @@ def parse_cfg_options(pairs: Iterable[str] | None) -> dict[str, Any]:
             raise UserError(f"--cfg-options expects KEY=VALUE, got {pair!r}")
         out[key] = DictAction._parse_iterable(value)
     return out
+
+
+#: keys mmengine's Runner reads with a default when a config leaves them out; filled in so that
+#: ``--cfg-options randomness.seed=1`` (the grid's seed axis) works on any config
+RUNNER_DEFAULTS = {"randomness": {"seed": None}}
+
+
+def add_runner_defaults(cfg) -> None:
+    """Give ``cfg`` (an mmengine Config or a plain dict) the Runner's defaults it lacks."""
+    import copy
+
+    for key, value in RUNNER_DEFAULTS.items():
+        if key not in cfg:
+            cfg[key] = copy.deepcopy(value)
+
+
+def quiet_import_warnings() -> None:
+    """mmengine imports pkg_resources, which warns on every import; that line is noise."""
+    import warnings
+
+    warnings.filterwarnings("ignore", message="pkg_resources is deprecated")
 
 
 def _check_key(cfg: dict, key: str) -> None:
@@ -46,6 +68,7 @@ def _check_key(cfg: dict, key: str) -> None:
 def load_config(path: str | os.PathLike, cfg_options: Iterable[str] | None = None,
                 data_root: str | None = None):
     """Read an mmengine config and apply ``--cfg-options`` (each key must already exist)."""
+    quiet_import_warnings()
     from mmengine.config import Config
 
     path = Path(path)
@@ -56,6 +79,7 @@ def load_config(path: str | os.PathLike, cfg_options: Iterable[str] | None = Non
     except (SyntaxError, ImportError, KeyError, FileNotFoundError, ValueError) as err:
         raise UserError(f"cannot read config {path}: {type(err).__name__}: {err}") from None
     options = parse_cfg_options(cfg_options)
+    add_runner_defaults(cfg)
     plain = cfg.to_dict()
     for key in options:
         _check_key(plain, key)

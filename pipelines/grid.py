@@ -1,196 +1,383 @@
 """Ablation grids: an ablation config (``configs/ablations/*.yaml``) -> one :class:`Run` per setting.
 
-A grid is the product of its axes. Global axes (``seed``) apply to every variant; each variant
-has its own sub-grid over the axes it knows (:data:`VARIANT_AXES`)::
+A variant names its model config and its axes; an axis is an mmengine config key (dotted path)
+with a list of values, or a short alias a method declares next to its model code
+(``pipelines/models/<method>.py``: ``AXES``, see :mod:`pipelines.axes`). Axes at the grid's top
+level apply to every variant; ``points`` lists exact settings beside (or instead of) the product::
 
     grid:
-      seed: [0]
+      seed: [0, 1]                                  # built-in alias of randomness.seed
       variants:
-        baseline: {}
-        pro_scale: {schedule: ["3-3-3", "2-2-5"], trc: [true], lpe: [false, true]}
+        baseline:
+          config: configs/models/mask2former_r18_synthetic-128x128.py
+        pro_scale:
+          config: configs/models/mask2former_r18_proscale-333_synthetic-128x128.py
+          axes: {schedule: ["3-3-3", "1-1-4"], trc: [true], model.decode_head.num_queries: [10]}
+          points: [{schedule: "2-2-2", trc: false}]  # more settings, each once per seed
 
-Every run gets a readable id derived only from its resolved axis values
-(``pro_scale-s3-3-3-trc-lpe-seed0``), so the same settings always map to the same folder and
-identical settings listed twice (say, by two overlapping sub-grids) train once. Everything else
-that changes the result (model config, iterations, extra ``--cfg-options``, dataset) is hashed
-into :attr:`Run.recipe_hash`: checkpoints live in a work folder named after that hash, so changing
-the recipe starts a fresh training instead of resuming from a checkpoint of another recipe.
+Every key is checked against the real (resolved) config and every value against its axis before
+any job starts; a mistake is one line naming the key.
 
-Pure Python (no torch, no snakemake): the Snakefile and the tests import it directly.
+**Run ids** are readable and depend only on the resolved setting (variant + axis values),
+never on YAML order: method aliases in their declared order, then config keys sorted, then the
+seed (``pro_scale-s3-3-3-trc-num_queries10-seed0``). Values are written injectively
+(:func:`pipelines.axes.format_value`); an id over 100 characters becomes a readable prefix plus
+a hash.
+
+**Recipes** are content: :attr:`Run.recipe` hashes the resolved config (after ``_base_`` and every
+option, the data path masked), the dataset spec and the project code the config builds
+(:func:`pipelines.axes.code_hash`). It names the checkpoint folder, so a changed config, base
+file, synthetic-data spec or method file trains afresh, and only the runs that use it do.
+:attr:`Run.train_id` / :attr:`Run.train_recipe` leave out axes of later stages (ECO-M2F's beta):
+runs that differ only there share one training.
+
+Pure Python plus mmengine's config reader (no torch): the Snakefile imports it.
 """
 from __future__ import annotations
 
+import copy
+import functools
 import hashlib
 import itertools
 import json
+import os
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Mapping
 
+from pipelines import axes as ax
+from pipelines import contract
+from pipelines.axes import Axis
 from pipelines.errors import UserError
 
-VARIANTS = ("baseline", "pro_scale", "eco_m2f", "ailurus", "ats")
-# axes each variant sweeps, in id order (global axis `seed` comes last in every id)
-VARIANT_AXES: dict[str, tuple[str, ...]] = {
-    "baseline": (),
-    "pro_scale": ("schedule", "trc", "lpe"),
-    "eco_m2f": ("beta",),
-    "ailurus": ("cluster_fraction",),
-    "ats": ("cluster_fraction",),
-}
-AXES = ("schedule", "trc", "lpe", "cluster_fraction", "beta", "seed")
-# variants whose model code exists; the others are named by the schema but refused here
-IMPLEMENTED = ("baseline", "pro_scale")
-# where an axis lands in the model config (`--cfg-options KEY=VALUE`)
-PRO_SCALE_KEY = "model.decode_head.pixel_decoder"
-SCHEDULE_RE = re.compile(r"^\d+(-\d+)*$")
-ID_RE = re.compile(r"^[A-Za-z0-9_.-]+$")
+ID_RE = ax.ID_CHARS
+#: aliases every variant has
+BUILTIN_AXES = {contract.SEED: Axis("randomness.seed", type="int", minimum=0, id="seed{}",
+                                    help="random seed; settings that differ only here are "
+                                    "replicates")}
+VARIANT_KEYS = ("config", "axes", "points", "cfg_options", "max_iters")
+DATA_ROOT_MASK = "<data_root>"
 
 
 @dataclass(frozen=True)
 class Run:
-    """One training run of an ablation, fully resolved.
+    """One run of an ablation, fully resolved.
 
     Args:
-        run_id: readable, stable id (also the name of its folders and of its MLflow run).
-        variant: one of :data:`VARIANTS`.
-        settings: the axis values (``schedule``, ``trc``, ``lpe``, ``cluster_fraction``,
-            ``beta``, ``seed``), ``None`` where the variant has no such axis.
-        config: model config path (``configs/models/*.py``).
+        run_id: readable, stable id (its folders and its MLflow run are named after it).
+        variant: the variant block it comes from (the first part of the id).
+        settings: axis name -> value (aliases by alias, config keys by key, ``seed``).
+        axis_keys: axis name -> the config key (or later-stage option) it sets.
+        config: model config path, normalised (``configs/x.py``).
         max_iters: training iterations.
-        cfg_options: every ``KEY=VALUE`` passed to train / evaluate / flops / benchmark.
-        data_root: dataset folder (part of the recipe hash).
+        cfg_options: every ``KEY=VALUE`` for train / evaluate / flops / benchmark, sorted.
+        data_root: dataset folder.
+        recipe: hash of what is trained and evaluated (resolved config, data, code).
+        train_id, train_recipe: the same without the axes of later stages.
+        methods: the methods (``pipelines/models/<method>.py``) the config builds.
+        stages: axis name -> its stage, for axes that are not part of training.
     """
 
     run_id: str
     variant: str
     settings: Mapping[str, Any]
+    axis_keys: Mapping[str, str]
     config: str
     max_iters: int
-    cfg_options: tuple[str, ...] = ()
-    data_root: str = ""
+    cfg_options: tuple[str, ...]
+    data_root: str
+    recipe: str
+    train_id: str
+    train_recipe: str
+    methods: tuple[str, ...] = ()
+    stages: Mapping[str, str] = field(default_factory=dict)
 
     @property
     def recipe_hash(self) -> str:
-        """8 hex digits over everything that changes the trained weights."""
-        blob = json.dumps(dict(config=self.config, max_iters=self.max_iters,
-                               cfg_options=list(self.cfg_options), data_root=self.data_root,
-                               settings=dict(self.settings)), sort_keys=True)
-        return hashlib.sha256(blob.encode()).hexdigest()[:8]
+        """The training's 12 hex digits (names the checkpoint folder)."""
+        return self.train_recipe
 
     def params(self) -> dict[str, str]:
-        """MLflow params (strings) under the names of the naming contract."""
-        s = self.settings
-        return {
-            "variant": self.variant,
-            "schedule": s.get("schedule") or "",
-            "trc": _bool_str(s.get("trc")),
-            "lpe": _bool_str(s.get("lpe")),
-            "cluster_fraction": "" if s.get("cluster_fraction") is None
-            else str(s["cluster_fraction"]),
-            "beta": "" if s.get("beta") is None else str(s["beta"]),
-            "seed": str(s.get("seed", 0)),
-            "config": self.config,
-            "max_iters": str(self.max_iters),
-        }
+        """MLflow params: :data:`pipelines.contract.FIXED_PARAMS` plus every axis by its name."""
+        out = {"variant": self.variant, "config": self.config, "max_iters": str(self.max_iters),
+               "recipe": self.recipe}
+        out.update({name: param_text(value) for name, value in self.settings.items()})
+        return out
 
     def to_dict(self) -> dict[str, Any]:
         return dict(run_id=self.run_id, variant=self.variant, settings=dict(self.settings),
-                    config=self.config, max_iters=self.max_iters,
-                    cfg_options=list(self.cfg_options), data_root=self.data_root,
-                    recipe_hash=self.recipe_hash, params=self.params())
+                    axis_keys=dict(self.axis_keys), config=self.config,
+                    max_iters=self.max_iters, cfg_options=list(self.cfg_options),
+                    data_root=self.data_root, recipe=self.recipe, train_id=self.train_id,
+                    train_recipe=self.train_recipe, methods=list(self.methods),
+                    stages=dict(self.stages), params=self.params())
 
 
-def _bool_str(value) -> str:
-    return "" if value is None else ("true" if value else "false")
+def param_text(value: Any) -> str:
+    """An axis value as an MLflow param (booleans lower-case, lists as JSON)."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if value is None:
+        return ""
+    if isinstance(value, (list, tuple, dict)):
+        return json.dumps(value, sort_keys=True)
+    return str(value)
 
 
-def _fmt_number(value: float) -> str:
-    """0.5 -> '0.5', 0.0005 -> '0.0005', 1.0 -> '1' (no exponent, no trailing zeros)."""
-    text = f"{float(value):.10f}".rstrip("0").rstrip(".")
-    return text or "0"
+def option_text(value: Any) -> str:
+    """A value as mmengine's ``--cfg-options`` parser reads it back."""
+    if isinstance(value, bool) or value is None:
+        return str(value)
+    if isinstance(value, (int, float)):
+        return repr(value)
+    if isinstance(value, list):
+        return "[" + ",".join(option_text(v) for v in value) + "]"
+    if isinstance(value, tuple):
+        return "(" + ",".join(option_text(v) for v in value) + ("," if len(value) == 1 else "") + ")"
+    return str(value)
 
 
-def parse_schedule(text: Any) -> tuple[int, ...]:
-    """``"3-3-3"`` (or ``[3, 3, 3]``) -> ``(3, 3, 3)``; refuses anything else in one line."""
-    if isinstance(text, (list, tuple)):
-        text = "-".join(str(p) for p in text)
-    if not isinstance(text, str) or not SCHEDULE_RE.match(text):
-        raise UserError(f"schedule {text!r}: expected layers per stage like '3-3-3'")
-    parts = tuple(int(p) for p in text.split("-"))
-    if len(parts) != 3:
-        raise UserError(f"schedule {text!r}: expected 3 stages (res5, res4, res3), got "
-                        f"{len(parts)}")
-    if parts[-1] < 1:
-        raise UserError(f"schedule {text!r}: the last stage needs at least one layer")
-    return parts
+def _option(key: str, value: Any) -> str:
+    from mmengine.config import DictAction
+
+    text = option_text(value)
+    back = DictAction._parse_iterable(text)
+    if back != value or type(back) is not type(value):
+        raise UserError(f"{key}: the value {value!r} cannot be passed as --cfg-options "
+                        f"(it would read back as {back!r})")
+    return f"{key}={text}"
 
 
-def run_id(variant: str, settings: Mapping[str, Any]) -> str:
-    """The readable id of one resolved setting, e.g. ``pro_scale-s3-3-3-trc-lpe-seed0``.
+# ----------------------------------------------------------------------------- config access
+@functools.lru_cache(maxsize=64)
+def _load_plain(path: str, mtime_ns: int) -> dict:
+    from pipelines.config import add_runner_defaults, quiet_import_warnings
 
-    Boolean axes appear by name when true and are left out when false; numbers are written
-    without exponent (``beta0.0005``, ``cf0.25``).
-    """
-    parts = [variant]
-    for axis in VARIANT_AXES[variant]:
-        value = settings.get(axis)
-        if value is None:
-            continue
-        if axis == "schedule":
-            parts.append("s" + "-".join(str(p) for p in parse_schedule(value)))
-        elif axis in ("trc", "lpe"):
-            if value:
-                parts.append(axis)
-        elif axis == "cluster_fraction":
-            parts.append("cf" + _fmt_number(value))
-        elif axis == "beta":
-            parts.append("beta" + _fmt_number(value))
-    parts.append(f"seed{int(settings.get('seed', 0))}")
-    return "-".join(parts)
+    quiet_import_warnings()
+    from mmengine.config import Config
+
+    try:
+        cfg = Config.fromfile(path, import_custom_modules=False)
+    except Exception as err:  # mmengine raises many kinds for a broken config file
+        raise UserError(f"cannot read config {path}: {type(err).__name__}: "
+                        f"{' '.join(str(err).split())}") from None
+    plain = cfg.to_dict()
+    add_runner_defaults(plain)
+    return plain
 
 
-def variant_cfg_options(variant: str, settings: Mapping[str, Any]) -> list[str]:
-    """The ``--cfg-options`` that put one setting's axis values into its model config."""
-    if variant == "baseline":
-        return []
-    if variant == "pro_scale":
-        sched = ",".join(str(p) for p in parse_schedule(settings["schedule"]))
-        return [f"{PRO_SCALE_KEY}.schedule=[{sched}]",
-                f"{PRO_SCALE_KEY}.trc={bool(settings['trc'])}",
-                f"{PRO_SCALE_KEY}.lpe={bool(settings['lpe'])}"]
-    raise UserError(f"grid.variants.{variant}: a known variant that has no model yet "
-                    f"(implemented: {', '.join(IMPLEMENTED)})")
+def resolved_base(path: str | Path) -> dict:
+    """The config as a plain dict after ``_base_`` (a fresh copy each call)."""
+    path = str(path)
+    return copy.deepcopy(_load_plain(path, os.stat(path).st_mtime_ns))
 
 
-def _as_list(value, key: str) -> list:
+def _walk(cfg: Any, key: str, where: str):
+    """(parent, last part) of a dotted key in a plain config; one-line error when it is absent."""
+    from pipelines.config import _check_key
+
+    try:
+        _check_key(cfg, key)
+    except UserError as err:
+        raise UserError(f"{where}: {str(err).replace('--cfg-options key', 'config key')}") from None
+    node = cfg
+    parts = key.split(".")
+    for part in parts[:-1]:
+        node = node[int(part)] if isinstance(node, list) else node[part]
+    return node, parts[-1]
+
+
+def get_key(cfg: dict, key: str, where: str) -> Any:
+    node, last = _walk(cfg, key, where)
+    return node[int(last)] if isinstance(node, list) else node[last]
+
+
+def set_key(cfg: dict, key: str, value: Any, where: str) -> None:
+    node, last = _walk(cfg, key, where)
+    if isinstance(node, list):
+        node[int(last)] = value
+    elif isinstance(node.get(last), dict) and isinstance(value, dict):
+        node[last].update(value)  # mmengine merges a dict into a dict
+    else:
+        node[last] = copy.deepcopy(value)
+
+
+def key_axis(key: str, current: Any) -> Axis:
+    """A plain config key as an axis: its type is the type of the value it has now."""
+    if isinstance(current, bool):
+        kind = "bool"
+    elif isinstance(current, int):
+        kind = "int"
+    elif isinstance(current, float):
+        kind = "float"
+    elif isinstance(current, str):
+        kind = "str"
+    else:
+        kind = "any"
+    return Axis(key, type=kind)
+
+
+def _canonical(value: Any) -> str:
+    return json.dumps(value, sort_keys=True, separators=(",", ":"), default=str)
+
+
+def _digest(value: Any, n: int = 12) -> str:
+    return hashlib.sha256(_canonical(value).encode()).hexdigest()[:n]
+
+
+def _as_list(value, where: str) -> list:
     values = value if isinstance(value, list) else [value]
     if not values:
-        raise UserError(f"{key}: empty list (give at least one value)")
+        raise UserError(f"{where}: empty list (give at least one value)")
     return values
 
 
-def _check_axis_value(variant: str, axis: str, value) -> Any:
-    where = f"grid.variants.{variant}.{axis}"
-    if axis == "schedule":
+def normalise_path(path: str) -> str:
+    """``./configs/x.py`` and ``configs//x.py`` -> ``configs/x.py`` (identity is not spelling)."""
+    return Path(os.path.normpath(path)).as_posix()
+
+
+# ----------------------------------------------------------------------------- expansion
+@dataclass
+class _Variant:
+    name: str
+    config: str
+    plain: dict
+    methods: tuple[str, ...]
+    aliases: dict[str, Axis]       # every alias this variant may use
+    options: dict[str, Any]        # fixed options (train + variant cfg_options, iterations)
+    max_iters: int
+
+
+def _data_identity(ablation: Mapping) -> tuple[str, Any]:
+    data = ablation.get("data") or {}
+    root = normalise_path(str(data.get("root", "")))
+    synthetic = data.get("synthetic")
+    if synthetic:
+        code = ax.code_hash([ax.PACKAGE / "data" / "synthetic.py"])
+        return root, {"synthetic": dict(synthetic), "generator": code}
+    return root, {"root": root}
+
+
+def _prepare_variant(name: str, spec: Mapping, ablation: Mapping, repo: Path) -> _Variant:
+    where = f"grid.variants.{name}"
+    if not ID_RE.match(name) or "-" in name:
+        raise UserError(f"{where}: a variant name may hold letters, digits, '_' and '.' only")
+    spec = dict(spec or {})
+    unknown = sorted(set(spec) - set(VARIANT_KEYS))
+    if unknown:
+        raise UserError(f"{where}.{unknown[0]}: unknown key (a variant has "
+                        f"{', '.join(VARIANT_KEYS)}; axes go under `axes`)")
+    config = spec.get("config")
+    if not config:
+        raise UserError(f"{where}.config: no model config for this variant")
+    config = normalise_path(str(config))
+    path = Path(config) if Path(config).is_absolute() else repo / config
+    if not path.is_file():
+        raise UserError(f"{where}.config: file not found: {config}")
+    plain = resolved_base(path)
+    methods = tuple(ax.methods_of_config(plain))
+    aliases = dict(BUILTIN_AXES)
+    for method in methods:
+        for alias, axis in ax.method_axes(method).items():
+            aliases.setdefault(alias, axis)
+    train = ablation.get("train") or {}
+    max_iters = int(spec.get("max_iters") or train.get("max_iters", 300))
+    from pipelines.config import parse_cfg_options
+
+    options: dict[str, Any] = {}
+    for source, pairs in ((f"train.cfg_options", train.get("cfg_options")),
+                          (f"{where}.cfg_options", spec.get("cfg_options"))):
         try:
-            return "-".join(str(p) for p in parse_schedule(value))
+            parsed = parse_cfg_options(pairs)
         except UserError as err:
-            raise UserError(f"{where}: {err}") from None
-    if axis in ("trc", "lpe"):
-        if not isinstance(value, bool):
-            raise UserError(f"{where}: expected true or false, got {value!r}")
-        return value
-    if axis in ("cluster_fraction", "beta"):
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise UserError(f"{where}: expected a number, got {value!r}")
-        lo, hi = (0.0, 1.0)
-        if not lo <= float(value) <= hi or (axis == "cluster_fraction" and value == 0):
-            raise UserError(f"{where}: {value!r} out of range "
-                            f"({'(0, 1]' if axis == 'cluster_fraction' else '[0, 1]'})")
-        return float(value)
-    raise AssertionError(axis)
+            raise UserError(f"{source}: {err}") from None
+        for key, value in parsed.items():
+            get_key(plain, key, f"{source}: {key}")
+            options[key] = value
+    options.setdefault("train_cfg.max_iters", max_iters)
+    return _Variant(name, config, plain, methods, aliases, options, max_iters)
+
+
+def _resolve_axis(variant: _Variant, name: str, where: str) -> Axis:
+    """An axis name -> its Axis: a declared alias, else a config key of the variant's config."""
+    if name in variant.aliases:
+        return variant.aliases[name]
+    if "." not in name and name not in variant.plain:
+        known = sorted(a for a in variant.aliases)
+        raise UserError(f"{where}: unknown axis {name!r} for variant {variant.name!r} (aliases: "
+                        f"{', '.join(known)}; or give a config key such as "
+                        f"model.decode_head.num_queries)")
+    return key_axis(name, get_key(variant.plain, name, where))
+
+
+def _axis_order(variant: _Variant, names: Iterable[str]) -> list[str]:
+    """Canonical order of a setting's axes: aliases as declared, config keys sorted, seed last."""
+    declared = [a for a in variant.aliases if a != contract.SEED]
+    names = set(names)
+    aliases = [a for a in declared if a in names]
+    keys = sorted(n for n in names if n not in variant.aliases)
+    return aliases + keys + ([contract.SEED] if contract.SEED in names else [])
+
+
+def _id_prefixes(variant: _Variant, order: list[str]) -> dict[str, str]:
+    """The id prefix of each config-key axis: its last part, longer where that is ambiguous."""
+    out = {}
+    for name in order:
+        if name in variant.aliases:
+            continue
+        short = ax.short_name(name)
+        clash = [n for n in order if n != name and (
+            ax.short_name(n) == short or n == short
+            or (n in variant.aliases and (n.startswith(short) or short.startswith(n))))]
+        out[name] = re.sub(r"[^A-Za-z0-9_]", "_", name) if clash else short
+    return out
+
+
+def make_id(variant: str, parts: list[str], identity: Any) -> str:
+    text = "-".join([variant] + [p for p in parts if p])
+    return ax.cap_id(text, _canonical(identity))
+
+
+def _build_run(variant: _Variant, setting: dict[str, Any], axes_of: dict[str, Axis],
+               data_root: str, data_identity: Any) -> Run:
+    order = _axis_order(variant, setting)
+    prefixes = _id_prefixes(variant, order)
+    settings = {n: setting[n] for n in order}
+    parts = [ax.id_part(n, axes_of[n] if n in variant.aliases else None, settings[n],
+                        prefixes.get(n, n)) for n in order]
+    train_names = [n for n in order if axes_of[n].stage == "train"]
+    identity = {"variant": variant.name, "settings": settings}
+    run_id = make_id(variant.name, parts, identity)
+    train_identity = {"variant": variant.name, "settings": {n: settings[n] for n in train_names}}
+    train_id = make_id(variant.name, [p for n, p in zip(order, parts) if n in train_names],
+                       train_identity)
+
+    options = dict(variant.options)
+    for name in train_names:
+        options[axes_of[name].key] = axes_of[name].config_value(settings[name])
+    if "train_cfg.val_interval" not in options:
+        options["train_cfg.val_interval"] = options["train_cfg.max_iters"]
+    resolved = copy.deepcopy(variant.plain)
+    for key, value in options.items():
+        set_key(resolved, key, value, f"grid.variants.{variant.name}: {key}")
+    for loader in ("train_dataloader", "val_dataloader", "test_dataloader"):
+        dataset = (resolved.get(loader) or {}).get("dataset")
+        if isinstance(dataset, dict) and "data_root" in dataset:
+            dataset["data_root"] = DATA_ROOT_MASK
+    resolved.pop("data_root", None)
+    code = ax.code_hash(ax.code_files(resolved))
+    train_recipe = _digest({"config": resolved, "data": data_identity, "code": code})
+    later = {n: settings[n] for n in order if axes_of[n].stage != "train"}
+    recipe = train_recipe if not later else _digest({"train": train_recipe, "later": later})
+    cfg_options = tuple(sorted(_option(k, v) for k, v in options.items()))
+    return Run(run_id=run_id, variant=variant.name, settings=settings,
+               axis_keys={n: axes_of[n].key for n in order}, config=variant.config,
+               max_iters=int(options["train_cfg.max_iters"]), cfg_options=cfg_options,
+               data_root=data_root, recipe=recipe, train_id=train_id,
+               train_recipe=train_recipe, methods=variant.methods,
+               stages={n: axes_of[n].stage for n in order if axes_of[n].stage != "train"})
 
 
 def expand_grid(ablation: Mapping[str, Any], repo: str | Path = ".") -> list[Run]:
@@ -198,66 +385,73 @@ def expand_grid(ablation: Mapping[str, Any], repo: str | Path = ".") -> list[Run
 
     Args:
         ablation: the parsed YAML (see ``workflow/schemas/ablation.schema.yaml``).
-        repo: folder that relative model config paths are checked against.
+        repo: folder that relative model config paths are read from.
 
     Raises:
-        UserError: unknown variant or axis, bad value, missing model config, clashing ids.
+        UserError: unknown axis or key, bad value, missing model config, clashing ids.
     """
-    grid = ablation.get("grid") or {}
-    variants = grid.get("variants") or {}
+    grid = dict(ablation.get("grid") or {})
+    variants = grid.pop("variants", None) or {}
     if not variants:
         raise UserError("grid.variants: no variant given")
-    seeds = _as_list(grid.get("seed", [0]), "grid.seed")
-    for seed in seeds:
-        if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
-            raise UserError(f"grid.seed: expected non-negative integers, got {seed!r}")
-    train = ablation.get("train") or {}
-    default_iters = int(train.get("max_iters", 300))
-    common_options = list(train.get("cfg_options") or [])
-    data_root = str((ablation.get("data") or {}).get("root", ""))
+    global_axes = {name: _as_list(values, f"grid.{name}") for name, values in grid.items()}
+    global_axes.setdefault(contract.SEED, [0])
+    data_root, data_identity = _data_identity(ablation)
+    repo = Path(repo)
 
     runs: dict[str, Run] = {}
-    for variant, spec in variants.items():
-        if variant not in VARIANT_AXES:
-            raise UserError(f"grid.variants.{variant}: unknown variant (known: "
-                            f"{', '.join(VARIANTS)})")
+    for name, spec in variants.items():
+        variant = _prepare_variant(name, spec, ablation, repo)
         spec = dict(spec or {})
-        config = spec.pop("config", None) or ablation.get("models", {}).get(variant)
-        if not config:
-            raise UserError(f"grid.variants.{variant}.config: no model config for this variant")
-        if not (Path(repo) / config).is_file() and not Path(config).is_file():
-            raise UserError(f"grid.variants.{variant}.config: file not found: {config}")
-        max_iters = int(spec.pop("max_iters", default_iters))
-        extra_options = list(spec.pop("cfg_options", None) or [])
-        unknown = set(spec) - set(VARIANT_AXES[variant])
-        if unknown:
-            raise UserError(f"grid.variants.{variant}.{sorted(unknown)[0]}: not an axis of "
-                            f"{variant} (its axes: {', '.join(VARIANT_AXES[variant]) or 'none'})")
-        missing = [a for a in VARIANT_AXES[variant] if a not in spec]
-        if missing:
-            raise UserError(f"grid.variants.{variant}.{missing[0]}: required axis missing")
-        axes = list(VARIANT_AXES[variant])
-        values = [[_check_axis_value(variant, a, v)
-                   for v in _as_list(spec[a], f"grid.variants.{variant}.{a}")] for a in axes]
-        for combo in itertools.product(*values, seeds):
-            settings = {a: None for a in AXES}
-            settings.update(zip(axes, combo[:-1]))
-            settings["seed"] = combo[-1]
-            rid = run_id(variant, settings)
-            options = (common_options + variant_cfg_options(variant, settings)
-                       + [f"train_cfg.max_iters={max_iters}",
-                          f"train_cfg.val_interval={max_iters}",
-                          f"randomness.seed={settings['seed']}"] + extra_options)
-            run = Run(run_id=rid, variant=variant, settings=settings, config=str(config),
-                      max_iters=max_iters, cfg_options=tuple(options), data_root=data_root)
-            if rid in runs and runs[rid] != run:
-                raise UserError(f"grid: two different settings share the id {rid!r}")
-            runs[rid] = run
-    return list(runs.values())
+        product = {a: _as_list(v, f"grid.variants.{name}.axes.{a}")
+                   for a, v in (spec.get("axes") or {}).items()}
+        clash = sorted(set(product) & set(global_axes))
+        if clash:
+            raise UserError(f"grid.variants.{name}.axes.{clash[0]}: also a grid-level axis "
+                            f"(give it in one place)")
+        settings_lists = []
+        points = spec.get("points")
+        if points is not None:
+            for i, point in enumerate(_as_list(points, f"grid.variants.{name}.points")):
+                if not isinstance(point, dict):
+                    raise UserError(f"grid.variants.{name}.points.{i}: expected a mapping "
+                                    f"axis: value")
+                settings_lists.append((f"grid.variants.{name}.points.{i}",
+                                       {a: [v] for a, v in point.items()}))
+        if product or points is None:
+            settings_lists.append((f"grid.variants.{name}.axes", product))
+        for where, local in settings_lists:
+            lists = {**{a: v for a, v in global_axes.items() if a not in local}, **local}
+            axes_of = {}
+            checked = {}
+            for axis_name, values in lists.items():
+                at = (f"grid.{axis_name}" if axis_name in global_axes and axis_name not in local
+                      else f"{where}.{axis_name}")
+                axis = _resolve_axis(variant, axis_name, at)
+                axes_of[axis_name] = axis
+                checked[axis_name] = [axis.check(v, at) for v in values]
+            names = list(checked)
+            for combo in itertools.product(*(checked[n] for n in names)):
+                run = _build_run(variant, dict(zip(names, combo)), axes_of, data_root,
+                                 data_identity)
+                if run.run_id in runs and runs[run.run_id] != run:
+                    raise UserError(f"grid: two different settings share the id "
+                                    f"{run.run_id!r}")
+                runs[run.run_id] = run
+    return sorted(runs.values(), key=lambda r: r.run_id)
 
 
 def runs_by_id(runs: Iterable[Run]) -> dict[str, Run]:
     return {r.run_id: r for r in runs}
+
+
+def axes_table(config: str | Path) -> list[tuple[str, Axis]]:
+    """The aliases a model config offers (for ``python -m pipelines grid --axes CONFIG``)."""
+    plain = resolved_base(config)
+    out = list(BUILTIN_AXES.items())
+    for method in ax.methods_of_config(plain):
+        out += list(ax.method_axes(method).items())
+    return out
 
 
 def load_ablation(path: str | Path) -> dict[str, Any]:
@@ -333,9 +527,15 @@ class RunPaths:
     results: str
     ablation: str
     run_id: str
+    train_id: str = ""  # the training it uses (runs differing only in later-stage axes share one)
 
-    def _stage(self, stage: str) -> Path:
-        return Path(self.results) / stage / self.ablation / self.run_id
+    def _stage(self, stage: str, name: str | None = None) -> Path:
+        return Path(self.results) / stage / self.ablation / (name or self.run_id)
+
+    @classmethod
+    def of(cls, results: str, ablation: str, run: "Run | Mapping") -> "RunPaths":
+        get = run.get if isinstance(run, Mapping) else lambda k: getattr(run, k)
+        return cls(str(results), ablation, get("run_id"), get("train_id") or get("run_id"))
 
     @property
     def run_json(self) -> Path:
@@ -343,10 +543,10 @@ class RunPaths:
 
     @property
     def train_done(self) -> Path:
-        return self._stage("train") / "train_done.json"
+        return self._stage("train", self.train_id) / "train_done.json"
 
     def work_dir(self, recipe_hash: str) -> Path:
-        return self._stage("train") / f"work-{recipe_hash}"
+        return self._stage("train", self.train_id) / f"work-{recipe_hash}"
 
     @property
     def metrics(self) -> Path:
@@ -372,6 +572,8 @@ def add_parser(sub) -> None:
                        "its runs, or write one run's resolved settings as JSON.")
     p.add_argument("ablation", nargs="?", help="configs/ablations/*.yaml")
     p.add_argument("--json", action="store_true", help="print every run as JSON")
+    p.add_argument("--axes", metavar="MODEL_CONFIG", help="list the axis aliases a model config "
+                   "offers (any config key is an axis too)")
     p.add_argument("--run", metavar="JSON", help="(used by the workflow) one run's resolved "
                    "settings as JSON, written to --out as is after a check")
     p.add_argument("--out", help="with --run: run.json to write")
@@ -403,6 +605,13 @@ def run_cli(args) -> int:
             raise UserError("--run: expected an object with a valid run_id")
         write_json_atomic(args.out, data)
         return 0
+    if args.axes:
+        if not Path(args.axes).is_file():
+            raise UserError(f"config file not found: {args.axes}")
+        for name, axis in axes_table(args.axes):
+            extra = f" [{axis.stage} stage]" if axis.stage != "train" else ""
+            print(f"{name:<18} -> {axis.key}  ({axis.type}){extra}  {axis.help}")
+        return 0
     if not args.ablation:
         raise UserError("give an ablation config (configs/ablations/*.yaml)")
     config = validate_ablation(load_ablation(args.ablation))
@@ -412,5 +621,5 @@ def run_cli(args) -> int:
     else:
         print(f"{config['name']}: {len(runs)} runs")
         for r in runs:
-            print(f"  {r.run_id}  ({r.config}, {r.max_iters} iters)")
+            print(f"  {r.run_id}  ({r.config}, {r.max_iters} iters, recipe {r.recipe})")
     return 0

@@ -45,6 +45,20 @@ from mmengine.config import ConfigDict
 from mmengine.model import ModuleList
 from torch import Tensor
 
+from pipelines.axes import Axis
+
+# Ablation axes (read by pipelines.axes without importing this module): alias -> config key.
+AXES = {
+    "schedule": Axis("model.decode_head.pixel_decoder.schedule", type="str",
+                     pattern=r"\d+-\d+-[1-9]\d*", convert="dash_ints", id="s{}",
+                     help="encoder layers per stage (res5, res4, res3), e.g. 3-3-3; the last "
+                     "stage needs a layer; 0-0-6 is the baseline encoder"),
+    "trc": Axis("model.decode_head.pixel_decoder.trc", type="bool", id="flag",
+                help="token re-calibration on/off"),
+    "lpe": Axis("model.decode_head.pixel_decoder.lpe", type="bool", id="flag",
+                help="light pixel embedding on/off"),
+}
+
 
 # ----------------------------------------------------------------------------- pure functions
 def parse_schedule(schedule, num_levels: int = 3) -> Tuple[int, ...]:

@@ -1,0 +1,64 @@
+"""The naming contract: every tag, param, metric and artifact name, defined once.
+
+The stages write their JSON under these names, ``ingest`` passes them to MLflow unchanged and
+the analysis reads them back; nothing else spells them. A test holds each name to what the real
+producer writes (``tests/unit/test_contract.py``).
+
+MLflow layout of one ablation (experiment = ablation name, kind "model training"):
+
+* one parent run named after the ablation, tag ``pipelines.role=parent``;
+* one child run per grid run and recipe, named by its run id, tags ``pipelines.role=run``,
+  ``pipelines.run_id``, ``pipelines.recipe``, ``pipelines.ablation``, ``pipelines.axes`` and
+  ``mlflow.parentRunId``; a child whose recipe was replaced keeps its history under
+  ``pipelines.role=superseded`` (the analysis reads ``run`` and ``trial`` only);
+* params: :data:`FIXED_PARAMS` plus every axis under its own name (``schedule``, ``seed``,
+  ``model.decode_head.num_queries``...);
+* metrics: the final numbers (:data:`METRICS`, ``iou.<class>``) and the training curves from
+  mmengine's scalar log, one point per logged iteration, under ``train/<name>`` and
+  ``val/<name>`` (MLflow's UI groups them by that prefix).
+"""
+from __future__ import annotations
+
+# ----------------------------------------------------------------------------- tags
+ROLE_TAG = "pipelines.role"
+RUN_ID_TAG = "pipelines.run_id"
+RECIPE_TAG = "pipelines.recipe"
+ABLATION_TAG = "pipelines.ablation"
+AXES_TAG = "pipelines.axes"            # JSON list of the run's axis names (its param names)
+METHODS_TAG = "pipelines.methods"      # comma-separated methods the config builds
+INGEST_HASH_TAG = "pipelines.ingest_hash"  # fingerprint of the files an ingest read
+FAILURE_TAG = "pipelines.failure"      # why a run failed (status FAILED)
+PARENT_TAG = "mlflow.parentRunId"
+NOTE_TAG = "mlflow.note.content"
+GIT_COMMIT_TAG = "mlflow.source.git.commit"  # MLflow's own name: the UI shows it
+GIT_DIRTY_TAG = "pipelines.git_dirty"
+VERSION_TAG_PREFIX = "pipelines.version."     # + torch, mmcv, mmengine, mmseg, mmdet
+EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
+EXPERIMENT_KIND = "custom_model_development"  # MLflow 3's UI: open on the runs table
+
+ROLE_PARENT, ROLE_RUN, ROLE_TRIAL, ROLE_SUPERSEDED = "parent", "run", "trial", "superseded"
+POINT_ROLES = (ROLE_RUN, ROLE_TRIAL)   # runs that are data points
+
+# ----------------------------------------------------------------------------- params
+#: params every child run has; every axis is a param too, under its axis name
+FIXED_PARAMS = ("variant", "config", "max_iters", "recipe")
+SEED = "seed"
+
+# ----------------------------------------------------------------------------- metrics
+MIOU, AACC, MACC = "miou", "aacc", "macc"
+IOU_PREFIX = "iou."                    # + class name: per-class IoU (percent)
+GFLOPS_PARTS = ("backbone", "encoder", "pixel_decoder", "transformer_decoder", "total")
+GFLOPS = tuple(f"gflops_{p}" for p in GFLOPS_PARTS)
+GFLOPS_STAGE_PREFIX = "gflops_encoder_"  # + stage<k>: traced encoder GFLOPs per stage
+LATENCY_MS, LATENCY_MS_PIXEL_DECODER = "latency_ms", "latency_ms_pixel_decoder"
+TRAIN_TIME_S = "train_time_s"
+MEAN_EXIT = "mean_exit"                # ECO-M2F: mean encoder exit layer over the images
+TRIAL_NUMBER = "trial_number"          # Optuna search trials
+METRICS = (MIOU, AACC, MACC, *GFLOPS, LATENCY_MS, LATENCY_MS_PIXEL_DECODER, TRAIN_TIME_S,
+           MEAN_EXIT, TRIAL_NUMBER)
+CURVE_PREFIXES = ("train/", "val/")    # training curves, one point per logged iteration
+
+# ----------------------------------------------------------------------------- artifacts
+CONFIG_ARTIFACT = "config.py"          # the resolved config mmengine dumped
+EXIT_HISTOGRAM_ARTIFACT = "exit_histogram.json"
+PROVENANCE_LIBRARIES = ("torch", "mmcv", "mmengine", "mmseg", "mmdet")
