@@ -1,2 +1,4 @@
 """MMSeg / MMDet plug-ins for the efficient-encoder methods, one file per method."""
 from pipelines.models.pro_scale import ProScalePixelDecoder  # noqa: F401  (registers it)
+from pipelines.models.early_exit import EarlyExitPixelDecoder  # noqa: F401  (registers it)
+from pipelines.models.token_cluster import ClusterViT  # noqa: F401  (registers it)
