@@ -1,0 +1,144 @@
+"""AiluRus token clustering (pipelines/models/token_cluster.py) on a tiny random ViT."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+import pipelines.registry  # noqa: F401
+from pipelines.models import token_cluster as tc
+from pipelines.models.vit_tokens import layer_forward
+
+VIT = dict(img_size=(64, 64), patch_size=8, embed_dims=32, num_layers=4, num_heads=2,
+           out_indices=(0, 1, 2, 3))
+
+
+def _plain():
+    from mmseg.models.backbones import VisionTransformer
+
+    torch.manual_seed(0)
+    vit = VisionTransformer(**VIT)
+    vit.init_weights()
+    vit.eval()
+    return vit
+
+
+def _cluster(ref, **kw):
+    model = tc.ClusterViT(**VIT, **kw)
+    model.load_state_dict(ref.state_dict())
+    model.eval()
+    return model
+
+
+def _images():
+    """Two images whose clusterings differ: noise, and a smooth ramp with one noisy corner."""
+    g = torch.Generator().manual_seed(1)
+    noise = torch.randn(3, 64, 64, generator=g)
+    ramp = torch.linspace(-1, 1, 64).expand(3, 64, 64).clone()
+    ramp[:, :16, :16] = torch.randn(3, 16, 16, generator=g)
+    return torch.stack([noise, ramp])
+
+
+def test_every_token_an_anchor_is_the_plain_vit_exactly():
+    ref = _plain()
+    x = _images()
+    with torch.no_grad():
+        expected = ref(x)
+        for kw in (dict(anchor_fraction=1.0), dict(density_threshold=1e-30, cluster_layer=2)):
+            model = _cluster(ref, **kw)
+            got = model(x)
+            assert model.last_token_counts == [64, 64]
+            assert all(torch.equal(a, b) for a, b in zip(expected, got))
+
+
+def test_reduced_path_layer_matches_upstream_block():
+    """The masked attention written out (used on the clusters) is the upstream block's math."""
+    ref = _plain()
+    x = torch.randn(2, 65, 32)
+    with torch.no_grad():
+        for layer in ref.layers:
+            torch.testing.assert_close(layer_forward(layer, x), layer(x), rtol=1e-5, atol=1e-5)
+
+
+def test_clustering_reduces_tokens_and_changes_output():
+    ref = _plain()
+    x = _images()
+    model = _cluster(ref, anchor_fraction=0.25, cluster_layer=1)
+    with torch.no_grad():
+        expected, got = ref(x), model(x)
+    counts = model.last_token_counts
+    assert all(16 <= c < 64 for c in counts)  # at least the anchors, fewer than all tokens
+    assert torch.equal(expected[0], got[0]) and torch.equal(expected[1], got[1]) is False
+
+
+def test_batch_with_different_token_counts_equals_each_image_alone():
+    ref = _plain()
+    x = _images()
+    model = _cluster(ref, anchor_fraction=0.25, cluster_layer=1, proportional_attn=True)
+    with torch.no_grad():
+        batch = model(x)
+        counts = model.last_token_counts
+        alone = []
+        for i in range(2):
+            alone.append(model(x[i:i + 1]))
+            assert model.last_token_counts == [counts[i]]
+    assert counts[0] != counts[1]
+    for level in range(len(batch)):
+        torch.testing.assert_close(batch[level], torch.cat([a[level] for a in alone]),
+                                   rtol=1e-5, atol=1e-5)
+
+
+def _global_dpc(x, k):
+    """Unwindowed DPC-KNN written directly from the definition (reference for the windowed one)."""
+    n, c = x.shape
+    d = torch.cdist(x[None].double(), x[None].double())[0] / c ** 0.5
+    rho = torch.exp(-(d ** 2).topk(k, dim=1, largest=False).values.mean(1))
+    delta = torch.empty(n, dtype=torch.float64)
+    for i in range(n):
+        denser = [j for j in range(n) if rho[j] > rho[i] or (rho[j] == rho[i] and j < i)]
+        delta[i] = d[i, denser].min() if denser else d.max()
+    return rho * delta
+
+
+def test_window_covering_the_grid_is_global_dpc_knn():
+    torch.manual_seed(2)
+    x = torch.randn(1, 16, 8, dtype=torch.float64)
+    neigh, index, valid = tc.window_neighbours(x, (4, 4), radius=4)
+    sq = tc.window_sq_dists(x, neigh, valid)
+    score, _ = tc.dpc_scores(sq, index, valid, k=5)
+    torch.testing.assert_close(score[0], _global_dpc(x[0], 5), rtol=1e-6, atol=1e-9)
+
+
+def test_anchor_ties_go_to_the_lower_index():
+    score = torch.tensor([[1.0, 3.0, 3.0, 3.0, 0.5]])
+    assert tc.select_anchors(score, 0.4).tolist() == [[False, True, True, False, False]]
+    assert tc.select_anchors(score, None, 0.3).tolist() == [[True, True, True, True, False]]
+
+
+def test_merge_restore_means_and_adjacency():
+    # 1x4 grid; anchor at 0 (features 0) and 3; token 1 is adjacent to anchor 0 only, token 2 to 3
+    x = torch.tensor([[[0.0], [2.0], [10.0], [20.0]]])
+    neigh, index, valid = tc.window_neighbours(x, (1, 4), radius=1)
+    sq = tc.window_sq_dists(x, neigh, valid)
+    anchors = torch.tensor([[True, False, False, True]])
+    rep = tc.assign_clusters(anchors, sq, index, radius=1)
+    assert rep.tolist() == [[0, 0, 3, 3]]
+    merged, size, valid_m, slot = tc.merge_tokens(x, rep)
+    assert merged[0, :, 0].tolist() == [1.0, 15.0] and size.tolist() == [[2.0, 2.0]]
+    assert tc.restore_tokens(merged, slot)[0, :, 0].tolist() == [1.0, 1.0, 15.0, 15.0]
+    # a token adjacent to no anchor stays on its own
+    rep = tc.assign_clusters(torch.tensor([[True, False, False, False]]), sq, index, radius=1)
+    assert rep.tolist() == [[0, 0, 2, 3]]
+
+
+@pytest.mark.parametrize("kw, match", [
+    (dict(cluster_layer=3), "cluster_layer"),
+    (dict(cluster_layer=-1), "cluster_layer"),
+    (dict(anchor_fraction=0.0), "anchor_fraction"),
+    (dict(anchor_fraction=1.5), "anchor_fraction"),
+    (dict(density_threshold=2.0), "density_threshold"),
+    (dict(window=0), "window"),
+    (dict(k=0), "k must"),
+])
+def test_bad_knobs_are_refused_when_built(kw, match):
+    with pytest.raises(ValueError, match=match):
+        tc.ClusterViT(**VIT, **kw)
