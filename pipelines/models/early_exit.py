@@ -48,20 +48,17 @@ from torch import Tensor
 from pipelines.models.pro_scale import (ProScalePixelDecoder, recalibrate_tokens, stage_inputs,
                                         tokens_to_map)
 
-try:  # the grid reads AXES with ``ast`` without importing this module
-    from pipelines.axes import Axis
-except ImportError:  # pragma: no cover - before the axes module exists (issue 8)
-    def Axis(key, **kwargs):  # noqa: N802
-        return dict(key=key, **kwargs)
+from pipelines.axes import Axis
 
 AXES = {
     "min_layers": Axis("model.decode_head.pixel_decoder.min_layers", type="int", minimum=1,
                        id="min{}", help="shallowest exit: exits are min_layers..encoder depth"),
     "exit_dist": Axis("model.decode_head.pixel_decoder.exit_distribution", type="str",
-                      choices=["uniform", "linear"], id="exit_{}",
+                      choices=("uniform", "linear"), id="exit_{}",
                       help="distribution of the exit drawn per training iteration "
                            "(linear: p proportional to k)"),
-    "beta": Axis("exit_gate.beta", type="float", minimum=0, id="beta{}", stage="gate",
+    # a gate-stage option (`train-gate --beta`): changing it retrains only the gate
+    "beta": Axis("beta", type="float", minimum=0, id="beta{}", stage="gate",
                  help="gate trade-off: label = argmax_k (q_k - beta k)"),
 }
 
