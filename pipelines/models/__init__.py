@@ -2,3 +2,4 @@
 from pipelines.models.pro_scale import ProScalePixelDecoder  # noqa: F401  (registers it)
 from pipelines.models.early_exit import EarlyExitPixelDecoder  # noqa: F401  (registers it)
 from pipelines.models.token_cluster import ClusterViT  # noqa: F401  (registers it)
+from pipelines.models.token_sample import SampleViT  # noqa: F401  (registers it)

@@ -4,11 +4,11 @@ Pure functions over MMSeg's ``VisionTransformer`` pieces, no registered class:
 
 * :func:`embed_tokens`: the upstream forward up to the first block (patch embedding, CLS token,
   positional embedding, optional pre-norm), returned with the token grid size.
-* :func:`layer_forward`: one upstream ``TransformerEncoderLayer`` run on a *padded, reduced* token
-  set ``[B, M, C]``: the same weights and the same operations as the upstream block, plus an
-  additive per-key bias (``-inf`` masks padding keys out of attention; ``log(size)`` gives a merged
-  token the weight of its members) and, for ATS, an optional selection of the query rows that go
-  on. Attention is written as two ``matmul`` s and a softmax, the same math path that
+* :func:`layer_forward` (= :func:`attend` then :func:`finish_layer`): one upstream
+  ``TransformerEncoderLayer`` run on a *padded, reduced* token set ``[B, M, C]``: the same weights
+  and the same operations as the upstream block, plus an additive per-key bias (``-inf`` masks
+  padding keys out of attention; ``log(size)`` gives a merged token the weight of its members);
+  ATS reads the attention between the two halves and keeps only some query rows. Attention is written as two ``matmul`` s and a softmax, the same math path that
   ``nn.MultiheadAttention`` takes inside the upstream block, so the FLOPs counter sees both
   attention products.
 * :func:`grid_output`: patch tokens ``[B, N, C]`` to the ``(B, C, h, w)`` map the neck takes.
@@ -46,22 +46,15 @@ def grid_output(vit, patch_tokens: Tensor, hw: Tuple[int, int], cls_token: Optio
     return out
 
 
-def layer_forward(layer, x: Tensor, key_bias: Optional[Tensor] = None,
-                  rows: Optional[Tensor] = None, return_attn: bool = False):
-    """Run an upstream ``TransformerEncoderLayer`` on a padded token set.
+def layer_forward(layer, x: Tensor, key_bias: Optional[Tensor] = None) -> Tensor:
+    """Run an upstream ``TransformerEncoderLayer`` on a padded token set ``x [B, M, C]``, with
+    ``key_bias [B, M]`` added to every attention logit of that key (``-inf``: padding)."""
+    return finish_layer(layer, x, *attend(layer, x, key_bias))
 
-    Args:
-        layer: ``mmseg.models.backbones.vit.TransformerEncoderLayer``.
-        x: tokens ``[B, M, C]``.
-        key_bias: ``[B, M]`` added to every attention logit of that key (``-inf``: padding).
-        rows: ``[B, R]`` indices of the query rows that continue (ATS); the attention is still
-            computed over all keys, but only those rows go through the projection and the MLP.
-        return_attn: also return the attention probabilities ``[B, heads, M, M]`` and the values
-            ``[B, heads, M, C / heads]`` (ATS significance).
 
-    Returns:
-        The new tokens ``[B, M or R, C]`` (and ``(attn, v)`` when ``return_attn``).
-    """
+def attend(layer, x: Tensor, key_bias: Optional[Tensor] = None) -> Tuple[Tensor, Tensor]:
+    """The attention half of an upstream block: ``(probabilities [B, heads, M, M], values
+    [B, heads, M, C / heads])``, with ``key_bias [B, M]`` added to the logits of each key."""
     mha = layer.attn.attn  # torch.nn.MultiheadAttention inside mmcv's MultiheadAttention
     b, m, c = x.shape
     heads = mha.num_heads
@@ -70,20 +63,25 @@ def layer_forward(layer, x: Tensor, key_bias: Optional[Tensor] = None,
     logits = torch.matmul(q * float(c // heads) ** -0.5, k.transpose(-2, -1))
     if key_bias is not None:
         logits = logits + key_bias[:, None, None, :]
-    attn = logits.softmax(dim=-1)
-    attn_used = F.dropout(attn, p=mha.dropout, training=layer.training)
+    return logits.softmax(dim=-1), v
+
+
+def finish_layer(layer, x: Tensor, attn: Tensor, v: Tensor,
+                 rows: Optional[Tensor] = None) -> Tensor:
+    """The rest of the block after :func:`attend`: attention x values, output projection,
+    residual, MLP. ``rows [B, R]`` (ATS) keeps only those query rows from here on, so the
+    projection and the MLP run on ``R`` tokens; returns ``[B, M or R, C]``."""
+    mha = layer.attn.attn
+    b, m, c = x.shape
+    attn = F.dropout(attn, p=mha.dropout, training=layer.training)
     identity = x
     if rows is not None:
-        idx = rows[:, None, :, None]
-        attn_used = torch.gather(attn_used, 2, idx.expand(b, heads, rows.shape[1], m))
+        attn = torch.gather(attn, 2, rows[:, None, :, None].expand(b, attn.shape[1],
+                                                                   rows.shape[1], m))
         identity = torch.gather(x, 1, rows[:, :, None].expand(b, rows.shape[1], c))
-    out = torch.matmul(attn_used, v).transpose(1, 2).reshape(b, -1, c)
-    out = mha.out_proj(out)
+    out = mha.out_proj(torch.matmul(attn, v).transpose(1, 2).reshape(b, -1, c))
     y = identity + layer.attn.dropout_layer(layer.attn.proj_drop(out))
-    y = layer.ffn(layer.norm2(y), identity=y)
-    if return_attn:
-        return y, (attn, v)
-    return y
+    return layer.ffn(layer.norm2(y), identity=y)
 
 
 def padding_bias(valid: Tensor, dtype=torch.float32) -> Tensor:

@@ -1,0 +1,192 @@
+"""ATS: adaptive token sampling inside a plain ViT, for dense prediction.
+
+Paper: *Adaptive Token Sampling for Efficient Vision Transformers* (ECCV 2022, arXiv
+2111.15667). Written from ``docs/methods.md``; the released code (classification only) is not
+used.
+
+In each block listed in ``ats_layers`` (0-based; released: 3..11 of DeiT-S):
+
+* the block computes its attention over every current token as usual;
+* significance of patch token ``j``: ``sum_heads A[CLS, j] * ||v_j||`` (the value vector of all
+  heads together, ``C``-dimensional), CLS excluded, padding zero, normalised to sum 1;
+* inverse-transform sampling: the scores sorted ascending, their cumulative sum min-max
+  normalised to [0, 1]; for each of ``levels`` evenly spaced values in [0, 1] the token whose
+  cumulative value is nearest is picked (equally near: the lower one). ``levels`` defaults to the
+  image's initial patch-token count (196 at 224x224 in the paper). Duplicate picks collapse, so
+  low-significance tokens (flat stretches of the CDF) vanish and the kept count varies per image;
+* at most ``budget`` (K) patch tokens are kept, the **most** significant ones when there are more
+  picks (the released code crashes for K < N and would keep the least significant); CLS always;
+* only the kept query rows go on through the block's projection and MLP, and every later block.
+  Images of a batch keep different counts: the kept tokens are compacted to the batch's largest
+  count, padding masked out of every later attention (``-inf`` key bias);
+* dense prediction (beyond the paper): a dropped token keeps its last feature (its input to the
+  block that dropped it) and every output map scatters the current tokens back over those, by
+  their grid indices, so the neck sees the whole grid.
+
+The sampling is deterministic (no random draw), so evaluation is. ``ats_layers=()`` runs the
+upstream blocks unchanged: exactly the plain ViT.
+
+Shape: pure functions (:func:`significance`, :func:`inverse_transform_sample`) and one
+registered class, :class:`SampleViT` (a ``VisionTransformer`` subclass; ``type='SampleViT'``).
+"""
+from __future__ import annotations
+
+from numbers import Integral
+from typing import List, Optional, Sequence, Tuple
+
+import torch
+from mmseg.models.backbones import VisionTransformer
+from mmseg.registry import MODELS
+from torch import Tensor
+
+from pipelines.axes import Axis
+from pipelines.models.vit_tokens import (attend, embed_tokens, finish_layer, grid_output,
+                                         layer_forward, padding_bias)
+
+AXES = {
+    "ats_budget": Axis("model.backbone.budget", type="int", minimum=1, id="K{}",
+                       help="ATS: at most this many patch tokens leave each ATS block"),
+    "ats_layers": Axis("model.backbone.ats_layers", type="int_list", minimum=0, id="atsl{}",
+                       help="ATS: 0-based ViT blocks that sample tokens"),
+    "ats_levels": Axis("model.backbone.levels", type="int", minimum=1, id="n{}",
+                       help="ATS: levels of the inverse-transform sampling "
+                            "(default: the initial patch-token count)"),
+}
+
+
+# ----------------------------------------------------------------------------- pure functions
+def significance(attn: Tensor, v: Tensor, valid: Tensor) -> Tensor:
+    """ATS significance of the patch tokens: ``[B, M - 1]``, summing to 1 per image.
+
+    Args:
+        attn: attention probabilities ``[B, heads, M, M]`` (token 0 is CLS).
+        v: values ``[B, heads, M, C / heads]``.
+        valid: ``[B, M]`` real tokens (padding gets 0).
+    """
+    cls_attn = attn[:, :, 0, 1:].sum(dim=1)
+    vnorm = v[:, :, 1:].transpose(1, 2).flatten(2).norm(dim=-1)
+    s = (cls_attn * vnorm).masked_fill(~valid[:, 1:], 0)
+    return s / s.sum(dim=1, keepdim=True).clamp_min(torch.finfo(s.dtype).tiny)
+
+
+def inverse_transform_sample(scores: Tensor, levels: int, budget: int) -> Tensor:
+    """Pick tokens of one image from its significance ``scores [m]`` (sum 1).
+
+    Returns the kept positions, sorted ascending: the unique tokens nearest to ``levels`` evenly
+    spaced values of the min-max normalised cumulative sorted scores, truncated to the
+    ``budget`` most significant (stable: equal scores keep the lower position).
+    """
+    m = scores.shape[0]
+    order = torch.sort(scores, stable=True).indices
+    cdf = scores[order].cumsum(0)
+    span = cdf[-1] - cdf[0]
+    cdf = (cdf - cdf[0]) / span if float(span) > 0 else torch.zeros_like(cdf)
+    targets = torch.linspace(0, 1, levels, dtype=cdf.dtype, device=cdf.device)
+    hi = torch.searchsorted(cdf, targets).clamp_max(m - 1)
+    lo = (hi - 1).clamp_min(0)
+    pick = torch.where((targets - cdf[lo]).abs() <= (cdf[hi] - targets).abs(), lo, hi)
+    kept = order[torch.unique(pick)]
+    if kept.numel() > budget:
+        best = torch.sort(-scores[kept], stable=True).indices[:budget]
+        kept = kept[best]
+    return torch.sort(kept).values
+
+
+def check_knobs(ats_layers: Sequence[int], budget: int, levels: Optional[int],
+                depth: int) -> Tuple[int, ...]:
+    """Validate the ATS knobs; returns the sorted, unique ATS blocks. ``ValueError`` (one line)."""
+    if isinstance(budget, bool) or not isinstance(budget, Integral) or budget < 1:
+        raise ValueError(f"ATS budget K must be an int >= 1, got {budget!r}")
+    if levels is not None and (isinstance(levels, bool) or not isinstance(levels, Integral)
+                               or levels < 1):
+        raise ValueError(f"ATS levels must be an int >= 1 or None, got {levels!r}")
+    if isinstance(ats_layers, (str, bytes)) or not isinstance(ats_layers, Sequence):
+        raise ValueError(f"ats_layers must be a list of block indices, got {ats_layers!r}")
+    for i in ats_layers:
+        if isinstance(i, bool) or not isinstance(i, Integral) or not 0 <= i < depth:
+            raise ValueError(f"ats_layers entries must be ints in [0, {depth - 1}] (blocks of "
+                             f"this {depth}-block ViT), got {list(ats_layers)!r}")
+    return tuple(sorted(set(int(i) for i in ats_layers)))
+
+
+# ----------------------------------------------------------------------------- the backbone
+@MODELS.register_module()
+class SampleViT(VisionTransformer):
+    """MMSeg's ``VisionTransformer`` with adaptive token sampling in chosen blocks.
+
+    Args:
+        ats_layers: 0-based blocks that sample tokens (empty: the plain ViT).
+        budget: K, the most patch tokens an ATS block keeps (>= 1).
+        levels: levels of the inverse-transform sampling; None: the image's patch-token count.
+        **kwargs: ``VisionTransformer`` arguments (``with_cls_token`` must be True).
+    """
+
+    def __init__(self, *, ats_layers: Sequence[int] = (), budget: int = 64,
+                 levels: Optional[int] = None, **kwargs):
+        super().__init__(**kwargs)
+        if not self.with_cls_token:
+            raise ValueError("ATS needs the CLS token: with_cls_token must be True")
+        self.ats_layers = check_knobs(ats_layers, budget, levels, len(self.layers))
+        self.budget = int(budget)
+        self.levels = None if levels is None else int(levels)
+        self.last_token_counts: List[List[int]] = []  # per ATS block, kept tokens per image
+
+    def forward(self, inputs: Tensor):
+        x, hw = embed_tokens(self, inputs)
+        b, n = x.shape[0], x.shape[1] - 1
+        outs = []
+        if self.out_origin:
+            outs.append(grid_output(self, x[:, 1:], hw, x[:, 0]))
+        self.last_token_counts = []
+        state = None  # (grid index [B, M-1] with n for padding, valid [B, M], last features)
+        for i, layer in enumerate(self.layers):
+            if i in self.ats_layers:
+                x, state = self._sample(layer, x, state, n)
+            elif state is None:
+                x = layer(x)
+            else:
+                x = layer_forward(layer, x, padding_bias(state[1], x.dtype))
+            if i == len(self.layers) - 1 and self.final_norm:
+                x = self.norm1(x)
+            if i in self.out_indices:
+                patches = x[:, 1:] if state is None else scatter_back(x, state)
+                outs.append(grid_output(self, patches, hw, x[:, 0]))
+        return tuple(outs)
+
+    def _sample(self, layer, x: Tensor, state, n: int):
+        """One ATS block: attention over every token, then only the sampled rows go on."""
+        b, m, c = x.shape
+        if state is None:
+            index = torch.arange(n, device=x.device).expand(b, n)
+            valid = torch.ones(b, m, dtype=torch.bool, device=x.device)
+            last = x[:, 1:]
+        else:
+            index, valid, _ = state
+            last = scatter_back(x, state)
+        attn, v = attend(layer, x, None if state is None else padding_bias(valid, x.dtype))
+        with torch.no_grad():
+            sig = significance(attn, v, valid)
+            counts = valid[:, 1:].sum(1).tolist()
+            kept = [inverse_transform_sample(sig[j, :counts[j]], self.levels or n, self.budget)
+                    for j in range(b)]
+        r = max(k.numel() for k in kept)
+        rows = torch.zeros(b, r + 1, dtype=torch.long, device=x.device)  # padding rows: CLS
+        new_index = torch.full((b, r), n, dtype=torch.long, device=x.device)
+        for j, k in enumerate(kept):
+            rows[j, 1:k.numel() + 1] = k + 1
+            new_index[j, :k.numel()] = index[j, k]
+        new_valid = torch.ones(b, r + 1, dtype=torch.bool, device=x.device)
+        new_valid[:, 1:] = new_index < n
+        self.last_token_counts.append([k.numel() for k in kept])
+        y = finish_layer(layer, x, attn, v, rows)
+        return y, (new_index, new_valid, last)
+
+
+def scatter_back(x: Tensor, state) -> Tensor:
+    """The full grid ``[B, N, C]``: each token's latest feature (the current ones over the last
+    features of dropped tokens), by grid index; padding goes to a discarded extra slot."""
+    index, valid, last = state
+    b, n, c = last.shape
+    grid = torch.cat([last, last.new_zeros(b, 1, c)], dim=1)
+    grid = grid.scatter(1, index[:, :, None].expand(b, index.shape[1], c), x[:, 1:])
+    return grid[:, :n]
