@@ -24,6 +24,7 @@ COMMAND_MODULES = (
     "pipelines.benchmark",
     "pipelines.figures",
     "pipelines.html_report",
+    "pipelines.search",
 )
 
 

@@ -1,0 +1,71 @@
+"""Search trials in MLflow: the trained trials' runs, under a parent run of the search.
+
+Each run a search trained is ingested by :func:`pipelines.ingest.ingest` with role ``trial`` into
+the base ablation's experiment (so reports and figures show searched points next to grid points,
+marked by ``pipelines.role=trial``), then tagged with its trial number(s) and moved under the
+search's own parent run (tag ``pipelines.role=search``, named after the study). Trials that reused
+a grid run, warm-start trials and infeasible trials (never trained) stay in Optuna only: a reused
+grid run already is a point in MLflow, and an infeasible setting has no result.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+from pipelines import contract as c
+
+SEARCH_ROLE = "search"
+SEARCH_TAG = "pipelines.search"
+TRIAL_TAG = "pipelines.trial_number"
+
+
+def _search_parent(client, experiment_id: str, name: str, storage_note: str) -> str:
+    from pipelines import tracking
+
+    found = tracking.search_all(client, experiment_id,
+                                f"tags.`{c.ROLE_TAG}` = '{SEARCH_ROLE}' and "
+                                f"tags.`{SEARCH_TAG}` = '{name}'")
+    if found:
+        return found[0].info.run_id
+    run = client.create_run(experiment_id, run_name=f"search: {name}",
+                            tags={c.ROLE_TAG: SEARCH_ROLE, SEARCH_TAG: name,
+                                  c.NOTE_TAG: storage_note})
+    client.set_terminated(run.info.run_id)
+    return run.info.run_id
+
+
+def track_trials(spec, study, progress: bool = False) -> dict:
+    """Ingest every COMPLETE trial the search trained; returns ``{run_id: mlflow run id}``."""
+    from pipelines import tracking
+    from pipelines.grid import RunPaths
+    from pipelines.ingest import ingest
+
+    ablation = spec.ablation
+    results, name = str(ablation.get("results", "results")), str(ablation["name"])
+    trials: dict[str, list[int]] = {}
+    for t in study.get_trials(deepcopy=False):
+        if t.state.name == "COMPLETE" and t.user_attrs.get("status") == "trained":
+            trials.setdefault(t.user_attrs["run_id"], []).append(t.number)
+    run_jsons = []
+    for run_id in sorted(trials):
+        path = RunPaths(results, name, run_id).run_json
+        if Path(path).is_file():
+            run_jsons.append(str(path))
+    if not run_jsons:
+        return {}
+    mlflow = ablation.get("mlflow") or {}
+    uri = tracking.resolve_tracking_uri(mlflow.get("tracking_uri", tracking.DEFAULT_TRACKING_URI))
+    summary = ingest(name, results, run_jsons, uri, mlflow.get("artifact_location"),
+                     progress=progress, role=c.ROLE_TRIAL)
+    client = tracking.open_client(uri)
+    parent = _search_parent(client, summary["experiment_id"], spec.name,
+                            f"Optuna study {study.study_name!r} (search space {spec.path})")
+    out = {}
+    for run_id, entry in summary["runs"].items():
+        mlflow_id = entry["mlflow_run_id"]
+        numbers = trials[run_id]
+        client.set_tag(mlflow_id, c.PARENT_TAG, parent)
+        client.set_tag(mlflow_id, SEARCH_TAG, spec.name)
+        client.set_tag(mlflow_id, TRIAL_TAG, ",".join(str(n) for n in numbers))
+        client.log_metric(mlflow_id, c.TRIAL_NUMBER, float(numbers[0]))
+        out[run_id] = mlflow_id
+    return out
