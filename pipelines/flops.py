@@ -137,13 +137,15 @@ def count_flops(model, image_hw: Tuple[int, int], count_sampling: bool = False) 
     from mmengine.analysis import FlopAnalyzer
     from mmengine.analysis.complexity_analysis import _DEFAULT_SUPPORTED_FLOP_OPS
 
+    from pipelines.flop_handles import extra_flop_handles
+
     model = model.cpu().eval()
     wrapper = inference_forward(model, image_hw)
     img = torch.zeros(1, 3, *image_hw)
     analyzer = FlopAnalyzer(wrapper, (img,))
     # mmengine 0.10.7's set_op_handle(name, None) leaves the default handle in place (the op is
     # still counted), so the handle table is rebuilt without the sampling op instead.
-    handles = dict(_DEFAULT_SUPPORTED_FLOP_OPS)
+    handles = dict(_DEFAULT_SUPPORTED_FLOP_OPS, **extra_flop_handles())  # + attention ops
     if not count_sampling:
         handles.pop(SAMPLING_OP)
     analyzer.clear_op_handles().set_op_handle(**handles)

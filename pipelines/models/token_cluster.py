@@ -150,7 +150,8 @@ def select_anchors(score: Tensor, anchor_fraction: Optional[float] = None,
     if density_threshold is None:
         count = min(n, max(1, math.ceil(anchor_fraction * n - 1e-9)))
         order = torch.sort(-score, dim=1, stable=True).indices[:, :count]
-        return torch.zeros_like(score, dtype=torch.bool).scatter_(1, order, True)
+        return torch.zeros_like(score, dtype=torch.bool).scatter(
+            1, order, torch.ones_like(order, dtype=torch.bool))
     best = score.max(dim=1, keepdim=True).values
     return score >= density_threshold * best
 

@@ -6,28 +6,8 @@ import torch
 
 import pipelines.registry  # noqa: F401
 from pipelines.models import token_cluster as tc
+from tests.unit.vit_helpers import VIT, plain_vit, same_weights
 from pipelines.models.vit_tokens import layer_forward
-
-VIT = dict(img_size=(64, 64), patch_size=8, embed_dims=32, num_layers=4, num_heads=2,
-           out_indices=(0, 1, 2, 3))
-
-
-def _plain():
-    from mmseg.models.backbones import VisionTransformer
-
-    torch.manual_seed(0)
-    vit = VisionTransformer(**VIT)
-    vit.init_weights()
-    vit.eval()
-    return vit
-
-
-def _cluster(ref, **kw):
-    model = tc.ClusterViT(**VIT, **kw)
-    model.load_state_dict(ref.state_dict())
-    model.eval()
-    return model
-
 
 def _images():
     """Two images whose clusterings differ: noise, and a smooth ramp with one noisy corner."""
@@ -39,12 +19,12 @@ def _images():
 
 
 def test_every_token_an_anchor_is_the_plain_vit_exactly():
-    ref = _plain()
+    ref = plain_vit()
     x = _images()
     with torch.no_grad():
         expected = ref(x)
         for kw in (dict(anchor_fraction=1.0), dict(density_threshold=1e-30, cluster_layer=2)):
-            model = _cluster(ref, **kw)
+            model = same_weights(tc.ClusterViT, ref, **kw)
             got = model(x)
             assert model.last_token_counts == [64, 64]
             assert all(torch.equal(a, b) for a, b in zip(expected, got))
@@ -52,7 +32,7 @@ def test_every_token_an_anchor_is_the_plain_vit_exactly():
 
 def test_reduced_path_layer_matches_upstream_block():
     """The masked attention written out (used on the clusters) is the upstream block's math."""
-    ref = _plain()
+    ref = plain_vit()
     x = torch.randn(2, 65, 32)
     with torch.no_grad():
         for layer in ref.layers:
@@ -60,9 +40,9 @@ def test_reduced_path_layer_matches_upstream_block():
 
 
 def test_clustering_reduces_tokens_and_changes_output():
-    ref = _plain()
+    ref = plain_vit()
     x = _images()
-    model = _cluster(ref, anchor_fraction=0.25, cluster_layer=1)
+    model = same_weights(tc.ClusterViT, ref, anchor_fraction=0.25, cluster_layer=1)
     with torch.no_grad():
         expected, got = ref(x), model(x)
     counts = model.last_token_counts
@@ -71,9 +51,9 @@ def test_clustering_reduces_tokens_and_changes_output():
 
 
 def test_batch_with_different_token_counts_equals_each_image_alone():
-    ref = _plain()
+    ref = plain_vit()
     x = _images()
-    model = _cluster(ref, anchor_fraction=0.25, cluster_layer=1, proportional_attn=True)
+    model = same_weights(tc.ClusterViT, ref, anchor_fraction=0.25, cluster_layer=1, proportional_attn=True)
     with torch.no_grad():
         batch = model(x)
         counts = model.last_token_counts

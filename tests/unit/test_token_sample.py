@@ -6,27 +6,7 @@ import torch
 
 import pipelines.registry  # noqa: F401
 from pipelines.models import token_sample as ts
-
-VIT = dict(img_size=(64, 64), patch_size=8, embed_dims=32, num_layers=4, num_heads=2,
-           out_indices=(0, 1, 2, 3))
-
-
-def _plain():
-    from mmseg.models.backbones import VisionTransformer
-
-    torch.manual_seed(0)
-    vit = VisionTransformer(**VIT)
-    vit.init_weights()
-    vit.eval()
-    return vit
-
-
-def _sampled(ref, **kw):
-    model = ts.SampleViT(**VIT, **kw)
-    model.load_state_dict(ref.state_dict())
-    model.eval()
-    return model
-
+from tests.unit.vit_helpers import VIT, plain_vit, same_weights
 
 def _images():
     torch.manual_seed(1)
@@ -36,17 +16,17 @@ def _images():
 
 
 def test_ats_off_is_the_plain_vit_exactly():
-    ref = _plain()
+    ref = plain_vit()
     x = _images()
     with torch.no_grad():
-        expected, got = ref(x), _sampled(ref, ats_layers=(), budget=8)(x)
+        expected, got = ref(x), same_weights(ts.SampleViT, ref, ats_layers=(), budget=8)(x)
     assert all(torch.equal(a, b) for a, b in zip(expected, got))
 
 
 def test_batch_with_different_token_counts_equals_each_image_alone():
-    ref = _plain()
+    ref = plain_vit()
     x = _images()
-    model = _sampled(ref, ats_layers=(0, 1, 2, 3), budget=64)
+    model = same_weights(ts.SampleViT, ref, ats_layers=(0, 1, 2, 3), budget=64)
     with torch.no_grad():
         batch = model(x)
         counts = model.last_token_counts
@@ -61,9 +41,9 @@ def test_batch_with_different_token_counts_equals_each_image_alone():
 
 
 def test_dropped_tokens_keep_their_last_feature():
-    ref = _plain()
+    ref = plain_vit()
     x = _images()
-    model = _sampled(ref, ats_layers=(2,), budget=10)
+    model = same_weights(ts.SampleViT, ref, ats_layers=(2,), budget=10)
     with torch.no_grad():
         expected, got = ref(x), model(x)
     assert model.last_token_counts == [[10, 10]]
