@@ -1,0 +1,163 @@
+"""ECO-M2F stages: derive-exits -> train-gate -> evaluate-gated on the synthetic set, in process.
+
+Random weights (a checkpoint saved from the built model), 64x64 inputs, a few images: seconds.
+"""
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+import pipelines.registry  # noqa: F401
+from pipelines.cli import main
+from pipelines.eco_m2f import histogram, per_image_quality, read_table
+from tests.conftest import REPO, TINY_OPTIONS
+
+ECO_TINY = REPO / "configs/models/mask2former_r18_ecom2f_synthetic-128x128.py"
+OPTIONS = [o for o in TINY_OPTIONS if "train_dataloader.dataset.pipeline" not in o]
+
+
+def save_random_checkpoint(path, seed):
+    from mmengine.config import Config
+    from mmengine.runner import save_checkpoint
+
+    from pipelines.flops import build_model
+
+    torch.manual_seed(seed)
+    model = build_model(Config.fromfile(str(ECO_TINY)))
+    save_checkpoint({"state_dict": model.state_dict(), "meta": {}}, str(path))
+    return path
+
+
+@pytest.fixture(scope="module")
+def derived(tmp_path_factory, synthetic_root):
+    """A checkpoint, its derived table (6 training images) and a second model's checkpoint."""
+    tmp = tmp_path_factory.mktemp("eco")
+    ck = save_random_checkpoint(tmp / "parent.pth", 0)
+    other = save_random_checkpoint(tmp / "other.pth", 1)
+    table = tmp / "table.parquet"
+    rc = main(["derive-exits", str(ECO_TINY), str(ck), "--data-root", str(synthetic_root),
+               "--out", str(table), "--batch-size", "4", "--max-images", "6",
+               "--cfg-options", *OPTIONS])
+    assert rc == 0
+    return dict(tmp=tmp, ck=ck, other=other, table=table, data=synthetic_root)
+
+
+def model_args(d, *extra):
+    return [str(ECO_TINY), str(d["ck"]), "--data-root", str(d["data"]), *extra,
+            "--cfg-options", *OPTIONS]
+
+
+# --------------------------------------------------------------------------- pure helpers
+def test_per_image_quality_counts_classes_in_gt_or_prediction():
+    inter = torch.tensor([10., 0., 0., 5.])
+    union = torch.tensor([20., 0., 4., 5.])  # class 1 absent from both: left out
+    assert per_image_quality(inter, union) == pytest.approx((0.5 + 0.0 + 1.0) / 3)
+    assert per_image_quality(torch.zeros(3), torch.zeros(3)) == 1.0
+    assert histogram([2, 2, 6], (2, 3, 6)) == {"2": 2, "3": 0, "6": 1}
+
+
+# --------------------------------------------------------------------------- the recipe
+def test_derived_table_has_every_image_and_exit(derived):
+    df, meta = read_table(derived["table"])
+    feats, feats_meta = read_table(derived["table"].with_name("table.features.parquet"))
+    assert meta["exits"] == [2, 3, 4, 5, 6] and meta["images"] == 6
+    assert len(df) == 30 and sorted(set(df.exit)) == [2, 3, 4, 5, 6]
+    assert df.groupby("image_id").size().eq(5).all()
+    assert df.quality.between(0, 1).all()
+    assert feats_meta["model_hash"] == meta["model_hash"] and len(meta["model_hash"]) == 64
+    assert len(feats) == 6 and len(feats.feature[0]) == 256
+
+
+def test_gate_per_beta_then_gated_evaluation(derived, tmp_path):
+    summaries = {}
+    for beta in (0.0, 0.5):
+        rc = main(["train-gate", "--table", str(derived["table"]), "--beta", str(beta),
+                   "--config", str(ECO_TINY), "--checkpoint", str(derived["ck"]),
+                   "--epochs", "50", "--out", str(tmp_path / f"gate{beta}.pth"),
+                   "--json", str(tmp_path / f"gate{beta}.json")])
+        assert rc == 0
+        summaries[beta] = json.loads((tmp_path / f"gate{beta}.json").read_text())
+    # beta 0.5 outweighs any quality gain (q in [0, 1], 4 exits at most): all at the first exit
+    assert summaries[0.5]["label_histogram"] == {"2": 6, "3": 0, "4": 0, "5": 0, "6": 0}
+    assert summaries[0.5]["label_mean_exit"] <= summaries[0.0]["label_mean_exit"]
+
+    out = tmp_path / "metrics.json"
+    rc = main(["evaluate-gated", *model_args(derived, "--gate", str(tmp_path / "gate0.5.pth"),
+                                              "--table", str(derived["table"]),
+                                              "--out", str(out), "--batch-size", "2",
+                                              "--max-images", "3")])
+    assert rc == 0
+    m = json.loads(out.read_text())
+    assert {"miou", "aacc", "macc", "per_class_iou", "gflops_total", "mean_exit",
+            "exit_histogram", "ladder", "oracle"} <= set(m)
+    assert m["images"] == 3 and sum(m["exit_histogram"].values()) == 3
+    ladder = {row["exit"]: row for row in m["ladder"]}
+    assert list(ladder) == [2, 3, 4, 5, 6]
+    steps = [ladder[k + 1]["gflops_encoder"] - ladder[k]["gflops_encoder"] for k in range(2, 6)]
+    assert min(steps) > 0 and max(steps) == pytest.approx(min(steps))  # one layer per step
+    # the gated model with its exits equals the ladder at those exits (plus the gate's FLOPs)
+    if m["exit_histogram"]["2"] == 3:
+        assert m["miou"] == pytest.approx(ladder[2]["miou"])
+        gate_gflops = m["gflops_total"] - ladder[2]["gflops_total"]
+        assert 0 < gate_gflops < 1e-5
+    # beta 0.5: the oracle always takes the first exit
+    assert m["oracle"]["exit_histogram"]["2"] == 3 and m["oracle"]["mean_exit"] == 2
+    assert m["oracle"]["miou"] == pytest.approx(ladder[2]["miou"])
+
+
+def test_forced_gate_equals_the_ladder(derived, tmp_path):
+    """A gate whose bias forces exit 4 reproduces exit 4's mIoU; histogram all at 4."""
+    from pipelines.models.early_exit import ExitGate
+
+    ck = derived["ck"]
+    meta = json.loads(json.dumps(read_table(derived["table"])[1]))
+    gate = ExitGate(in_channels=256, num_exits=5)
+    with torch.no_grad():
+        gate.fc.weight.zero_()
+        gate.fc.bias.copy_(torch.tensor([0., 0., 9., 0., 0.]))
+    path = tmp_path / "forced.pth"
+    torch.save({"state_dict": gate.state_dict(),
+                "meta": dict(beta=0.0, exits=meta["exits"], model_hash=meta["model_hash"])},
+               path)
+    out = tmp_path / "m.json"
+    assert main(["evaluate-gated", *model_args(derived, "--gate", str(path), "--out", str(out),
+                                                "--max-images", "2")]) == 0
+    m = json.loads(out.read_text())
+    row = next(r for r in m["ladder"] if r["exit"] == 4)
+    assert m["exit_histogram"]["4"] == 2 and m["mean_exit"] == 4
+    assert m["miou"] == pytest.approx(row["miou"]) and ck.is_file()
+    assert m["gflops_encoder"] == pytest.approx(row["gflops_encoder"])
+
+
+# --------------------------------------------------------------------------- bad input
+def test_bad_input_is_one_line_and_keeps_outputs(derived, tmp_path, capsys):
+    keep = tmp_path / "gate.pth"
+    keep.write_bytes(b"already computed")
+
+    def refused(argv, words):
+        capsys.readouterr()
+        assert main(argv) == 2
+        err = capsys.readouterr().err.strip()
+        assert err.startswith("error: ") and "\n" not in err and words in err, err
+        assert keep.read_bytes() == b"already computed"
+
+    table = str(derived["table"])
+    refused(["train-gate", "--table", table, "--beta", "-0.1", "--out", str(keep)],
+            "beta must be a finite number >= 0")
+    refused(["train-gate", "--table", str(tmp_path / "nope.parquet"), "--beta", "0.1",
+             "--out", str(keep)], "derived table not found")
+    refused(["train-gate", "--table", table, "--beta", "0.1", "--config", str(ECO_TINY),
+             "--checkpoint", str(derived["other"]), "--out", str(keep)],
+            "derived from another model")
+    derive = ["derive-exits", *model_args(derived)[:4], "--out", str(keep), "--cfg-options"]
+    refused([*derive, "model.decode_head.pixel_decoder.min_layers=7"], "above the encoder depth")
+    refused([*derive, "model.decode_head.pixel_decoder.exit_distribution=[]"],
+            "exit_distribution")
+    refused(["evaluate-gated", str(ECO_TINY), str(derived["other"]), "--data-root",
+             str(derived["data"]), "--gate", str(keep), "--table", table, "--out",
+             str(tmp_path / "m.json")], "derived from another model")
+    refused(["evaluate-gated", str(REPO / "configs/models/mask2former_r18_synthetic-128x128.py"),
+             str(derived["ck"]), "--gate", str(keep), "--out", str(tmp_path / "m.json")],
+            "no early-exit pixel decoder")
