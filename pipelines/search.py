@@ -108,7 +108,11 @@ def open_study(spec, storage):
         directions=["maximize", "minimize"],
         sampler=create_sampler(spec.sampler, spec.seed, spec.batch))
     if list(study.metric_names or []) != list(OBJECTIVES):
-        study.set_metric_names(list(OBJECTIVES))
+        import warnings
+
+        with warnings.catch_warnings():  # experimental in Optuna 5, and what the dashboard reads
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            study.set_metric_names(list(OBJECTIVES))
     if "gflops_budget" not in study.user_attrs:
         study.set_user_attr("gflops_budget", spec.gflops_budget)
         study.set_user_attr("base_ablation", str(spec.ablation["name"]))
@@ -210,12 +214,15 @@ class ReplayExecutor:
     """
 
     def __init__(self, *, table: Mapping[str, Mapping[str, float]],
-                 pretrained: tuple[str, ...] = ()) -> None:
+                 pretrained: tuple[str, ...] = (), results: str | Path | None = None) -> None:
         self.table = dict(table)
         self.trained = set(pretrained)
+        self.results = Path(results) if results else None
         self.launched: list[str] = []
 
     def existing(self, run) -> dict | None:
+        if self.results is not None and (self.results / f"{run.run_id}.json").is_file():
+            return json.loads((self.results / f"{run.run_id}.json").read_text())
         return dict(self.table[run.run_id]) if run.run_id in self.trained else None
 
     def job_minutes(self) -> float:
@@ -229,6 +236,10 @@ class ReplayExecutor:
             self.launched.append(run.run_id)
             self.trained.add(run.run_id)
             out[run.run_id] = dict(self.table[run.run_id])
+            if self.results is not None:  # a results folder shared by several workers
+                from pipelines.config import write_json_atomic
+
+                write_json_atomic(self.results / f"{run.run_id}.json", out[run.run_id])
         return out
 
 
@@ -286,6 +297,10 @@ class Search:
             self._runs[key] = self._make_run(variant, dict(settings))
         return self._runs[key]
 
+    def _attr(self, trial, key: str):
+        """A user attribute as stored now (a live Trial caches its attributes)."""
+        return self.study._storage.get_trial(trial._trial_id).user_attrs.get(key)
+
     def _trials(self, states=None):
         return self.study.get_trials(deepcopy=False, states=states)
 
@@ -312,7 +327,7 @@ class Search:
         self.study._storage.set_trial_user_attr(trial._trial_id, "fail_reason", reason)
         self.study.tell(trial.number, state=optuna.trial.TrialState.FAIL, skip_if_finished=True)
         self.told.append(trial.number)
-        attempt = int(trial.user_attrs.get("attempt", 0))
+        attempt = int(self._attr(trial, "attempt") or 0)
         if reason != "not costed" and attempt < self.spec.retries and trial.params:
             self.study.enqueue_trial(trial.params, user_attrs={"attempt": attempt + 1,
                                                                "retry_of": trial.number},
@@ -408,6 +423,9 @@ class Search:
                     pending.add(item[1].run_id)
             if not batch:
                 break
+            followers = [(t, r) for t, r in batch if self._attr(t, STATUS) == "follows"
+                         or self._leader_of(t, r) is not None]
+            batch = [item for item in batch if item not in followers]
             runs = list({run.run_id: run for _, run in batch}.values())
             self.log(f"generation {generation}: training {len(runs)} run(s): "
                      f"{', '.join(r.run_id for r in runs)}")
@@ -418,11 +436,42 @@ class Search:
                     self._fail(trial, f"{run.run_id}: the job ended without a result")
                 else:
                     self.study._storage.set_trial_user_attr(trial._trial_id, STATUS, "trained")
-                    self._tell(trial.number, result, trial.user_attrs["gflops_total"])
+                    self._tell(trial.number, result, self._attr(trial, "gflops_total"))
+            for trial, run in followers:
+                self._follow(trial, run)
             again = self.settle_running()
             if self.tracker is not None:
                 self.tracker(self.study, list(self.told))
         return self.summary()
+
+    def _leader_of(self, trial, run):
+        """A lower-numbered RUNNING trial of another worker training the same run, if any: this
+        trial then waits for its result instead of training it a second time. (Each worker
+        writes its submission before looking, so of two simultaneous ones the later yields.)"""
+        for t in self._trials(states=None):
+            if (t.state.name == "RUNNING" and t.number < trial.number
+                    and t.user_attrs.get(RUN_ID) == run.run_id
+                    and t.user_attrs.get(STATUS) == "submitted"
+                    and t.user_attrs.get("worker") != self.worker):
+                self.study._storage.set_trial_user_attr(trial._trial_id, STATUS, "follows")
+                self.study._storage.set_trial_user_attr(trial._trial_id, "follows", t.number)
+                return t
+        return None
+
+    def _follow(self, trial, run, poll_s: float = 2.0) -> None:
+        """Wait for the leader's result (until this trial's deadline); tell or fail."""
+        deadline = float(self._attr(trial, "deadline"))
+        while True:
+            result = self.executor.existing(run)
+            if result is not None:
+                self.study._storage.set_trial_user_attr(trial._trial_id, STATUS, "reused")
+                self._tell(trial.number, result, self._attr(trial, "gflops_total"))
+                return
+            if time.time() > deadline:
+                self._fail(trial, f"{run.run_id}: trained by another worker, no result by the "
+                                  "deadline")
+                return
+            time.sleep(poll_s)
 
     def _trainings_spent(self, launched: set[str]) -> bool:
         return self.spec.max_trainings is not None and len(launched) >= self.spec.max_trainings

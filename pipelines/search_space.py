@@ -152,14 +152,27 @@ class SearchSpec:
         """The categorical ``variant`` parameter."""
         return AxisSpace(name="variant", axis="variant", choices=tuple(self.variants))
 
+    @property
+    def flat(self) -> bool:
+        """NSGA-II and the GP sampler model a fixed search space only (a parameter that some
+        trials lack is sampled at random), so for them every variant's axes are suggested on
+        every trial and the chosen variant uses its own; TPE handles conditional parameters."""
+        return self.sampler != "tpe"
+
     def suggest(self, trial) -> tuple[str, dict[str, Any]]:
         """Ask ``trial`` for one setting: ``(variant, {axis: value})``."""
         variant = self.variant_axis().suggest(trial)
-        return variant, {a.axis: a.suggest(trial) for a in self.variants[variant]}
+        values = {}
+        for name in (self.variants if self.flat else [variant]):
+            for a in self.variants[name]:
+                if a.name not in values:
+                    values[a.name] = (a, a.suggest(trial))
+        return variant, {a.axis: values[a.name][1] for a in self.variants[variant]}
 
     def params_of(self, variant: str, settings: Mapping[str, Any]) -> dict | None:
         """Optuna params + distributions of a known setting, or ``None`` when it is outside the
-        space (used to warm-start from grid runs)."""
+        space (used to warm-start from grid runs). In the flat space the other variants' axes
+        take their first value."""
         if variant not in self.variants:
             return None
         params, dists = {"variant": variant}, {"variant": self.variant_axis().distribution()}
@@ -168,6 +181,12 @@ class SearchSpec:
                 return None
             params[a.name] = settings[a.axis]
             dists[a.name] = a.distribution()
+        if self.flat:
+            for axes in self.variants.values():
+                for a in axes:
+                    if a.name not in params:
+                        params[a.name] = a.edge_values()[0]
+                        dists[a.name] = a.distribution()
         return {"params": params, "distributions": dists}
 
 

@@ -12,8 +12,8 @@ into the jobs; about 25 min of one CPU core)::
     nice -n 10 .venv/bin/python tests/data/record_grid_tiny.py --work /tmp/grid_tiny --cores 2
 
 It writes ``tests/data/grid_tiny.csv`` (one row per run: run id, variant, axis values, mIoU,
-GFLOPs) next to this file, plus the generated ablation YAML (``grid_tiny.yaml``) in the work
-folder.
+GFLOPs) next to this file, and the ablation it ran as ``tests/data/grid_tiny.yaml``
+(repository-relative paths; the base ablation of ``configs/search/grid_tiny.yaml``).
 """
 from __future__ import annotations
 
@@ -44,14 +44,16 @@ COLUMNS = ("run_id", "variant", "schedule", "trc", "lpe", "seed", "max_iters", "
            "gflops_total", "gflops_pixel_decoder", "gflops_encoder")
 
 
-def ablation(work: Path, iters: int) -> dict:
-    """The recorded grid as an ablation config (absolute paths: the DAG runs in ``work``)."""
-    models = REPO / "configs" / "models"
+def ablation(work: Path, iters: int, portable: bool = False) -> dict:
+    """The recorded grid as an ablation config (absolute paths: the DAG runs in ``work``;
+    ``portable``: paths relative to the repository, as shipped in ``grid_tiny.yaml``)."""
+    models = Path("configs/models") if portable else REPO / "configs" / "models"
+    work = Path(".") if portable else work
     return {
         "name": "grid_tiny",
         "description": "tiny models at 64x64: baseline + 24 PRO-SCALE settings (search replay)",
         "results": str(work / "results"),
-        "data": {"root": str(work / "data" / "synthetic"),
+        "data": {"root": str(work / "data" / "ablations" / "grid_tiny" / "synthetic"),
                  "synthetic": {"train": 64, "val": 16, "size": 64, "seed": 0}},
         "train": {"max_iters": iters,
                   "cfg_options": TINY_OPTIONS + [f"default_hooks.checkpoint.interval={iters}",
@@ -82,7 +84,14 @@ def main(argv=None) -> int:
     parser.add_argument("--iters", type=int, default=100)
     parser.add_argument("--cores", type=int, default=2)
     parser.add_argument("--out", type=Path, default=HERE / "grid_tiny.csv")
+    parser.add_argument("--yaml-only", action="store_true",
+                        help="only write grid_tiny.yaml (the ablation, repo-relative paths)")
     args = parser.parse_args(argv)
+    (HERE / "grid_tiny.yaml").write_text(
+        "# The grid recorded in grid_tiny.csv (written by tests/data/record_grid_tiny.py)\n"
+        + yaml.safe_dump(ablation(Path("."), args.iters, portable=True), sort_keys=False))
+    if args.yaml_only:
+        return 0
     work = args.work.resolve()
     work.mkdir(parents=True, exist_ok=True)
     config = ablation(work, args.iters)

@@ -1,0 +1,151 @@
+"""Search efficiency: Pareto hypervolume vs. trainings launched, replayed against a recorded grid.
+
+``tests/data/grid_tiny.csv`` holds a real grid trained once by the pipeline (25 settings of the
+tiny model at 64x64: baseline + 6 PRO-SCALE schedules x TRC x LPE; ``tests/data/
+record_grid_tiny.py``). The search (:class:`pipelines.search.Search`, the same code as
+``python -m pipelines search``) runs on ``configs/search/grid_tiny.yaml`` with a
+:class:`pipelines.search.ReplayExecutor`: a training returns the recorded result, and every
+training the search asks for is counted. An infeasible trial (over the GFLOPs budget) costs
+nothing, nor does a setting trained before.
+
+Hypervolume (pymoo) of the feasible front in (mIoU up, GFLOPs down), against a reference point
+fixed by the problem, not by the data: mIoU 0 % and GFLOPs = the budget. The grid trains every
+setting; the search is held to 40 % of the grid's trainings. Each sampler runs with >= 10 seeds;
+the median and spread (min, quartiles, max) of its hypervolume ratio are printed, beside a
+random sampler with the same budget.
+
+    python -m pipelines.benchmarks.search_replay [--seeds 10] [--samplers tpe nsga2 gp random]
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import statistics
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[2]
+TABLE = REPO / "tests" / "data" / "grid_tiny.csv"
+SPACE = REPO / "configs" / "search" / "grid_tiny.yaml"
+
+
+def load_table(path: Path = TABLE) -> dict[str, dict]:
+    """run id -> {miou, gflops_total} of the recorded grid."""
+    with open(path, newline="") as fh:
+        return {row["run_id"]: {"miou": float(row["miou"]),
+                                "gflops_total": float(row["gflops_total"])}
+                for row in csv.DictReader(fh)}
+
+
+def hypervolume(points, budget: float) -> float:
+    """Hypervolume of the feasible (gflops <= budget) points ``[(miou, gflops)]``; reference
+    point (mIoU 0, GFLOPs = budget), both objectives turned into minimisation."""
+    import numpy as np
+    from pymoo.indicators.hv import HV
+
+    feasible = [(-m, g) for m, g in points if g <= budget and m > 0]
+    if not feasible:
+        return 0.0
+    return float(HV(ref_point=np.array([0.0, budget]))(np.array(feasible)))
+
+
+def replay(spec, table: dict, sampler: str, seed: int, make_run, cost) -> dict:
+    """One search against the recorded grid; returns its trainings and hypervolume."""
+    import dataclasses
+
+    import optuna
+
+    from pipelines.search import ReplayExecutor, Search, open_study
+
+    spec = dataclasses.replace(spec, name=f"replay-{sampler}-{seed}",
+                               sampler="tpe" if sampler == "random" else sampler, seed=seed)
+    storage = optuna.storages.InMemoryStorage()
+    study = open_study(spec, storage)
+    if sampler == "random":
+        study.sampler = optuna.samplers.RandomSampler(seed=seed)
+    executor = ReplayExecutor(table=table)
+    Search(spec=spec, study=study, executor=executor, cost=cost, make_run=make_run,
+           log=lambda msg: None).run()
+    points = [(table[r]["miou"], table[r]["gflops_total"]) for r in set(executor.launched)]
+    over = [r for r in executor.launched if table[r]["gflops_total"] > spec.gflops_budget]
+    return {"trainings": len(executor.launched), "distinct": len(set(executor.launched)),
+            "hv": hypervolume(points, spec.gflops_budget), "over_budget_trained": len(over),
+            "trials": len(study.trials)}
+
+
+def quartiles(values):
+    qs = statistics.quantiles(values, n=4, method="inclusive") if len(values) > 1 else values * 3
+    return min(values), qs[0], statistics.median(values), qs[2], max(values)
+
+
+def main(argv=None) -> int:
+    import logging
+
+    import optuna
+
+    from pipelines.search_runs import make_run as grid_run
+    from pipelines.search_space import load_search_space
+
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--seeds", type=int, default=10)
+    parser.add_argument("--samplers", nargs="+", default=["tpe", "nsga2", "gp", "random"])
+    parser.add_argument("--space", default=str(SPACE))
+    parser.add_argument("--table", default=str(TABLE))
+    parser.add_argument("--json", help="write every replay's numbers here")
+    args = parser.parse_args(argv)
+    optuna.logging.set_verbosity(logging.WARNING)
+    import warnings
+
+    warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
+
+    spec = load_search_space(args.space)
+    table = load_table(Path(args.table))
+    runs: dict = {}
+
+    def make_run(variant, settings):
+        key = json.dumps([variant, settings], sort_keys=True)
+        if key not in runs:
+            runs[key] = grid_run(spec, variant, settings)
+        return runs[key]
+
+    def cost(run):  # the GFLOPs the real flops rule traced for this run when the grid ran
+        return table[run.run_id]["gflops_total"]
+
+    grid_points = [(r["miou"], r["gflops_total"]) for r in table.values()]
+    grid_hv = hypervolume(grid_points, spec.gflops_budget)
+    n_grid = len(table)
+    infeasible = sum(1 for _, g in grid_points if g > spec.gflops_budget)
+    print(f"grid: {n_grid} settings, {n_grid} trainings ({infeasible} over the budget of "
+          f"{spec.gflops_budget} GFLOPs), hypervolume {grid_hv:.4f} (reference: mIoU 0, "
+          f"GFLOPs {spec.gflops_budget})")
+    print(f"search: at most {spec.max_trainings} trainings "
+          f"({100 * spec.max_trainings / n_grid:.0f} % of the grid), {spec.max_trials} trials, "
+          f"batch {spec.batch}, {args.seeds} seeds per sampler")
+    out = {"grid": {"trainings": n_grid, "hv": grid_hv, "budget": spec.gflops_budget},
+           "samplers": {}}
+    header = (f"{'sampler':<8}{'HV ratio median':>16}{'min':>7}{'q1':>7}{'q3':>7}{'max':>7}"
+              f"{'trainings median':>18}{'% of grid':>10}{'over budget trained':>21}{'s/seed':>8}")
+    print(header)
+    for sampler in args.samplers:
+        rows = []
+        t0 = time.perf_counter()
+        for seed in range(args.seeds):
+            rows.append(replay(spec, table, sampler, seed, make_run, cost))
+        elapsed = (time.perf_counter() - t0) / args.seeds
+        ratios = [r["hv"] / grid_hv for r in rows]
+        trainings = [r["trainings"] for r in rows]
+        lo, q1, med, q3, hi = quartiles(ratios)
+        med_t = statistics.median(trainings)
+        print(f"{sampler:<8}{med:16.3f}{lo:7.3f}{q1:7.3f}{q3:7.3f}{hi:7.3f}{med_t:18.1f}"
+              f"{100 * med_t / n_grid:10.0f}{sum(r['over_budget_trained'] for r in rows):21d}"
+              f"{elapsed:8.1f}")
+        out["samplers"][sampler] = {"runs": rows, "hv_ratio_median": med,
+                                    "trainings_median": med_t}
+    if args.json:
+        Path(args.json).write_text(json.dumps(out, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
