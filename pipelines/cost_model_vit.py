@@ -21,7 +21,7 @@ MLP on its kept rows only)::
 Patch embedding: ``N C 3 p^2`` for ``N`` patches of ``p x p``; the optional final LayerNorm
 ``5 T C``. Clustering (AiluRus, windowed DPC-KNN): the distances of every token to its
 ``K = (2 window + 1)^2`` window tokens, one dot product each: ``N K C`` (the rest is element-wise,
-sorting and gathering).
+sorting and gathering); see :func:`cluster_flops` for the blocked form actually computed.
 """
 from __future__ import annotations
 
@@ -56,9 +56,13 @@ def patch_grid(image_hw: Tuple[int, int], patch_size: int) -> Tuple[int, int]:
     return tuple(-(-s // patch_size) for s in image_hw)
 
 
-def cluster_flops(tokens: int, dims: int, window: int) -> int:
-    """The windowed DPC-KNN distances: ``N (2 window + 1)^2 C``."""
-    return tokens * (2 * window + 1) ** 2 * dims
+def cluster_flops(grid_hw: Tuple[int, int], dims: int, window: int, tile: int = 8) -> int:
+    """The windowed DPC-KNN dot products, computed per ``tile x tile`` block of tokens against
+    the block grown by ``window`` (grid padded up to whole tiles):
+    ``ceil(h / t) ceil(w / t) t^2 (t + 2 window)^2 C``."""
+    h, w = grid_hw
+    tiles = -(-h // tile) * -(-w // tile)
+    return tiles * tile * tile * (tile + 2 * window) ** 2 * dims
 
 
 def backbone_flops(image_hw: Tuple[int, int], spec: ViTSpec = ViTSpec(),
@@ -71,8 +75,7 @@ def backbone_flops(image_hw: Tuple[int, int], spec: ViTSpec = ViTSpec(),
         spec: the ViT's sizes.
         layer_tokens: per block ``(tokens in, rows out)``, CLS included; default: every block
             over all tokens (the plain ViT).
-        cluster: ``(tokens, window)`` when AiluRus clustering ran once on ``tokens`` patch
-            tokens.
+        cluster: ``(window, tile)`` when AiluRus clustering ran once on the patch grid.
 
     Returns:
         ``{'patch_embed', 'blocks', 'cluster', 'backbone'}``.
@@ -88,7 +91,7 @@ def backbone_flops(image_hw: Tuple[int, int], spec: ViTSpec = ViTSpec(),
     blocks = sum(block_flops(t, spec.dims, spec.mlp_ratio, r) for t, r in layer_tokens)
     if spec.final_norm:
         blocks += NORM * layer_tokens[-1][1] * spec.dims
-    clus = cluster_flops(cluster[0], spec.dims, cluster[1]) if cluster else 0
+    clus = cluster_flops((h, w), spec.dims, *cluster) if cluster else 0
     return dict(patch_embed=patch, blocks=blocks, cluster=clus,
                 backbone=patch + blocks + clus)
 

@@ -5,7 +5,8 @@ No public code exists; written from ``docs/methods.md``.
 
 After block ``cluster_layer`` of the ViT, the patch tokens ``[B, N, C]`` (grid ``h x w``) are
 clustered by DPC-KNN restricted to a spatial window of radius ``window`` around each token
-((2 window + 1)^2 candidates, so the cost is ``O(N window^2 C)``, not ``O(N^2 C)``):
+((2 window + 1)^2 candidates; the distances are computed tile by tile, so the cost is linear
+in the tokens, ``O(N (tile + 2 window)^2 C)``, not ``O(N^2 C)``):
 
 * ``d_ij = ||x_i - x_j|| / sqrt(C)`` for ``j`` in ``i``'s window;
 * density ``rho_i = exp(-mean of d_ij^2 over the k nearest window tokens)``, the token itself
@@ -28,7 +29,7 @@ feature back (a gather), at every output block after the clustering.
 Identity fast path (ToMe's ``do_nothing``): when every token of every image is an anchor, the
 upstream blocks run unchanged, so ``anchor_fraction=1.0`` is exactly the plain ViT.
 
-Shape: pure functions (:func:`window_neighbours`, :func:`dpc_scores`, :func:`select_anchors`,
+Shape: pure functions (:func:`window_index`, :func:`window_sq_dists`, :func:`dpc_scores`, :func:`select_anchors`,
 :func:`assign_clusters`, :func:`merge_tokens`, :func:`restore_tokens`), a parameter-free
 ``TokenClusterer`` module (so its cost is its own row of the FLOPs counter: ``backbone.clusterer``)
 and one registered class, :class:`ClusterViT` (a ``VisionTransformer`` subclass; configs say
@@ -84,37 +85,51 @@ def check_knobs(anchor_fraction: Optional[float], density_threshold: Optional[fl
             raise ValueError(f"token clustering {name} must be an int >= 1, got {val!r}")
 
 
-def window_neighbours(x: Tensor, hw: Tuple[int, int], radius: int):
-    """The tokens of each token's ``(2 radius + 1)^2`` spatial window.
-
-    Args:
-        x: patch tokens ``[B, N, C]`` in row-major grid order.
-        hw: the grid ``(h, w)``, ``h * w == N``.
-        radius: window radius (>= 1).
+def window_index(hw: Tuple[int, int], radius: int, device=None) -> Tuple[Tensor, Tensor]:
+    """Grid indices of each token's ``(2 radius + 1)^2`` spatial window.
 
     Returns:
-        ``(neigh [B, N, K, C], index [N, K], valid [N, K])``: window tokens in row-major window
-        order (so increasing grid index), their grid indices (-1 outside the grid) and a mask.
+        ``(index [N, K], valid [N, K])``: window positions in row-major window order (so in
+        increasing grid index), -1 and False outside the grid.
+    """
+    h, w = hw
+    size = 2 * radius + 1
+    grid = torch.arange(1, h * w + 1, dtype=torch.float64, device=device).view(1, 1, h, w)
+    index = F.unfold(grid, size, padding=radius)[0].t().round().long() - 1
+    return index, index >= 0
+
+
+def window_sq_dists(x: Tensor, hw: Tuple[int, int], radius: int, valid: Tensor,
+                    tile: int = 8) -> Tensor:
+    """``d_ij^2 = ||x_i - x_j||^2 / C`` for every window token, ``[B, N, K]`` (``inf`` outside
+    the grid).
+
+    The dot products are computed per tile of ``tile x tile`` tokens against that tile grown by
+    ``radius`` on every side: one batched ``matmul`` of ``[tiles, tile^2, C] x [tiles, C,
+    (tile + 2 radius)^2]`` (BLAS-sized, unlike one tiny product per token), then the ``K`` window
+    entries are picked out. Cost ``N (tile + 2 radius)^2 C``: linear in the tokens.
     """
     b, n, c = x.shape
     h, w = hw
-    size = 2 * radius + 1
+    size, big = 2 * radius + 1, tile + 2 * radius
+    th, tw = -(-h // tile), -(-w // tile)
     fmap = x.transpose(1, 2).reshape(b, c, h, w)
-    neigh = F.unfold(fmap, size, padding=radius).view(b, c, size * size, n).permute(0, 3, 2, 1)
-    grid = torch.arange(1, n + 1, dtype=x.dtype, device=x.device).view(1, 1, h, w)
-    index = F.unfold(grid, size, padding=radius)[0].t().round().long() - 1  # [N, K]
-    return neigh, index, index >= 0
-
-
-def window_sq_dists(x: Tensor, neigh: Tensor, valid: Tensor) -> Tensor:
-    """``d_ij^2 = ||x_i - x_j||^2 / C`` for every window token (``inf`` outside the grid); the
-    dot products are one batched ``matmul`` (counted by the FLOPs tracer: ``N K C``)."""
-    c = x.shape[-1]
-    dots = torch.matmul(x.unsqueeze(-2), neigh.transpose(-1, -2)).squeeze(-2)  # [B, N, K]
-    sq = (x * x).sum(-1, keepdim=True) + (neigh * neigh).sum(-1) - 2 * dots
-    sq = sq.clamp_min(0) / c
-    centre = valid.shape[1] // 2
-    sq[:, :, centre] = 0  # exactly zero for the token itself
+    fmap = F.pad(fmap, (0, tw * tile - w, 0, th * tile - h))
+    queries = F.unfold(fmap, tile, stride=tile).view(b, c, tile * tile, th * tw)
+    keys = F.unfold(F.pad(fmap, (radius,) * 4), big, stride=tile).view(b, c, big * big, th * tw)
+    gram = torch.matmul(queries.permute(0, 3, 2, 1), keys.permute(0, 3, 1, 2))  # [B,T,t2,big2]
+    # window offset (dy, dx) of query (qy, qx) is key (qy + dy, qx + dx) of the grown tile
+    qy, qx = torch.meshgrid(torch.arange(tile), torch.arange(tile), indexing="ij")
+    dy, dx = torch.meshgrid(torch.arange(size), torch.arange(size), indexing="ij")
+    pick = ((qy.reshape(-1, 1) + dy.reshape(1, -1)) * big
+            + qx.reshape(-1, 1) + dx.reshape(1, -1)).to(x.device)  # [t2, K]
+    dots = torch.gather(gram, 3, pick.expand(b, th * tw, -1, -1))  # [B, T, t2, K]
+    dots = dots.view(b, th, tw, tile, tile, size * size).permute(0, 1, 3, 2, 4, 5)
+    dots = dots.reshape(b, th * tile, tw * tile, size * size)[:, :h, :w].reshape(b, n, -1)
+    norms = (x * x).sum(-1)  # [B, N]
+    index, _ = window_index(hw, radius, x.device)
+    sq = (norms[:, :, None] + norms[:, index.clamp_min(0)] - 2 * dots).clamp_min(0) / c
+    sq[:, :, size * size // 2] = 0  # exactly zero for the token itself
     return sq.masked_fill(~valid, float("inf"))
 
 
@@ -213,12 +228,15 @@ class TokenClusterer(nn.Module):
         density_threshold: when set (it takes precedence), anchors score at least this
             fraction of the image's best, in (0, 1].
         k: density neighbours; window: neighbour-search radius.
+        tile: tile side of the blocked distance computation (speed only, same result).
     """
 
     def __init__(self, *, anchor_fraction: Optional[float] = 0.25,
-                 density_threshold: Optional[float] = None, k: int = 5, window: int = 2):
+                 density_threshold: Optional[float] = None, k: int = 5, window: int = 2,
+                 tile: int = 8):
         super().__init__()
         check_knobs(anchor_fraction, density_threshold, k, window)
+        self.tile = tile
         self.anchor_fraction = anchor_fraction
         self.density_threshold = density_threshold
         self.k = k
@@ -228,8 +246,8 @@ class TokenClusterer(nn.Module):
         """Patch tokens ``[B, N, C]`` -> ``(anchor mask [B, N], representative index [B, N])``;
         decisions only (no gradient)."""
         with torch.no_grad():
-            neigh, index, valid = window_neighbours(x, hw, self.window)
-            sq = window_sq_dists(x, neigh, valid)
+            index, valid = window_index(hw, self.window, x.device)
+            sq = window_sq_dists(x, hw, self.window, valid, self.tile)
             score, _ = dpc_scores(sq, index, valid, self.k)
             anchors = select_anchors(score, self.anchor_fraction, self.density_threshold)
             rep = assign_clusters(anchors, sq, index, self.window)

@@ -82,10 +82,23 @@ def _global_dpc(x, k):
 def test_window_covering_the_grid_is_global_dpc_knn():
     torch.manual_seed(2)
     x = torch.randn(1, 16, 8, dtype=torch.float64)
-    neigh, index, valid = tc.window_neighbours(x, (4, 4), radius=4)
-    sq = tc.window_sq_dists(x, neigh, valid)
+    index, valid = tc.window_index((4, 4), radius=4)
+    sq = tc.window_sq_dists(x, (4, 4), 4, valid, tile=3)
     score, _ = tc.dpc_scores(sq, index, valid, k=5)
     torch.testing.assert_close(score[0], _global_dpc(x[0], 5), rtol=1e-6, atol=1e-9)
+
+
+@pytest.mark.parametrize("hw, radius, tile", [((5, 7), 2, 8), ((5, 7), 1, 2), ((6, 4), 3, 4)])
+def test_tiled_window_distances_are_the_direct_ones(hw, radius, tile):
+    torch.manual_seed(4)
+    n = hw[0] * hw[1]
+    x = torch.randn(2, n, 6, dtype=torch.float64)
+    index, valid = tc.window_index(hw, radius)
+    got = tc.window_sq_dists(x, hw, radius, valid, tile)
+    nb = x[:, index.clamp_min(0)]  # [B, N, K, C]
+    direct = ((x[:, :, None] - nb) ** 2).sum(-1) / 6
+    assert torch.isinf(got[:, ~valid]).all()
+    torch.testing.assert_close(got[:, valid], direct[:, valid])
 
 
 def test_anchor_ties_go_to_the_lower_index():
@@ -97,8 +110,8 @@ def test_anchor_ties_go_to_the_lower_index():
 def test_merge_restore_means_and_adjacency():
     # 1x4 grid; anchor at 0 (features 0) and 3; token 1 is adjacent to anchor 0 only, token 2 to 3
     x = torch.tensor([[[0.0], [2.0], [10.0], [20.0]]])
-    neigh, index, valid = tc.window_neighbours(x, (1, 4), radius=1)
-    sq = tc.window_sq_dists(x, neigh, valid)
+    index, valid = tc.window_index((1, 4), radius=1)
+    sq = tc.window_sq_dists(x, (1, 4), 1, valid)
     anchors = torch.tensor([[True, False, False, True]])
     rep = tc.assign_clusters(anchors, sq, index, radius=1)
     assert rep.tolist() == [[0, 0, 3, 3]]
