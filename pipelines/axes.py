@@ -46,6 +46,8 @@ CONVERTERS = ("dash_ints",)
 ID_CHARS = re.compile(r"^[A-Za-z0-9_.-]+$")
 PLAIN_STR = re.compile(r"^[A-Za-z_][A-Za-z0-9_.]*$")
 RESERVED_STR = {"true", "false", "none", "inf", "nan"}
+# what numbers and number lists look like once formatted: a string like that is hashed instead
+NUMBERISH = re.compile(r"m?(\d|inf|nan)[0-9.em]*(xm?(\d|inf|nan)[0-9.em]*)*")
 MAX_ID_LEN = 100
 
 
@@ -63,7 +65,7 @@ class Axis:
         pattern: regular expression a ``str`` value must match in full.
         convert: ``dash_ints`` writes ``"3-3-3"`` into the config as ``[3, 3, 3]``.
         id: how a value is written in a run id: a template with ``{}`` (``"beta{}"``),
-            ``"flag"`` (the alias when true, nothing when false), or None (``<name>{}``).
+            ``"flag"`` (the alias when true, ``no<alias>`` when false), or None (``<name>{}``).
         stage: ``train`` (part of the training recipe) or the later stage whose result alone
             depends on it (ECO-M2F's ``beta``: ``gate``), so that changing it never retrains.
         help: one line for the docs and ``python -m pipelines grid --axes``.
@@ -171,7 +173,7 @@ def format_value(value: Any) -> str:
             isinstance(x, (int, float)) and not isinstance(x, bool) for x in value):
         return "x".join(format_number(x) for x in value)
     if (isinstance(value, str) and PLAIN_STR.match(value) and value.lower() not in RESERVED_STR
-            and not value.startswith("_h")):
+            and not value.startswith("_h") and not NUMBERISH.fullmatch(value)):
         return value
     blob = json.dumps(value, sort_keys=True, default=str)
     return "_h" + hashlib.sha256(blob.encode()).hexdigest()[:8]
@@ -183,9 +185,9 @@ def short_name(key: str) -> str:
 
 
 def id_part(name: str, axis: Axis | None, value: Any, prefix: str) -> str:
-    """One ``-``-separated part of a run id ('' for a false flag)."""
+    """One ``-``-separated part of a run id."""
     if axis is not None and axis.id == "flag":
-        return name if value else ""
+        return name if value else "no" + name
     if axis is not None and axis.id is not None:
         text = value if isinstance(value, str) and ID_CHARS.match(value) else format_value(value)
         return axis.id.replace("{}", text)
@@ -289,8 +291,13 @@ def methods_of_config(cfg: Mapping) -> list[str]:
     return [m for m, path in method_files().items() if path in used_files]
 
 
-def _imported_project_files(path: Path) -> set[Path]:
+def _imported_project_files(path: Path) -> frozenset[Path]:
     """Project modules imported by ``path`` (``pipelines.registry``, the aggregator, left out)."""
+    return _imports(path, path.stat().st_mtime_ns)
+
+
+@functools.lru_cache(maxsize=None)
+def _imports(path: Path, mtime_ns: int) -> frozenset[Path]:
     out: set[Path] = set()
     for node in ast.walk(_ast(path)):
         names = ([a.name for a in node.names] if isinstance(node, ast.Import)
@@ -303,7 +310,7 @@ def _imported_project_files(path: Path) -> set[Path]:
             for cand in (PACKAGE / rel.with_suffix(".py"), PACKAGE / rel / "__init__.py"):
                 if cand.is_file():
                     out.add(cand)
-    return out
+    return frozenset(out)
 
 
 def code_files(cfg: Mapping) -> list[Path]:

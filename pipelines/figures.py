@@ -67,19 +67,39 @@ def ordered_variants(values) -> list[str]:
 
 
 def run_label(row) -> str:
-    """Short human label of a run's setting (used next to points and in tables)."""
+    """Short human label of a run's setting (used next to points and in tables).
+
+    Every axis of the run but the seed, in the run's own order: a flag by its name when true,
+    ``3-3-3`` for a PRO-SCALE schedule, ``name=value`` otherwise.
+    """
+    import json
+
+    from pipelines import axes as ax
+
     variant = str(row["variant"])
+    names = json.loads(str(row.get("axes") or "[]") or "[]")
+    if not names:  # a table recorded before runs listed their axes
+        names = [n for n in ("schedule", "trc", "lpe", "beta") if n in row]
+    declared = {}
+    for method in ax.method_files():
+        declared.update(ax.method_axes(method))
     parts = []
-    if str(row.get("schedule", "") or ""):
-        parts.append(str(row["schedule"]))
-    if row.get("trc") is True:
-        parts.append("TRC")
-    if row.get("lpe") is True:
-        parts.append("LPE")
-    if pd.notna(row.get("beta", pd.NA)):
-        parts.append(f"β={row['beta']:g}")
-    if pd.notna(row.get("cluster_fraction", pd.NA)):
-        parts.append(f"frac={row['cluster_fraction']:g}")
+    for name in names:
+        value = row.get(name, pd.NA)
+        if name == "seed" or value is None or value is pd.NA or (
+                not isinstance(value, str) and pd.isna(value)) or value == "":
+            continue
+        axis = declared.get(name)
+        if axis is not None and axis.id == "flag":
+            if bool(value):
+                parts.append(name.upper() if len(name) <= 3 else name)
+        elif name == "schedule":
+            parts.append(str(value))
+        elif name == "beta":
+            parts.append(f"β={float(value):g}")
+        else:
+            short = ax.short_name(name)
+            parts.append(f"{short}={value:g}" if isinstance(value, float) else f"{short}={value}")
     return " ".join(parts) if parts else variant
 
 
@@ -193,8 +213,8 @@ def fig_eco_m2f_exits(df: pd.DataFrame, plt):
     eco = runs[runs["variant"] == "eco_m2f"]
     hists = [(row, exit_histogram(row)) for _, row in eco.iterrows()]
     hists = [(row, h) for row, h in hists if h]
-    if eco.empty or (not hists and eco["mean_exit_layers"].isna().all()):
-        return Skip("no ECO-M2F runs with an exit histogram or mean_exit_layers yet")
+    if eco.empty or (not hists and eco["mean_exit"].isna().all()):
+        return Skip("no ECO-M2F runs with an exit histogram or mean_exit yet")
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(7.6, 3.4), layout="constrained")
     hists.sort(key=lambda rh: (rh[0]["beta"] if pd.notna(rh[0]["beta"]) else -1,
                                str(rh[0]["run_id"])))
@@ -216,9 +236,9 @@ def fig_eco_m2f_exits(df: pd.DataFrame, plt):
     ax1.set_xlabel("exit after encoder layer")
     ax1.set_ylabel("images (%)")
     ax1.set_title("Exit histogram per β")
-    pts = eco.dropna(subset=["beta", "mean_exit_layers"]).sort_values(["beta", "run_id"])
+    pts = eco.dropna(subset=["beta", "mean_exit"]).sort_values(["beta", "run_id"])
     if len(pts):
-        agg = pts.groupby("beta", sort=True)["mean_exit_layers"].mean()
+        agg = pts.groupby("beta", sort=True)["mean_exit"].mean()
         ax2.plot(agg.index.astype(float), agg.to_numpy(), color=VARIANTS["eco_m2f"][1],
                  marker="^")
         ax2.set_xscale("log")

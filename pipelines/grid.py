@@ -36,7 +36,6 @@ Pure Python plus mmengine's config reader (no torch): the Snakefile imports it.
 from __future__ import annotations
 
 import copy
-import functools
 import hashlib
 import itertools
 import json
@@ -150,8 +149,7 @@ def _option(key: str, value: Any) -> str:
 
 
 # ----------------------------------------------------------------------------- config access
-@functools.lru_cache(maxsize=64)
-def _load_plain(path: str, mtime_ns: int) -> dict:
+def _load_plain(path: str) -> dict:
     from pipelines.config import add_runner_defaults, quiet_import_warnings
 
     quiet_import_warnings()
@@ -167,10 +165,19 @@ def _load_plain(path: str, mtime_ns: int) -> dict:
     return plain
 
 
-def resolved_base(path: str | Path) -> dict:
-    """The config as a plain dict after ``_base_`` (a fresh copy each call)."""
+def resolved_base(path: str | Path, cache: dict | None = None) -> dict:
+    """The config as a plain dict after ``_base_`` (a fresh copy each call).
+
+    Args:
+        cache: a dict kept for one expansion, so a config shared by variants is read once
+            (never across expansions: an edited ``_base_`` file must be read again).
+    """
     path = str(path)
-    return copy.deepcopy(_load_plain(path, os.stat(path).st_mtime_ns))
+    if cache is None:
+        return _load_plain(path)
+    if path not in cache:
+        cache[path] = _load_plain(path)
+    return copy.deepcopy(cache[path])
 
 
 def _walk(cfg: Any, key: str, where: str):
@@ -260,7 +267,8 @@ def _data_identity(ablation: Mapping) -> tuple[str, Any]:
     return root, {"root": root}
 
 
-def _prepare_variant(name: str, spec: Mapping, ablation: Mapping, repo: Path) -> _Variant:
+def _prepare_variant(name: str, spec: Mapping, ablation: Mapping, repo: Path,
+                     cache: dict) -> _Variant:
     where = f"grid.variants.{name}"
     if not ID_RE.match(name) or "-" in name:
         raise UserError(f"{where}: a variant name may hold letters, digits, '_' and '.' only")
@@ -276,7 +284,7 @@ def _prepare_variant(name: str, spec: Mapping, ablation: Mapping, repo: Path) ->
     path = Path(config) if Path(config).is_absolute() else repo / config
     if not path.is_file():
         raise UserError(f"{where}.config: file not found: {config}")
-    plain = resolved_base(path)
+    plain = resolved_base(path, cache)
     methods = tuple(ax.methods_of_config(plain))
     aliases = dict(BUILTIN_AXES)
     for method in methods:
@@ -400,8 +408,9 @@ def expand_grid(ablation: Mapping[str, Any], repo: str | Path = ".") -> list[Run
     repo = Path(repo)
 
     runs: dict[str, Run] = {}
+    cache: dict = {}
     for name, spec in variants.items():
-        variant = _prepare_variant(name, spec, ablation, repo)
+        variant = _prepare_variant(name, spec, ablation, repo, cache)
         spec = dict(spec or {})
         product = {a: _as_list(v, f"grid.variants.{name}.axes.{a}")
                    for a, v in (spec.get("axes") or {}).items()}

@@ -2,29 +2,31 @@
 
 Reads, per run, the files the workflow's stages wrote (``pipelines.grid.RunPaths``)::
 
-    results/runs/<ablation>/<id>/run.json          settings (params)
-    results/train/<ablation>/<id>/train_done.json  training time, work dir (resolved config)
+    results/runs/<ablation>/<id>/run.json          settings (params), recipe
+    results/train/<ablation>/<train-id>/train_done.json  start/end, provenance, work dir
+      <work dir>/*/vis_data/scalars.json           mmengine's scalar log: training curves
     results/evaluate/<ablation>/<id>/metrics.json  miou, aacc, macc, per-class IoU
     results/flops/<ablation>/<id>/flops.json       GFLOPs per component (optional)
     results/benchmark/<ablation>/<id>/benchmark.json  latency (optional)
     results/logs/<ablation>/<id>/                  logs
 
-and writes them through :mod:`pipelines.tracking`. Safe to repeat: runs are updated, never
-duplicated. Run it from one process only (the workflow makes it a local rule).
+and writes them through :mod:`pipelines.tracking` under the names of :mod:`pipelines.contract`.
+Safe to repeat: an unchanged run is skipped, a changed one rewritten, never duplicated. Run it
+from one process only (the workflow makes it a local rule).
 """
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import shutil
 import tempfile
 from pathlib import Path
 from typing import Any
 
+from pipelines import contract as c
 from pipelines.errors import UserError
 from pipelines.grid import RunPaths
-
-FLOPS_KEYS = ("backbone", "encoder", "pixel_decoder", "transformer_decoder", "total")
 
 
 def add_parser(sub) -> None:
@@ -65,36 +67,81 @@ def _number(data: dict | None, *keys: str) -> float | None:
     return None
 
 
-def collect_metrics(paths: RunPaths) -> dict[str, float | None]:
+def collect_metrics(paths: RunPaths) -> dict[str, float]:
     """The contract's metric names from one run's stage outputs (absent stages -> missing)."""
     metrics: dict[str, float | None] = {}
     evaluation = _read_json(paths.metrics)
     if evaluation:
-        for key in ("miou", "aacc", "macc"):
+        for key in (c.MIOU, c.AACC, c.MACC, c.MEAN_EXIT):
             metrics[key] = _number(evaluation, key)
         for cls, iou in (evaluation.get("per_class_iou") or {}).items():
-            metrics[f"iou.{cls}"] = iou
+            metrics[f"{c.IOU_PREFIX}{cls}"] = iou
     flops = _read_json(paths.flops)
     if flops:
-        for key in FLOPS_KEYS:
-            metrics[f"gflops_{key}"] = _number(flops, key, f"gflops.{key}", f"gflops_{key}")
+        for part, name in zip(c.GFLOPS_PARTS, c.GFLOPS):
+            metrics[name] = _number(flops, f"gflops.{part}", name)
         for stage, value in (flops.get("encoder_stages_gflops") or {}).items():
-            metrics[f"gflops_encoder_{stage}"] = _number({"v": value}, "v")
-        params = _number(flops, "params", "params.total")
+            metrics[f"{c.GFLOPS_STAGE_PREFIX}{stage}"] = _number({"v": value}, "v")
+        params = _number(flops, "params.total")
         if params is not None:
             metrics["params"] = params
     bench = _read_json(paths.benchmark)
     if bench:
         # `python -m pipelines benchmark --json`: results.candidate.{model,pixel_decoder}.median_ms
-        metrics["latency_ms"] = _number(bench, "results.candidate.model.median_ms",
-                                        "latency_ms", "model.median_ms")
-        metrics["latency_ms_pixel_decoder"] = _number(
-            bench, "results.candidate.pixel_decoder.median_ms", "latency_ms_pixel_decoder",
-            "pixel_decoder.median_ms")
+        metrics[c.LATENCY_MS] = _number(bench, "results.candidate.model.median_ms")
+        metrics[c.LATENCY_MS_PIXEL_DECODER] = _number(
+            bench, "results.candidate.pixel_decoder.median_ms")
     done = _read_json(paths.train_done)
     if done:
-        metrics["train_time_s"] = _number(done, "train_time_s")
+        metrics[c.TRAIN_TIME_S] = _number(done, c.TRAIN_TIME_S)
     return {k: v for k, v in metrics.items() if v is not None}
+
+
+# mmengine's scalar-log keys that are bookkeeping, not curves
+SCALAR_SKIP = ("iter", "step", "epoch", "memory", "data_time")
+
+
+def read_curves(work_dir: Path, start_ms: int | None = None) -> dict[str, list]:
+    """Training curves from mmengine's ``<work_dir>/<timestamp>/vis_data/scalars.json``.
+
+    Every invocation (a resumed training has several timestamped folders) is read in order; a
+    step logged twice (a killed invocation's steps redone after resuming) keeps its last value.
+    Lines with ``lr`` are training iterations (``train/<key>``), the others validation
+    (``val/<key>``). Timestamps accumulate mmengine's per-iteration ``time`` from ``start_ms``.
+
+    Returns:
+        ``name -> [(step, value, timestamp_ms)]`` sorted by step.
+    """
+    by_name: dict[str, dict[int, float]] = {}
+    seconds: dict[int, float] = {}
+    for log in sorted(Path(work_dir).glob("*/vis_data/scalars.json")):
+        for line in log.read_text().splitlines():
+            try:
+                row = json.loads(line)
+            except ValueError:
+                continue  # a line cut by a kill
+            step = row.get("step", row.get("iter"))
+            if not isinstance(row, dict) or not isinstance(step, int):
+                continue
+            prefix = "train/" if "lr" in row else "val/"
+            if prefix == "train/" and isinstance(row.get("time"), (int, float)):
+                seconds[step] = float(row["time"])
+            for key, value in row.items():
+                if key in SCALAR_SKIP or isinstance(value, bool) \
+                        or not isinstance(value, (int, float)):
+                    continue
+                by_name.setdefault(prefix + key, {})[step] = float(value)
+    stamps: dict[int, int] = {}
+    if start_ms is not None:
+        clock, last = float(start_ms), 0
+        for step in sorted(seconds):
+            clock += seconds[step] * 1000 * (step - last)
+            stamps[step], last = int(clock), step
+    out = {}
+    for name, points in by_name.items():
+        out[name] = [(step, value, stamps.get(step, start_ms or 0))
+                     for step, value in sorted(points.items())]
+    return out
 
 
 def _resolved_config(work_dir: Path) -> Path | None:
@@ -105,36 +152,78 @@ def _resolved_config(work_dir: Path) -> Path | None:
     return dumped[-1] if dumped else None
 
 
+def _fingerprint(files) -> str:
+    h = hashlib.sha256()
+    for path in files:
+        h.update(str(path).encode() + b"\0")
+        h.update(path.read_bytes() if path.is_file() else b"-")
+    return h.hexdigest()[:16]
+
+
+def _ms(seconds) -> int | None:
+    return int(float(seconds) * 1000) if isinstance(seconds, (int, float)) else None
+
+
+def child_record(results: str, ablation: str, run: dict, tmp: Path):
+    """One run's files -> the :class:`pipelines.tracking.ChildRecord` ingest writes."""
+    from pipelines.tracking import ChildRecord, json_tag, provenance_tags
+
+    paths = RunPaths.of(results, ablation, run)
+    stage_files = [paths.run_json, paths.train_done, paths.metrics, paths.flops, paths.benchmark]
+    done = _read_json(paths.train_done) or {}
+    work_dir = Path(done.get("work_dir", "") or "/nonexistent")
+    start_ms, end_ms = _ms(done.get("started_at")), _ms(done.get("ended_at"))
+    artifacts = [(p, "metrics") for p in stage_files if p.is_file()]
+    config = _resolved_config(work_dir)
+    if config is not None:
+        shutil.copy(config, tmp / c.CONFIG_ARTIFACT)
+        artifacts.append((tmp / c.CONFIG_ARTIFACT, ""))
+    evaluation = _read_json(paths.metrics) or {}
+    if evaluation.get("exit_histogram"):
+        (tmp / c.EXIT_HISTOGRAM_ARTIFACT).write_text(json.dumps(evaluation["exit_histogram"]))
+        artifacts.append((tmp / c.EXIT_HISTOGRAM_ARTIFACT, ""))
+    if paths.logs.is_dir():
+        artifacts.append((paths.logs, "logs"))
+    settings = run.get("settings") or {}
+    tags = {c.AXES_TAG: json_tag(list(settings)),
+            c.METHODS_TAG: ",".join(run.get("methods") or []),
+            **provenance_tags(done.get("provenance"))}
+    scalars = sorted(work_dir.glob("*/vis_data/scalars.json")) if work_dir.is_dir() else []
+    return ChildRecord(
+        run_id=run["run_id"], recipe=run.get("recipe", ""), params=run["params"],
+        metrics=collect_metrics(paths), curves=read_curves(work_dir, start_ms) if scalars else {},
+        tags=tags, start_ms=start_ms, end_ms=end_ms, artifacts=artifacts,
+        fingerprint=_fingerprint(stage_files + scalars))
+
+
 def ingest(ablation: str, results: str, run_jsons: list[str], tracking_uri: str,
-           artifact_location: str | None, description: str = "") -> dict[str, Any]:
+           artifact_location: str | None, description: str = "", progress: bool = True,
+           role: str = c.ROLE_RUN) -> dict[str, Any]:
+    from tqdm import tqdm
+
     from pipelines import tracking
 
     client = tracking.open_client(tracking_uri)
     experiment_id = tracking.get_or_create_experiment(client, ablation, artifact_location)
     parent = tracking.get_or_create_parent(client, experiment_id, ablation, description)
+    existing = tracking.children_by_run_id(client, experiment_id)
     summary: dict[str, Any] = {"ablation": ablation, "experiment_id": experiment_id,
                                "parent_run_id": parent, "runs": {}}
-    for run_json in run_jsons:
+    counts: dict[str, int] = {}
+    for run_json in tqdm(run_jsons, desc="ingest", unit="run", disable=not progress):
         run = _read_json(Path(run_json))
         if run is None:
             raise UserError(f"run file not found: {run_json}")
-        paths = RunPaths(results, ablation, run["run_id"])
         with tempfile.TemporaryDirectory() as tmp:
-            artifacts = [(p, "metrics") for p in (paths.run_json, paths.train_done,
-                                                   paths.metrics, paths.flops, paths.benchmark)
-                         if p.is_file()]
-            done = _read_json(paths.train_done) or {}
-            config = _resolved_config(Path(done.get("work_dir", "")))
-            if config is not None:
-                shutil.copy(config, Path(tmp) / "config.py")
-                artifacts.append((Path(tmp) / "config.py", ""))
-            if paths.logs.is_dir():
-                artifacts.append((paths.logs, "logs"))
+            record = child_record(results, ablation, run, Path(tmp))
+            record.role = role
             mlflow_id, action = tracking.upsert_child(
-                client, experiment_id, parent, ablation, run["run_id"], run["params"],
-                collect_metrics(paths), artifacts)
-        summary["runs"][run["run_id"]] = {"mlflow_run_id": mlflow_id, "action": action}
-        print(f"{action:8s} {run['run_id']}  ({mlflow_id})")
+                client, experiment_id, parent, ablation, record,
+                existing.get(run["run_id"], []))
+        summary["runs"][run["run_id"]] = {"mlflow_run_id": mlflow_id, "action": action,
+                                          "recipe": record.recipe}
+        counts[action] = counts.get(action, 0) + 1
+    summary["actions"] = counts
     return summary
 
 
@@ -146,6 +235,8 @@ def run(args: argparse.Namespace) -> int:
     summary["tracking_uri"] = args.tracking_uri
     if args.out:
         write_json_atomic(args.out, summary)
+    actions = ", ".join(f"{n} {a}" for a, n in sorted(summary["actions"].items()))
     print(f"{len(summary['runs'])} runs of {args.ablation!r} in {args.tracking_uri} "
-          f"(experiment {summary['experiment_id']}, parent run {summary['parent_run_id']})")
+          f"({actions}; experiment {summary['experiment_id']}, parent run "
+          f"{summary['parent_run_id']})")
     return 0

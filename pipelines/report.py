@@ -9,6 +9,7 @@ import argparse
 import json
 from pathlib import Path
 
+from pipelines.contract import SEED
 from pipelines.errors import UserError
 from pipelines.grid import RunPaths
 from pipelines.ingest import collect_metrics
@@ -34,18 +35,19 @@ def add_parser(sub) -> None:
 def build_report(ablation: str, results: str, run_jsons: list[str],
                  tracking_uri: str = "") -> str:
     lines = [f"# Ablation `{ablation}`", "",
-             "| run | variant | schedule | trc | lpe | seed | iters | "
+             "| run | variant | setting | seed | iters | recipe | "
              + " | ".join(c[1] for c in COLUMNS) + " |",
-             "|" + "---|" * (7 + len(COLUMNS))]
+             "|" + "---|" * (6 + len(COLUMNS))]
     for run_json in run_jsons:
         path = Path(run_json)
         if not path.is_file():
             raise UserError(f"run file not found: {path}")
         run = json.loads(path.read_text())
         params = run["params"]
-        metrics = collect_metrics(RunPaths(results, ablation, run["run_id"]))
-        cells = [f"`{run['run_id']}`", params["variant"], params["schedule"] or "-",
-                 params["trc"] or "-", params["lpe"] or "-", params["seed"], params["max_iters"]]
+        metrics = collect_metrics(RunPaths.of(results, ablation, run))
+        setting = ", ".join(f"{k}={params[k]}" for k in run.get("settings", {}) if k != SEED)
+        cells = [f"`{run['run_id']}`", params["variant"], setting or "-",
+                 params.get(SEED, "-"), params["max_iters"], f"`{params.get('recipe', '')}`"]
         cells += [fmt.format(metrics[key]) if key in metrics else "-" for key, _, fmt in COLUMNS]
         lines.append("| " + " | ".join(cells) + " |")
     lines += ["", f"Results: `{results}/<stage>/{ablation}/<run-id>/`."]

@@ -1,38 +1,36 @@
 """MLflow tracking of ablations through ``MlflowClient`` (one writer: the workflow's ingest rule).
 
-Naming contract (the analysis code reads exactly these names):
+Every name comes from :mod:`pipelines.contract`. What a user finds in ``mlflow ui``:
 
-* experiment = the ablation name (``demo``);
-* one parent run per ablation, named after it, tag ``pipelines.role=parent``;
-* one child run per grid run, named by its run id, tags ``pipelines.role=run``,
-  ``pipelines.run_id=<id>``, ``pipelines.ablation=<name>``, ``mlflow.parentRunId=<parent>``;
-* params :data:`PARAM_NAMES`; metrics :data:`METRIC_NAMES` plus ``iou.<class>``;
-* artifacts ``metrics/*.json``, ``config.py``, ``logs/``.
+* the experiment (named after the ablation) opens on its runs table: its kind is set to model
+  training (``mlflow.experimentKind``), not MLflow 3's GenAI default;
+* one parent run per ablation; one child per grid run **and recipe**: a run whose recipe changed
+  gets a new child, and the old one keeps its history under ``pipelines.role=superseded``;
+* a child's start and end are the training's real ones; its params are every axis; its metrics
+  are the final numbers plus the training curves (every loss term, lr, validation metrics) with
+  one point per logged iteration; tags carry the git commit, a dirty flag and library versions.
 
-Re-ingesting finds the existing child by its ``pipelines.run_id`` tag and updates it (never a
-duplicate). MLflow params are immutable, so a child whose params changed (a new model config or
-``max_iters`` under the same id) is deleted and written again.
+Re-ingesting is idempotent and cheap: each child records a fingerprint of the files it was made
+from, and an unchanged run is skipped; a changed one (same recipe) is written again. Children are
+found with one paged query per experiment, and written with MLflow's batch API.
 
 mmengine's ``MLflowVisBackend`` is not used: it breaks with MLflow >= 3.13 defaults.
 """
 from __future__ import annotations
 
+import json
 import math
+import time
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Mapping
 
+from pipelines import contract as c
 from pipelines.errors import UserError
 
-ROLE_TAG = "pipelines.role"
-RUN_ID_TAG = "pipelines.run_id"
-ABLATION_TAG = "pipelines.ablation"
-PARENT_TAG = "mlflow.parentRunId"
-PARAM_NAMES = ("variant", "schedule", "trc", "lpe", "cluster_fraction", "beta", "seed", "config",
-               "max_iters")
-METRIC_NAMES = ("miou", "aacc", "macc", "gflops_backbone", "gflops_encoder",
-                "gflops_pixel_decoder", "gflops_transformer_decoder", "gflops_total",
-                "latency_ms", "latency_ms_pixel_decoder", "train_time_s")
 DEFAULT_TRACKING_URI = "sqlite:///results/mlflow.db"
+BATCH = 1000  # MLflow's log_batch limit on metrics per call
+PARAM_BATCH = 100
 
 
 def resolve_tracking_uri(uri: str) -> str:
@@ -73,84 +71,166 @@ def open_client(tracking_uri: str = DEFAULT_TRACKING_URI):
 
 
 def get_or_create_experiment(client, name: str, artifact_location: str | None = None) -> str:
+    """The experiment of an ablation, created once, its kind set to model training."""
     exp = client.get_experiment_by_name(name)
     if exp is not None:
         if exp.lifecycle_stage == "deleted":
             client.restore_experiment(exp.experiment_id)
-        return exp.experiment_id
+        experiment_id = exp.experiment_id
+        if exp.tags.get(c.EXPERIMENT_KIND_TAG) != c.EXPERIMENT_KIND:
+            client.set_experiment_tag(experiment_id, c.EXPERIMENT_KIND_TAG, c.EXPERIMENT_KIND)
+        return experiment_id
     if artifact_location and "://" not in artifact_location:
         artifact_location = str(Path(artifact_location) / name)  # one folder per ablation
-    return client.create_experiment(name, artifact_location=resolve_artifact_location(
-        artifact_location))
+    return client.create_experiment(
+        name, artifact_location=resolve_artifact_location(artifact_location),
+        tags={c.EXPERIMENT_KIND_TAG: c.EXPERIMENT_KIND})
 
 
-def _find_runs(client, experiment_id: str, filter_string: str) -> list:
-    return list(client.search_runs([experiment_id], filter_string=filter_string,
-                                   max_results=1000))
+def search_all(client, experiment_id: str, filter_string: str = "") -> list:
+    """Every run of an experiment matching ``filter_string``, page by page."""
+    out, token = [], None
+    while True:
+        page = client.search_runs([experiment_id], filter_string=filter_string,
+                                  max_results=5000, page_token=token)
+        out.extend(page)
+        token = page.token
+        if not token:
+            return out
 
 
 def get_or_create_parent(client, experiment_id: str, ablation: str,
                          description: str = "") -> str:
     """The ablation's parent run (created once; found again by its role tag)."""
-    found = _find_runs(client, experiment_id, f"tags.`{ROLE_TAG}` = 'parent'")
+    found = search_all(client, experiment_id, f"tags.`{c.ROLE_TAG}` = '{c.ROLE_PARENT}'")
     if found:
         parent = found[0].info.run_id
     else:
         run = client.create_run(experiment_id, run_name=ablation,
-                                tags={ROLE_TAG: "parent", ABLATION_TAG: ablation})
+                                tags={c.ROLE_TAG: c.ROLE_PARENT, c.ABLATION_TAG: ablation})
         parent = run.info.run_id
         client.set_terminated(parent)
     if description:
-        client.set_tag(parent, "mlflow.note.content", description)
+        client.set_tag(parent, c.NOTE_TAG, description)
     return parent
 
 
-def find_child(client, experiment_id: str, run_id: str):
-    found = _find_runs(client, experiment_id,
-                       f"tags.`{ROLE_TAG}` = 'run' and tags.`{RUN_ID_TAG}` = '{run_id}'")
-    return found[0] if found else None
+def children_by_run_id(client, experiment_id: str, roles=c.POINT_ROLES) -> dict[str, list]:
+    """Current children of an experiment by their ``pipelines.run_id`` (one paged query)."""
+    out: dict[str, list] = {}
+    for run in search_all(client, experiment_id):
+        tags = run.data.tags
+        if tags.get(c.ROLE_TAG) in roles and tags.get(c.RUN_ID_TAG):
+            out.setdefault(tags[c.RUN_ID_TAG], []).append(run)
+    return out
 
 
-def upsert_child(client, experiment_id: str, parent_id: str, ablation: str, run_id: str,
-                 params: Mapping[str, str], metrics: Mapping[str, float],
-                 artifacts: Iterable[tuple[Path, str]] = ()) -> tuple[str, str]:
-    """Create or update the child run of ``run_id``; returns ``(mlflow run id, action)``.
+@dataclass
+class ChildRecord:
+    """Everything one child run holds (built by ``pipelines.ingest`` from a run's files).
 
     Args:
-        params: strings under :data:`PARAM_NAMES`.
-        metrics: finite numbers (others are skipped).
+        run_id, recipe: the grid run and its recipe (the child's identity).
+        params: strings: :data:`pipelines.contract.FIXED_PARAMS` and every axis.
+        metrics: final numbers (non-finite ones are left out).
+        curves: ``name -> [(step, value, timestamp_ms)]``: the training curves.
+        tags: extra tags (axes list, methods, provenance).
+        start_ms, end_ms: the training's real start and end (None: now).
         artifacts: ``(local file or folder, artifact sub-path)`` pairs.
+        fingerprint: hash of the files the record was made from.
+        role: ``run`` (grid) or ``trial`` (search).
+    """
+
+    run_id: str
+    recipe: str
+    params: Mapping[str, str]
+    metrics: Mapping[str, float] = field(default_factory=dict)
+    curves: Mapping[str, list] = field(default_factory=dict)
+    tags: Mapping[str, str] = field(default_factory=dict)
+    start_ms: int | None = None
+    end_ms: int | None = None
+    artifacts: Iterable[tuple[Path, str]] = ()
+    fingerprint: str = ""
+    role: str = c.ROLE_RUN
+    status: str = "FINISHED"
+
+
+def upsert_child(client, experiment_id: str, parent_id: str, ablation: str, record: ChildRecord,
+                 existing: list | None = None) -> tuple[str, str]:
+    """Create, replace or skip the child of ``record``; returns ``(mlflow run id, action)``.
+
+    Args:
+        existing: the current children with this run id (from :func:`children_by_run_id`);
+            None looks them up.
+
+    Actions: ``unchanged`` (same recipe and fingerprint: nothing written), ``replaced`` (same
+    recipe, new results: the old child is deleted and written again, so no curve point is
+    doubled), ``created`` (new run id, or a new recipe: an older recipe's child is kept as
+    ``superseded``).
     """
     from mlflow.entities import Metric, Param, RunTag
 
-    params = {k: str(v) for k, v in params.items()}
-    existing = find_child(client, experiment_id, run_id)
-    action = "updated"
-    if existing is not None and existing.data.params != params:
-        client.delete_run(existing.info.run_id)  # params are immutable: write it again
-        existing, action = None, "replaced"
-    tags = {ROLE_TAG: "run", RUN_ID_TAG: run_id, ABLATION_TAG: ablation, PARENT_TAG: parent_id}
     if existing is None:
-        run = client.create_run(experiment_id, run_name=run_id, tags=tags)
-        mlflow_id = run.info.run_id
-        action = "created" if action == "updated" else action
-        client.log_batch(mlflow_id, params=[Param(k, v) for k, v in params.items()])
-    else:
-        mlflow_id = existing.info.run_id
-        client.update_run(mlflow_id, status="RUNNING")
-        client.log_batch(mlflow_id, tags=[RunTag(k, v) for k, v in tags.items()])
-    import time
-
+        existing = children_by_run_id(client, experiment_id).get(record.run_id, [])
+    action = "created"
+    for old in existing:
+        tags = old.data.tags
+        if tags.get(c.RECIPE_TAG) == record.recipe:
+            if record.fingerprint and tags.get(c.INGEST_HASH_TAG) == record.fingerprint:
+                return old.info.run_id, "unchanged"
+            client.delete_run(old.info.run_id)
+            action = "replaced"
+        else:
+            client.set_tag(old.info.run_id, c.ROLE_TAG, c.ROLE_SUPERSEDED)
+            client.set_tag(old.info.run_id, "pipelines.superseded_by_recipe", record.recipe)
+    tags = {c.ROLE_TAG: record.role, c.RUN_ID_TAG: record.run_id, c.RECIPE_TAG: record.recipe,
+            c.ABLATION_TAG: ablation, c.PARENT_TAG: parent_id,
+            c.INGEST_HASH_TAG: record.fingerprint, **record.tags}
     now = int(time.time() * 1000)
-    batch = [Metric(k, float(v), now, 0) for k, v in metrics.items()
-             if v is not None and isinstance(v, (int, float)) and math.isfinite(float(v))]
-    for i in range(0, len(batch), 500):
-        client.log_batch(mlflow_id, metrics=batch[i:i + 500])
-    for local, sub in artifacts:
+    run = client.create_run(experiment_id, run_name=record.run_id,
+                            start_time=record.start_ms or now, tags=tags)
+    mlflow_id = run.info.run_id
+    params = [Param(k, str(v)) for k, v in record.params.items()]
+    for i in range(0, len(params), PARAM_BATCH):
+        client.log_batch(mlflow_id, params=params[i:i + PARAM_BATCH])
+    end = record.end_ms or now
+    metrics = [Metric(k, float(v), end, 0) for k, v in record.metrics.items()
+               if _finite(v)]
+    for name, points in record.curves.items():
+        metrics += [Metric(name, float(v), int(ts), int(step)) for step, v, ts in points
+                    if _finite(v)]
+    for i in range(0, len(metrics), BATCH):
+        client.log_batch(mlflow_id, metrics=metrics[i:i + BATCH])
+    for local, sub in record.artifacts:
         local = Path(local)
         if local.is_dir():
-            client.log_artifacts(mlflow_id, str(local), sub)
+            client.log_artifacts(mlflow_id, str(local), sub or None)
         elif local.is_file():
             client.log_artifact(mlflow_id, str(local), sub or None)
-    client.set_terminated(mlflow_id)
+    client.set_terminated(mlflow_id, status=record.status, end_time=end)
     return mlflow_id, action
+
+
+def _finite(value: Any) -> bool:
+    return (isinstance(value, (int, float)) and not isinstance(value, bool)
+            and math.isfinite(float(value)))
+
+
+def provenance_tags(provenance: Mapping | None) -> dict[str, str]:
+    """``train``'s provenance record -> the contract's tags."""
+    if not provenance:
+        return {}
+    out = {}
+    git = provenance.get("git") or {}
+    if git.get("commit"):
+        out[c.GIT_COMMIT_TAG] = str(git["commit"])
+    if git.get("dirty") is not None:
+        out[c.GIT_DIRTY_TAG] = "true" if git["dirty"] else "false"
+    for lib, version in (provenance.get("versions") or {}).items():
+        if version:
+            out[c.VERSION_TAG_PREFIX + lib] = str(version)
+    return out
+
+
+def json_tag(value: Any) -> str:
+    return json.dumps(value, sort_keys=True)

@@ -55,21 +55,48 @@ def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     cfg = build_train_config(args)
+    work_dir = Path(cfg.work_dir)
+    started_at = _first_start(work_dir, time.time())
     start = time.perf_counter()
     runner = train(cfg)
     elapsed = time.perf_counter() - start
     if args.done_file:
+        from pipelines import provenance
         from pipelines.config import write_json_atomic
 
-        work_dir = Path(cfg.work_dir)
         last = work_dir / "last_checkpoint"
         checkpoint = last.read_text().strip() if last.is_file() else ""
         write_json_atomic(args.done_file, {
             "config": str(args.config), "work_dir": str(work_dir), "checkpoint": checkpoint,
             "iters": int(runner.iter), "max_iters": int(runner.max_iters),
             "train_time_s": _total_train_time(work_dir, elapsed),
+            "started_at": started_at, "ended_at": time.time(),
+            "provenance": provenance.collect(),
             "cfg_options": list(args.cfg_options)})
     return 0
+
+
+def _state(work_dir) -> tuple:
+    import json
+    from pathlib import Path
+
+    path = Path(work_dir) / "train_time.json"
+    try:
+        data = json.loads(path.read_text())
+        return path, data if isinstance(data, dict) else {}
+    except (OSError, ValueError):
+        return path, {}
+
+
+def _first_start(work_dir, now: float) -> float:
+    """When training in ``work_dir`` first started (kept across resumed invocations)."""
+    import json
+
+    path, data = _state(work_dir)
+    if "started_at" not in data:
+        data["started_at"] = now
+        path.write_text(json.dumps(data) + "\n")
+    return float(data["started_at"])
 
 
 def _total_train_time(work_dir, elapsed: float) -> float:
@@ -80,13 +107,12 @@ def _total_train_time(work_dir, elapsed: float) -> float:
     finishing invocation (plus earlier finished ones, when ``max_iters`` was raised later).
     """
     import json
-    from pathlib import Path
 
-    path = Path(work_dir) / "train_time.json"
+    path, data = _state(work_dir)
     try:
-        before = float(json.loads(path.read_text()).get("train_time_s", 0.0))
-    except (OSError, ValueError, AttributeError):
+        before = float(data.get("train_time_s", 0.0))
+    except (TypeError, ValueError):
         before = 0.0
-    total = before + elapsed
-    path.write_text(json.dumps({"train_time_s": total}) + "\n")
-    return round(total, 3)
+    data["train_time_s"] = before + elapsed
+    path.write_text(json.dumps(data) + "\n")
+    return round(before + elapsed, 3)

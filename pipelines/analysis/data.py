@@ -6,8 +6,10 @@ The naming contract is the ingestion's (``pipelines/tracking.py``):
 * one child run per grid run, named by its run id, tags ``pipelines.role=run``,
   ``pipelines.run_id=<id>``, ``pipelines.ablation=<name>``, ``mlflow.parentRunId``;
 * Optuna trials are tagged ``pipelines.role=trial`` and carry a ``trial_number`` metric;
-* params :data:`PARAMS`, metrics :data:`METRICS` plus ``iou.<class>``; ECO-M2F runs may log an
-  artifact ``exit_histogram.json`` (``{"exit_layer": count}``).
+* params: the fixed ones, the seed and every method alias (:data:`PARAMS`), plus any config-key
+  axis a run lists in its ``pipelines.axes`` tag; metrics :data:`METRICS` plus ``iou.<class>``
+  and the training curves' last values; ECO-M2F runs log an artifact ``exit_histogram.json``.
+All names come from :mod:`pipelines.contract`.
 
 The table has the same columns and dtypes whether it comes from MLflow (:func:`load_runs`) or from
 a CSV written by :func:`write_runs_csv` (:func:`read_runs_csv`), so every figure can be redrawn
@@ -21,32 +23,42 @@ from pathlib import Path
 
 import pandas as pd
 
+from pipelines import contract
 from pipelines.errors import UserError
 
-ROLE_TAG = "pipelines.role"
-RUN_ID_TAG = "pipelines.run_id"
-ABLATION_TAG = "pipelines.ablation"
-EXIT_HISTOGRAM_ARTIFACT = "exit_histogram.json"
+ROLE_TAG = contract.ROLE_TAG
+RUN_ID_TAG = contract.RUN_ID_TAG
+ABLATION_TAG = contract.ABLATION_TAG
+EXIT_HISTOGRAM_ARTIFACT = contract.EXIT_HISTOGRAM_ARTIFACT
 
 #: roles whose runs are data points (the parent run only groups them)
-POINT_ROLES = ("run", "trial")
+POINT_ROLES = contract.POINT_ROLES
 
-#: param name -> dtype of its column
-PARAMS = {
-    "variant": "string", "schedule": "string", "trc": "boolean", "lpe": "boolean",
-    "cluster_fraction": "Float64", "beta": "Float64", "seed": "Int64", "config": "string",
-    "max_iters": "Int64",
-}
+_DTYPES = {"int": "Int64", "float": "Float64", "bool": "boolean", "str": "string",
+           "int_list": "string", "any": "string"}
+
+
+def _declared_params() -> dict[str, str]:
+    """Fixed params, the seed, and every alias a method declares (its Axis type -> dtype)."""
+    from pipelines import axes
+
+    out = {"variant": "string", "config": "string", "max_iters": "Int64", "recipe": "string",
+           contract.SEED: "Int64"}
+    for method in axes.method_files():
+        for name, axis in axes.method_axes(method).items():
+            out.setdefault(name, _DTYPES[axis.type])
+    return out
+
+
+#: param name -> dtype of its column (config-key axes join as columns of an inferred dtype)
+PARAMS = _declared_params()
 #: metrics every figure may use (always present as columns, NaN when a run lacks them)
-METRICS = (
-    "miou", "aacc", "macc", "gflops_backbone", "gflops_encoder", "gflops_pixel_decoder",
-    "gflops_transformer_decoder", "gflops_total", "latency_ms", "latency_ms_pixel_decoder",
-    "train_time_s", "mean_exit_layers", "trial_number",
-)
+METRICS = contract.METRICS
 #: identity columns, first in the table
 ID_COLUMNS = ("run_id", "mlflow_run_id", "experiment_id", "experiment", "role", "ablation",
               "status")
 ID_DTYPES = {c: "string" for c in ID_COLUMNS}
+AXES_COLUMN = "axes"  # JSON list of a run's axis names (its `pipelines.axes` tag)
 
 
 def _as_bool(value):
@@ -68,12 +80,18 @@ def tidy_runs(df: pd.DataFrame) -> pd.DataFrame:
     ``exit_histogram`` (JSON text with sorted integer keys, empty when absent).
     """
     df = df.copy()
-    for col in (*ID_COLUMNS, *PARAMS, *METRICS, "exit_histogram"):
+    for col in (*ID_COLUMNS, *PARAMS, *METRICS, "exit_histogram", AXES_COLUMN):
         if col not in df.columns:
             df[col] = pd.NA
+    params = dict(PARAMS)
+    for name in axis_names(df):
+        params.setdefault(name, _infer_dtype(df[name]) if name in df.columns else "string")
+        if name not in df.columns:
+            df[name] = pd.NA
     for col in ID_COLUMNS:
         df[col] = df[col].astype("string")
-    for col, dtype in PARAMS.items():
+    df[AXES_COLUMN] = df[AXES_COLUMN].astype("string").fillna("")
+    for col, dtype in params.items():
         if dtype == "boolean":
             df[col] = df[col].map(_as_bool).astype("boolean")
         elif dtype == "string":
@@ -81,15 +99,37 @@ def tidy_runs(df: pd.DataFrame) -> pd.DataFrame:
         else:
             df[col] = pd.to_numeric(df[col], errors="coerce").astype(dtype)
     df["exit_histogram"] = df["exit_histogram"].map(_normalise_histogram).astype("string")
-    known = {*ID_COLUMNS, *PARAMS, *METRICS, "exit_histogram"}
+    known = {*ID_COLUMNS, *params, *METRICS, "exit_histogram", AXES_COLUMN}
     extra = sorted(c for c in df.columns if c not in known and not c.startswith("iou."))
     iou = sorted(c for c in df.columns if c.startswith("iou."))
     for col in (*METRICS, *extra, *iou):
         df[col] = pd.to_numeric(df[col], errors="coerce").astype("float64")
-    df = df[[*ID_COLUMNS, *PARAMS, *METRICS, *extra, *iou, "exit_histogram"]]
+    df = df[[*ID_COLUMNS, *params, *METRICS, *extra, *iou, "exit_histogram", AXES_COLUMN]]
     df = df.sort_values(["role", "variant", "run_id", "mlflow_run_id"], kind="stable",
                         na_position="last")
     return df.reset_index(drop=True)
+
+
+def axis_names(df: pd.DataFrame) -> list[str]:
+    """Every axis any run of the table has (from the ``axes`` column), in first-seen order."""
+    seen: dict[str, None] = {}
+    if AXES_COLUMN in df.columns:
+        for text in df[AXES_COLUMN].dropna():
+            if str(text).strip():
+                seen.update(dict.fromkeys(json.loads(str(text))))
+    return list(seen)
+
+
+def _infer_dtype(values: pd.Series) -> str:
+    """A config-key axis column's dtype from its (string) values: boolean, Int64, Float64, string."""
+    present = [str(v).strip() for v in values.dropna() if str(v).strip()]
+    if present and all(v.lower() in ("true", "false") for v in present):
+        return "boolean"
+    numbers = pd.to_numeric(pd.Series(present, dtype="object"), errors="coerce")
+    if present and numbers.notna().all():
+        return "Int64" if all(float(x).is_integer() and "." not in v and "e" not in v.lower()
+                              for x, v in zip(numbers, present)) else "Float64"
+    return "string"
 
 
 def _normalise_histogram(value) -> str:
@@ -174,9 +214,12 @@ def load_runs(tracking_uri: str, experiment: str, roles=POINT_ROLES) -> pd.DataF
                 "ablation": tags.get(ABLATION_TAG, exp.name),
                 "status": run.info.status,
             }
-            row.update({k: v for k, v in run.data.params.items() if k in PARAMS})
-            row.update(run.data.metrics)
-            if run.data.params.get("variant") == "eco_m2f" or "mean_exit_layers" in row:
+            axes = json.loads(tags.get(contract.AXES_TAG, "[]") or "[]")
+            row[AXES_COLUMN] = json.dumps(axes)
+            row.update({k: v for k, v in run.data.params.items() if k in PARAMS or k in axes})
+            row.update({k: v for k, v in run.data.metrics.items()
+                        if not k.startswith(contract.CURVE_PREFIXES)})
+            if contract.MEAN_EXIT in row:
                 row["exit_histogram"] = _read_histogram(client, run.info.run_id)
             rows.append(row)
         token = page.token
@@ -198,8 +241,9 @@ def read_runs_csv(path: str | os.PathLike) -> pd.DataFrame:
     path = Path(path)
     if not path.is_file():
         raise UserError(f"runs table not found: {path}")
-    df = pd.read_csv(path, dtype={c: "string" for c in (*ID_COLUMNS, "variant", "schedule",
-                                                        "config", "exit_histogram")},
+    strings = [p for p, dtype in PARAMS.items() if dtype == "string"]
+    df = pd.read_csv(path, dtype={c: "string" for c in (*ID_COLUMNS, *strings, "exit_histogram",
+                                                        AXES_COLUMN)},
                      keep_default_na=True)
     return tidy_runs(df)
 

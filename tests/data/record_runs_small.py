@@ -45,13 +45,13 @@ RUNS = [
      dict(miou=60.5, gflops_encoder=1.62, gflops_pixel_decoder=2.32, latency_ms=37.0), None),
     ("eco_m2f-b0.0005", dict(variant="eco_m2f", beta="0.0005", seed=0),
      dict(miou=60.6, gflops_encoder=2.01, gflops_pixel_decoder=2.71, latency_ms=39.5,
-          mean_exit_layers=5.0), {2: 1, 3: 2, 4: 4, 5: 9, 6: 16}),
+          mean_exit=5.0), {2: 1, 3: 2, 4: 4, 5: 9, 6: 16}),
     ("eco_m2f-b0.005", dict(variant="eco_m2f", beta="0.005", seed=0),
      dict(miou=59.8, gflops_encoder=1.52, gflops_pixel_decoder=2.22, latency_ms=36.1,
-          mean_exit_layers=3.8), {2: 5, 3: 9, 4: 8, 5: 6, 6: 4}),
+          mean_exit=3.8), {2: 5, 3: 9, 4: 8, 5: 6, 6: 4}),
     ("eco_m2f-b0.02", dict(variant="eco_m2f", beta="0.02", seed=0),
      dict(miou=57.9, gflops_encoder=0.96, gflops_pixel_decoder=1.66, latency_ms=33.4,
-          mean_exit_layers=2.4), {2: 22, 3: 7, 4: 2, 5: 1, 6: 0}),
+          mean_exit=2.4), {2: 22, 3: 7, 4: 2, 5: 1, 6: 0}),
     ("ailurus-cf1.0", dict(variant="ailurus", cluster_fraction="1.0", seed=0),
      dict(miou=55.0, gflops_backbone=9.0, gflops_encoder=2.40, gflops_pixel_decoder=3.10,
           latency_ms=58.0), None),
@@ -107,7 +107,8 @@ def log_runs(tracking_uri: str, ablation: str = "demo", artifact_location: str |
     for run_id, params, metrics, hist, role in entries:
         run = client.create_run(exp_id, run_name=run_id, tags={
             "pipelines.role": role, "pipelines.run_id": run_id, "pipelines.ablation": ablation,
-            "mlflow.parentRunId": parent.info.run_id})
+            "mlflow.parentRunId": parent.info.run_id,
+            "pipelines.axes": json.dumps([k for k in params if k != "variant"])})
         rid = run.info.run_id
         for key, value in {**defaults, **params}.items():
             client.log_param(rid, key, value)

@@ -1,4 +1,5 @@
-"""MLflow ingest: the naming contract, one parent per ablation, re-ingesting updates in place."""
+"""MLflow ingest: the naming contract, one parent per ablation, a child per run and recipe,
+re-ingest idempotent; curves, times and provenance from a real tiny training."""
 from __future__ import annotations
 
 import json
@@ -6,23 +7,25 @@ from pathlib import Path
 
 import pytest
 
+from pipelines import contract
 from pipelines.grid import RunPaths, expand_grid
 from pipelines.ingest import collect_metrics, ingest
 
 BASE = "configs/models/mask2former_r18_synthetic-128x128.py"
+PRO = "configs/models/mask2former_r18_proscale-333_synthetic-128x128.py"
 
 
 def write_results(root: Path, ablation: str = "abl", max_iters: int = 10, miou: float = 40.0):
     """A results tree as the workflow's stages write it (JSON files in their documented shape)."""
-    config = {"name": ablation, "models": {"baseline": BASE, "pro_scale": BASE},
-              "train": {"max_iters": max_iters},
-              "grid": {"seed": [0], "variants": {"baseline": {}, "pro_scale": {
-                  "schedule": ["3-3-3", "2-2-5"], "trc": [True], "lpe": [False]}}}}
+    config = {"name": ablation, "train": {"max_iters": max_iters},
+              "grid": {"seed": [0], "variants": {"baseline": {"config": BASE}, "pro_scale": {
+                  "config": PRO, "axes": {"schedule": ["3-3-3", "2-2-5"], "trc": [True],
+                                          "lpe": [False]}}}}}
     runs = expand_grid(config)
     results = root / "results"
     jsons = []
     for i, run in enumerate(runs):
-        p = RunPaths(str(results), ablation, run.run_id)
+        p = RunPaths.of(str(results), ablation, run)
         work = p.work_dir(run.recipe_hash)
         work.mkdir(parents=True)
         (work / "mask2former.py").write_text("model = dict()\n")
@@ -60,9 +63,9 @@ def check_store(client, ablation: str, n_runs: int):
         assert tags["mlflow.parentRunId"] == parents[0].info.run_id
         assert tags["pipelines.ablation"] == ablation
         assert tags["pipelines.run_id"] == child.info.run_name
-        assert set(child.data.params) == {"variant", "schedule", "trc", "lpe",
-                                          "cluster_fraction", "beta", "seed", "config",
-                                          "max_iters"}
+        axes = json.loads(tags[contract.AXES_TAG])
+        assert set(child.data.params) == set(contract.FIXED_PARAMS) | set(axes)
+        assert "seed" in axes and tags[contract.RECIPE_TAG] == child.data.params["recipe"]
         for name in ("miou", "aacc", "macc", "gflops_backbone", "gflops_encoder",
                      "gflops_pixel_decoder", "gflops_transformer_decoder", "gflops_total",
                      "latency_ms", "latency_ms_pixel_decoder", "train_time_s",
@@ -79,7 +82,7 @@ def check_store(client, ablation: str, n_runs: int):
 def test_collect_metrics_reads_every_stage(tmp_path):
     results, jsons = write_results(tmp_path)
     run_id = json.loads(Path(jsons[0]).read_text())["run_id"]
-    metrics = collect_metrics(RunPaths(str(results), "abl", run_id))
+    metrics = collect_metrics(RunPaths.of(str(results), "abl", json.loads(Path(jsons[0]).read_text())))
     assert metrics["miou"] == 40.0 and metrics["gflops_encoder"] == pytest.approx(1.4)
     assert metrics["latency_ms"] == 100.0 and metrics["latency_ms_pixel_decoder"] == 50.0
     assert metrics["train_time_s"] == 12.5 and metrics["params"] == 21e6
@@ -95,26 +98,37 @@ def ingest_and_check(tmp_path, uri: str):
     client = open_client(uri)
     before = check_store(client, "abl", 3)
 
-    # same results again: the same runs, updated in place
+    # same results again: nothing to write
     again = ingest("abl", str(results), jsons, uri, art)
-    assert {v["action"] for v in again["runs"].values()} == {"updated"}
+    assert {v["action"] for v in again["runs"].values()} == {"unchanged"}
     assert again["parent_run_id"] == first["parent_run_id"]
     after = check_store(client, "abl", 3)
     assert {k: v.info.run_id for k, v in after.items()} == \
         {k: v.info.run_id for k, v in before.items()}
 
-    # a new evaluation of the same runs: metrics move, still no duplicate
+    # a new evaluation of the same recipes: metrics move, the child is written again, once
     results, jsons = write_results(tmp_path / "second", miou=55.0)
-    ingest("abl", str(results), jsons, uri, art)
+    second = ingest("abl", str(results), jsons, uri, art)
+    assert {v["action"] for v in second["runs"].values()} == {"replaced"}
     after = check_store(client, "abl", 3)
     assert after["baseline-seed0"].data.metrics["miou"] == 55.0
 
-    # params changed under the same id (more iterations): the child is written again, once
+    # a new recipe under the same id (more iterations): a new child; the old one's history
+    # stays, marked superseded, and the analysis reads only the new one
     results, jsons = write_results(tmp_path / "third", max_iters=20)
     third = ingest("abl", str(results), jsons, uri, art)
-    assert {v["action"] for v in third["runs"].values()} == {"replaced"}
+    assert {v["action"] for v in third["runs"].values()} == {"created"}
     after = check_store(client, "abl", 3)
     assert after["baseline-seed0"].data.params["max_iters"] == "20"
+    exp = client.get_experiment_by_name("abl")
+    assert exp.tags[contract.EXPERIMENT_KIND_TAG] == contract.EXPERIMENT_KIND
+    old = client.search_runs([exp.experiment_id],
+                             f"tags.`{contract.ROLE_TAG}` = '{contract.ROLE_SUPERSEDED}'")
+    assert len(old) == 3 and all(r.data.params["max_iters"] == "10" for r in old)
+    from pipelines.analysis.data import load_runs
+
+    table = load_runs(uri, "abl")
+    assert len(table) == 3 and set(table["max_iters"]) == {20}
 
 
 def test_ingest_sqlite_is_idempotent_and_follows_the_contract(tmp_path):
@@ -135,7 +149,8 @@ def test_ingest_cli_and_report(tmp_path):
                    str(tmp_path / "report.md"), "--runs", *jsons)
     assert proc.returncode == 0, proc.stderr
     text = (tmp_path / "report.md").read_text()
-    assert "`pro_scale-s2-2-5-trc-seed0`" in text and "| 41.00 |" in text
+    assert "`pro_scale-s2-2-5-trc-nolpe-seed0`" in text and "| 41.00 |" in text
+    assert "schedule=2-2-5, trc=true, lpe=false" in text
 
 
 def test_bad_tracking_uri_is_one_line(tmp_path):
@@ -146,3 +161,60 @@ def test_bad_tracking_uri_is_one_line(tmp_path):
                    "nonsense", "--runs", *jsons)
     assert proc.returncode == 2 and "tracking URI 'nonsense'" in proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+@pytest.mark.slow
+def test_ingest_of_a_real_tiny_training_has_curves_times_and_provenance(tmp_path, synthetic_root):
+    """The real producer: `python -m pipelines train` on the tiny model (4 iterations, 64x64),
+    `evaluate`, then ingest: the child's curves have one point per logged iteration, its start
+    and end are the training's, and it carries the commit and library versions."""
+    from tests.conftest import TINY_OPTIONS, run_cli
+
+    from pipelines.tracking import open_client
+
+    config = {"name": "real", "train": {"max_iters": 4, "cfg_options": [
+        o.replace("[64,64]", "(64,64)") for o in TINY_OPTIONS] + [
+        "default_hooks.logger.interval=1", "default_hooks.checkpoint.interval=4"]},
+        "data": {"root": str(synthetic_root)},
+        "grid": {"seed": [0], "variants": {"baseline": {"config": BASE}}}}
+    (run,) = expand_grid(config)
+    results = tmp_path / "results"
+    paths = RunPaths.of(str(results), "real", run)
+    paths.run_json.parent.mkdir(parents=True)
+    paths.run_json.write_text(json.dumps(run.to_dict()))
+    proc = run_cli("train", BASE, "--work-dir", str(paths.work_dir(run.train_recipe)),
+                   "--data-root", str(synthetic_root), "--done-file", str(paths.train_done),
+                   "--no-progress", "--cfg-options", *run.cfg_options)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    done = json.loads(paths.train_done.read_text())
+    proc = run_cli("evaluate", BASE, done["checkpoint"], "--out", str(paths.metrics),
+                   "--data-root", str(synthetic_root), "--cfg-options", *run.cfg_options)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    summary = ingest("real", str(results), [str(paths.run_json)], uri, str(tmp_path / "art"),
+                     progress=False)
+    client = open_client(uri)
+    child = client.get_run(summary["runs"][run.run_id]["mlflow_run_id"])
+    loss = client.get_metric_history(child.info.run_id, "train/loss")
+    assert [m.step for m in loss] == [1, 2, 3, 4]
+    assert "train/lr" in child.data.metrics and "val/mIoU" in child.data.metrics
+    assert any(k.startswith("train/decode.loss_") for k in child.data.metrics)
+    assert child.info.start_time == int(done["started_at"] * 1000)
+    assert child.info.end_time == int(done["ended_at"] * 1000)
+    assert child.info.end_time - child.info.start_time > 1000  # real seconds, not ingest time
+    tags = child.data.tags
+    assert len(tags[contract.GIT_COMMIT_TAG]) == 40 and tags[contract.GIT_DIRTY_TAG] in (
+        "true", "false")
+    for lib in contract.PROVENANCE_LIBRARIES:
+        assert tags[contract.VERSION_TAG_PREFIX + lib]
+    assert child.data.metrics["miou"] == json.loads(paths.metrics.read_text())["miou"]
+    assert contract.CONFIG_ARTIFACT in {a.path for a in client.list_artifacts(child.info.run_id)}
+    # the analysis reads what ingest wrote
+    from pipelines.analysis.data import load_runs
+
+    table = load_runs(uri, "real")
+    assert list(table["run_id"]) == [run.run_id] and table["seed"].iloc[0] == 0
+    assert table["miou"].iloc[0] == child.data.metrics["miou"]
+    # re-ingest of unchanged files writes nothing
+    again = ingest("real", str(results), [str(paths.run_json)], uri, None, progress=False)
+    assert again["runs"][run.run_id]["action"] == "unchanged"

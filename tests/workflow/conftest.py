@@ -24,15 +24,15 @@ def tiny_ablation(root: Path, name: str = "tiny", iters: int = 4, schedules=("3-
         "results": str(root / "results"),
         "data": {"root": str(root / "data" / "synthetic"),
                  "synthetic": {"train": 8, "val": 2, "size": 64, "seed": 3}},
-        "models": {"baseline": BASELINE, "pro_scale": PRO_SCALE},
         "train": {"max_iters": iters,
                   # mmseg transforms want tuples: (64,64), not TINY_OPTIONS' [64,64]
                   "cfg_options": [o.replace("[64,64]", "(64,64)")
                                   for o in TINY_OPTIONS] + [
                       "default_hooks.checkpoint.interval=2", "default_hooks.logger.interval=1"]},
         "grid": {"seed": [0], "variants": {
-            "baseline": {},
-            "pro_scale": {"schedule": list(schedules), "trc": [True], "lpe": [True]}}},
+            "baseline": {"config": BASELINE},
+            "pro_scale": {"config": PRO_SCALE, "axes": {
+                "schedule": list(schedules), "trc": [True], "lpe": [True]}}}},
         "stages": {"flops": True, "benchmark": benchmark},
         "flops": {"shape": [64, 64]},
         "benchmark": {"shape": [64, 64], "device": "cpu", "repeats": 1, "warmup": 0},

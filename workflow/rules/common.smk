@@ -2,7 +2,6 @@
 # Grid expansion, run ids and the result layout live in pipelines/grid.py (unit-tested).
 import json
 import os
-import re
 from pathlib import Path
 import shlex
 import sys
@@ -27,6 +26,13 @@ try:
     RUNS = {run.run_id: run for run in expand_grid(config, repo=workflow.basedir)}
 except UserError as err:
     raise WorkflowError(f"invalid ablation config: {err}") from None
+# one training per training recipe: runs that differ only in axes of later stages (ECO-M2F's
+# beta) share it (RUNS is sorted by run id, so the first run of a training is stable)
+TRAININGS = {}
+for _run in RUNS.values():
+    TRAININGS.setdefault(_run.train_id, _run)
+# rule files of later stages add functions run -> [paths] here; their outputs join `rule all`
+EXTRA_RUN_OUTPUTS = []
 
 ABLATION = config["name"]
 RESULTS = config["results"]
@@ -39,21 +45,33 @@ CONDA_ENV = (
 )
 
 
+# ids are checked by pipelines.grid; a generic pattern keeps the DAG build linear in runs
 wildcard_constraints:
-    run_id="|".join(re.escape(run_id) for run_id in sorted(RUNS)),
+    run_id=r"[A-Za-z0-9_.\-]+",
+    train_id=r"[A-Za-z0-9_.\-]+",
 
 
 def paths(run_id):
-    return RunPaths(RESULTS, ABLATION, run_id)
+    return RunPaths.of(RESULTS, ABLATION, RUNS[run_id])
 
 
 def get_run(wildcards):
     return RUNS[wildcards.run_id]
 
 
+def get_training(wildcards):
+    """The (first) run of a training, by its train id."""
+    return TRAININGS[wildcards.train_id]
+
+
+def get_train_done(wildcards):
+    return str(paths(wildcards.run_id).train_done)
+
+
 def get_options(wildcards):
-    """Every --cfg-options of a run, shell-quoted one by one."""
-    return " ".join(shlex.quote(opt) for opt in get_run(wildcards).cfg_options)
+    """Every --cfg-options of a run (or of a training), shell-quoted one by one."""
+    run = get_run(wildcards) if "run_id" in wildcards.keys() else get_training(wildcards)
+    return " ".join(shlex.quote(opt) for opt in run.cfg_options)
 
 
 def get_dataset_marker():
@@ -92,6 +110,8 @@ def get_run_outputs(run_id):
         out.append(p.flops)
     if config["stages"]["benchmark"]:
         out.append(p.benchmark)
+    for extra in EXTRA_RUN_OUTPUTS:
+        out.extend(extra(RUNS[run_id]))
     return [str(o) for o in out]
 
 

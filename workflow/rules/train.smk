@@ -1,6 +1,8 @@
-# Per run: its resolved settings (run.json), training (resumable), evaluation.
-# Checkpoints live in results/train/<ablation>/<run-id>/work-<recipe hash>/ and are never
-# declared outputs: a retry or `--rerun-incomplete` resumes from the last one.
+# Per run: its resolved settings (run.json), training (resumable, one per training recipe),
+# evaluation. Checkpoints live in results/train/<ablation>/<train-id>/work-<train recipe>/ and
+# are never declared outputs: a retry or `--rerun-incomplete` resumes from the last one. The
+# recipe is content (resolved config, data, code: pipelines/grid.py), so a changed config, base
+# file or method file gives a new work folder and a new training, for the runs that use it only.
 
 
 localrules:
@@ -22,16 +24,16 @@ rule describe_run:
 
 rule train_model:
     input:
-        run=f"{RESULTS}/runs/{ABLATION}/{{run_id}}/run.json",
         data=get_dataset_marker(),
     output:
-        done=f"{RESULTS}/train/{ABLATION}/{{run_id}}/train_done.json",
+        done=f"{RESULTS}/train/{ABLATION}/{{train_id}}/train_done.json",
     log:
-        f"{RESULTS}/logs/{ABLATION}/{{run_id}}/train.log",
+        f"{RESULTS}/logs/{ABLATION}/{{train_id}}/train.log",
     params:
-        config=lambda wildcards: get_run(wildcards).config,
-        work_dir=lambda wildcards: paths(wildcards.run_id).work_dir(
-            get_run(wildcards).recipe_hash
+        config=lambda wildcards: get_training(wildcards).config,
+        # the params trigger reruns a training whose recipe changed (new work folder)
+        work_dir=lambda wildcards: paths(get_training(wildcards).run_id).work_dir(
+            get_training(wildcards).train_recipe
         ),
         data_root=get_data_root,
         options=get_options,
@@ -52,7 +54,8 @@ rule train_model:
 
 rule evaluate_model:
     input:
-        done=f"{RESULTS}/train/{ABLATION}/{{run_id}}/train_done.json",
+        run=f"{RESULTS}/runs/{ABLATION}/{{run_id}}/run.json",
+        done=get_train_done,
     output:
         metrics=f"{RESULTS}/evaluate/{ABLATION}/{{run_id}}/metrics.json",
     log:
