@@ -3,3 +3,4 @@ from pipelines.models.pro_scale import ProScalePixelDecoder  # noqa: F401  (regi
 from pipelines.models.early_exit import EarlyExitPixelDecoder  # noqa: F401  (registers it)
 from pipelines.models.token_cluster import ClusterViT  # noqa: F401  (registers it)
 from pipelines.models.token_sample import SampleViT  # noqa: F401  (registers it)
+from pipelines.models.cluster_pixel_decoder import ClusterPixelDecoder  # noqa: F401  (registers it)

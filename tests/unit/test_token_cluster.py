@@ -135,3 +135,66 @@ def test_merge_restore_means_and_adjacency():
 def test_bad_knobs_are_refused_when_built(kw, match):
     with pytest.raises(ValueError, match=match):
         tc.ClusterViT(**VIT, **kw)
+
+
+# ----------------------------------------------------------------------------- pixel decoder
+def _pixel_decoders(**kw):
+    """The tiny ViT config's pixel decoder (as its Mask2FormerHead builds it) and a
+    ClusterPixelDecoder with its weights."""
+    from mmdet.registry import MODELS
+    from mmengine.config import Config
+
+    from tests.conftest import REPO
+
+    cfg = Config.fromfile(str(REPO / "configs/models/mask2former_vit-tiny_synthetic-128x128.py"))
+    head = cfg.model.decode_head
+    pd_cfg = dict(head.pixel_decoder, in_channels=head.in_channels, strides=head.strides,
+                  feat_channels=head.feat_channels, out_channels=head.out_channels,
+                  num_outs=head.num_transformer_feat_level, type="MSDeformAttnPixelDecoder")
+    torch.manual_seed(0)
+    plain = MODELS.build(pd_cfg)
+    plain.init_weights()
+    plain.eval()
+    clustered = MODELS.build(dict(pd_cfg, type="ClusterPixelDecoder", **kw))
+    clustered.load_state_dict(plain.state_dict())
+    clustered.eval()
+    return plain, clustered
+
+
+def _features(batch=2):
+    torch.manual_seed(5)
+    feats = [torch.randn(batch, 96, s, s) for s in (32, 16, 8, 4)]
+    feats[1][1] = feats[1][1].mean(dim=(1, 2), keepdim=True)  # image 2: a flat res4 map
+    return feats
+
+
+def test_pixel_decoder_every_query_an_anchor_is_the_upstream_one_exactly():
+    plain, clustered = _pixel_decoders(anchor_fraction=1.0, cluster_layer=0)
+    feats = _features()
+    with torch.no_grad():
+        (m1, ms1), (m2, ms2) = plain(feats), clustered(feats)
+    assert torch.equal(m1, m2) and all(torch.equal(a, b) for a, b in zip(ms1, ms2))
+
+
+def test_pixel_decoder_batch_with_different_query_counts_equals_alone():
+    plain, clustered = _pixel_decoders(anchor_fraction=0.25, cluster_layer=2)
+    feats = _features()
+    with torch.no_grad():
+        mask, multi = clustered(feats)
+        counts = clustered.encoder.last_token_counts
+        alone = []
+        for i in range(2):
+            alone.append(clustered([f[i:i + 1] for f in feats]))
+            assert clustered.encoder.last_token_counts == [counts[i]]
+        plain_mask, _ = plain(feats)
+    assert counts[0] != counts[1] and max(counts) < 16 + 64 + 256
+    assert not torch.allclose(mask, plain_mask)
+    torch.testing.assert_close(mask, torch.cat([a[0] for a in alone]), rtol=1e-5, atol=1e-5)
+    for level in range(len(multi)):
+        torch.testing.assert_close(multi[level], torch.cat([a[1][level] for a in alone]),
+                                   rtol=1e-5, atol=1e-5)
+
+
+def test_pixel_decoder_cluster_layer_beyond_the_encoder_is_refused():
+    with pytest.raises(ValueError, match="cluster_layer"):
+        _pixel_decoders(cluster_layer=6)
