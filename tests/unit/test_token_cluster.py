@@ -198,3 +198,14 @@ def test_pixel_decoder_batch_with_different_query_counts_equals_alone():
 def test_pixel_decoder_cluster_layer_beyond_the_encoder_is_refused():
     with pytest.raises(ValueError, match="cluster_layer"):
         _pixel_decoders(cluster_layer=6)
+
+
+def test_cli_refuses_a_cluster_layer_beyond_the_depth_in_one_line():
+    from tests.conftest import REPO, run_cli
+
+    cfg = REPO / "configs/models/mask2former_vit-tiny-cluster_synthetic-128x128.py"
+    done = run_cli("flops", str(cfg), "--cfg-options", "model.backbone.cluster_layer=9")
+    assert done.returncode == 2
+    lines = done.stderr.strip().splitlines()
+    assert lines[-1].startswith("error:") and "cluster_layer must be an int in [0, 4]" in lines[-1]
+    assert "Traceback" not in done.stderr
