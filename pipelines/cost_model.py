@@ -56,6 +56,12 @@ def encoder_flops(shapes: Sequence[Tuple[int, int]], schedule: Sequence[int],
     return total
 
 
+def recalibration_flops(shapes: Sequence[Tuple[int, int]], stages: int, channels: int) -> int:
+    """TRC before the first ``stages`` stages: res3 resized to that stage's map size, then
+    ``Linear(C -> 1)`` per token."""
+    return sum(RESIZE * channels * h * w + channels * h * w for h, w in shapes[:stages])
+
+
 def pixel_decoder_flops(image_hw: Tuple[int, int], in_channels: Sequence[int],
                         schedule: Sequence[int] = (0, 0, 6), trc: bool = False, lpe: bool = False,
                         feat_channels: int = 256, out_channels: int = 256,
@@ -68,9 +74,7 @@ def pixel_decoder_flops(image_hw: Tuple[int, int], in_channels: Sequence[int],
     coarse_in = list(in_channels[1:])[::-1]  # res5, res4, res3 input channels
     input_proj = sum(cin * c * h * w + NORM * c * h * w
                      for cin, (h, w) in zip(coarse_in, shapes))
-    trc_flops = 0
-    if trc:  # res3 resized to res5 and res4 size, then Linear(C -> 1) per token
-        trc_flops = sum(RESIZE * c * h * w + c * h * w for h, w in shapes[:len(schedule) - 1])
+    trc_flops = recalibration_flops(shapes, len(schedule) - 1, c) if trc else 0
     enc = encoder_flops(shapes, schedule, spec, count_sampling)
     n4 = h4 * w4
     fpn = (in_channels[0] * c * n4 + NORM * c * n4   # lateral 1x1 conv + GN
@@ -96,12 +100,56 @@ def pixel_decoder_flops_from_cfg(pixel_decoder_cfg, image_hw: Tuple[int, int],
     levels = layer['self_attn_cfg'].get('num_levels', 3)
     if levels != 3:
         raise ValueError('the cost model assumes 3 encoder levels over 4 input maps')
-    if 'schedule' in cfg:
+    if cfg.get('schedule') is not None:
         schedule = tuple(cfg['schedule'])
     else:
         schedule = (0,) * (levels - 1) + (cfg['encoder']['num_layers'],)
+    exit_layer = cfg.get('test_exit')
+    if isinstance(exit_layer, int) and not isinstance(exit_layer, bool):  # ECO-M2F fixed exit
+        return early_exit_pixel_decoder_flops(
+            image_hw, cfg['in_channels'], exit_layer, schedule, trc=bool(cfg.get('trc', False)),
+            lpe=bool(cfg.get('lpe', False)), feat_channels=cfg.get('feat_channels', 256),
+            out_channels=cfg.get('out_channels', 256), spec=spec, count_sampling=count_sampling)
     return pixel_decoder_flops(image_hw, cfg['in_channels'], schedule,
                                trc=bool(cfg.get('trc', False)), lpe=bool(cfg.get('lpe', False)),
                                feat_channels=cfg.get('feat_channels', 256),
                                out_channels=cfg.get('out_channels', 256), spec=spec,
                                count_sampling=count_sampling)
+
+
+def exit_schedule(schedule: Sequence[int], exit_layer: int) -> Tuple[Tuple[int, ...], int]:
+    """ECO-M2F: the layers per stage an image runs when it leaves after ``exit_layer`` layers,
+    and how many stages it entered (a stage is entered when its first layer runs; at the last
+    exit every stage is, as in the full encoder)."""
+    total = sum(schedule)
+    if not 1 <= exit_layer <= total:
+        raise ValueError(f"exit {exit_layer} outside 1..{total}")
+    run, left, entered = [], exit_layer, 0
+    for stage, layers in enumerate(schedule):
+        take = min(layers, left)
+        run.append(take)
+        left -= take
+        if take:
+            entered = stage + 1
+    return tuple(run), (len(schedule) if exit_layer == total else entered)
+
+
+def early_exit_pixel_decoder_flops(image_hw: Tuple[int, int], in_channels: Sequence[int],
+                                   exit_layer: int, schedule: Sequence[int] = (0, 0, 6),
+                                   trc: bool = False, lpe: bool = False,
+                                   feat_channels: int = 256, out_channels: int = 256,
+                                   spec: EncoderSpec = EncoderSpec(),
+                                   count_sampling: bool = False) -> dict:
+    """:func:`pixel_decoder_flops` of an image that leaves the encoder after ``exit_layer``
+    layers: the later layers are skipped, and so is the TRC of a stage never entered (the maps
+    of such stages enter the FPN as their input projection). Each exit step on the plain
+    schedule removes one encoder layer's cost, the same at every depth."""
+    run, entered = exit_schedule(schedule, exit_layer)
+    out = pixel_decoder_flops(image_hw, in_channels, run, trc=False, lpe=lpe,
+                              feat_channels=feat_channels, out_channels=out_channels, spec=spec,
+                              count_sampling=count_sampling)
+    if trc:
+        out['trc'] = recalibration_flops(level_shapes(image_hw), min(entered, len(schedule) - 1),
+                                         feat_channels)
+        out['pixel_decoder'] += out['trc']
+    return out

@@ -222,3 +222,28 @@ def test_configs_state_only_their_difference():
     assert both.schedule == (3, 3, 3) and both.type == 'mmdet.EarlyExitPixelDecoder'
     model = build_exit(schedule=(3, 3, 3), trc=True, lpe=True)
     assert model.exits == tuple(range(2, 10))
+
+
+# --------------------------------------------------------------------------- cost
+def test_exit_schedule():
+    from pipelines.cost_model import exit_schedule
+
+    assert exit_schedule((0, 0, 6), 2) == ((0, 0, 2), 3)
+    assert exit_schedule((3, 3, 3), 2) == ((2, 0, 0), 1)
+    assert exit_schedule((3, 3, 3), 5) == ((3, 2, 0), 2)
+    assert exit_schedule((2, 0, 0), 2) == ((2, 0, 0), 3)  # the last exit enters every stage
+    with pytest.raises(ValueError):
+        exit_schedule((0, 0, 6), 7)
+
+
+@pytest.mark.parametrize("exit_layer", [2])
+def test_traced_exit_gflops_equal_the_analytic_count(exit_layer):
+    """PRO-SCALE (3, 3, 3) + TRC + LPE with exits in stage 1 and 2 (TRC of stage 2 skipped)."""
+    from pipelines.config import load_config
+    from pipelines.flops import flops_report
+
+    cfg = load_config(ECO_PROSCALE_TINY, [f"model.decode_head.pixel_decoder.test_exit="
+                                          f"{exit_layer}"])
+    rep = flops_report(cfg, (64, 64))
+    for part in ("encoder", "pixel_decoder"):
+        assert rep["gflops"][part] == pytest.approx(rep["analytic_gflops"][part], rel=1e-12)
