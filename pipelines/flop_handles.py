@@ -7,9 +7,9 @@ ops without a handle shows, among free element-wise ops, one op that does multip
   attention mask is given: Mask2Former's masked cross-attention in every transformer-decoder
   layer (the ViT's own blocks, mask-free, use ``aten::bmm``, which is counted).
 
-and ``aten::scaled_dot_product_attention`` is what ``nn.MultiheadAttention`` (``need_weights=False``)
-and ``F.scaled_dot_product_attention`` emit; none of our models calls it today, but a counter that
-silently drops it would under-count any attention written that way.
+and ``aten::scaled_dot_product_attention`` is what ``nn.MultiheadAttention``
+(``need_weights=False``) and ``F.scaled_dot_product_attention`` emit; none of our models calls it
+today, but a counter that silently drops it would under-count any attention written that way.
 
 Convention (fvcore's, as the rest of the counter): one multiply-add = one FLOP; the bias add,
 scaling and softmax are free. :func:`extra_flop_handles` returns ``{op_name: handle}`` for

@@ -120,7 +120,8 @@ def main(argv=None) -> int:
                 (m_tok,) = model.last_token_counts
                 counts[(name, i)] = m_tok
                 ana = cm.backbone_flops(hw, spec, cm.clustered_layer_tokens(
-                    n, spec.depth, knobs["cluster_layer"], m_tok), (knobs["window"], model.clusterer.tile))
+                    n, spec.depth, knobs["cluster_layer"], m_tok),
+                    (knobs["window"], model.clusterer.tile))
                 assert total == ana["backbone"] and clus == ana["cluster"]
                 calls[f"{name}/clustering/img{i}"] = (
                     lambda m=model, t=x[:, 1:], g=grid: m.clusterer(t, g))

@@ -29,11 +29,11 @@ feature back (a gather), at every output block after the clustering.
 Identity fast path (ToMe's ``do_nothing``): when every token of every image is an anchor, the
 upstream blocks run unchanged, so ``anchor_fraction=1.0`` is exactly the plain ViT.
 
-Shape: pure functions (:func:`window_index`, :func:`window_sq_dists`, :func:`dpc_scores`, :func:`select_anchors`,
-:func:`assign_clusters`, :func:`merge_tokens`, :func:`restore_tokens`), a parameter-free
-``TokenClusterer`` module (so its cost is its own row of the FLOPs counter: ``backbone.clusterer``)
-and one registered class, :class:`ClusterViT` (a ``VisionTransformer`` subclass; configs say
-``type='ClusterViT'``).
+Shape: pure functions (:func:`window_index`, :func:`window_sq_dists`, :func:`dpc_scores`,
+:func:`select_anchors`, :func:`assign_clusters`, :func:`merge_tokens`, :func:`restore_tokens`),
+a parameter-free ``TokenClusterer`` module (so its cost is its own row of the FLOPs counter:
+``backbone.clusterer``) and one registered class, :class:`ClusterViT` (a ``VisionTransformer``
+subclass; configs say ``type='ClusterViT'``).
 """
 from __future__ import annotations
 

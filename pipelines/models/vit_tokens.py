@@ -8,7 +8,8 @@ Pure functions over MMSeg's ``VisionTransformer`` pieces, no registered class:
   ``TransformerEncoderLayer`` run on a *padded, reduced* token set ``[B, M, C]``: the same weights
   and the same operations as the upstream block, plus an additive per-key bias (``-inf`` masks
   padding keys out of attention; ``log(size)`` gives a merged token the weight of its members);
-  ATS reads the attention between the two halves and keeps only some query rows. Attention is written as two ``matmul`` s and a softmax, the same math path that
+  ATS reads the attention between the two halves and keeps only some query rows. Attention
+  is written as two ``matmul`` s and a softmax, the same math path that
   ``nn.MultiheadAttention`` takes inside the upstream block, so the FLOPs counter sees both
   attention products.
 * :func:`grid_output`: patch tokens ``[B, N, C]`` to the ``(B, C, h, w)`` map the neck takes.

@@ -6,8 +6,8 @@ import torch
 
 import pipelines.registry  # noqa: F401
 from pipelines.models import token_cluster as tc
-from tests.unit.vit_helpers import VIT, plain_vit, same_weights
 from pipelines.models.vit_tokens import layer_forward
+from tests.unit.vit_helpers import VIT, plain_vit, same_weights
 
 def _images():
     """Two images whose clusterings differ: noise, and a smooth ramp with one noisy corner."""
@@ -53,7 +53,8 @@ def test_clustering_reduces_tokens_and_changes_output():
 def test_batch_with_different_token_counts_equals_each_image_alone():
     ref = plain_vit()
     x = _images()
-    model = same_weights(tc.ClusterViT, ref, anchor_fraction=0.25, cluster_layer=1, proportional_attn=True)
+    model = same_weights(tc.ClusterViT, ref, anchor_fraction=0.25, cluster_layer=1,
+                         proportional_attn=True)
     with torch.no_grad():
         batch = model(x)
         counts = model.last_token_counts

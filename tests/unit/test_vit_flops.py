@@ -31,7 +31,8 @@ FREE_OPS = {
     "aten::upsample_bicubic2d", "aten::norm", "aten::linalg_vector_norm", "aten::fill_",
     "aten::zero_", "aten::full", "aten::copy_", "aten::new_zeros", "aten::ones_like",
     "aten::zeros_like", "aten::full_like", "aten::arange", "aten::select", "aten::slice",
-    "aten::dropout", "aten::numel", "aten::expand_as", "aten::pad", "aten::feature_dropout", "aten::floor_divide", "aten::remainder",
+    "aten::dropout", "aten::numel", "aten::expand_as", "aten::pad", "aten::feature_dropout",
+    "aten::floor_divide", "aten::remainder",
 }
 
 
