@@ -14,6 +14,7 @@ layers alone); ``pixel_decoder`` (all of it, encoder included); ``transformer_de
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 from typing import Sequence, Tuple
 
 from pipelines.config import load_config, write_json_atomic
@@ -40,6 +41,11 @@ def add_parser(sub) -> None:
     p.add_argument("--count-sampling", action="store_true",
                    help="also count the deformable sampling kernel (4 FLOPs per sampled value)")
     p.add_argument("--json", metavar="OUT", help="write the result as JSON here")
+    p.add_argument("--data", metavar="DIR", help="count per image over the real images of this "
+                   "dataset folder (the config's test split, through its test pipeline): mean, "
+                   "std, min, max and a per-image table; the cost of a dynamic model")
+    p.add_argument("--max-images", type=int, metavar="N", help="with --data: the first N images")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar with --data")
     p.set_defaults(func=run)
 
 
@@ -131,8 +137,15 @@ def describe_pixel_decoder(model) -> str:
 
 
 # ----------------------------------------------------------------------------- counting
-def count_flops(model, image_hw: Tuple[int, int], count_sampling: bool = False) -> dict:
-    """Trace ``model``'s inference on one ``image_hw`` image; FLOPs and parameters per part."""
+def count_flops(model, image_hw: Tuple[int, int], count_sampling: bool = False,
+                img=None) -> dict:
+    """Trace ``model``'s inference on one image; FLOPs and parameters per part.
+
+    Args:
+        img: the (preprocessed) image ``(1, 3, H, W)`` to trace; None: zeros of ``image_hw``.
+            A dynamic model (early exit, token clustering or sampling) takes that image's
+            path, so its count is that image's.
+    """
     import torch
     from mmengine.analysis import FlopAnalyzer
     from mmengine.analysis.complexity_analysis import _DEFAULT_SUPPORTED_FLOP_OPS
@@ -141,7 +154,7 @@ def count_flops(model, image_hw: Tuple[int, int], count_sampling: bool = False) 
 
     model = model.cpu().eval()
     wrapper = inference_forward(model, image_hw)
-    img = torch.zeros(1, 3, *image_hw)
+    img = torch.zeros(1, 3, *image_hw) if img is None else img
     analyzer = FlopAnalyzer(wrapper, (img,))
     # mmengine 0.10.7's set_op_handle(name, None) leaves the default handle in place (the op is
     # still counted), so the handle table is rebuilt without the sampling op instead.
@@ -211,6 +224,80 @@ def flops_report(cfg, image_hw: Tuple[int, int], count_sampling: bool = False,
     }
 
 
+def dataset_inputs(model, cfg, data_root: str, max_images: int | None = None):
+    """``(image path, preprocessed (1, 3, H, W) tensor)`` of the config's test images under
+    ``data_root``, through its test pipeline and the model's data preprocessor."""
+    from mmseg.registry import DATASETS
+
+    from pipelines.config import check_dataset, set_data_root
+
+    set_data_root(cfg, data_root)
+    check_dataset(cfg, ["test_dataloader"])
+    dataset = DATASETS.build(cfg.test_dataloader.dataset)
+    n = len(dataset) if max_images is None else min(len(dataset), max_images)
+    if n == 0:
+        raise UserError(f"no images in the test split under {data_root}")
+    for i in range(n):
+        sample = dataset[i]
+        data = model.data_preprocessor(dict(inputs=[sample["inputs"]],
+                                            data_samples=[sample["data_samples"]]), False)
+        yield sample["data_samples"].img_path, data["inputs"]
+
+
+def per_image_report(cfg, data_root: str, max_images: int | None = None,
+                     count_sampling: bool = False, progress: bool = True) -> dict:
+    """The ``flops --data`` document: per-image GFLOPs over a dataset and their statistics.
+
+    ``gflops`` holds the **mean** per image (what the papers report for dynamic models), so
+    every consumer of the static report reads it unchanged; ``gflops_std``, ``gflops_min`` and
+    ``gflops_max`` the spread, ``per_image`` one row per image.
+    """
+    import statistics
+
+    from tqdm import tqdm
+
+    if max_images is not None and max_images < 1:
+        raise UserError(f"--max-images must be at least 1, got {max_images}")
+    model = build_model(cfg)
+    rows, params = [], None
+    total = max_images
+    for path, img in tqdm(dataset_inputs(model, cfg, data_root, max_images), total=total,
+                          desc="flops", unit="img", disable=not progress):
+        hw = tuple(int(s) for s in img.shape[-2:])
+        counted = count_flops(model, hw, count_sampling, img=img)
+        params = counted["params"]
+        rows.append({"image": str(path), "shape": list(hw),
+                     "gflops": {k: v / 1e9 for k, v in counted["flops"].items()}})
+    parts = list(rows[0]["gflops"])
+    column = {p: [r["gflops"][p] for r in rows] for p in parts}
+    return {
+        "config": str(cfg.filename), "data": str(data_root), "images": len(rows), "batch": 1,
+        "pixel_decoder": describe_pixel_decoder(model), "count_sampling": bool(count_sampling),
+        "units": "GFLOPs (1e9, one multiply-add = one FLOP), per image",
+        "gflops": {p: statistics.fmean(v) for p, v in column.items()},
+        "gflops_std": {p: statistics.pstdev(v) for p, v in column.items()},
+        "gflops_min": {p: min(v) for p, v in column.items()},
+        "gflops_max": {p: max(v) for p, v in column.items()},
+        "params": params, "per_image": rows,
+    }
+
+
+def format_per_image(report: dict, limit: int = 20) -> str:
+    lines = [f"{report['config']}  {report['images']} images of {report['data']}  "
+             f"pixel decoder {report['pixel_decoder']}",
+             f"{'part':<20}{'mean':>10}{'std':>10}{'min':>10}{'max':>10}"]
+    for part in report["gflops"]:
+        lines.append(f"{part:<20}" + "".join(f"{report[k][part]:10.3f}" for k in (
+            "gflops", "gflops_std", "gflops_min", "gflops_max")))
+    lines.append(f"{'image':<48}{'HxW':>12}{'total GFLOPs':>14}")
+    for row in report["per_image"][:limit]:
+        hw = "x".join(str(s) for s in row["shape"])
+        lines.append(f"{Path(row['image']).name:<48}{hw:>12}{row['gflops']['total']:14.3f}")
+    if report["images"] > limit:
+        lines.append(f"... {report['images'] - limit} more in the JSON (--json)")
+    return "\n".join(lines)
+
+
 def format_table(report: dict) -> str:
     lines = [f"{report['config']}  input {report['shape'][0]}x{report['shape'][1]}  "
              f"pixel decoder {report['pixel_decoder']}",
@@ -228,9 +315,19 @@ def run(args: argparse.Namespace) -> int:
     import pipelines.registry  # noqa: F401
 
     cfg = load_config(args.config, args.cfg_options)
-    image_hw = input_shape(cfg, args.shape)
-    report = flops_report(cfg, image_hw, args.count_sampling)
-    print(format_table(report))
+    if args.data:
+        if args.shape:
+            raise UserError("--shape and --data exclude each other (--data uses each image's "
+                            "size after the config's test pipeline)")
+        report = per_image_report(cfg, args.data, args.max_images, args.count_sampling,
+                                  progress=not args.no_progress)
+        print(format_per_image(report))
+    else:
+        if args.max_images is not None:
+            raise UserError("--max-images needs --data")
+        image_hw = input_shape(cfg, args.shape)
+        report = flops_report(cfg, image_hw, args.count_sampling)
+        print(format_table(report))
     if args.json:
         write_json_atomic(args.json, report)
         print(f"-> {args.json}")

@@ -20,6 +20,9 @@ if ! "$PY" -c 'import sys; sys.exit(sys.version_info[:2] != (3, 11))'; then
     exit 1
 fi
 
+# `snakemake --profile slurm` from the repository root (never replaces a profile of your own)
+bash workflow/scripts/install_profile.sh
+
 stamp_of() { cat pyproject.toml workflow/scripts/install.sh | sha256sum | cut -c1-16; }
 STAMP="$VENV/.pipelines-installed"
 want=$(stamp_of)
