@@ -18,24 +18,61 @@ def add_parser(sub) -> None:
     p.add_argument("--done-file", metavar="JSON", help="after training finishes, write a small "
                    "JSON here (iterations, last checkpoint, training time): the workflow's "
                    "output, so checkpoints never need to be declared")
+    p.add_argument("--record-failure", type=int, choices=(0, 1), default=0, metavar="0|1",
+                   help="1: if training fails, write --done-file as a failure record (reason) "
+                   "and exit 0; the workflow passes 1 on a job's last attempt so that the "
+                   "rest of the ablation is still ingested (pipelines/failures.py)")
     p.set_defaults(func=run)
 
 
 def build_train_config(args: argparse.Namespace):
     cfg = load_config(args.config, args.cfg_options, args.data_root)
     cfg.work_dir = str(ensure_writable_dir(args.work_dir))
-    cfg.resume = True  # mmengine finds `last_checkpoint` in work_dir itself; none -> from scratch
-    cfg.load_from = cfg.get("load_from")
-    if not args.no_progress:
-        hooks = list(cfg.get("custom_hooks", []) or [])
-        if not any(h.get("type") == "ProgressBarHook" for h in hooks):
-            hooks.append(dict(type="ProgressBarHook"))
-        cfg.custom_hooks = hooks
+    cfg.resume, cfg.load_from = choose_start(cfg.work_dir, cfg.get("load_from"))
+    hooks = list(cfg.get("custom_hooks", []) or [])
+    wanted = ["StopOnNonFiniteLossHook"] + ([] if args.no_progress else ["ProgressBarHook"])
+    for name in wanted:
+        if not any(h.get("type") == name for h in hooks):
+            hooks.append(dict(type=name))
+    cfg.custom_hooks = hooks
     loaders = ["train_dataloader"]
     if cfg.get("val_cfg") and cfg.get("val_dataloader"):
         loaders.append("val_dataloader")
     check_dataset(cfg, loaders)
     return cfg
+
+
+def own_last_checkpoint(work_dir) -> str | None:
+    """The checkpoint mmengine's ``last_checkpoint`` file in ``work_dir`` names, if it exists."""
+    from pathlib import Path
+
+    marker = Path(work_dir) / "last_checkpoint"
+    try:
+        last = marker.read_text().strip()
+    except OSError:
+        return None
+    return last if last and Path(last).is_file() else None
+
+
+def choose_start(work_dir, load_from: str | None) -> tuple[bool, str | None]:
+    """``(resume, load_from)`` for mmengine's Runner: fine-tuning and resume together.
+
+    mmengine 0.10.7 resumes *from* ``load_from`` whenever both ``resume`` and ``load_from``
+    are set, so a retried fine-tuning would restart from the pretrained weights every time.
+    Instead: a work dir with its own last checkpoint resumes from it (``load_from`` dropped,
+    mmengine finds ``last_checkpoint`` itself); otherwise a ``load_from`` is loaded as
+    weights only (fresh optimizer, iteration 0); otherwise training starts from scratch.
+
+    Args:
+        work_dir: the training's work dir.
+        load_from: the config's ``load_from`` (pretrained or parent weights), or None.
+
+    Returns:
+        The values for the config's ``resume`` and ``load_from``.
+    """
+    if own_last_checkpoint(work_dir) is not None or not load_from:
+        return True, None
+    return False, str(load_from)
 
 
 def train(cfg):
@@ -49,6 +86,14 @@ def train(cfg):
 
 
 def run(args: argparse.Namespace) -> int:
+    from pipelines.failures import recording_failures
+
+    with recording_failures(args.done_file, "train", bool(args.record_failure)):
+        return _run(args)
+    return 0  # the failure was recorded
+
+
+def _run(args: argparse.Namespace) -> int:
     import pipelines.registry  # noqa: F401  (before the config: it imports mmseg/mmdet)
 
     import time
