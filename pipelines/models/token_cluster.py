@@ -27,7 +27,8 @@ added to the logits of every key). Before the neck every grid position takes its
 feature back (a gather), at every output block after the clustering.
 
 Identity fast path (ToMe's ``do_nothing``): when every token of every image is an anchor, the
-upstream blocks run unchanged, so ``anchor_fraction=1.0`` is exactly the plain ViT.
+upstream blocks run unchanged, so ``anchor_fraction=1.0`` is exactly the plain ViT (and then
+the clustering step itself is skipped, so its FLOPs are the plain ViT's too).
 
 Shape: pure functions (:func:`window_index`, :func:`window_sq_dists`, :func:`dpc_scores`,
 :func:`select_anchors`, :func:`assign_clusters`, :func:`merge_tokens`, :func:`restore_tokens`),
@@ -310,7 +311,11 @@ class ClusterViT(VisionTransformer):
         """Cluster the patch tokens of ``x``; ``(tokens, slot, key bias)``, or ``(x, None, None)``
         when every token of every image is an anchor (identity)."""
         patches = x[:, prefix:]
-        anchors, rep = self.clusterer(patches, hw)
+        c = self.clusterer
+        if c.density_threshold is None and c.anchor_fraction >= 1:  # nothing to cluster
+            self.last_token_counts = [patches.shape[1]] * patches.shape[0]
+            return x, None, None
+        anchors, rep = c(patches, hw)
         if bool(anchors.all()):
             self.last_token_counts = [patches.shape[1]] * patches.shape[0]
             return x, None, None

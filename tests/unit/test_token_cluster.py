@@ -142,8 +142,8 @@ def test_bad_knobs_are_refused_when_built(kw, match):
 def _pixel_decoders(**kw):
     """The tiny ViT config's pixel decoder (as its Mask2FormerHead builds it) and a
     ClusterPixelDecoder with its weights."""
-    from mmdet.registry import MODELS
     from mmengine.config import Config
+    from mmseg.registry import MODELS
 
     from tests.conftest import REPO
 
@@ -151,12 +151,13 @@ def _pixel_decoders(**kw):
     head = cfg.model.decode_head
     pd_cfg = dict(head.pixel_decoder, in_channels=head.in_channels, strides=head.strides,
                   feat_channels=head.feat_channels, out_channels=head.out_channels,
-                  num_outs=head.num_transformer_feat_level, type="MSDeformAttnPixelDecoder")
+                  num_outs=head.num_transformer_feat_level,
+                  type="mmdet.MSDeformAttnPixelDecoder")
     torch.manual_seed(0)
     plain = MODELS.build(pd_cfg)
     plain.init_weights()
     plain.eval()
-    clustered = MODELS.build(dict(pd_cfg, type="ClusterPixelDecoder", **kw))
+    clustered = MODELS.build(dict(pd_cfg, type="mmdet.ClusterPixelDecoder", **kw))
     clustered.load_state_dict(plain.state_dict())
     clustered.eval()
     return plain, clustered

@@ -124,3 +124,9 @@ def test_every_multiply_add_op_of_the_vit_mask2former_has_a_handle(backbone):
     _, _, unsupported = _traced(inference_forward(model, (64, 64)),
                                 (torch.randn(1, 3, 64, 64),))
     assert set(unsupported) <= FREE_OPS, set(unsupported) - FREE_OPS
+
+
+def test_all_anchors_costs_exactly_the_plain_vit():
+    model = same_weights(ClusterViT, plain_vit(), anchor_fraction=1.0)
+    total, _, _ = _traced(model, (torch.randn(1, 3, 64, 64),))
+    assert total == cm.backbone_flops((64, 64), SPEC)["backbone"]
