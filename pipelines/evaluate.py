@@ -12,7 +12,14 @@ def add_parser(sub) -> None:
     p = sub.add_parser("evaluate", help="evaluate a checkpoint on the config's test set "
                        "(mIoU, per-class IoU, aAcc as JSON)", description=__doc__)
     p.add_argument("config", help="mmengine config file")
-    p.add_argument("checkpoint", help="a checkpoint written by `train`")
+    p.add_argument("checkpoint", nargs="?", help="a checkpoint written by `train` (or give "
+                   "--train-done)")
+    p.add_argument("--train-done", metavar="JSON", help="(used by the workflow) take the "
+                   "checkpoint from this `train --done-file`; a failure record there makes "
+                   "--out a failure record too")
+    p.add_argument("--record-failure", type=int, choices=(0, 1), default=0, metavar="0|1",
+                   help="1: if evaluation fails, write --out as a failure record and exit 0 "
+                   "(the workflow's last attempt; pipelines/failures.py)")
     p.add_argument("--out", required=True, help="metrics JSON to write")
     p.add_argument("--work-dir", help="logs of the test run (default: next to --out)")
     p.add_argument("--data-root", help="dataset folder (overrides data_root of every dataloader)")
@@ -38,10 +45,51 @@ def evaluate(cfg, checkpoint: str | Path) -> dict:
     return metrics_to_json(metrics)
 
 
+def check_finite(result: dict) -> dict:
+    """Refuse a NaN or infinite mIoU/aAcc (it would otherwise vanish silently in MLflow)."""
+    import math
+
+    bad = [k for k in ("miou", "aacc", "macc") if not math.isfinite(result[k])]
+    if bad:
+        raise ValueError(f"evaluation gave a non-finite {', '.join(bad)}: "
+                         + ", ".join(f"{k}={result[k]}" for k in bad))
+    return result
+
+
 def run(args: argparse.Namespace) -> int:
+    from pipelines.failures import read_failure, recording_failures, upstream_failure
+
+    if args.train_done:
+        upstream = read_failure(args.train_done)
+        if upstream is not None:
+            write_json_atomic(args.out, upstream_failure("evaluate", upstream))
+            print(f"not evaluated: training failed ({upstream.get('reason')})")
+            return 0
+    with recording_failures(args.out, "evaluate", bool(args.record_failure)):
+        return _run(args)
+    return 0
+
+
+def _checkpoint(args: argparse.Namespace) -> Path:
+    if args.checkpoint:
+        return Path(args.checkpoint)
+    if not args.train_done:
+        raise UserError("give a CHECKPOINT or --train-done")
+    import json
+
+    try:
+        checkpoint = json.loads(Path(args.train_done).read_text())["checkpoint"]
+    except (OSError, ValueError, KeyError, TypeError) as err:
+        raise UserError(f"{args.train_done}: no checkpoint recorded ({err})") from None
+    if not checkpoint:
+        raise UserError(f"{args.train_done}: no checkpoint recorded")
+    return Path(checkpoint)
+
+
+def _run(args: argparse.Namespace) -> int:
     import pipelines.registry  # noqa: F401
 
-    checkpoint = Path(args.checkpoint)
+    checkpoint = _checkpoint(args)
     if not checkpoint.is_file():
         raise UserError(f"checkpoint not found: {checkpoint}")
     cfg = load_config(args.config, args.cfg_options, args.data_root)
@@ -50,7 +98,7 @@ def run(args: argparse.Namespace) -> int:
     cfg.work_dir = str(ensure_writable_dir(work_dir))
     ensure_writable_dir(out.parent, "output folder")
     check_dataset(cfg, ["test_dataloader"])
-    result = evaluate(cfg, checkpoint)
+    result = check_finite(evaluate(cfg, checkpoint))
     result.update(config=str(args.config), checkpoint=str(checkpoint))
     write_json_atomic(out, result)
     print(f"mIoU {result['miou']:.2f}  aAcc {result['aacc']:.2f}  -> {out}")

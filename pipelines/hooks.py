@@ -1,8 +1,10 @@
 """mmengine hooks of the project."""
 from __future__ import annotations
 
+import math
 import sys
 
+from mmdet.engine.hooks.checkloss_hook import CheckInvalidLossHook
 from mmengine.hooks import Hook
 from mmengine.registry import HOOKS
 
@@ -35,3 +37,41 @@ class ProgressBarHook(Hook):
         if self._bar is not None:
             self._bar.close()
             self._bar = None
+
+
+class NonFiniteLossError(RuntimeError):
+    """Training stopped because the loss became NaN or infinite."""
+
+
+@HOOKS.register_module()
+class StopOnNonFiniteLossHook(CheckInvalidLossHook):
+    """Stop training with a clear reason as soon as the loss is NaN or infinite.
+
+    mmdet's :class:`CheckInvalidLossHook` asserts with no message (its message is the
+    ``None`` that ``logger.info`` returns); this one raises :class:`NonFiniteLossError` naming
+    the iteration, the loss and the learning rate, so a diverged run fails at once instead of
+    burning its budget, and its failure record says why.
+
+    Args:
+        interval: check every ``interval`` training iterations (1: every one).
+    """
+
+    def __init__(self, interval: int = 1) -> None:
+        super().__init__(interval=interval)
+
+    def after_train_iter(self, runner, batch_idx, data_batch=None, outputs=None) -> None:
+        if not self.every_n_train_iters(runner, self.interval):
+            return
+        loss = (outputs or {}).get("loss")
+        if loss is None:
+            return
+        value = float(loss.detach()) if hasattr(loss, "detach") else float(loss)
+        if math.isfinite(value):
+            return
+        try:
+            lr = runner.optim_wrapper.get_lr()
+            lr_text = ", lr " + ", ".join(f"{v[0]:.3g}" for v in lr.values())
+        except Exception:  # noqa: BLE001 - the lr is only a hint in the message
+            lr_text = ""
+        raise NonFiniteLossError(f"loss is {value} at iteration {runner.iter + 1}{lr_text}; "
+                                 "training stopped")

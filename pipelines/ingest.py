@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import math
 import shutil
 import tempfile
 from pathlib import Path
@@ -189,11 +190,35 @@ def child_record(results: str, ablation: str, run: dict, tmp: Path):
             c.METHODS_TAG: ",".join(run.get("methods") or []),
             **provenance_tags(done.get("provenance"))}
     scalars = sorted(work_dir.glob("*/vis_data/scalars.json")) if work_dir.is_dir() else []
-    return ChildRecord(
+    record = ChildRecord(
         run_id=run["run_id"], recipe=run.get("recipe", ""), params=run["params"],
         metrics=collect_metrics(paths), curves=read_curves(work_dir, start_ms) if scalars else {},
         tags=tags, start_ms=start_ms, end_ms=end_ms, artifacts=artifacts,
         fingerprint=_fingerprint(stage_files + scalars))
+    return mark_failure(record, run_failure(paths, record.metrics))
+
+
+# ----------------------------------------------------------------------------- failures (issue 9)
+def run_failure(paths: RunPaths, metrics: dict[str, float]) -> str | None:
+    """Why a run failed: a stage's failure record (pipelines/failures.py) or a NaN mIoU."""
+    from pipelines.failures import read_failure
+
+    for stage_file in (paths.train_done, paths.metrics, paths.flops, paths.benchmark):
+        failure = read_failure(stage_file)
+        if failure is not None:
+            return f"{failure.get('stage', '?')}: {failure.get('reason', 'failed')}"
+    miou = metrics.get(c.MIOU)
+    if miou is not None and not math.isfinite(miou):
+        return f"evaluate: mIoU is {miou}"
+    return None
+
+
+def mark_failure(record, reason: str | None):
+    """A failed run's child: status FAILED, the reason under the contract's failure tag."""
+    if reason is not None:
+        record.status = "FAILED"
+        record.tags = {**record.tags, c.FAILURE_TAG: reason}
+    return record
 
 
 def ingest(ablation: str, results: str, run_jsons: list[str], tracking_uri: str,
@@ -222,6 +247,8 @@ def ingest(ablation: str, results: str, run_jsons: list[str], tracking_uri: str,
                 existing.get(run["run_id"], []))
         summary["runs"][run["run_id"]] = {"mlflow_run_id": mlflow_id, "action": action,
                                           "recipe": record.recipe}
+        if record.status == "FAILED":
+            summary.setdefault("failed", {})[run["run_id"]] = record.tags[c.FAILURE_TAG]
         counts[action] = counts.get(action, 0) + 1
     summary["actions"] = counts
     return summary
@@ -239,4 +266,6 @@ def run(args: argparse.Namespace) -> int:
     print(f"{len(summary['runs'])} runs of {args.ablation!r} in {args.tracking_uri} "
           f"({actions}; experiment {summary['experiment_id']}, parent run "
           f"{summary['parent_run_id']})")
+    for run_id, reason in sorted(summary.get("failed", {}).items()):
+        print(f"FAILED {run_id}: {reason}")
     return 0

@@ -12,7 +12,7 @@ from pathlib import Path
 from pipelines.contract import SEED
 from pipelines.errors import UserError
 from pipelines.grid import RunPaths
-from pipelines.ingest import collect_metrics
+from pipelines.ingest import collect_metrics, run_failure
 
 COLUMNS = (("miou", "mIoU", "{:.2f}"), ("gflops_pixel_decoder", "GFLOPs pixel dec.", "{:.3f}"),
            ("gflops_total", "GFLOPs total", "{:.3f}"), ("latency_ms", "latency ms", "{:.1f}"),
@@ -38,6 +38,7 @@ def build_report(ablation: str, results: str, run_jsons: list[str],
              "| run | variant | setting | seed | iters | recipe | "
              + " | ".join(c[1] for c in COLUMNS) + " |",
              "|" + "---|" * (6 + len(COLUMNS))]
+    failed = []  # (run id, reason): listed under the table (issue 9: failures stay local)
     for run_json in run_jsons:
         path = Path(run_json)
         if not path.is_file():
@@ -45,11 +46,17 @@ def build_report(ablation: str, results: str, run_jsons: list[str],
         run = json.loads(path.read_text())
         params = run["params"]
         metrics = collect_metrics(RunPaths.of(results, ablation, run))
+        reason = run_failure(RunPaths.of(results, ablation, run), metrics)
+        if reason is not None:
+            failed.append((run["run_id"], reason))
         setting = ", ".join(f"{k}={params[k]}" for k in run.get("settings", {}) if k != SEED)
         cells = [f"`{run['run_id']}`", params["variant"], setting or "-",
                  params.get(SEED, "-"), params["max_iters"], f"`{params.get('recipe', '')}`"]
         cells += [fmt.format(metrics[key]) if key in metrics else "-" for key, _, fmt in COLUMNS]
         lines.append("| " + " | ".join(cells) + " |")
+    if failed:
+        lines += ["", "## Failed runs", "", "| run | reason |", "|---|---|"]
+        lines += [f"| `{run_id}` | {reason.replace('|', '/')} |" for run_id, reason in failed]
     lines += ["", f"Results: `{results}/<stage>/{ablation}/<run-id>/`."]
     if tracking_uri:
         lines.append(f"MLflow: `mlflow ui --backend-store-uri {tracking_uri}` "

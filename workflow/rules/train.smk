@@ -3,6 +3,16 @@
 # are never declared outputs: a retry or `--rerun-incomplete` resumes from the last one. The
 # recipe is content (resolved config, data, code: pipelines/grid.py), so a changed config, base
 # file or method file gives a new work folder and a new training, for the runs that use it only.
+#
+# Failures stay local (pipelines/failures.py): on a job's last attempt (`last_attempt`), a
+# failing train/evaluate writes its output as a failure record and exits 0, so the other runs
+# are still ingested, reported and drawn; ingest records the run as FAILED with its reason.
+# Every path is quoted ({x:q}): a results folder may hold spaces.
+
+
+def last_attempt(wildcards, attempt):
+    """1 on a job's last attempt (failures are then recorded instead of raised), else 0."""
+    return int(attempt > config["retries"])
 
 
 localrules:
@@ -19,7 +29,7 @@ rule describe_run:
     conda:
         CONDA_ENV
     shell:
-        "python -m pipelines grid --run {params.run:q} --out {output.run} > {log} 2>&1"
+        "python -m pipelines grid --run {params.run:q} --out {output.run:q} > {log:q} 2>&1"
 
 
 rule train_model:
@@ -40,6 +50,7 @@ rule train_model:
     threads: get_threads("train")
     resources:
         **get_resources("train"),
+        last_attempt=last_attempt,
     retries: config["retries"]
     # stdout (mmengine's log) goes to the log; stderr (the progress bar) to the log and the
     # terminal, so `make demo` shows training progress next to snakemake's own.
@@ -47,9 +58,10 @@ rule train_model:
         CONDA_ENV
     shell:
         "OMP_NUM_THREADS={threads} PYTHONWARNINGS=ignore "
-        "python -m pipelines train {params.config} --work-dir {params.work_dir} "
-        "--data-root {params.data_root} --done-file {output.done} "
-        "--cfg-options {params.options} > {log} 2> >(tee -a {log} >&2)"
+        "python -m pipelines train {params.config:q} --work-dir {params.work_dir:q} "
+        "--data-root {params.data_root:q} --done-file {output.done:q} "
+        "--record-failure {resources.last_attempt} "
+        "--cfg-options {params.options} > {log:q} 2> >(tee -a {log:q} >&2)"
 
 
 rule evaluate_model:
@@ -68,12 +80,13 @@ rule evaluate_model:
     threads: get_threads("evaluate")
     resources:
         **get_resources("evaluate"),
+        last_attempt=last_attempt,
     retries: config["retries"]
     conda:
         CONDA_ENV
     shell:
         "OMP_NUM_THREADS={threads} PYTHONWARNINGS=ignore "
-        "python -m pipelines evaluate {params.config} "
-        "$(python -m pipelines grid --checkpoint-of {input.done}) "
-        "--out {output.metrics} --work-dir {params.work_dir} --data-root {params.data_root} "
-        "--cfg-options {params.options} > {log} 2>&1"
+        "python -m pipelines evaluate {params.config:q} --train-done {input.done:q} "
+        "--out {output.metrics:q} --work-dir {params.work_dir:q} "
+        "--data-root {params.data_root:q} --record-failure {resources.last_attempt} "
+        "--cfg-options {params.options} > {log:q} 2>&1"
