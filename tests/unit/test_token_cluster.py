@@ -54,7 +54,7 @@ def test_batch_with_different_token_counts_equals_each_image_alone():
     ref = plain_vit()
     x = _images()
     model = same_weights(tc.ClusterViT, ref, anchor_fraction=0.25, cluster_layer=1,
-                         proportional_attn=True)
+                         merge_radius=1, proportional_attn=True)
     with torch.no_grad():
         batch = model(x)
         counts = model.last_token_counts
@@ -122,6 +122,30 @@ def test_merge_restore_means_and_adjacency():
     # a token adjacent to no anchor stays on its own
     rep = tc.assign_clusters(torch.tensor([[True, False, False, False]]), sq, index, radius=1)
     assert rep.tolist() == [[0, 0, 2, 3]]
+    # with a merge radius of 2, token 2 reaches anchor 0; with both in reach the nearer wins,
+    # and an exact tie goes to the lower index
+    index, valid = tc.window_index((1, 4), radius=2)
+    one = torch.tensor([[True, False, False, False]])
+    for feats, expected in (([0.0, 2.0, 10.0, 20.0], [0, 0, 0, 3]),
+                            ([0.0, 2.0, 12.0, 20.0], [0, 0, 3, 3])):
+        y = torch.tensor(feats).view(1, 4, 1)
+        sq = tc.window_sq_dists(y, (1, 4), 2, valid)
+        assert tc.assign_clusters(one, sq, index, 2, merge_radius=2).tolist() == [[0, 0, 0, 3]]
+        assert tc.assign_clusters(anchors, sq, index, 2, merge_radius=2).tolist() == [expected]
+
+
+def test_token_count_falls_with_the_anchor_fraction():
+    ref = plain_vit()
+    x = _images()
+    counts = []
+    with torch.no_grad():
+        for f in (1.0, 0.75, 0.5, 0.25):
+            model = same_weights(tc.ClusterViT, ref, anchor_fraction=f, cluster_layer=1)
+            model(x)
+            counts.append(model.last_token_counts)
+    for i in range(2):
+        per_image = [c[i] for c in counts]
+        assert per_image == sorted(per_image, reverse=True) and len(set(per_image)) == 4
 
 
 @pytest.mark.parametrize("kw, match", [
@@ -132,6 +156,7 @@ def test_merge_restore_means_and_adjacency():
     (dict(density_threshold=2.0), "density_threshold"),
     (dict(window=0), "window"),
     (dict(k=0), "k must"),
+    (dict(window=1, merge_radius=2), "merge_radius"),
 ])
 def test_bad_knobs_are_refused_when_built(kw, match):
     with pytest.raises(ValueError, match=match):
