@@ -1,6 +1,6 @@
 # The tiny plain-ViT Mask2Former with AiluRus token clustering after block 1 (of 6): 25 % of the
-# 16x16 patch tokens become anchors, windowed DPC-KNN (k=5, window radius 2, also the merge radius), proportional
-# attention in the later blocks; restored to the grid before the neck
+# 16x16 patch tokens become anchors, windowed DPC-KNN (k=5, window radius 2, also the merge
+# radius), proportional attention in the later blocks; restored to the grid before the neck
 # (pipelines/models/token_cluster.py).
 _base_ = ['./mask2former_vit-tiny_synthetic-128x128.py']
 
