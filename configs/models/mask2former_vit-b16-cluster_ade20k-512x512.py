@@ -1,5 +1,6 @@
 # ViT-B/16 Mask2Former at 512x512 with AiluRus token clustering after block 2 (the paper clusters
-# the output of block 2), 25 % anchors, k=5, window radius 2 (also the merge radius), proportional attention.
+# the output of block 2), 25 % anchors, k=5, window radius 2 (also the merge radius), proportional
+# attention.
 _base_ = ['./mask2former_vit-b16_ade20k-512x512.py']
 
 model = dict(

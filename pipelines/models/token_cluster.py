@@ -26,9 +26,10 @@ published variant (only adjacent tokens merge). We default to the window because
 only the count is not monotone in the anchor fraction: every added anchor also absorbs its
 single neighbours, so 50 % anchors left *fewer* tokens than 25 % on ViT-B/16 (564 vs 642 of
 1024 on a synthetic image); with the window (5x5) nearly every token has an anchor within reach,
-the count is about the anchor count, and GFLOPs fall with the fraction. Later blocks run on ``[CLS] + clusters`` compacted to the
-batch's largest count with a padding mask, optionally with proportional attention (``log(size)``
-added to the logits of every key). Before the neck every grid position takes its cluster's
+the count is about the anchor count, and GFLOPs fall with the fraction.
+
+Later blocks run on ``[CLS] + clusters`` compacted to the batch's largest count with a padding
+mask, optionally with proportional attention (``log(size)`` added to the logits of every key). Before the neck every grid position takes its cluster's
 feature back (a gather), at every output block after the clustering.
 
 Identity fast path (ToMe's ``do_nothing``): when every token of every image is an anchor, the
