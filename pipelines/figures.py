@@ -24,6 +24,9 @@ from typing import Callable
 
 import pandas as pd
 
+from pipelines.analysis.settings import (INTERVAL_NAME, ONE_SEED, TEST_NAME, Analysis,
+                                         analyse)
+from pipelines.data.synthetic import SMALL_CLASSES
 from pipelines.errors import UserError
 
 #: display order, colour and marker of each variant (same everywhere)
@@ -72,14 +75,11 @@ def run_label(row) -> str:
     Every axis of the run but the seed, in the run's own order: a flag by its name when true,
     ``3-3-3`` for a PRO-SCALE schedule, ``name=value`` otherwise.
     """
-    import json
-
     from pipelines import axes as ax
+    from pipelines.analysis.settings import row_axis_names
 
     variant = str(row["variant"])
-    names = json.loads(str(row.get("axes") or "[]") or "[]")
-    if not names:  # a table recorded before runs listed their axes
-        names = [n for n in ("schedule", "trc", "lpe", "beta") if n in row]
+    names = row_axis_names(row)
     declared = {}
     for method in ax.method_files():
         declared.update(ax.method_axes(method))
@@ -116,36 +116,75 @@ def _points(df: pd.DataFrame) -> pd.DataFrame:
     return df[df["role"] == "run"]
 
 
-def fig_accuracy_vs_gflops(df: pd.DataFrame, plt):
-    from pipelines.pareto import fronts_by
+#: short marks of the overall front's verdicts on the accuracy figure
+VERDICT_MARKS = {"distinguishable": "sig.", "not distinguishable": "n.d.",
+                 "not testable": "n.t."}
 
-    runs = _points(df).dropna(subset=["miou", "gflops_total"])
-    if runs.empty:
+
+def _errorbars(ax, pts: pd.DataFrame, x: str, y: str, color: str, marker: str,
+               label: str | None = None, annotate: bool = True) -> None:
+    """Setting means with their 95 % intervals; a one-seed setting as a hollow marker, labelled."""
+    many = pts[pts["n_seeds"] >= 2]
+    one = pts[pts["n_seeds"] < 2]
+    if len(many):
+        yerr = [(many[y] - many[f"{y}_lo"]).fillna(0).clip(lower=0),
+                (many[f"{y}_hi"] - many[y]).fillna(0).clip(lower=0)]
+        xerr = None
+        if f"{x}_lo" in many and many[f"{x}_lo"].notna().any():
+            xerr = [(many[x] - many[f"{x}_lo"]).fillna(0).clip(lower=0),
+                    (many[f"{x}_hi"] - many[x]).fillna(0).clip(lower=0)]
+        ax.errorbar(many[x], many[y], yerr=yerr, xerr=xerr, fmt=marker, color=color, ms=6,
+                    capsize=3, elinewidth=1.0, label=label, zorder=3)
+        label = None
+    if len(one):
+        ax.scatter(one[x], one[y], marker=marker, s=40, facecolors="white", edgecolors=color,
+                   linewidths=1.2, label=label, zorder=3)
+        if annotate:
+            for _, r in one.iterrows():
+                ax.annotate(ONE_SEED, (r[x], r[y]), xytext=(4, -9), textcoords="offset points",
+                            fontsize=6, color=color)
+
+
+def fig_accuracy_vs_gflops(a: Analysis, plt):
+    settings = a.settings.dropna(subset=["miou", "gflops_total"]) if len(a.settings) else \
+        a.settings
+    if settings.empty or "miou" not in settings or "gflops_total" not in settings:
         return Skip("no runs with both miou and gflops_total")
-    fronts = fronts_by(runs)
-    fig, ax = plt.subplots(figsize=(6.4, 4.2), layout="constrained")
-    for variant in ordered_variants(runs["variant"]):
+    fronts = a.fronts
+    fig, ax = plt.subplots(figsize=(6.8, 4.6), layout="constrained")
+    annotate = len(settings) <= 10
+    for variant in ordered_variants(settings["variant"]):
         name, color, marker = variant_style(variant)
-        pts = runs[runs["variant"] == variant]
-        ax.scatter(pts["gflops_total"], pts["miou"], color=color, marker=marker, s=28,
-                   alpha=0.45, linewidths=0)
+        pts = settings[settings["variant"] == variant]
         front = fronts[fronts["front"] == variant]
-        ax.plot(front["gflops_total"], front["miou"], color=color, marker=marker, ms=6,
-                lw=1.4, drawstyle="steps-post", label=f"{name} (front)")
+        ax.plot(front["gflops_total"], front["miou"], color=color, lw=1.2, alpha=0.8,
+                drawstyle="steps-post", zorder=2)
+        _errorbars(ax, pts, "gflops_total", "miou", color, marker,
+                   label=f"{name} (mean, 95 % CI; line: front)", annotate=annotate)
     overall = fronts[fronts["front"] == "overall"]
     ax.plot(overall["gflops_total"], overall["miou"], color="black", lw=1.0, ls="--",
-            drawstyle="steps-post", label="overall Pareto front", zorder=1)
+            drawstyle="steps-post", label="overall Pareto front (on means)", zorder=1)
+    for _, r in overall.iterrows():
+        mark = VERDICT_MARKS.get(a.label(r["setting"]), "")
+        ax.annotate(mark, (r["gflops_total"], r["miou"]), xytext=(4, 5),
+                    textcoords="offset points", fontsize=7, fontweight="bold")
     knee = overall[overall["knee"]]
     if len(knee):
         k = knee.iloc[0]
-        ax.scatter([k["gflops_total"]], [k["miou"]], s=160, facecolors="none",
-                   edgecolors="black", linewidths=1.2, zorder=5,
-                   label=f"knee: {k['run_id']}")
-    ax.set_xlabel("total GFLOPs per image")
-    ax.set_ylabel("mIoU (%)")
-    ax.set_title("Accuracy vs compute (lines: Pareto front of each variant)")
-    ax.legend(loc="best", frameon=True)
+        ax.scatter([k["gflops_total"]], [k["miou"]], s=170, facecolors="none",
+                   edgecolors="black", linewidths=1.2, zorder=5, label=f"knee: {k['setting']}")
+    if (settings["n_seeds"] < 2).any():
+        ax.scatter([], [], marker="o", facecolors="white", edgecolors="grey",
+                   label=f"hollow: {ONE_SEED}")
+    ax.set_xlabel("total GFLOPs per image\n"
+                  "front points: sig. / n.d. / n.t. = distinguishable / not distinguishable / "
+                  "not testable\n(paired t-test on mIoU across seeds, α = 0.05, vs the baseline "
+                  "and every other front point)", fontsize=7)
+    ax.set_ylabel("mIoU (%), mean over seeds")
+    ax.set_title("Accuracy vs compute: settings (seeds pooled), fronts on means")
+    ax.legend(loc="best", frameon=True, fontsize=7)
     return fig
+
 
 
 def _stage_columns(df: pd.DataFrame) -> list[str]:
@@ -158,8 +197,8 @@ def _stage_columns(df: pd.DataFrame) -> list[str]:
     return sorted(cols, key=lambda c: int(pat.match(c).group(1)))
 
 
-def fig_encoder_gflops_by_schedule(df: pd.DataFrame, plt):
-    runs = _points(df)
+def fig_encoder_gflops_by_schedule(a: Analysis, plt):
+    runs = _points(a.runs)
     pro = runs[(runs["variant"] == "pro_scale")].dropna(subset=["gflops_encoder"])
     if pro.empty:
         return Skip("no PRO-SCALE runs with a tracked gflops_encoder yet")
@@ -206,10 +245,10 @@ def fig_encoder_gflops_by_schedule(df: pd.DataFrame, plt):
     return fig
 
 
-def fig_eco_m2f_exits(df: pd.DataFrame, plt):
+def fig_eco_m2f_exits(a: Analysis, plt):
     from pipelines.analysis.data import exit_histogram
 
-    runs = _points(df)
+    runs = _points(a.runs)
     eco = runs[runs["variant"] == "eco_m2f"]
     hists = [(row, exit_histogram(row)) for _, row in eco.iterrows()]
     hists = [(row, h) for row, h in hists if h]
@@ -248,49 +287,58 @@ def fig_eco_m2f_exits(df: pd.DataFrame, plt):
     return fig
 
 
-def fig_accuracy_vs_cluster_fraction(df: pd.DataFrame, plt):
-    runs = _points(df).dropna(subset=["cluster_fraction", "miou"])
-    if runs.empty:
+def fig_accuracy_vs_cluster_fraction(a: Analysis, plt):
+    settings = a.settings
+    if "cluster_fraction" not in settings or settings.empty:
+        return Skip("no runs with a cluster_fraction (AiluRus) yet")
+    settings = settings.dropna(subset=["cluster_fraction", "miou"])
+    if settings.empty:
         return Skip("no runs with a cluster_fraction (AiluRus) yet")
     fig, ax = plt.subplots(figsize=(5.2, 3.6), layout="constrained")
-    for variant in ordered_variants(runs["variant"]):
+    for variant in ordered_variants(settings["variant"]):
         name, color, marker = variant_style(variant)
-        pts = runs[runs["variant"] == variant].sort_values(["cluster_fraction", "run_id"])
-        agg = pts.groupby("cluster_fraction", sort=True)["miou"].agg(["mean", "min", "max"])
-        xs = agg.index.astype(float)
-        ax.plot(xs, agg["mean"], color=color, marker=marker, label=f"{name} (mean over seeds)")
-        ax.fill_between(xs, agg["min"], agg["max"], color=color, alpha=0.15, lw=0)
+        pts = settings[settings["variant"] == variant].sort_values(["cluster_fraction",
+                                                                     "setting"])
+        ax.plot(pts["cluster_fraction"].astype(float), pts["miou"], color=color, lw=1.0,
+                alpha=0.7)
+        _errorbars(ax, pts.assign(cluster_fraction=pts["cluster_fraction"].astype(float)),
+                   "cluster_fraction", "miou", color, marker,
+                   label=f"{name} (mean, 95 % CI)")
     ax.set_xlabel("clusters as a fraction of tokens")
-    ax.set_ylabel("mIoU (%)")
+    ax.set_ylabel("mIoU (%), mean over seeds")
     ax.set_title("Accuracy vs clustering fraction")
     ax.legend(loc="lower right")
     return fig
 
 
-def fig_latency_vs_gflops(df: pd.DataFrame, plt):
-    runs = _points(df).dropna(subset=["latency_ms", "gflops_total"])
-    if runs.empty:
+def fig_latency_vs_gflops(a: Analysis, plt):
+    settings = a.settings
+    if settings.empty or "latency_ms" not in settings:
+        return Skip("no runs with both latency_ms and gflops_total yet")
+    settings = settings.dropna(subset=["latency_ms", "gflops_total"])
+    if settings.empty:
         return Skip("no runs with both latency_ms and gflops_total yet")
     fig, ax = plt.subplots(figsize=(5.6, 4.0), layout="constrained")
-    for variant in ordered_variants(runs["variant"]):
+    for variant in ordered_variants(settings["variant"]):
         name, color, marker = variant_style(variant)
-        pts = runs[runs["variant"] == variant]
-        ax.scatter(pts["gflops_total"], pts["latency_ms"], color=color, marker=marker, s=30,
-                   label=name)
+        _errorbars(ax, settings[settings["variant"] == variant], "gflops_total", "latency_ms",
+                   color, marker, label=name, annotate=False)
     title = "Does wall clock follow FLOPs?"
-    if len(runs) >= 3:
-        rho = runs["gflops_total"].corr(runs["latency_ms"], method="spearman")
-        title += f"  (Spearman ρ = {rho:.2f}, n = {len(runs)})"
+    if len(settings) >= 3:
+        rho = settings["gflops_total"].corr(settings["latency_ms"], method="spearman")
+        title += f"  (Spearman ρ = {rho:.2f}, n = {len(settings)} settings)"
     ax.set_xlabel("total GFLOPs per image")
-    ax.set_ylabel("latency per image (ms)")
+    ax.set_ylabel("latency per image (ms), mean over seeds")
     ax.set_title(title)
     ax.legend(loc="best")
     return fig
 
 
-def fig_search_hypervolume(df: pd.DataFrame, plt):
+
+def fig_search_hypervolume(a: Analysis, plt):
     from pipelines.pareto import hypervolume, hypervolume_history, reference_point
 
+    df = a.runs
     trials = df[df["role"] == "trial"].dropna(subset=["miou", "gflops_total"])
     if trials.empty:
         return Skip("no Optuna search trials (pipelines.role=trial) yet")
@@ -325,43 +373,51 @@ FIGURES: dict[str, Callable] = {
 
 
 # --------------------------------------------------------------------------- tables
-TABLE_COLUMNS = ("front", "knee", "run_id", "variant", "setting", "miou", "gflops_total",
-                 "latency_ms", "mlflow_run_id")
+TABLE_COLUMNS = ("front", "knee", "setting", "variant", "n_seeds", "miou", "miou_lo", "miou_hi",
+                 *(f"iou.{c}{s}" for c in SMALL_CLASSES for s in ("", "_lo", "_hi")),
+                 "gflops_total", "latency_ms", "train_hours", "verdict", "vs_baseline",
+                 "not_distinct_from", "run_ids", "mlflow_run_ids", "experiment_id")
 
 
-def points_table(df: pd.DataFrame) -> pd.DataFrame:
-    """Every grid run with its setting and front memberships (``front_<name>`` columns)."""
-    from pipelines.pareto import fronts_by
+def _analysis(data) -> Analysis:
+    """An :class:`Analysis` as is, or one built (once) from a runs table."""
+    return data if isinstance(data, Analysis) else analyse(data)
 
-    runs = _points(df)
-    fronts = fronts_by(runs.dropna(subset=["miou", "gflops_total"]))
-    out = runs.assign(setting=[run_label(r) for _, r in runs.iterrows()])
+
+def points_table(data) -> pd.DataFrame:
+    """Every grid run with its setting and its setting's front memberships."""
+    a = _analysis(data)
+    runs = _points(a.runs)
+    fronts = a.fronts
     cols = ["run_id", "mlflow_run_id", "experiment_id", "variant", "setting", "schedule", "trc",
-            "lpe", "cluster_fraction", "beta", "seed", "miou", "gflops_total",
-            "gflops_encoder", "gflops_pixel_decoder", "latency_ms"]
-    out = out[cols].copy()
-    out["pareto_variant"] = out["mlflow_run_id"].isin(
-        fronts.loc[fronts["front"] != "overall", "mlflow_run_id"])
-    overall = fronts[fronts["front"] == "overall"]
-    out["pareto_overall"] = out["mlflow_run_id"].isin(overall["mlflow_run_id"])
-    out["knee_overall"] = out["mlflow_run_id"].isin(overall.loc[overall["knee"], "mlflow_run_id"])
-    return out.sort_values(["variant", "gflops_total", "run_id"], kind="stable",
-                           na_position="last").reset_index(drop=True)
+            "lpe", "cluster_fraction", "beta", "seed", "miou",
+            *(f"iou.{c}" for c in SMALL_CLASSES), "gflops_total", "gflops_encoder",
+            "gflops_pixel_decoder", "latency_ms", "train_time_s"]
+    out = runs.reindex(columns=cols).copy()
+    variant_fronts = set(fronts.loc[fronts["front"] != "overall", "setting"]) if len(fronts) \
+        else set()
+    overall = fronts[fronts["front"] == "overall"] if len(fronts) else fronts
+    out["pareto_variant"] = out["setting"].isin(variant_fronts)
+    out["pareto_overall"] = out["setting"].isin(set(overall["setting"]) if len(overall) else [])
+    knees = set(overall.loc[overall["knee"], "setting"]) if len(overall) else set()
+    out["knee_overall"] = out["setting"].isin(knees)
+    return out.sort_values(["variant", "gflops_total", "setting", "seed", "run_id"],
+                           kind="stable", na_position="last").reset_index(drop=True)
 
 
-def pareto_table(df: pd.DataFrame) -> pd.DataFrame:
-    """The points of every front (overall first, then per variant), with run ids."""
-    from pipelines.pareto import fronts_by
-
-    runs = _points(df).dropna(subset=["miou", "gflops_total"])
-    fronts = fronts_by(runs)
-    if fronts.empty:
+def pareto_table(data) -> pd.DataFrame:
+    """The settings on every front (overall first, then per variant), means and intervals."""
+    a = _analysis(data)
+    if a.fronts.empty:
         return pd.DataFrame(columns=list(TABLE_COLUMNS))
-    fronts = fronts.assign(setting=[run_label(r) for _, r in fronts.iterrows()])
+    fronts = a.fronts[["front", "knee", "setting"]].merge(a.settings, on="setting", how="left")
+    fronts = fronts.merge(a.verdicts, on="setting", how="left")
+    other = fronts["front"] != "overall"
+    fronts.loc[other, ["verdict", "vs_baseline", "not_distinct_from"]] = ""
     order = {name: i for i, name in enumerate(["overall", *VARIANTS])}
     fronts = fronts.assign(_o=fronts["front"].map(lambda f: order.get(f, len(order))))
-    fronts = fronts.sort_values(["_o", "front", "gflops_total", "run_id"], kind="stable")
-    return fronts[list(TABLE_COLUMNS)].reset_index(drop=True)
+    fronts = fronts.sort_values(["_o", "front", "gflops_total", "setting"], kind="stable")
+    return fronts.reindex(columns=list(TABLE_COLUMNS)).reset_index(drop=True)
 
 
 def _fmt(value, digits: int = 2) -> str:
@@ -374,15 +430,41 @@ def _fmt(value, digits: int = 2) -> str:
     return str(value)
 
 
+def fmt_interval(row, metric: str, digits: int = 2) -> str:
+    """``mean [lo, hi]``, or ``mean (1 seed, no interval)``, or ``–``."""
+    mean = row.get(metric, None)
+    if mean is None or mean is pd.NA or (isinstance(mean, float) and mean != mean):
+        return "–"
+    lo, hi = row.get(f"{metric}_lo", None), row.get(f"{metric}_hi", None)
+    if lo is None or lo is pd.NA or (isinstance(lo, float) and lo != lo):
+        return f"{mean:.{digits}f} ({ONE_SEED})"
+    return f"{mean:.{digits}f} [{lo:.{digits}f}, {hi:.{digits}f}]"
+
+
+TABLE_HEAD = ("front", "knee", "setting", "seeds", "mIoU (%) [95 % CI]",
+              *(f"IoU {c} (%)" for c in SMALL_CLASSES), "GFLOPs", "latency (ms)",
+              "train hours", "front verdict", "vs baseline", "MLflow run ids")
+
+
+def _table_cells(r) -> list[str]:
+    ids = " ".join(json.loads(r["mlflow_run_ids"])) if isinstance(r["mlflow_run_ids"], str) \
+        else ""
+    return [r["front"], "★" if r["knee"] else "", r["setting"], _fmt(r["n_seeds"]),
+            fmt_interval(r, "miou"), *(fmt_interval(r, f"iou.{c}") for c in SMALL_CLASSES),
+            _fmt(r["gflops_total"], 3), _fmt(r["latency_ms"], 1), _fmt(r["train_hours"], 3),
+            _fmt(r["verdict"]) if isinstance(r["verdict"], str) else "",
+            r["vs_baseline"] if isinstance(r["vs_baseline"], str) else "", ids]
+
+
 def table_markdown(table: pd.DataFrame) -> str:
-    head = ["front", "knee", "run id", "setting", "mIoU (%)", "GFLOPs", "latency (ms)",
-            "MLflow run id"]
-    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    lines = ["| " + " | ".join(TABLE_HEAD) + " |", "|" + "---|" * len(TABLE_HEAD)]
     for _, r in table.iterrows():
-        cells = [r["front"], "★" if r["knee"] else "", f"`{r['run_id']}`", r["setting"],
-                 _fmt(r["miou"]), _fmt(r["gflops_total"], 3), _fmt(r["latency_ms"], 1),
-                 f"`{r['mlflow_run_id']}`"]
+        cells = _table_cells(r)
+        cells[-1] = " ".join(f"`{i}`" for i in cells[-1].split())
         lines.append("| " + " | ".join(str(c).replace("|", "\\|") for c in cells) + " |")
+    lines += ["", f"Means over seeds; interval: {INTERVAL_NAME}. Fronts on the means. "
+              f"Front verdict (overall front): {TEST_NAME}. Train hours: sum of the seeds' "
+              "training wall time (CPU-hours on the CPU)."]
     return "\n".join(lines) + "\n"
 
 
@@ -392,16 +474,17 @@ def _tex(text) -> str:
     for ch in str(text):
         out.append({"\\": r"\textbackslash{}", "_": r"\_", "%": r"\%", "&": r"\&",
                     "#": r"\#", "$": r"\$", "{": r"\{", "}": r"\}", "~": r"\~{}",
-                    "^": r"\^{}", "β": r"$\beta$", "–": "--"}.get(ch, ch))
+                    "^": r"\^{}", "β": r"$\beta$", "–": "--", "★": r"$\star$",
+                    "Δ": r"$\Delta$", "α": r"$\alpha$"}.get(ch, ch))
     return "".join(out)
 
 
 def table_latex(table: pd.DataFrame) -> str:
     lines = [
         "% generated by `python -m pipelines figures`; do not edit",
-        r"\begin{tabular}{llllrrrl}",
+        r"\begin{tabular}{" + "l" * 4 + "r" * (len(TABLE_HEAD) - 7) + "lll}",
         r"\toprule",
-        r"front & knee & run id & setting & mIoU (\%) & GFLOPs & latency (ms) & MLflow run id \\",
+        " & ".join(_tex(h) for h in TABLE_HEAD) + r" \\",
         r"\midrule",
     ]
     previous = None
@@ -409,13 +492,12 @@ def table_latex(table: pd.DataFrame) -> str:
         if previous is not None and r["front"] != previous:
             lines.append(r"\midrule")
         previous = r["front"]
-        cells = [_tex(r["front"]), r"$\star$" if r["knee"] else "",
-                 r"\texttt{" + _tex(r["run_id"]) + "}", _tex(r["setting"]),
-                 _fmt(r["miou"]), _fmt(r["gflops_total"], 3), _tex(_fmt(r["latency_ms"], 1)),
-                 r"\texttt{" + _tex(r["mlflow_run_id"]) + "}"]
+        cells = [_tex(c) for c in _table_cells(r)]
+        cells[-1] = " ".join(r"\texttt{" + i + "}" for i in cells[-1].split())
         lines.append(" & ".join(cells) + r" \\")
-    lines += [r"\bottomrule", r"\end{tabular}", ""]
+    lines += [r"\bottomrule", r"\end{tabular}", "% " + _tex(TEST_NAME), ""]
     return "\n".join(lines)
+
 
 
 # --------------------------------------------------------------------------- rendering
@@ -428,13 +510,15 @@ def _pyplot():
     return matplotlib, plt
 
 
-def draw(name: str, df: pd.DataFrame):
-    """Draw one figure under the pinned style; returns a Figure or a :class:`Skip`."""
+def draw(name: str, data):
+    """Draw one figure under the pinned style from a runs table or an :class:`Analysis`;
+    returns a Figure or a :class:`Skip`."""
+    a = _analysis(data)
     matplotlib, plt = _pyplot()
     with matplotlib.rc_context():
         matplotlib.rcdefaults()
         matplotlib.rcParams.update(STYLE)
-        return FIGURES[name](df, plt)
+        return FIGURES[name](a, plt)
 
 
 def save(fig, stem: Path) -> list[Path]:
@@ -471,21 +555,24 @@ def _write_text(path: Path, text: str) -> None:
     tmp.replace(path)
 
 
-def render_all(df: pd.DataFrame, out: str | os.PathLike, log=print) -> dict:
-    """Write every figure, the Pareto tables, ``points.csv`` and ``runs.csv`` into ``out``.
+def render_all(df, out: str | os.PathLike, log=print) -> dict:
+    """Write every figure, the Pareto tables, ``points.csv``, ``settings.csv`` and ``runs.csv``.
 
-    Returns the manifest also written as ``figures.json``:
-    ``{"figures": {name: [files]}, "skipped": {name: reason}, "tables": [files], "runs": n}``.
+    ``df`` is a runs table or an :class:`~pipelines.analysis.settings.Analysis` of one (built
+    once here otherwise). Returns the manifest also written as ``figures.json``:
+    ``{"figures": {name: [files]}, "skipped": {name: reason}, "tables": [files], "runs": n,
+    "settings": n}``.
     """
-    from pipelines.analysis.data import tidy_runs, write_runs_csv
+    from pipelines.analysis.data import write_runs_csv
     from pipelines.config import ensure_writable_dir
 
     out = ensure_writable_dir(out, "figures folder")
-    df = tidy_runs(df)
+    a = _analysis(df)
     os.environ.setdefault("SOURCE_DATE_EPOCH", "0")
-    manifest: dict = {"figures": {}, "skipped": {}, "tables": [], "runs": int(len(df))}
+    manifest: dict = {"figures": {}, "skipped": {}, "tables": [], "runs": int(len(a.runs)),
+                      "settings": int(len(a.settings))}
     for name in FIGURES:
-        result = draw(name, df)
+        result = draw(name, a)
         if isinstance(result, Skip):
             manifest["skipped"][name] = result.reason
             for fmt in FORMATS:
@@ -495,15 +582,19 @@ def render_all(df: pd.DataFrame, out: str | os.PathLike, log=print) -> dict:
         files = save(result, out / name)
         manifest["figures"][name] = [p.name for p in files]
         log(f"wrote {name}: " + ", ".join(str(p) for p in files))
-    table = pareto_table(df)
+    table = pareto_table(a)
     _write_text(out / "pareto_points.md", table_markdown(table))
     _write_text(out / "pareto_points.tex", table_latex(table))
-    points_table(df).to_csv(out / "points.csv", index=False, float_format="%.10g",
-                            lineterminator="\n")
-    write_runs_csv(df, out / "runs.csv")
-    manifest["tables"] = ["pareto_points.md", "pareto_points.tex", "points.csv", "runs.csv"]
+    points_table(a).to_csv(out / "points.csv", index=False, float_format="%.10g",
+                           lineterminator="\n")
+    a.settings.to_csv(out / "settings.csv", index=False, float_format="%.10g",
+                      lineterminator="\n")
+    write_runs_csv(a.runs.drop(columns="setting"), out / "runs.csv")
+    manifest["tables"] = ["pareto_points.md", "pareto_points.tex", "points.csv", "settings.csv",
+                          "runs.csv"]
     _write_text(out / "figures.json", json.dumps(manifest, indent=2, sort_keys=True) + "\n")
-    log(f"wrote Pareto table ({len(table)} front points) and points.csv -> {out}")
+    log(f"wrote Pareto table ({len(table)} front points of {len(a.settings)} settings), "
+        f"points.csv and settings.csv -> {out}")
     return manifest
 
 

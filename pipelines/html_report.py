@@ -55,52 +55,105 @@ def _cell(value, digits: int = 2) -> tuple[str, bool]:
     return html.escape(str(value)), False
 
 
-def _table(rows: pd.DataFrame, columns: list[tuple[str, str]], ui: str,
-           knee_col: str | None = None) -> str:
-    head = "".join(f"<th>{html.escape(title)}</th>" for _, title in columns)
-    out = [f"<table><thead><tr>{head}</tr></thead><tbody>"]
+def _links(ui: str, r) -> str:
+    """One MLflow link per seed of a setting (``seed 0``, ``seed 1``...)."""
+    import json
+
+    ids = json.loads(r["mlflow_run_ids"]) if isinstance(r["mlflow_run_ids"], str) else []
+    seeds = str(r.get("seeds", "") or "").split()
+    out = []
+    for i, mlflow_id in enumerate(ids):
+        name = f"seed {seeds[i]}" if i < len(seeds) else str(mlflow_id)[:8]
+        url = html.escape(run_url(ui, r["experiment_id"], mlflow_id))
+        out.append(f'<a class="run" href="{url}" title="{html.escape(str(mlflow_id))}">'
+                   f"{html.escape(name)}</a>")
+    return " ".join(out)
+
+
+def _settings_table(rows: pd.DataFrame, ui: str, front: bool) -> str:
+    """Settings (seeds pooled): mean [95 % CI], small-object IoU, cost, hours, run links."""
+    from pipelines.data.synthetic import SMALL_CLASSES
+    from pipelines.figures import fmt_interval
+
+    head = (["front", "knee"] if front else []) + [
+        "setting", "seeds", "mIoU (%) [95 % CI]", *(f"IoU {c} (%)" for c in SMALL_CLASSES),
+        "GFLOPs", "latency (ms)", "train hours"] + (
+        ["front verdict", "vs baseline", "not distinguishable from"] if front
+        else ["on overall front"]) + ["MLflow runs"]
+    out = ["<table><thead><tr>" + "".join(f"<th>{html.escape(h)}</th>" for h in head)
+           + "</tr></thead><tbody>"]
     for _, r in rows.iterrows():
-        cls = ' class="knee"' if knee_col and bool(r.get(knee_col, False)) else ""
+        knee = bool(r.get("knee", False)) if front else False
         cells = []
-        for col, _ in columns:
-            if col == "mlflow_link":
-                url = html.escape(run_url(ui, r["experiment_id"], r["mlflow_run_id"]))
-                cells.append(f'<td><a href="{url}"><code>{html.escape(str(r["mlflow_run_id"]))}'
-                             f"</code></a></td>")
-                continue
-            text, num = _cell(r[col], 3 if col.startswith("gflops") else 2)
-            if col == "knee":
-                text, num = ("★" if bool(r[col]) else ""), False
-            cells.append(f'<td class="num">{text}</td>' if num else f"<td>{text}</td>")
-        out.append(f"<tr{cls}>{''.join(cells)}</tr>")
+        if front:
+            cells += [html.escape(str(r["front"])), "★" if knee else ""]
+        cells += [html.escape(str(r["setting"])), _cell(r["n_seeds"])[0],
+                  html.escape(fmt_interval(r, "miou")),
+                  *(html.escape(fmt_interval(r, f"iou.{c}")) for c in SMALL_CLASSES),
+                  _cell(r["gflops_total"], 3)[0], _cell(r.get("latency_ms"), 1)[0],
+                  _cell(r.get("train_hours"), 3)[0]]
+        if front:
+            cells += [html.escape(str(r.get("verdict") or "")),
+                      html.escape(str(r.get("vs_baseline") or "")),
+                      html.escape(str(r.get("not_distinct_from") or ""))]
+        else:
+            cells.append("yes" if bool(r.get("on_front", False)) else "")
+        cells.append(_links(ui, r))
+        cls = ' class="knee"' if knee else ""
+        out.append(f"<tr{cls}>" + "".join(f"<td>{c}</td>" for c in cells) + "</tr>")
     out.append("</tbody></table>")
     return "\n".join(out)
 
 
 def build_report(df: pd.DataFrame, out: str | os.PathLike, ui: str = DEFAULT_UI,
                  title: str | None = None, log=print) -> Path:
-    """Draw the figures into ``out/figures`` and write ``out/index.html``; returns the page."""
-    from pipelines.analysis.data import PARAMS, tidy_runs
+    """Draw the figures into ``out/figures`` and write ``out/index.html``; returns the page.
+
+    The runs are grouped into settings once (:func:`pipelines.analysis.settings.analyse`); the
+    page lists settings (mean and interval over seeds, one MLflow link per seed), not runs, so
+    it stays readable with thousands of runs; MLflow holds the per-run detail.
+    """
+    from pipelines.analysis.settings import (DETERMINISM, INTERVAL_NAME, ONE_SEED, TEST_NAME,
+                                             analyse)
     from pipelines.config import ensure_writable_dir
-    from pipelines.figures import FIGURES, pareto_table, points_table, render_all
+    from pipelines.figures import FIGURES, pareto_table, render_all
 
     out = ensure_writable_dir(out, "report folder")
-    df = tidy_runs(df)
-    manifest = render_all(df, out / "figures", log=log)
-    name = title or (str(df["experiment"].dropna().iloc[0]) if df["experiment"].notna().any()
+    a = analyse(df)
+    manifest = render_all(a, out / "figures", log=log)
+    runs = a.runs
+    name = title or (str(runs["experiment"].dropna().iloc[0]) if runs["experiment"].notna().any()
                      else "ablation")
-    ids = df[["mlflow_run_id", "experiment_id"]].drop_duplicates()
-    pareto = pareto_table(df).merge(ids, on="mlflow_run_id", how="left")
-    points = points_table(df)
+    pareto = pareto_table(a)
+    grid = runs[runs["role"] == "run"]
+    exp_ids = sorted({str(e) for e in runs["experiment_id"].dropna()})
+    exp_links = ", ".join(f'<a href="{html.escape(ui.rstrip("/"))}/#/experiments/{html.escape(e)}">'
+                          f"experiment {html.escape(e)}</a>" for e in exp_ids)
+    overall = set(a.fronts.loc[a.fronts["front"] == "overall", "setting"]) if len(a.fronts) \
+        else set()
+    hours = a.settings["train_hours"].sum() if "train_hours" in a.settings else float("nan")
     body = [f"<h1>Ablation report: {html.escape(name)}</h1>",
-            f"<p>{int((df['role'] == 'run').sum())} grid runs, "
-            f"{int((df['role'] == 'trial').sum())} search trials. Objectives: maximise "
-            "<code>miou</code> (%), minimise <code>gflops_total</code> (GFLOPs per image). "
-            "Knee point (★): the front point farthest from the chord between the front's "
-            "extremes, both objectives min-max normalised. Tables: "
+            f"<p>{len(grid)} grid runs in {len(a.settings)} settings "
+            f"(a setting: the runs that differ only by their seed), "
+            f"{int((runs['role'] == 'trial').sum())} search trials; "
+            f"{_cell(hours, 3)[0]} training hours in all (CPU-hours on the CPU). "
+            "Objectives: maximise <code>miou</code> (%), minimise <code>gflops_total</code> "
+            "(GFLOPs per image). Every number is the <b>mean over seeds</b> with its "
+            f"{html.escape(INTERVAL_NAME)}; a setting with one seed shows "
+            f"\u201c{ONE_SEED}\u201d. The Pareto fronts are computed on the means. Knee point "
+            "(★): the front point farthest from the chord between the front's extremes, both "
+            "objectives min-max normalised.</p>",
+            f"<p><b>Front verdicts</b>: {html.escape(TEST_NAME)}. A point is "
+            "<i>distinguishable</i> when it differs from the baseline and from every other point "
+            "of the overall front, <i>not distinguishable</i> when some test does not separate "
+            "it, <i>not testable</i> with fewer than two seeds in common.</p>",
+            f"<p>{html.escape(DETERMINISM)}</p>",
+            "<p>Tables: "
             '<a href="figures/pareto_points.md">Markdown</a>, '
             '<a href="figures/pareto_points.tex">LaTeX</a>, '
-            '<a href="figures/points.csv">all points (CSV)</a>.</p>',
+            '<a href="figures/settings.csv">settings (CSV)</a>, '
+            '<a href="figures/points.csv">all runs (CSV)</a>'
+            + (f"; every run in MLflow: {exp_links}" if exp_links else "") + ".</p>",
             "<h2>Figures</h2>"]
     for fig in FIGURES:
         if fig in manifest["figures"]:
@@ -110,20 +163,12 @@ def build_report(df: pd.DataFrame, out: str | os.PathLike, ui: str = DEFAULT_UI,
         else:
             reason = html.escape(manifest["skipped"].get(fig, ""))
             body.append(f'<p class="skip">Skipped <code>{fig}</code>: {reason}.</p>')
-    body.append("<h2>Pareto points</h2>")
-    body.append(_table(pareto, [("front", "front"), ("knee", "knee"), ("run_id", "run id"),
-                                ("setting", "setting"), ("miou", "mIoU (%)"),
-                                ("gflops_total", "GFLOPs"), ("latency_ms", "latency (ms)"),
-                                ("mlflow_link", "MLflow run")], ui, knee_col="knee"))
-    body.append("<h2>All runs</h2>")
-    params = [p for p in PARAMS if p not in ("config",) and points.get(p) is not None]
-    cols = [("run_id", "run id"), ("variant", "variant")]
-    cols += [(p, p) for p in params if p in points.columns and p != "variant"]
-    cols += [("miou", "mIoU (%)"), ("gflops_total", "GFLOPs"),
-             ("gflops_encoder", "encoder GFLOPs"), ("latency_ms", "latency (ms)"),
-             ("pareto_overall", "on overall front"), ("mlflow_link", "MLflow run")]
-    body.append(_table(points, cols, ui, knee_col="knee_overall"))
-    configs = sorted({str(c) for c in df["config"].dropna() if str(c)})
+    body.append("<h2>Pareto points (settings)</h2>")
+    body.append(_settings_table(pareto, ui, front=True))
+    body.append("<h2>All settings</h2>")
+    body.append(_settings_table(a.settings.assign(on_front=a.settings["setting"].isin(overall))
+                                if len(a.settings) else a.settings, ui, front=False))
+    configs = sorted({str(c) for c in runs["config"].dropna() if str(c)})
     if configs:
         body.append("<h2>Model configs</h2><ul>"
                     + "".join(f"<li><code>{html.escape(c)}</code></li>" for c in configs)

@@ -41,6 +41,8 @@ CLASSES = (
     "small_blob",
     "small_stripes",
 )
+#: the classes that only a model keeping fine tokens can tell apart (reported next to mIoU)
+SMALL_CLASSES = ("small_blob", "small_stripes")
 PALETTE = (
     (0, 0, 0),
     (230, 25, 75),

@@ -58,24 +58,34 @@ def test_no_dates_or_versions_in_metadata(rendered):
     assert b"Software" not in png and b"matplotlib" not in png.lower()
 
 
-def test_every_pareto_point_traceable_to_its_run(rendered, runs):
+def test_every_pareto_point_traceable_to_its_runs(rendered, runs):
     ids = set(runs["mlflow_run_id"])
     with open(rendered[0] / "points.csv", newline="") as fh:
         points = list(csv.DictReader(fh))
     assert len(points) == int((runs["role"] == "run").sum())
-    assert all(p["run_id"] and p["mlflow_run_id"] in ids for p in points)
+    assert all(p["run_id"] and p["setting"] and p["mlflow_run_id"] in ids for p in points)
     on_front = [p for p in points if p["pareto_overall"] == "True"]
-    assert on_front and sum(p["knee_overall"] == "True" for p in points) == 1
+    knees = {p["setting"] for p in points if p["knee_overall"] == "True"}
+    assert on_front and len(knees) == 1
     table = figures.pareto_table(runs)
     assert set(table["front"]) == {"overall", *runs.loc[runs["role"] == "run", "variant"]}
-    assert table["mlflow_run_id"].isin(ids).all() and table["run_id"].str.len().gt(0).all()
+    members = [i for text in table["mlflow_run_ids"] for i in json.loads(text)]
+    assert set(members) <= ids and table["setting"].str.len().gt(0).all()
     md = (rendered[0] / "pareto_points.md").read_text()
     tex = (rendered[0] / "pareto_points.tex").read_text()
-    for mlflow_id in table["mlflow_run_id"]:
+    for mlflow_id in members:
         assert f"`{mlflow_id}`" in md and mlflow_id in tex
-    assert md.count("\n") == len(table) + 2
-    assert {p["mlflow_run_id"] for p in on_front} == set(
-        table.loc[table["front"] == "overall", "mlflow_run_id"])
+    assert md.count("\n") == len(table) + 4  # header, rule, rows, blank line, the note
+    assert "paired t-test" in md and "Student t" in md
+    overall = table[table["front"] == "overall"]
+    assert {p["setting"] for p in on_front} == set(overall["setting"])
+    # every overall front point carries a verdict of the named test
+    assert overall["verdict"].isin(["distinguishable", "not distinguishable",
+                                    "not testable"]).all()
+    # the two-seed baseline is pooled into one setting with an interval
+    settings = pd.read_csv(rendered[0] / "settings.csv")
+    base = settings[settings["variant"] == "baseline"].iloc[0]
+    assert base["n_seeds"] == 2 and base["miou_lo"] < base["miou"] < base["miou_hi"]
 
 
 def test_missing_variants_are_skipped_with_a_note(runs, rendered, tmp_path):

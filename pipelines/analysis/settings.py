@@ -1,0 +1,289 @@
+"""Seeds -> settings: replicate statistics, fronts on means and paired tests, computed once.
+
+The analysis is one way (``docs/architecture.md``): the tidy runs table of
+:mod:`pipelines.analysis.data` -> :func:`analyse` -> an :class:`Analysis` holding
+
+* ``runs``: the tidy table with a ``setting`` column added (grid runs and search trials);
+* ``settings``: one row per *setting*, i.e. per group of grid runs that differ only by their seed
+  (group key: the variant plus every axis of the run except ``seed``, read from the run's
+  ``axes`` column). For every metric ``m`` it has the mean ``m``, the sample standard deviation
+  ``m_std`` and a two-sided 95 % Student-t confidence interval ``[m_lo, m_hi]``
+  (``mean +/- t(0.975, n-1) * std / sqrt(n)``; NaN when fewer than two seeds have the metric);
+  ``n_seeds``, the seeds, the member runs, and ``train_hours`` (sum of the runs' training wall
+  time: CPU-hours on the CPU, GPU-hours on one GPU per training);
+* ``fronts``: the Pareto fronts (per variant and overall) computed **once, on the means**
+  (:func:`pipelines.pareto.fronts_by`);
+* ``verdicts``: for every point of the overall front, paired tests of its mIoU against the
+  baseline setting and against every other front point (:data:`TEST_NAME`).
+
+Every figure, table and report is drawn from one :class:`Analysis`; none loads runs or computes a
+front again.
+"""
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+
+from pipelines import contract
+from pipelines.analysis.data import AXES_COLUMN
+
+CONFIDENCE = 0.95
+ALPHA = 0.05
+INTERVAL_NAME = "95 % confidence interval of the mean, Student t with n - 1 degrees of freedom"
+TEST_NAME = ("paired t-test on mIoU across seeds (scipy.stats.ttest_rel, two-sided, "
+             f"alpha = {ALPHA:g}, runs paired by seed, no multiple-comparison correction)")
+ONE_SEED = "1 seed, no interval"
+BASELINE = "baseline"
+
+DISTINCT, NOT_DISTINCT, NOT_TESTABLE = "distinguishable", "not distinguishable", "not testable"
+
+#: what is bit-for-bit reproducible for one seed (shown in the reports)
+DETERMINISM = (
+    "Determinism: on the CPU, two trainings with the same seed, config and data give identical "
+    "weights and metrics (tested: tests/workflow/test_determinism.py; mmengine's "
+    "randomness.seed seeds Python, numpy and torch, data-loader workers are seeded from it). "
+    "FLOPs are traced from the model and do not depend on the seed. Latency is a measurement and "
+    "varies with machine load. On a GPU, cuDNN autotuning and atomic adds (mmcv's deformable "
+    "attention backward, scatter/index_add) make trainings differ in the last bits unless "
+    "randomness.deterministic=True is set, which costs speed and still leaves mmcv's CUDA "
+    "deformable-attention backward non-deterministic; treat GPU replicates as seeds that differ.")
+
+
+def row_axis_names(row) -> list[str]:
+    """A run's axis names (its ``axes`` column; for a table recorded before runs listed their
+    axes, every declared param with a value but the fixed ones)."""
+    from pipelines.analysis.data import PARAMS
+
+    names = json.loads(str(row.get(AXES_COLUMN) or "[]") or "[]")
+    if names:
+        return names
+    fixed = {*contract.FIXED_PARAMS, contract.SEED}
+    return [n for n in PARAMS if n not in fixed and n in row and not _missing(row[n])]
+
+
+def _missing(value) -> bool:
+    return value is None or value is pd.NA or value == "" or (
+        isinstance(value, float) and math.isnan(value))
+
+
+def setting_key(row) -> str:
+    """Stable key of a run's setting: its variant and every axis value but the seed (JSON)."""
+    names = row_axis_names(row)
+    values = {}
+    for name in names:
+        if name == contract.SEED:
+            continue
+        value = row.get(name, None)
+        if _missing(value):
+            value = None
+        elif hasattr(value, "item"):
+            value = value.item()
+        values[name] = value
+    return json.dumps([str(row["variant"]), values], sort_keys=True, default=str)
+
+
+def metric_columns(df: pd.DataFrame) -> list[str]:
+    """Numeric result columns summarised per setting (mIoU, per-class IoU, GFLOPs, times...)."""
+    cols = []
+    for col in df.columns:
+        if col == contract.TRIAL_NUMBER:
+            continue
+        if col in contract.METRICS or col.startswith(
+                (contract.IOU_PREFIX, "gflops_", "latency_")) or col == "params":
+            if pd.api.types.is_numeric_dtype(df[col]):
+                cols.append(col)
+    return cols
+
+
+def interval(values) -> tuple[float, float, float, float, int]:
+    """``(mean, std, lo, hi, n)`` of the finite values (Student t, :data:`CONFIDENCE`)."""
+    from scipy import stats
+
+    x = np.asarray([v for v in values if v is not None and np.isfinite(v)], dtype=float)
+    n = len(x)
+    if n == 0:
+        return (math.nan, math.nan, math.nan, math.nan, 0)
+    mean = float(x.mean())
+    if n < 2:
+        return (mean, math.nan, math.nan, math.nan, n)
+    std = float(x.std(ddof=1))
+    half = float(stats.t.ppf(0.5 + CONFIDENCE / 2, n - 1)) * std / math.sqrt(n)
+    return (mean, std, mean - half, mean + half, n)
+
+
+def summarise_settings(runs: pd.DataFrame) -> pd.DataFrame:
+    """One row per setting of the grid runs in ``runs`` (which carry a ``setting`` column)."""
+    from pipelines.figures import ordered_variants
+
+    grid = runs[runs["role"] == contract.ROLE_RUN]
+    metrics = metric_columns(grid)
+    axis_cols = [c for c in _axis_columns(grid) if c != contract.SEED]
+    rows = []
+    for key, group in grid.groupby("_setting_key", sort=False):
+        group = group.sort_values([contract.SEED, "run_id"], kind="stable", na_position="last")
+        first = group.iloc[0]
+        seeds = [int(s) for s in group[contract.SEED].dropna()]
+        row = {"setting": first["setting"], "variant": first["variant"],
+               "setting_key": key, "n_seeds": int(len(group)),
+               "seeds": " ".join(str(s) for s in seeds),
+               "run_ids": json.dumps(list(group["run_id"])),
+               "mlflow_run_ids": json.dumps(list(group["mlflow_run_id"])),
+               "experiment_id": first["experiment_id"], "experiment": first["experiment"],
+               "config": first.get("config", pd.NA), AXES_COLUMN: first[AXES_COLUMN]}
+        for col in axis_cols:
+            row[col] = first[col]
+        for col in metrics:
+            mean, std, lo, hi, _ = interval(group[col].to_numpy(dtype=float, na_value=np.nan))
+            row.update({col: mean, f"{col}_std": std, f"{col}_lo": lo, f"{col}_hi": hi})
+        times = group[contract.TRAIN_TIME_S].dropna() if contract.TRAIN_TIME_S in group else []
+        row["train_hours"] = float(sum(times)) / 3600.0 if len(times) else math.nan
+        rows.append(row)
+    out = pd.DataFrame(rows)
+    if out.empty:
+        return pd.DataFrame(columns=["setting", "variant", "setting_key", "n_seeds", "miou",
+                                     "gflops_total", "train_hours"])
+    order = {v: i for i, v in enumerate(ordered_variants(out["variant"]))}
+    out = out.assign(_o=out["variant"].map(order))
+    sort = ["_o"] + (["gflops_total"] if "gflops_total" in out else []) + ["setting"]
+    return out.sort_values(sort, kind="stable", na_position="last").drop(
+        columns="_o").reset_index(drop=True)
+
+
+def _axis_columns(df: pd.DataFrame) -> list[str]:
+    from pipelines.analysis.data import axis_names
+
+    return [c for c in axis_names(df) if c in df.columns]
+
+
+@dataclass(frozen=True)
+class PairedTest:
+    """Outcome of :func:`paired_test` (``p_value`` NaN when not testable)."""
+
+    verdict: str
+    n_pairs: int
+    mean_diff: float
+    p_value: float
+
+    def text(self) -> str:
+        if self.verdict == NOT_TESTABLE:
+            return f"{NOT_TESTABLE} ({self.n_pairs} paired seed{'s' * (self.n_pairs != 1)})"
+        return f"{self.verdict} (Δ {self.mean_diff:+.2f}, p = {self.p_value:.3f}, " \
+               f"n = {self.n_pairs})"
+
+
+def paired_test(runs: pd.DataFrame, a: str, b: str, metric: str = contract.MIOU) -> PairedTest:
+    """Paired t-test of ``metric`` between settings ``a`` and ``b``, runs matched by seed.
+
+    Returns a :class:`PairedTest` whose verdict is :data:`NOT_TESTABLE` with fewer than two seeds
+    present in both settings. Identical differences on every seed (zero spread) are
+    distinguishable unless they are all zero.
+    """
+    from scipy import stats
+
+    grid = runs[runs["role"] == contract.ROLE_RUN]
+
+    def by_seed(name):
+        part = grid[grid["setting"] == name].dropna(subset=[contract.SEED, metric])
+        return part.groupby(contract.SEED)[metric].mean()
+
+    xa, xb = by_seed(a), by_seed(b)
+    common = sorted(set(xa.index) & set(xb.index))
+    n = len(common)
+    if n < 2:
+        return PairedTest(NOT_TESTABLE, n, math.nan, math.nan)
+    da = xa.loc[common].to_numpy(dtype=float)
+    db = xb.loc[common].to_numpy(dtype=float)
+    diff = da - db
+    mean_diff = float(diff.mean())
+    if np.allclose(diff, diff[0], rtol=0, atol=1e-12):
+        p = 1.0 if abs(diff[0]) <= 1e-12 else 0.0
+    else:
+        p = float(stats.ttest_rel(da, db).pvalue)
+    return PairedTest(DISTINCT if p < ALPHA else NOT_DISTINCT, n, mean_diff, p)
+
+
+def front_verdicts(runs: pd.DataFrame, settings: pd.DataFrame,
+                   fronts: pd.DataFrame) -> pd.DataFrame:
+    """Per point of the overall front: tests against the baseline and the other front points.
+
+    Columns: ``setting``, ``vs_baseline`` (text), ``not_distinct_from`` /
+    ``not_testable_with`` (settings, ``; ``-joined) and ``verdict``: :data:`DISTINCT` when every
+    test says so, :data:`NOT_DISTINCT` when any test does not separate it, else
+    :data:`NOT_TESTABLE`.
+    """
+    overall = fronts[fronts["front"] == "overall"] if len(fronts) else fronts
+    names = list(overall["setting"]) if len(overall) else []
+    baselines = settings.loc[settings["variant"] == BASELINE, "setting"].tolist()
+    base = baselines[0] if baselines else None
+    rows = []
+    for name in names:
+        tests = {}
+        if base is not None and name != base:
+            tests[base] = paired_test(runs, name, base)
+        for other in names:
+            if other != name:
+                tests[other] = paired_test(runs, name, other)
+        vs_base = tests[base].text() if base in tests else (
+            "is the baseline" if name == base else "no baseline run")
+        nd = [o for o, t in tests.items() if t.verdict == NOT_DISTINCT]
+        nt = [o for o, t in tests.items() if t.verdict == NOT_TESTABLE]
+        if nd:
+            verdict = NOT_DISTINCT
+        elif nt or not tests:
+            verdict = NOT_TESTABLE
+        else:
+            verdict = DISTINCT
+        rows.append({"setting": name, "verdict": verdict, "vs_baseline": vs_base,
+                     "not_distinct_from": "; ".join(nd), "not_testable_with": "; ".join(nt)})
+    return pd.DataFrame(rows, columns=["setting", "verdict", "vs_baseline",
+                                       "not_distinct_from", "not_testable_with"])
+
+
+@dataclass(frozen=True)
+class Analysis:
+    """Everything the figures and reports draw from (see the module docstring)."""
+
+    runs: pd.DataFrame
+    settings: pd.DataFrame
+    fronts: pd.DataFrame
+    verdicts: pd.DataFrame
+
+    def label(self, setting: str) -> str:
+        """The setting's front verdict (empty when it is not on the overall front)."""
+        hit = self.verdicts.loc[self.verdicts["setting"] == setting, "verdict"]
+        return str(hit.iloc[0]) if len(hit) else ""
+
+
+def analyse(df: pd.DataFrame) -> Analysis:
+    """The tidy runs table -> settings (mean, interval, n seeds) -> fronts on means -> tests."""
+    from pipelines.analysis.data import tidy_runs
+    from pipelines.figures import run_label
+    from pipelines.pareto import fronts_by
+
+    runs = tidy_runs(df)
+    keys = [setting_key(r) for _, r in runs.iterrows()]
+    labels = [run_label(r) for _, r in runs.iterrows()]
+    names = [label if label == str(v) else f"{v} {label}"
+             for label, v in zip(labels, runs["variant"])]
+    by_name: dict[str, list[str]] = {}
+    for key, name in zip(keys, names):
+        if key not in by_name.setdefault(name, []):
+            by_name[name].append(key)
+    names = [name if len(by_name[name]) == 1 else f"{name} #{by_name[name].index(key) + 1}"
+             for key, name in zip(keys, names)]
+    runs = runs.assign(setting=pd.Series(names, index=runs.index, dtype="string"),
+                       _setting_key=keys)
+    settings = summarise_settings(runs)
+    runs = runs.drop(columns="_setting_key")
+    if settings.empty or "miou" not in settings or "gflops_total" not in settings:
+        measured = settings.iloc[0:0]
+    else:
+        measured = settings.dropna(subset=["miou", "gflops_total"])
+    fronts = fronts_by(measured.assign(run_id=measured["setting"])) if len(measured) else \
+        measured.assign(front=pd.Series(dtype="string"), knee=pd.Series(dtype=bool))
+    verdicts = front_verdicts(runs, settings, fronts)
+    return Analysis(runs=runs, settings=settings, fronts=fronts, verdicts=verdicts)

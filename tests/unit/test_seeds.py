@@ -1,0 +1,124 @@
+"""Seeds pooled into settings: intervals, fronts on means, paired tests (hand-checked numbers)."""
+from __future__ import annotations
+
+import json
+import math
+
+import pandas as pd
+import pytest
+
+from pipelines.analysis import settings as st
+
+
+def runs_table(rows):
+    """(variant, schedule or None, seed, miou, gflops) -> a runs table shaped like load_runs'."""
+    out = []
+    for i, (variant, schedule, seed, miou, gflops) in enumerate(rows):
+        axes = ["schedule", "seed"] if schedule else ["seed"]
+        out.append({"run_id": f"{variant}-{schedule}-seed{seed}", "mlflow_run_id": f"m{i:03d}",
+                    "experiment_id": "1", "experiment": "t", "role": "run", "ablation": "t",
+                    "status": "FINISHED", "variant": variant, "schedule": schedule or "",
+                    "seed": seed, "miou": miou, "gflops_total": gflops,
+                    "iou.small_blob": miou / 2, "train_time_s": 360.0,
+                    "axes": json.dumps(axes)})
+    return pd.DataFrame(out)
+
+
+def test_student_t_interval_by_hand():
+    mean, std, lo, hi, n = st.interval([1.0, 2.0, 3.0])
+    # t(0.975, 2) = 4.302653; half width = 4.302653 * 1 / sqrt(3)
+    assert (mean, std, n) == (2.0, 1.0, 3)
+    assert hi - mean == pytest.approx(4.302653 / math.sqrt(3), rel=1e-6)
+    assert mean - lo == pytest.approx(hi - mean)
+    one = st.interval([5.0, float("nan")])
+    assert one[0] == 5.0 and one[4] == 1 and math.isnan(one[2]) and math.isnan(one[3])
+
+
+def test_runs_differing_only_by_seed_form_one_setting():
+    a = st.analyse(runs_table([
+        ("baseline", None, 0, 10.0, 3.0), ("baseline", None, 1, 12.0, 3.0),
+        ("baseline", None, 2, 14.0, 3.0),
+        ("pro_scale", "1-1-4", 0, 9.0, 2.0), ("pro_scale", "1-1-4", 1, 11.0, 2.0),
+        ("pro_scale", "3-3-3", 0, 13.0, 2.5)]))
+    s = a.settings.set_index("setting")
+    assert list(a.settings["setting"]) == ["baseline", "pro_scale 1-1-4", "pro_scale 3-3-3"]
+    assert s.loc["baseline", "n_seeds"] == 3 and s.loc["baseline", "seeds"] == "0 1 2"
+    assert s.loc["baseline", "miou"] == 12.0 and s.loc["baseline", "miou_std"] == 2.0
+    assert s.loc["baseline", "iou.small_blob"] == 6.0  # every metric, per-class IoU too
+    assert s.loc["baseline", "iou.small_blob_hi"] > 6.0
+    assert s.loc["baseline", "train_hours"] == pytest.approx(0.3)
+    assert s.loc["pro_scale 3-3-3", "n_seeds"] == 1
+    assert math.isnan(s.loc["pro_scale 3-3-3", "miou_lo"])
+    assert json.loads(s.loc["pro_scale 1-1-4", "mlflow_run_ids"]) == ["m003", "m004"]
+
+
+def test_front_is_computed_on_means_not_on_single_runs():
+    # pro_scale 1-1-4 has one lucky seed (20) above every baseline seed, but its mean (11) is
+    # below the baseline's (12) at lower cost: both settings stay on the front, and the lucky
+    # run alone does not dominate the baseline.
+    a = st.analyse(runs_table([
+        ("baseline", None, 0, 11.0, 3.0), ("baseline", None, 1, 13.0, 3.0),
+        ("pro_scale", "1-1-4", 0, 2.0, 2.0), ("pro_scale", "1-1-4", 1, 20.0, 2.0),
+        ("pro_scale", "3-3-3", 0, 10.0, 2.5), ("pro_scale", "3-3-3", 1, 10.5, 2.5)]))
+    overall = a.fronts[a.fronts["front"] == "overall"]
+    assert list(overall["setting"]) == ["pro_scale 1-1-4", "baseline"]
+    assert list(overall["miou"]) == [11.0, 12.0]
+
+
+def test_paired_test_pairs_by_seed_and_names_its_verdict():
+    # differences 1, 2, 3 paired by seed: t = 2 / (1 / sqrt 3) = 3.4641, 2 dof -> p = 0.0742
+    table = runs_table([
+        ("baseline", None, 0, 10.0, 3.0), ("baseline", None, 1, 20.0, 3.0),
+        ("baseline", None, 2, 30.0, 3.0),
+        ("pro_scale", "1-1-4", 2, 33.0, 2.0), ("pro_scale", "1-1-4", 0, 11.0, 2.0),
+        ("pro_scale", "1-1-4", 1, 22.0, 2.0),
+        ("pro_scale", "3-3-3", 0, 15.0, 2.5), ("pro_scale", "3-3-3", 1, 25.0, 2.5),
+        ("pro_scale", "3-3-3", 2, 35.0, 2.5),
+        ("pro_scale", "2-2-2", 5, 1.0, 2.2)])
+    a = st.analyse(table)
+    t = st.paired_test(a.runs, "pro_scale 1-1-4", "baseline")
+    assert t.n_pairs == 3 and t.mean_diff == pytest.approx(2.0)
+    assert t.p_value == pytest.approx(0.07418, abs=1e-4) and t.verdict == st.NOT_DISTINCT
+    # an unpaired test would see two overlapping samples; the pairing makes +5 on every seed
+    # certain
+    same_shift = st.paired_test(a.runs, "pro_scale 3-3-3", "baseline")
+    assert same_shift.verdict == st.DISTINCT and same_shift.p_value == 0.0
+    # seed 5 has no partner in the baseline
+    lone = st.paired_test(a.runs, "pro_scale 2-2-2", "baseline")
+    assert lone.verdict == st.NOT_TESTABLE and lone.text() == "not testable (0 paired seeds)"
+    assert st.paired_test(a.runs, "baseline", "baseline").p_value == 1.0
+
+
+def test_every_front_point_gets_a_verdict():
+    a = st.analyse(runs_table([
+        ("baseline", None, 0, 10.0, 3.0), ("baseline", None, 1, 12.0, 3.0),
+        ("baseline", None, 2, 15.0, 3.0),
+        ("pro_scale", "1-1-4", 0, 4.0, 2.0), ("pro_scale", "1-1-4", 1, 5.5, 2.0),
+        ("pro_scale", "1-1-4", 2, 8.0, 2.0),
+        ("pro_scale", "3-3-3", 0, 11.0, 2.5), ("pro_scale", "3-3-3", 1, 11.5, 2.5),
+        ("pro_scale", "3-3-3", 2, 14.0, 2.5)]))
+    v = a.verdicts.set_index("setting")
+    assert set(v.index) == {"baseline", "pro_scale 1-1-4", "pro_scale 3-3-3"}
+    # 1-1-4 loses 6, 6.5 and 7 points to the baseline, 7, 6, 6 to 3-3-3: differs from both
+    assert v.loc["pro_scale 1-1-4", "verdict"] == st.DISTINCT
+    assert v.loc["pro_scale 1-1-4", "vs_baseline"].startswith("distinguishable (Δ -6.50")
+    # 3-3-3 vs baseline: differences 1, -0.5, -1: not distinguishable
+    assert v.loc["pro_scale 3-3-3", "verdict"] == st.NOT_DISTINCT
+    assert v.loc["pro_scale 3-3-3", "not_distinct_from"] == "baseline"
+    assert v.loc["baseline", "vs_baseline"] == "is the baseline"
+    assert a.label("pro_scale 1-1-4") == st.DISTINCT and a.label("nope") == ""
+
+
+def test_one_seed_settings_are_not_testable():
+    a = st.analyse(runs_table([("baseline", None, 0, 10.0, 3.0),
+                               ("pro_scale", "1-1-4", 0, 9.0, 2.0)]))
+    assert set(a.verdicts["verdict"]) == {st.NOT_TESTABLE}
+    assert "not testable (1 paired seed)" in set(a.verdicts["vs_baseline"])
+
+
+def test_same_label_different_axis_values_stay_apart():
+    table = runs_table([("pro_scale", "1-1-4", 0, 9.0, 2.0), ("pro_scale", "1-1-4", 1, 9.0, 2.0)])
+    table.loc[1, "axes"] = json.dumps(["schedule", "trc", "seed"])
+    table["trc"] = [pd.NA, False]  # a false flag is not in the label, but it is an axis value
+    a = st.analyse(table)
+    assert len(a.settings) == 2 and a.settings["setting"].is_unique
