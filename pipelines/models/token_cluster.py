@@ -29,8 +29,9 @@ single neighbours, so 50 % anchors left *fewer* tokens than 25 % on ViT-B/16 (56
 the count is about the anchor count, and GFLOPs fall with the fraction.
 
 Later blocks run on ``[CLS] + clusters`` compacted to the batch's largest count with a padding
-mask, optionally with proportional attention (``log(size)`` added to the logits of every key). Before the neck every grid position takes its cluster's
-feature back (a gather), at every output block after the clustering.
+mask, optionally with proportional attention (``log(size)`` added to the logits of every key).
+Before the neck every grid position takes its cluster's feature back (a gather), at every output
+block after the clustering.
 
 Identity fast path (ToMe's ``do_nothing``): when every token of every image is an anchor, the
 upstream blocks run unchanged, so ``anchor_fraction=1.0`` is exactly the plain ViT (and then
