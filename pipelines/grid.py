@@ -40,6 +40,7 @@ import hashlib
 import itertools
 import json
 import os
+import pickle
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -348,8 +349,27 @@ def make_id(variant: str, parts: list[str], identity: Any) -> str:
     return ax.cap_id(text, _canonical(identity))
 
 
+def _copy_plain(cfg: dict) -> dict:
+    """A deep copy of a plain config (pickle's C copy, ~10x faster than ``copy.deepcopy``)."""
+    try:
+        return pickle.loads(pickle.dumps(cfg, protocol=pickle.HIGHEST_PROTOCOL))
+    except Exception:  # something pickle cannot copy (a lambda): the general copy
+        return copy.deepcopy(cfg)
+
+
+def _code_hash(resolved: dict, cache: dict | None) -> str:
+    """:func:`pipelines.axes.code_hash` of a config's code, memoised for one expansion by the
+    set of ``type`` names it builds (the project files cannot change during one expansion)."""
+    if cache is None:
+        return ax.code_hash(ax.code_files(resolved))
+    key = ("code", frozenset(ax.config_types(resolved)))
+    if key not in cache:
+        cache[key] = ax.code_hash(ax.code_files(resolved))
+    return cache[key]
+
+
 def _build_run(variant: _Variant, setting: dict[str, Any], axes_of: dict[str, Axis],
-               data_root: str, data_identity: Any) -> Run:
+               data_root: str, data_identity: Any, cache: dict | None = None) -> Run:
     order = _axis_order(variant, setting)
     prefixes = _id_prefixes(variant, order)
     settings = {n: setting[n] for n in order}
@@ -367,7 +387,7 @@ def _build_run(variant: _Variant, setting: dict[str, Any], axes_of: dict[str, Ax
         options[axes_of[name].key] = axes_of[name].config_value(settings[name])
     if "train_cfg.val_interval" not in options:
         options["train_cfg.val_interval"] = options["train_cfg.max_iters"]
-    resolved = copy.deepcopy(variant.plain)
+    resolved = _copy_plain(variant.plain)
     for key, value in options.items():
         set_key(resolved, key, value, f"grid.variants.{variant.name}: {key}")
     for loader in ("train_dataloader", "val_dataloader", "test_dataloader"):
@@ -375,7 +395,7 @@ def _build_run(variant: _Variant, setting: dict[str, Any], axes_of: dict[str, Ax
         if isinstance(dataset, dict) and "data_root" in dataset:
             dataset["data_root"] = DATA_ROOT_MASK
     resolved.pop("data_root", None)
-    code = ax.code_hash(ax.code_files(resolved))
+    code = _code_hash(resolved, cache)
     train_recipe = _digest({"config": resolved, "data": data_identity, "code": code})
     later = {n: settings[n] for n in order if axes_of[n].stage != "train"}
     recipe = train_recipe if not later else _digest({"train": train_recipe, "later": later})
@@ -442,7 +462,7 @@ def expand_grid(ablation: Mapping[str, Any], repo: str | Path = ".") -> list[Run
             names = list(checked)
             for combo in itertools.product(*(checked[n] for n in names)):
                 run = _build_run(variant, dict(zip(names, combo)), axes_of, data_root,
-                                 data_identity)
+                                 data_identity, cache)
                 if run.run_id in runs and runs[run.run_id] != run:
                     raise UserError(f"grid: two different settings share the id "
                                     f"{run.run_id!r}")
