@@ -53,7 +53,7 @@ def test_tiny_grid_end_to_end(tiny):
     assert "Nothing to be done" in second.stdout + second.stderr
 
     # one axis value changed: only the new setting trains (then ingest and report again)
-    config["grid"]["variants"]["pro_scale"]["schedule"] = ["3-3-3", "2-2-2"]
+    config["grid"]["variants"]["pro_scale"]["axes"]["schedule"] = ["3-3-3", "2-2-2"]
     changed = snakemake(workdir, write_config(configfile, config), "-n")
     counts = job_counts(changed.stdout)
     assert counts["train_model"] == counts["evaluate_model"] == 1, changed.stdout[-3000:]
@@ -63,7 +63,7 @@ def test_tiny_grid_end_to_end(tiny):
 
 def test_interrupted_training_resumes_from_its_checkpoint(tmp_path):
     config = tiny_ablation(tmp_path, iters=10)
-    config["grid"]["variants"] = {"baseline": {}}
+    config["grid"]["variants"] = {"baseline": config["grid"]["variants"]["baseline"]}
     config["stages"] = {"flops": False, "benchmark": False}
     configfile = write_config(tmp_path / "one.yaml", config)
     cmd = [str(SNAKEMAKE), "--snakefile", str(REPO / "Snakefile"), "--configfile",
