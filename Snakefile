@@ -31,3 +31,11 @@ rule all:
     input:
         get_final_outputs(),
     default_target: True
+
+
+# Before any job: how many trainings and jobs will run, and about how long (pipelines/analysis/budget.py).
+onstart:
+    from pipelines.analysis.budget import print_plan
+
+    print_plan(config, TRAININGS, [*get_all_run_outputs(), *get_final_outputs()],
+               getattr(workflow, "cores", None) or workflow.resource_settings.cores)

@@ -122,3 +122,52 @@ def test_same_label_different_axis_values_stay_apart():
     table["trc"] = [pd.NA, False]  # a false flag is not in the label, but it is an axis value
     a = st.analyse(table)
     assert len(a.settings) == 2 and a.settings["setting"].is_unique
+
+
+# --------------------------------------------------------------------------- budget (before a run)
+def _trainings(tmp_path, seeds=(0, 1)):
+    from pipelines.grid import expand_grid
+
+    cfg = {"name": "plan", "results": str(tmp_path / "results"),
+           "data": {"root": str(tmp_path / "data"),
+                    "synthetic": {"train": 4, "val": 2, "size": 64, "seed": 0}},
+           "train": {"max_iters": 100},
+           "grid": {"seed": list(seeds), "variants": {"baseline": {
+               "config": "configs/models/mask2former_r18_synthetic-128x128.py"}}},
+           "resources": {"train": {"gpus": 0, "cpus": 1, "mem_mb": 1000, "runtime": 1}}}
+    runs = expand_grid(cfg, repo=str(st.__file__).rsplit("/pipelines/", 1)[0])
+    trainings = {}
+    for run in runs:
+        trainings.setdefault(run.train_id, run)
+    return cfg, trainings
+
+
+def test_plan_counts_pending_trainings_and_estimates_time(tmp_path):
+    from pipelines.analysis import budget
+    from pipelines.grid import RunPaths
+
+    cfg, trainings = _trainings(tmp_path)
+    plan = budget.make_plan(cfg, trainings, pending_outputs=6, cores=2, history={})
+    rate = budget.RECORDED_S_PER_ITER["configs/models/mask2former_r18_synthetic-128x128.py"]
+    assert (plan.trainings, plan.trainings_pending, plan.iterations_pending) == (2, 2, 200)
+    assert plan.jobs_pending == 8 and plan.parallel == 2
+    assert plan.seconds == pytest.approx(rate * 200 / 2 + budget.OTHER_JOB_S * 6 / 2)
+    assert "2 of 2 trainings to run (200 iterations), about 8 jobs" in plan.text()
+    # a finished training is not counted again; the store's own times win over the recorded
+    done = RunPaths.of(cfg["results"], "plan", next(iter(trainings.values()))).train_done
+    done.parent.mkdir(parents=True)
+    done.write_text("{}")
+    cfg_path = "configs/models/mask2former_r18_synthetic-128x128.py"
+    plan = budget.make_plan(cfg, trainings, pending_outputs=0, cores=1,
+                            history={cfg_path: 3.0})
+    assert plan.trainings_pending == 1 and plan.seconds == pytest.approx(300.0)
+    assert "this ablation's earlier runs" in plan.text()
+
+
+def test_plan_without_a_recorded_time_says_so(tmp_path, monkeypatch):
+    from pipelines.analysis import budget
+
+    cfg, trainings = _trainings(tmp_path, seeds=(0,))
+    monkeypatch.setattr(budget, "RECORDED_S_PER_ITER", {})
+    plan = budget.make_plan(cfg, trainings, pending_outputs=1, cores=2, history={})
+    assert plan.seconds is None and "no time estimate" in plan.text()
