@@ -91,12 +91,18 @@ def open_storage(url: str | None, spec=None):
     if "://" not in url:
         raise UserError(f"--storage {url!r}: expected sqlite:///FILE, postgresql://..., or a "
                         "journal file (*.log)")
-    try:
-        return optuna.storages.RDBStorage(url, engine_kwargs={"pool_pre_ping": True}
-                                          if url.startswith("postgresql") else {})
-    except Exception as err:  # noqa: BLE001 - sqlalchemy/driver errors: one line
-        raise UserError(f"--storage {url!r}: cannot open: {type(err).__name__}: "
-                        f"{' '.join(str(err).split())[:200]}") from None
+    for attempt in range(5):
+        try:
+            return optuna.storages.RDBStorage(url, engine_kwargs={"pool_pre_ping": True}
+                                              if url.startswith("postgresql") else {})
+        except Exception as err:  # noqa: BLE001 - sqlalchemy/driver errors: one line
+            # workers started together on an empty database race to create its tables: the
+            # losers see a duplicate key and find the tables there on the next try
+            if "IntegrityError" in type(err).__name__ and attempt < 4:
+                time.sleep(0.5 * (attempt + 1))
+                continue
+            raise UserError(f"--storage {url!r}: cannot open: {type(err).__name__}: "
+                            f"{' '.join(str(err).split())[:200]}") from None
 
 
 def open_study(spec, storage):
@@ -313,20 +319,31 @@ class Search:
         return {t.user_attrs[RUN_ID] for t in self._trials()
                 if t.user_attrs.get("trained_by_search") and RUN_ID in t.user_attrs}
 
-    def _tell(self, number: int, metrics: Mapping[str, Any], gflops: float) -> None:
+    def _finish(self, number: int, values=None, state: str = "COMPLETE") -> bool:
+        """Tell a trial; False when another worker finished it first (the storage locks the
+        trial's row and refuses a second update)."""
         import optuna
 
-        self.study.tell(number, [float(metrics["miou"]), float(gflops)],
-                        state=optuna.trial.TrialState.COMPLETE, skip_if_finished=True)
+        try:
+            self.study.tell(number, values, state=optuna.trial.TrialState[state])
+        except (optuna.exceptions.UpdateFinishedTrialError, ValueError):
+            return False
         self.told.append(number)
+        return True
+
+    def _tell(self, number: int, metrics: Mapping[str, Any], gflops: float) -> bool:
+        return self._finish(number, [float(metrics["miou"]), float(gflops)])
 
     def _fail(self, trial, reason: str) -> None:
         import optuna
 
-        self.study._storage.set_trial_user_attr(trial._trial_id, STATUS, "failed")
-        self.study._storage.set_trial_user_attr(trial._trial_id, "fail_reason", reason)
-        self.study.tell(trial.number, state=optuna.trial.TrialState.FAIL, skip_if_finished=True)
-        self.told.append(trial.number)
+        try:
+            self.study._storage.set_trial_user_attr(trial._trial_id, "fail_reason", reason)
+            self.study._storage.set_trial_user_attr(trial._trial_id, STATUS, "failed")
+        except optuna.exceptions.UpdateFinishedTrialError:
+            return  # another worker finished it
+        if not self._finish(trial.number, state="FAIL"):
+            return
         attempt = int(self._attr(trial, "attempt") or 0)
         if reason != "not costed" and attempt < self.spec.retries and trial.params:
             self.study.enqueue_trial(trial.params, user_attrs={"attempt": attempt + 1,
@@ -338,31 +355,48 @@ class Search:
 
     # -- start-up and every generation
     def settle_running(self) -> list:
-        """Tell or fail every RUNNING trial; returns those to train again (their head died)."""
+        """Settle the RUNNING trials no live process watches: those of a head of this host that
+        is gone, and any past its deadline (a head on another host cannot be checked). A result
+        on disk -> told; a gone head within the deadline -> returned, to be trained again (the
+        job resumes from its checkpoint); past the deadline -> FAIL (asked again up to
+        ``retries`` times). Trials of live workers are left to them."""
         again = []
         now = time.time()
         for t in self._trials(states=None):
-            if t.state.name != "RUNNING":
+            if t.state.name != "RUNNING" or t.user_attrs.get("worker") == self.worker:
+                continue  # finished, or ours in flight in this process
+            started = t.datetime_start.timestamp() if t.datetime_start else now
+            deadline = float(t.user_attrs.get("deadline") or
+                             started + 60 * (self.executor.job_minutes() + self.spec.grace_minutes))
+            gone, late = _worker_gone(t.user_attrs.get("worker")), now > deadline
+            if not (gone or late):
                 continue
-            if t.user_attrs.get("worker") == self.worker:
-                continue  # ours, in flight in this process
-            if RUN_ID not in t.user_attrs:
-                if _worker_gone(t.user_attrs.get("worker")) or (
-                        t.datetime_start and now - t.datetime_start.timestamp()
-                        > self.spec.grace_minutes * 60):
-                    self._fail(t, "not costed")
+            if RUN_ID not in t.user_attrs:  # its head died while costing it
+                self._fail(t, "not costed")
                 continue
             run = self.run_of(t.user_attrs["variant"], json.loads(t.user_attrs["settings"]))
             result = self.executor.existing(run)
             if result is not None:
-                self._tell(t.number, result, t.user_attrs["gflops_total"])
-                self.log(f"trial {t.number}: {run.run_id} finished while no head watched; told")
-            elif now > float(t.user_attrs.get("deadline", 0)):
+                if self._set(t, STATUS, "trained") and self._tell(
+                        t.number, result, t.user_attrs["gflops_total"]):
+                    self.log(f"trial {t.number}: {run.run_id} finished while no head watched; "
+                             "told")
+            elif late:
                 self._fail(t, f"{run.run_id}: no result by its deadline (job died)")
-            elif _worker_gone(t.user_attrs.get("worker")):
-                self.study._storage.set_trial_user_attr(t._trial_id, "worker", self.worker)
+            elif self._set(t, "worker", self.worker):
                 again.append((t, run))
         return again
+
+    def _set(self, trial, key: str, value) -> bool:
+        """Set a user attribute; False when the trial was finished meanwhile (by a worker that
+        settled it)."""
+        import optuna
+
+        try:
+            self.study._storage.set_trial_user_attr(trial._trial_id, key, value)
+        except optuna.exceptions.UpdateFinishedTrialError:
+            return False
+        return True
 
     def warm_start(self) -> int:
         """Load finished grid runs of the ``warm_start`` ablations as completed trials."""
@@ -416,8 +450,8 @@ class Search:
             pending = {run.run_id for _, run in batch}
             while (len(batch) < self.spec.batch and n_asked < self.spec.max_trials
                    and not self._trainings_spent(launched | pending)):
-                n_asked += 1
                 item = self._ask_one(launched | pending)
+                n_asked = self.counted_trials()  # other workers ask too: count the study
                 if item is not None:
                     batch.append(item)
                     pending.add(item[1].run_id)
@@ -434,8 +468,7 @@ class Search:
                 result = results.get(run.run_id)
                 if result is None:
                     self._fail(trial, f"{run.run_id}: the job ended without a result")
-                else:
-                    self.study._storage.set_trial_user_attr(trial._trial_id, STATUS, "trained")
+                elif self._set(trial, STATUS, "trained"):
                     self._tell(trial.number, result, self._attr(trial, "gflops_total"))
             for trial, run in followers:
                 self._follow(trial, run)
@@ -453,8 +486,8 @@ class Search:
                     and t.user_attrs.get(RUN_ID) == run.run_id
                     and t.user_attrs.get(STATUS) == "submitted"
                     and t.user_attrs.get("worker") != self.worker):
-                self.study._storage.set_trial_user_attr(trial._trial_id, STATUS, "follows")
-                self.study._storage.set_trial_user_attr(trial._trial_id, "follows", t.number)
+                self._set(trial, STATUS, "follows")
+                self._set(trial, "follows", t.number)
                 return t
         return None
 
@@ -464,13 +497,15 @@ class Search:
         while True:
             result = self.executor.existing(run)
             if result is not None:
-                self.study._storage.set_trial_user_attr(trial._trial_id, STATUS, "reused")
-                self._tell(trial.number, result, self._attr(trial, "gflops_total"))
+                if self._set(trial, STATUS, "reused"):
+                    self._tell(trial.number, result, self._attr(trial, "gflops_total"))
                 return
-            if time.time() > deadline:
+            if time.time() > deadline or self._attr(trial, STATUS) == "failed":
                 self._fail(trial, f"{run.run_id}: trained by another worker, no result by the "
                                   "deadline")
                 return
+            if self.study._storage.get_trial(trial._trial_id).state.is_finished():
+                return  # settled by another worker
             time.sleep(poll_s)
 
     def _trainings_spent(self, launched: set[str]) -> bool:
@@ -482,6 +517,8 @@ class Search:
         study, storage = self.study, self.study._storage
         trial = study.ask()
         storage.set_trial_user_attr(trial._trial_id, "worker", self.worker)
+        deadline = time.time() + 60 * (self.executor.job_minutes() + self.spec.grace_minutes)
+        storage.set_trial_user_attr(trial._trial_id, "deadline", deadline)
         variant, settings = self.spec.suggest(trial)
         try:
             run = self.run_of(variant, settings)
@@ -489,9 +526,10 @@ class Search:
             self._fail(trial, f"setting refused by the grid: {err}")
             return None
         gflops = float(self.cost(run))
-        for key, value in {RUN_ID: run.run_id, "variant": variant, "gflops_total": gflops,
+        for key, value in {"variant": variant, "gflops_total": gflops,  # run id last: a
                            "settings": json.dumps(dict(run.settings), sort_keys=True,
-                                                  default=str)}.items():
+                                                  default=str),  # trial with it is complete
+                           RUN_ID: run.run_id}.items():
             storage.set_trial_user_attr(trial._trial_id, key, value)
         set_gflops_constraint(study, trial, gflops, self.spec.gflops_budget)
         if gflops > self.spec.gflops_budget:
@@ -510,8 +548,8 @@ class Search:
             self._fail(trial, "training budget spent")
             return None
         deadline = time.time() + 60 * (self.executor.job_minutes() + self.spec.grace_minutes)
-        for key, value in {STATUS: "submitted", "submitted_at": time.time(),
-                           "deadline": deadline, "trained_by_search": True}.items():
+        for key, value in {"deadline": deadline, "submitted_at": time.time(),
+                           "trained_by_search": True, STATUS: "submitted"}.items():
             storage.set_trial_user_attr(trial._trial_id, key, value)
         return trial, run
 

@@ -39,7 +39,7 @@ def point_ablation(ablation: Mapping[str, Any], points: list[tuple[str, Mapping[
     variants: dict[str, dict] = {}
     for variant, settings in points:
         block = variants.setdefault(variant, {**variant_block(ablation, variant), "points": []})
-        block["points"].append(dict(settings))
+        block["points"].append({"seed": 0, **settings})  # the grid's default seed, spelt out
     out["grid"] = {"variants": variants}
     return out
 
@@ -110,3 +110,38 @@ class FlopsCache:
 
                 write_json_atomic(self.path, self._cache)
         return dict(self._cache[key])
+
+
+def make_runs(spec, points: list[tuple[str, Mapping[str, Any]]]) -> list:
+    """The grid's runs of many settings at once (one expansion: much faster than
+    :func:`make_run` per setting), in the order of ``points``."""
+    from pipelines.grid import expand_grid
+
+    runs = expand_grid(point_ablation(spec.ablation, points), repo=REPO)
+    out = []
+    for variant, settings in points:
+        want = {"seed": 0, **settings}
+        match = [r for r in runs if r.variant == variant and dict(r.settings) == want]
+        if len(match) != 1:
+            raise UserError(f"{variant} {want}: no single run of the grid matches")
+        out.append(match[0])
+    return out
+
+
+def space_points(spec) -> list[tuple[str, dict]]:
+    """Every setting of a space whose axes are all categorical (the replayed grids)."""
+    import itertools
+
+    points = []
+    for variant, axes in spec.variants.items():
+        if any(a.choices is None for a in axes):
+            raise UserError(f"space.variants.{variant}: a range axis has no finite list of "
+                            "settings")
+        for combo in itertools.product(*(a.choices for a in axes)):
+            points.append((variant, {a.axis: v for a, v in zip(axes, combo)}))
+    return points
+
+
+def setting_key(variant: str, settings: Mapping[str, Any]) -> str:
+    """A hashable key of a setting (seed 0 spelt out, as the grid does)."""
+    return json.dumps([variant, {"seed": 0, **settings}], sort_keys=True, default=str)

@@ -332,17 +332,26 @@ def load_search_space(path: str | Path, *, check_runs: bool = True, **overrides)
 
 def check_space_runs(spec: SearchSpec) -> None:
     """Resolve each variant's first setting, then every choice / range end of each axis in turn,
-    into a grid run: the grid refuses unknown variants, keys and values before any trial."""
-    from pipelines.search_runs import make_run
+    into a grid run: the grid refuses unknown variants, keys and values before any trial. (All
+    at once first; one by one only to name the key of a refusal.)"""
+    from pipelines.search_runs import make_run, make_runs
 
+    checks = []
     for variant, axes in spec.variants.items():
         first = {a.axis: a.edge_values()[0] for a in axes}
-        _checked(spec, variant, first, f"space.variants.{variant}", make_run)
+        checks.append((variant, first, f"space.variants.{variant}"))
         for a in axes:
             for value in a.edge_values()[1:]:
                 where = (f"space.variants.{variant}.{a.axis}" if a.name != a.axis
                          else f"space.{a.axis}")
-                _checked(spec, variant, {**first, a.axis: value}, where, make_run)
+                checks.append((variant, {**first, a.axis: value}, where))
+    try:
+        make_runs(spec, [(v, s) for v, s, _ in checks])
+        return
+    except UserError:
+        pass
+    for variant, settings, where in checks:
+        _checked(spec, variant, settings, where, make_run)
 
 
 def _checked(spec, variant, settings, where, make_run) -> None:

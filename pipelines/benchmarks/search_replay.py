@@ -30,12 +30,37 @@ TABLE = REPO / "tests" / "data" / "grid_tiny.csv"
 SPACE = REPO / "configs" / "search" / "grid_tiny.yaml"
 
 
-def load_table(path: Path = TABLE) -> dict[str, dict]:
-    """run id -> {miou, gflops_total} of the recorded grid."""
+def load_table(path: Path = TABLE, spec=None) -> dict[str, dict]:
+    """run id -> {miou, gflops_total} of the recorded grid.
+
+    The run id is the current grid's id of each row's setting (variant and axis columns), so
+    the table outlives changes in how ids are spelled; ``recorded_run_id`` keeps the old one.
+    """
+    from pipelines.search_runs import make_runs
+    from pipelines.search_space import load_search_space
+
+    spec = spec or load_search_space(SPACE)
     with open(path, newline="") as fh:
-        return {row["run_id"]: {"miou": float(row["miou"]),
-                                "gflops_total": float(row["gflops_total"])}
-                for row in csv.DictReader(fh)}
+        rows = list(csv.DictReader(fh))
+    points = []
+    for row in rows:
+        settings = {"seed": int(row["seed"])}
+        if row["variant"] == "pro_scale":
+            settings.update(schedule=row["schedule"], trc=row["trc"] == "true",
+                            lpe=row["lpe"] == "true")
+        points.append((row["variant"], settings))
+    return {run.run_id: {"miou": float(row["miou"]), "gflops_total": float(row["gflops_total"]),
+                         "recorded_run_id": row["run_id"]}
+            for run, row in zip(make_runs(spec, points), rows)}
+
+
+def run_cache(spec):
+    """``make_run`` over a whole categorical space, expanded once (for replays)."""
+    from pipelines.search_runs import make_runs, setting_key, space_points
+
+    points = space_points(spec)
+    runs = {setting_key(v, s): r for (v, s), r in zip(points, make_runs(spec, points))}
+    return lambda variant, settings: runs[setting_key(variant, settings)]
 
 
 def hypervolume(points, budget: float) -> float:
@@ -84,7 +109,6 @@ def main(argv=None) -> int:
 
     import optuna
 
-    from pipelines.search_runs import make_run as grid_run
     from pipelines.search_space import load_search_space
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -100,14 +124,8 @@ def main(argv=None) -> int:
     warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
 
     spec = load_search_space(args.space)
-    table = load_table(Path(args.table))
-    runs: dict = {}
-
-    def make_run(variant, settings):
-        key = json.dumps([variant, settings], sort_keys=True)
-        if key not in runs:
-            runs[key] = grid_run(spec, variant, settings)
-        return runs[key]
+    table = load_table(Path(args.table), spec)
+    make_run = run_cache(spec)
 
     def cost(run):  # the GFLOPs the real flops rule traced for this run when the grid ran
         return table[run.run_id]["gflops_total"]
