@@ -85,7 +85,7 @@ def main(argv=None) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     cfg = load_config(CONFIG)
-    knobs = {k: cfg.model.backbone[k] for k in ("cluster_layer", "k", "window",
+    knobs = {k: cfg.model.backbone[k] for k in ("cluster_layer", "k", "window", "merge_radius",
                                                  "proportional_attn", "density_threshold")}
     vit_kw = {k: v for k, v in cfg.model.backbone.items()
               if k not in knobs and k not in ("type", "anchor_fraction", "_scope_")}
