@@ -236,3 +236,21 @@ def test_cli_refuses_a_cluster_layer_beyond_the_depth_in_one_line():
     lines = done.stderr.strip().splitlines()
     assert lines[-1].startswith("error:") and "cluster_layer must be an int in [0, 4]" in lines[-1]
     assert "Traceback" not in done.stderr
+
+
+@pytest.mark.parametrize("method, alias, value", [
+    ("token_cluster", "anchors", 0), ("token_cluster", "anchors", 1.5),
+    ("token_cluster", "density_threshold", 0.0), ("token_cluster", "cluster_window", 0),
+    ("token_cluster", "cluster_k", 0), ("token_cluster", "cluster_layer", -1),
+    ("token_sample", "ats_budget", 0), ("token_sample", "ats_layers", [2, -1]),
+    ("cluster_pixel_decoder", "pd_anchors", 1.01),
+])
+def test_axes_refuse_out_of_range_values_in_one_line(method, alias, value):
+    """The grid reads AXES without importing the module and checks every value before a job."""
+    from pipelines.axes import method_axes
+    from pipelines.errors import UserError
+
+    axis = method_axes(method)[alias]
+    with pytest.raises(UserError) as err:
+        axis.check(value, f"grid.variants.v.axes.{alias}")
+    assert "\n" not in str(err.value) and alias in str(err.value)
