@@ -53,6 +53,10 @@ GFLOPS_STAGE_PREFIX = "gflops_encoder_"  # + stage<k>: traced encoder GFLOPs per
 LATENCY_MS, LATENCY_MS_PIXEL_DECODER = "latency_ms", "latency_ms_pixel_decoder"
 TRAIN_TIME_S = "train_time_s"
 MEAN_EXIT = "mean_exit"                # ECO-M2F: mean encoder exit layer over the images
+# ECO-M2F's gated run also logs every fixed exit k (the ladder) and the oracle gate, by
+# ``.format(exit=k, metric=name)`` with name one of MIOU, AACC, MACC, the GFLOPS, MEAN_EXIT
+LADDER_METRIC = "ladder.exit{exit}.{metric}"
+ORACLE_METRIC = "oracle.{metric}"
 TRIAL_NUMBER = "trial_number"          # Optuna search trials
 METRICS = (MIOU, AACC, MACC, *GFLOPS, LATENCY_MS, LATENCY_MS_PIXEL_DECODER, TRAIN_TIME_S,
            MEAN_EXIT, TRIAL_NUMBER)

@@ -21,6 +21,15 @@
   the ``ladder`` (every fixed exit's mIoU and GFLOPs) and the ``oracle`` (each image at the exit
   its own derived label picks, with the gate's beta): the gate's upper bound.
 
+In the workflow (``workflow/rules/eco_m2f.smk``) each stage takes its input as the previous
+stage's JSON: ``--train-done`` (the checkpoint ``train`` recorded), ``--upstream`` (the derive
+summary of ``derive-exits --summary``, the gate summary of ``train-gate --json``); a failure record
+there (``pipelines/failures.py``) is passed on as this stage's output, and ``--record-failure 1``
+(the last attempt) records this stage's own failure, so one failed run never blocks the others.
+``evaluate-gated --flops-json`` writes the gated model's cost in ``flops --data``'s shape: the
+mean per image under ``gflops`` (what ingest reads for a gated run), the spread and a row per
+image.
+
 Bad input (beta < 0, a missing or foreign table, a checkpoint without an early-exit pixel decoder,
 an unwritable output) is one line and exit status 2, before anything is computed; outputs are
 written atomically at the end, so nothing already computed is ever overwritten by a failed run.
@@ -46,6 +55,8 @@ def add_parser(sub) -> None:
                        "training images (Parquet table)", **common)
     _model_args(p)
     p.add_argument("--out", required=True, help="table to write (.parquet)")
+    p.add_argument("--summary", help="JSON summary to write (model hash, table paths)")
+    _stage_args(p, None)
     p.add_argument("--features", help="gate inputs to write (default <out>.features.parquet)")
     p.add_argument("--max-images", type=int, help="only the first N training images")
     p.set_defaults(func=run_derive)
@@ -63,6 +74,7 @@ def add_parser(sub) -> None:
     p.add_argument("--lr", type=float, help="Adam learning rate (default 0.01)")
     p.add_argument("--out", required=True, help="gate weights to write (.pth)")
     p.add_argument("--json", help="summary (labels, training accuracy) to write here")
+    _stage_args(p, "the derive summary (derive-exits --summary)")
     p.set_defaults(func=run_train_gate)
 
     p = sub.add_parser("evaluate-gated", help="ECO-M2F: gated evaluation, exit ladder, oracle "
@@ -71,16 +83,119 @@ def add_parser(sub) -> None:
     p.add_argument("--gate", required=True, help="gate written by train-gate")
     p.add_argument("--table", help="the derived table: checked to come from this model")
     p.add_argument("--out", required=True, help="metrics JSON to write")
+    p.add_argument("--flops-json", help="the gated model's per-image GFLOPs to write (the shape "
+                   "of `flops --data`: mean under gflops)")
     p.add_argument("--max-images", type=int, help="only the first N validation images")
+    _stage_args(p, "the gate summary (train-gate --json)")
     p.set_defaults(func=run_evaluate_gated)
 
 
 def _model_args(p) -> None:
     p.add_argument("config", help="config of the exit-trained model")
-    p.add_argument("checkpoint", help="its checkpoint (written by `train`)")
+    p.add_argument("checkpoint", nargs="?", help="its checkpoint (written by `train`; or "
+                   "--train-done)")
+    p.add_argument("--train-done", metavar="JSON", help="(used by the workflow) take the "
+                   "checkpoint from this `train --done-file`; a failure record there is passed on")
     p.add_argument("--data-root", help="dataset folder (overrides data_root of every dataloader)")
     p.add_argument("--batch-size", type=int, default=4, help="images per batch (default 4)")
     p.add_argument("--cfg-options", nargs="+", metavar="KEY=VALUE", default=[])
+
+
+def _stage_args(p, upstream: str | None) -> None:
+    if upstream:
+        p.add_argument("--upstream", metavar="JSON", help=f"(used by the workflow) {upstream}: "
+                       "a failure record there is passed on as this stage's output")
+    p.add_argument("--record-failure", type=int, choices=(0, 1), default=0, metavar="0|1",
+                   help="1: on failure write the JSON output(s) as a failure record and exit 0 "
+                   "(the workflow's last attempt; pipelines/failures.py)")
+
+
+def as_stage(stage: str, outs: Sequence, upstreams: Sequence, record: bool, fn, args) -> int:
+    """Run ``fn(args)`` as a workflow stage over the JSON outputs ``outs``.
+
+    A failure record among ``upstreams`` is passed on to every output (nothing runs); with
+    ``record`` a failure of ``fn`` is written to every output and the exit status is 0.
+    """
+    import shutil
+
+    from pipelines.failures import read_failure, recording_failures, upstream_failure
+
+    outs = [Path(o) for o in outs if o]
+    for path in (u for u in upstreams if u):
+        failure = read_failure(path)
+        if failure is not None:
+            for out in outs:
+                write_json_atomic(out, upstream_failure(stage, failure))
+            print(f"{stage}: not run, {failure.get('stage', 'upstream')} failed "
+                  f"({failure.get('reason')})")
+            return 0
+    with recording_failures(outs[0] if outs else None, stage, record):
+        return fn(args)
+    for out in outs[1:]:  # only reached when the failure was recorded in outs[0]
+        shutil.copy(outs[0], out)
+    return 0
+
+
+# ----------------------------------------------------------------------------- workflow layout
+GATE_AXIS = "beta"  # the gate-stage axis of pipelines/models/early_exit.py
+
+
+def is_gated(run) -> bool:
+    """A run of the recipe: its config builds early exit and it has a gate-stage ``beta``."""
+    return "early_exit" in run.methods and run.stages.get(GATE_AXIS) == "gate"
+
+
+def stage_files(results: str, ablation: str, run) -> Dict[str, str]:
+    """Where the workflow's ECO-M2F stages of ``run`` write.
+
+    ``derive`` (summary JSON), ``table`` and ``features`` (Parquet) belong to the run's training
+    (``results/derive/<ablation>/<train-id>/``, shared by every beta); ``gate`` (summary JSON)
+    and ``gate_weights`` to the run (``results/gate/<ablation>/<run-id>/``).
+    """
+    derive = Path(results) / "derive" / ablation / run.train_id
+    gate = Path(results) / "gate" / ablation / run.run_id
+    return {"derive": str(derive / "derive.json"), "table": str(derive / "quality.parquet"),
+            "features": str(derive / "quality.features.parquet"),
+            "gate": str(gate / "gate.json"), "gate_weights": str(gate / "gate.pth")}
+
+
+def id_pattern(ids) -> str:
+    """A regular expression matching exactly ``ids`` (and nothing when there is none)."""
+    import re
+
+    return "|".join(re.escape(i) for i in sorted(ids)) or "(?!)"
+
+
+def report_lines(run_id: str, metrics_json) -> List[str]:
+    """Markdown of one gated run for ``python -m pipelines report``: exit histogram, mean exit,
+    the ladder (every fixed exit) and the oracle next to the gated model, from its metrics JSON;
+    nothing for another run (or a missing or failed evaluation)."""
+    import json
+
+    try:
+        evaluation = json.loads(Path(metrics_json).read_text())
+    except (OSError, ValueError):
+        return []
+    if not isinstance(evaluation, dict) or "ladder" not in evaluation:
+        return []
+    hist = ", ".join(f"{k}: {n}" for k, n in evaluation.get("exit_histogram", {}).items())
+    lines = [f"### `{run_id}` (beta {evaluation.get('beta')})", "",
+             f"exit histogram (exit after encoder layer: images) {hist}; mean exit "
+             f"{evaluation.get('mean_exit', float('nan')):.2f}", "",
+             "| model | mIoU | mean GFLOPs total | mean GFLOPs pixel dec. | mean exit |",
+             "|---|---|---|---|---|"]
+
+    def row(name, m, mean_exit):
+        return (f"| {name} | {m.get('miou', float('nan')):.2f} | "
+                f"{m.get('gflops_total', float('nan')):.3f} | "
+                f"{m.get('gflops_pixel_decoder', float('nan')):.3f} | {mean_exit:.2f} |")
+
+    lines.append(row("gated", evaluation, evaluation.get("mean_exit", float("nan"))))
+    lines.append(row("oracle", evaluation.get("oracle", {}),
+                     evaluation.get("oracle", {}).get("mean_exit", float("nan"))))
+    lines += [row(f"ladder: exit {r['exit']}", r, float(r["exit"]))
+              for r in evaluation["ladder"]]
+    return lines + [""]
 
 
 # ----------------------------------------------------------------------------- pure helpers
@@ -131,11 +246,13 @@ def load_exit_model(args):
     import pipelines.registry  # noqa: F401
     from mmengine.runner import load_checkpoint
 
+    from pipelines.evaluate import _checkpoint
     from pipelines.flops import build_model
     from pipelines.models.early_exit import EarlyExitPixelDecoder
     from pipelines.runner import CHECKPOINT_ERRORS
 
-    checkpoint = Path(args.checkpoint)
+    checkpoint = _checkpoint(argparse.Namespace(checkpoint=args.checkpoint,
+                                                train_done=getattr(args, "train_done", None)))
     if not checkpoint.is_file():
         raise UserError(f"checkpoint not found: {checkpoint}")
     if args.batch_size < 1:
@@ -305,6 +422,11 @@ def derive(model, loader, max_images=None):
 
 
 def run_derive(args: argparse.Namespace) -> int:
+    return as_stage("derive", [args.summary], [args.train_done], bool(args.record_failure),
+                    _derive, args)
+
+
+def _derive(args: argparse.Namespace) -> int:
     import time
 
     out = Path(args.out)
@@ -323,8 +445,12 @@ def run_derive(args: argparse.Namespace) -> int:
                 feat_channels=len(feats_rows[0]["feature"]) if feats_rows else 0)
     write_table(feats_out, feats_rows, meta)
     write_table(out, rows, meta)
-    print(f"{len(feats_rows)} images x {len(pd_.exits)} exits in "
-          f"{time.perf_counter() - start:.1f} s -> {out}, {feats_out}")
+    seconds = time.perf_counter() - start
+    if args.summary:
+        write_json_atomic(args.summary, dict(meta, table=str(out), features=str(feats_out),
+                                             seconds=seconds))
+    print(f"{len(feats_rows)} images x {len(pd_.exits)} exits in {seconds:.1f} s -> {out}, "
+          f"{feats_out}")
     return 0
 
 
@@ -384,6 +510,11 @@ def gate_settings(args) -> dict:
 
 
 def run_train_gate(args: argparse.Namespace) -> int:
+    return as_stage("gate", [args.json], [args.upstream], bool(args.record_failure),
+                    _train_gate, args)
+
+
+def _train_gate(args: argparse.Namespace) -> int:
     import torch
 
     from pipelines.models.early_exit import gate_labels
@@ -472,9 +603,15 @@ class FlopsCache:
         key = (self.arch, tuple(hw), k)
         if key not in _TRACED:
             with forced_exits(self.model.decode_head.pixel_decoder, k):
-                flops = count_flops(self.model, tuple(hw))["flops"]
-            _TRACED[key] = {part: v / 1e9 for part, v in flops.items()}
+                counted = count_flops(self.model, tuple(hw))
+            _TRACED[key] = {part: v / 1e9 for part, v in counted["flops"].items()}
+            _TRACED[("params", self.arch)] = counted["params"]
         return _TRACED[key]
+
+    @property
+    def params(self) -> dict:
+        """Parameters per part (after a first :meth:`exit_gflops`)."""
+        return _TRACED[("params", self.arch)]
 
     def gate_gflops(self, gate, hw) -> float:
         import torch
@@ -495,7 +632,13 @@ def mean_gflops(per_image: List[dict]) -> dict:
             for part in per_image[0]}
 
 
-def evaluate_gated(model, gate, beta: float, loader, max_images=None) -> dict:
+def evaluate_gated(model, gate, beta: float, loader, max_images=None):
+    """The gated model, every fixed exit and the oracle on ``loader``'s images.
+
+    Returns:
+        ``(metrics, per_image)``: the metrics JSON of ``evaluate-gated`` and one row per image
+        (``image``, ``shape``, ``exit``, ``gflops`` per part) of the gated model.
+    """
     import torch
 
     pd_ = model.decode_head.pixel_decoder
@@ -505,13 +648,14 @@ def evaluate_gated(model, gate, beta: float, loader, max_images=None) -> dict:
     pd_.gate = gate
     flops = FlopsCache(model)
     ladder_areas = {k: [] for k in exits}
-    gated_areas, gated_exits, shapes = [], [], []
+    gated_areas, gated_exits, shapes, images = [], [], [], []
     for inputs, samples in batches(model, loader, max_images):
         preds, feats = run_exits(model, inputs, samples, exits)
         with torch.no_grad():
             gated = predict(model, inputs, samples, "gate", feats)
         gated_exits += pd_.last_exits
         shapes += [tuple(inputs.shape[-2:])] * len(samples)
+        images += [s.metainfo.get("img_path", "") for s in samples]
         for i, sample in enumerate(samples):
             for k in exits:
                 ladder_areas[k].append(areas(preds[k][i], sample, head.num_classes,
@@ -527,7 +671,7 @@ def evaluate_gated(model, gate, beta: float, loader, max_images=None) -> dict:
     oracle_exits = [exits[j] for j in gate_labels(quality, exits, beta).tolist()]
     oracle_areas = [ladder_areas[k][i] for i, k in enumerate(oracle_exits)]
 
-    def gflops_of(chosen, with_gate):
+    def per_image_gflops(chosen, with_gate):
         per_image = []
         for hw, k in zip(shapes, chosen):
             g = dict(flops.exit_gflops(hw, k))
@@ -536,32 +680,64 @@ def evaluate_gated(model, gate, beta: float, loader, max_images=None) -> dict:
                 for part in ("pixel_decoder", "total"):
                     g[part] += extra
             per_image.append(g)
-        return mean_gflops(per_image)
+        return per_image
 
     def summary(areas_, chosen, with_gate):
         m = miou_from_areas(areas_, classes)
-        m.update(gflops_of(chosen, with_gate), mean_exit=sum(chosen) / len(chosen),
+        m.update(mean_gflops(per_image_gflops(chosen, with_gate)),
+                 mean_exit=sum(chosen) / len(chosen),
                  exit_histogram=histogram(chosen, exits))
         return m
 
     result = summary(gated_areas, gated_exits, True)
-    result["ladder"] = [dict(exit=k, **{key: v for key, v in summary(
-        ladder_areas[k], [k] * len(gated_areas), False).items()
-        if key in ("miou", "aacc", "macc", "gflops_total", "gflops_encoder",
-                   "gflops_pixel_decoder")}) for k in exits]
-    oracle = summary(oracle_areas, oracle_exits, False)
-    result["oracle"] = {key: oracle[key] for key in ("miou", "aacc", "macc", "gflops_total",
-                                                     "gflops_encoder", "gflops_pixel_decoder",
-                                                     "mean_exit", "exit_histogram")}
+    def brief(m, *extra):
+        return {key: v for key, v in m.items()
+                if key in ("miou", "aacc", "macc", *extra) or key.startswith("gflops_")}
+
+    result["ladder"] = [dict(exit=k, **brief(summary(ladder_areas[k], [k] * len(gated_areas),
+                                                     False))) for k in exits]
+    result["oracle"] = brief(summary(oracle_areas, oracle_exits, False), "mean_exit",
+                             "exit_histogram")
     result.update(beta=beta, images=len(gated_areas), exits=exits,
                   gflops_note="mean per-image GFLOPs, each image traced at its exit and shape "
                               "(deformable sampling kernel not counted); gated includes the gate")
-    return result
+    rows = [dict(image=str(path), shape=list(hw), exit=k, gflops=g) for path, hw, k, g in
+            zip(images, shapes, gated_exits, per_image_gflops(gated_exits, True))]
+    return result, rows
+
+
+def gated_flops_report(rows: List[dict], model, params: dict, config: str, data) -> dict:
+    """``flops --data``'s document for the gated model from :func:`evaluate_gated`'s rows."""
+    import statistics
+
+    from pipelines.flops import describe_pixel_decoder
+
+    column = {p: [r["gflops"][p] for r in rows] for p in rows[0]["gflops"]}
+    return {
+        "config": str(config), "data": str(data), "images": len(rows), "batch": 1,
+        "pixel_decoder": f"{describe_pixel_decoder(model)} gated", "count_sampling": False,
+        "units": "GFLOPs (1e9, one multiply-add = one FLOP), per image at its gated exit, "
+                 "gate included",
+        "gflops": {p: statistics.fmean(v) for p, v in column.items()},
+        "gflops_std": {p: statistics.pstdev(v) for p, v in column.items()},
+        "gflops_min": {p: min(v) for p, v in column.items()},
+        "gflops_max": {p: max(v) for p, v in column.items()},
+        "params": params, "per_image": rows,
+    }
 
 
 def run_evaluate_gated(args: argparse.Namespace) -> int:
+    return as_stage("evaluate", [args.out, args.flops_json], [args.train_done, args.upstream],
+                    bool(args.record_failure), _evaluate_gated, args)
+
+
+def _evaluate_gated(args: argparse.Namespace) -> int:
+    from pipelines.evaluate import _checkpoint
+
     out = Path(args.out)
     ensure_writable_dir(out.parent, "output folder")
+    if args.flops_json:
+        ensure_writable_dir(Path(args.flops_json).parent, "output folder")
     gate_path = Path(args.gate)
     if not gate_path.is_file():
         raise UserError(f"gate not found: {gate_path} (train it with `python -m pipelines "
@@ -573,9 +749,13 @@ def run_evaluate_gated(args: argparse.Namespace) -> int:
         check_same_model(read_table(Path(args.table))[1], digest, "derived table", args.table)
     gate, meta = load_gate(gate_path, model.decode_head.pixel_decoder, digest)
     loader = build_loader(cfg, "test", args.batch_size)
-    result = evaluate_gated(model, gate, float(meta["beta"]), loader, args.max_images)
-    result.update(config=str(args.config), checkpoint=str(args.checkpoint), gate=str(gate_path),
+    result, rows = evaluate_gated(model, gate, float(meta["beta"]), loader, args.max_images)
+    result.update(config=str(args.config), checkpoint=str(_checkpoint(args)), gate=str(gate_path),
                   model_hash=digest)
+    if args.flops_json:
+        params = FlopsCache(model).params
+        write_json_atomic(args.flops_json, gated_flops_report(
+            rows, model, params, args.config, cfg.test_dataloader.dataset.get("data_root")))
     write_json_atomic(out, result)
     print(f"beta {result['beta']}: mIoU {result['miou']:.2f}  mean GFLOPs "
           f"{result['gflops_total']:.3f}  mean exit {result['mean_exit']:.2f}  "

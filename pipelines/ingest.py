@@ -77,6 +77,13 @@ def collect_metrics(paths: RunPaths) -> dict[str, float]:
             metrics[key] = _number(evaluation, key)
         for cls, iou in (evaluation.get("per_class_iou") or {}).items():
             metrics[f"{c.IOU_PREFIX}{cls}"] = iou
+        # ECO-M2F (evaluate-gated): every fixed exit and the oracle gate beside the gated run
+        for row in evaluation.get("ladder") or []:
+            for key in (c.MIOU, c.AACC, c.MACC, *c.GFLOPS):
+                metrics[c.LADDER_METRIC.format(exit=row.get("exit"), metric=key)] = \
+                    _number(row, key)
+        for key in (c.MIOU, c.AACC, c.MACC, *c.GFLOPS, c.MEAN_EXIT):
+            metrics[c.ORACLE_METRIC.format(metric=key)] = _number(evaluation, f"oracle.{key}")
     flops = _read_json(paths.flops)
     if flops:
         for part, name in zip(c.GFLOPS_PARTS, c.GFLOPS):

@@ -10,6 +10,7 @@ import json
 from pathlib import Path
 
 from pipelines.contract import SEED
+from pipelines.eco_m2f import report_lines
 from pipelines.errors import UserError
 from pipelines.grid import RunPaths
 from pipelines.ingest import collect_metrics, run_failure
@@ -39,6 +40,7 @@ def build_report(ablation: str, results: str, run_jsons: list[str],
              + " | ".join(c[1] for c in COLUMNS) + " |",
              "|" + "---|" * (6 + len(COLUMNS))]
     failed = []  # (run id, reason): listed under the table (issue 9: failures stay local)
+    gated = []  # ECO-M2F: histogram, ladder and oracle of every gated run, under the table
     for run_json in run_jsons:
         path = Path(run_json)
         if not path.is_file():
@@ -54,6 +56,9 @@ def build_report(ablation: str, results: str, run_jsons: list[str],
                  params.get(SEED, "-"), params["max_iters"], f"`{params.get('recipe', '')}`"]
         cells += [fmt.format(metrics[key]) if key in metrics else "-" for key, _, fmt in COLUMNS]
         lines.append("| " + " | ".join(cells) + " |")
+        gated += report_lines(run["run_id"], RunPaths.of(results, ablation, run).metrics)
+    if gated:
+        lines += ["", "## ECO-M2F: exit histogram, ladder and oracle", "", *gated]
     if failed:
         lines += ["", "## Failed runs", "", "| run | reason |", "|---|---|"]
         lines += [f"| `{run_id}` | {reason.replace('|', '/')} |" for run_id, reason in failed]

@@ -1,10 +1,129 @@
-# ECO-M2F (issue: early exit + gate). Its rules go here, per eco_m2f run and beta:
+# ECO-M2F (issue 10): train with exits once, derive once, then a gate and a gated evaluation per
+# beta. A run is gated when its config builds the early_exit method and it has a `beta` setting
+# (the gate-stage axis of pipelines/models/early_exit.py):
 #
-#   derive_exit_quality: frozen exit-trained model -> per-image quality q_k of every exit
-#       output  results/derive/<ablation>/<run-id>/quality.json      (independent of beta)
-#   train_gate:          quality + beta -> gate weights, exit histogram
-#       output  results/gate/<ablation>/<run-id>/gate_done.json      (the run id carries beta)
-#   evaluate_gated:      gated model -> metrics.json with expected GFLOPs
+#   train_model (train.smk)  once per training: runs that differ only in beta share it
+#   derive_exit_quality      per training: results/derive/<ablation>/<train-id>/derive.json
+#                            (+ quality.parquet, quality.features.parquet beside; beta-free)
+#   train_gate               per run: results/gate/<ablation>/<run-id>/gate.json (+ gate.pth)
+#   evaluate_gated           per run: the run's metrics.json (evaluate's names + mean_exit,
+#                            exit_histogram, ladder, oracle) and its flops.json (mean GFLOPs per
+#                            image at the gated exits), in place of evaluate_model / count_flops
 #
-# Grid expansion already names eco_m2f runs by beta (pipelines/grid.py: `eco_m2f-beta0.005-seed0`);
-# get_run_outputs() in common.smk is where their extra outputs join `rule all`.
+# Adding or changing a beta is a new run id with the same train id: only its gate and gated
+# evaluation run (and ingest/report after them). The JSON outputs may be failure records
+# (pipelines/failures.py); the Parquet tables and the gate weights are never declared, like
+# checkpoints, so a retry overwrites them atomically instead of deleting them first.
+from pipelines.eco_m2f import id_pattern, is_gated, stage_files  # noqa: E402
+
+
+GATED_RUNS = {run_id: run for run_id, run in RUNS.items() if is_gated(run)}
+ECO_FILES = {run_id: stage_files(RESULTS, ABLATION, run) for run_id, run in GATED_RUNS.items()}
+# train id -> the files of (any) one of its runs: the derive files are the training's
+GATED_TRAININGS = {run.train_id: ECO_FILES[run_id] for run_id, run in GATED_RUNS.items()}
+# a gated run's derive and gate summaries join `rule all` (its metrics/flops already do)
+EXTRA_RUN_OUTPUTS.append(
+    lambda run: (
+        [ECO_FILES[run.run_id]["derive"], ECO_FILES[run.run_id]["gate"]]
+        if run.run_id in GATED_RUNS
+        else []
+    )
+)
+
+
+# evaluate_gated writes a gated run's metrics.json and flops.json; the rules of every run match
+# those paths too, so the gated one wins for the ids it is constrained to
+ruleorder: evaluate_gated > evaluate_model
+ruleorder: evaluate_gated > count_flops
+
+
+rule derive_exit_quality:
+    input:
+        done=f"{RESULTS}/train/{ABLATION}/{{train_id}}/train_done.json",
+    output:
+        summary=f"{RESULTS}/derive/{ABLATION}/{{train_id}}/derive.json",
+    log:
+        f"{RESULTS}/logs/{ABLATION}/{{train_id}}/derive_exit_quality.log",
+    wildcard_constraints:
+        train_id=id_pattern(GATED_TRAININGS),
+    params:
+        config=lambda wildcards: get_training(wildcards).config,
+        table=lambda wildcards: GATED_TRAININGS[wildcards.train_id]["table"],
+        data_root=config["data"]["root"],
+        options=get_options,
+    threads: get_threads("evaluate")
+    resources:
+        **get_resources("evaluate"),
+        last_attempt=last_attempt,
+    retries: config["retries"]
+    conda:
+        CONDA_ENV
+    shell:
+        "OMP_NUM_THREADS={threads} PYTHONWARNINGS=ignore "
+        "python -m pipelines derive-exits {params.config:q} --train-done {input.done:q} "
+        "--out {params.table:q} --summary {output.summary:q} "
+        "--data-root {params.data_root:q} --record-failure {resources.last_attempt} "
+        "--cfg-options {params.options} > {log:q} 2>&1"
+
+
+rule train_gate:
+    input:
+        derived=lambda wildcards: ECO_FILES[wildcards.run_id]["derive"],
+    output:
+        summary=f"{RESULTS}/gate/{ABLATION}/{{run_id}}/gate.json",
+    log:
+        f"{RESULTS}/logs/{ABLATION}/{{run_id}}/train_gate.log",
+    wildcard_constraints:
+        run_id=id_pattern(GATED_RUNS),
+    params:
+        config=lambda wildcards: get_run(wildcards).config,
+        beta=lambda wildcards: get_run(wildcards).settings["beta"],
+        table=lambda wildcards: ECO_FILES[wildcards.run_id]["table"],
+        gate=lambda wildcards: ECO_FILES[wildcards.run_id]["gate_weights"],
+    threads: 1
+    resources:
+        **get_resources("evaluate"),
+        last_attempt=last_attempt,
+    retries: config["retries"]
+    conda:
+        CONDA_ENV
+    shell:
+        "OMP_NUM_THREADS={threads} PYTHONWARNINGS=ignore "
+        "python -m pipelines train-gate --table {params.table:q} --beta {params.beta} "
+        "--config {params.config:q} --out {params.gate:q} --json {output.summary:q} "
+        "--upstream {input.derived:q} --record-failure {resources.last_attempt} "
+        "> {log:q} 2>&1"
+
+
+rule evaluate_gated:
+    input:
+        run=f"{RESULTS}/runs/{ABLATION}/{{run_id}}/run.json",
+        done=get_train_done,
+        gate=f"{RESULTS}/gate/{ABLATION}/{{run_id}}/gate.json",
+    output:
+        metrics=f"{RESULTS}/evaluate/{ABLATION}/{{run_id}}/metrics.json",
+        flops=f"{RESULTS}/flops/{ABLATION}/{{run_id}}/flops.json",
+    log:
+        f"{RESULTS}/logs/{ABLATION}/{{run_id}}/evaluate_gated.log",
+    wildcard_constraints:
+        run_id=id_pattern(GATED_RUNS),
+    params:
+        config=lambda wildcards: get_run(wildcards).config,
+        gate=lambda wildcards: ECO_FILES[wildcards.run_id]["gate_weights"],
+        table=lambda wildcards: ECO_FILES[wildcards.run_id]["table"],
+        data_root=config["data"]["root"],
+        options=get_options,
+    threads: get_threads("evaluate")
+    resources:
+        **get_resources("evaluate"),
+        last_attempt=last_attempt,
+    retries: config["retries"]
+    conda:
+        CONDA_ENV
+    shell:
+        "OMP_NUM_THREADS={threads} PYTHONWARNINGS=ignore "
+        "python -m pipelines evaluate-gated {params.config:q} --train-done {input.done:q} "
+        "--gate {params.gate:q} --table {params.table:q} --upstream {input.gate:q} "
+        "--out {output.metrics:q} --flops-json {output.flops:q} "
+        "--data-root {params.data_root:q} --record-failure {resources.last_attempt} "
+        "--cfg-options {params.options} > {log:q} 2>&1"
