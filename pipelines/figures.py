@@ -28,6 +28,7 @@ from pipelines.analysis.settings import (INTERVAL_NAME, ONE_SEED, TEST_NAME, Ana
                                          analyse)
 from pipelines.data.synthetic import SMALL_CLASSES
 from pipelines.errors import UserError
+from pipelines.figures_eco_m2f import fig_eco_m2f_tradeoff
 
 #: display order, colour and marker of each variant (same everywhere)
 VARIANTS = {
@@ -366,6 +367,7 @@ FIGURES: dict[str, Callable] = {
     "accuracy_vs_gflops": fig_accuracy_vs_gflops,
     "encoder_gflops_by_schedule": fig_encoder_gflops_by_schedule,
     "eco_m2f_exits": fig_eco_m2f_exits,
+    "eco_m2f_tradeoff": fig_eco_m2f_tradeoff,
     "accuracy_vs_cluster_fraction": fig_accuracy_vs_cluster_fraction,
     "latency_vs_gflops": fig_latency_vs_gflops,
     "search_hypervolume": fig_search_hypervolume,

@@ -93,7 +93,8 @@ def test_missing_variants_are_skipped_with_a_note(runs, rendered, tmp_path):
     notes = []
     shutil.copytree(rendered[0], tmp_path, dirs_exist_ok=True)  # a folder from a fuller table
     manifest = figures.render_all(baseline, tmp_path, log=notes.append)
-    skipped = {"encoder_gflops_by_schedule", "eco_m2f_exits", "accuracy_vs_cluster_fraction",
+    skipped = {"encoder_gflops_by_schedule", "eco_m2f_exits", "eco_m2f_tradeoff",
+               "accuracy_vs_cluster_fraction",
                "search_hypervolume"}
     assert set(manifest["skipped"]) == skipped
     assert sorted(n.split(":")[0] for n in notes if n.startswith("skipped")) == sorted(
