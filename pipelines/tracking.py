@@ -191,24 +191,64 @@ def upsert_child(client, experiment_id: str, parent_id: str, ablation: str, reco
                             start_time=record.start_ms or now, tags=tags)
     mlflow_id = run.info.run_id
     params = [Param(k, str(v)) for k, v in record.params.items()]
-    for i in range(0, len(params), PARAM_BATCH):
-        client.log_batch(mlflow_id, params=params[i:i + PARAM_BATCH])
     end = record.end_ms or now
     metrics = [Metric(k, float(v), end, 0) for k, v in record.metrics.items()
                if _finite(v)]
     for name, points in record.curves.items():
         metrics += [Metric(name, float(v), int(ts), int(step)) for step, v, ts in points
                     if _finite(v)]
-    for i in range(0, len(metrics), BATCH):
-        client.log_batch(mlflow_id, metrics=metrics[i:i + BATCH])
-    for local, sub in record.artifacts:
-        local = Path(local)
-        if local.is_dir():
-            client.log_artifacts(mlflow_id, str(local), sub or None)
-        elif local.is_file():
-            client.log_artifact(mlflow_id, str(local), sub or None)
+    for batch_params, batch_metrics in _batches(params, metrics):
+        client.log_batch(mlflow_id, params=batch_params, metrics=batch_metrics)
+    log_artifacts_once(client, mlflow_id, record.artifacts)
     client.set_terminated(mlflow_id, status=record.status, end_time=end)
     return mlflow_id, action
+
+
+def _batches(params: list, metrics: list):
+    """``(params, metrics)`` chunks within MLflow's ``log_batch`` limits: the first call
+    carries the params (at most :data:`PARAM_BATCH`) and fills up with metrics (at most
+    :data:`BATCH` entities in all), so a typical run is written in one call (one transaction)."""
+    params, metrics = list(params), list(metrics)
+    while params or metrics:
+        chunk_params, params = params[:PARAM_BATCH], params[PARAM_BATCH:]
+        room = BATCH - len(chunk_params)
+        chunk_metrics, metrics = metrics[:room], metrics[room:]
+        yield chunk_params, chunk_metrics
+
+
+def log_artifacts_once(client, mlflow_id: str, artifacts: Iterable[tuple[Path, str]]) -> None:
+    """Upload ``(local file or folder, artifact sub-path)`` pairs with one ``log_artifacts`` call.
+
+    The pairs are laid out as links in a staging folder (a file lands in ``sub/<name>``, a
+    folder's content in ``sub/``, as ``log_artifact`` / ``log_artifacts`` place them), so the
+    run's artifact store is looked up once per run instead of once per file.
+    """
+    import os
+    import shutil
+    import tempfile
+
+    staged = False
+    with tempfile.TemporaryDirectory(prefix="ingest-") as tmp:
+        staging = Path(tmp)
+        for local, sub in artifacts:
+            local = Path(local)
+            if local.is_dir():
+                files = [(f, staging / (sub or "") / f.relative_to(local))
+                         for f in sorted(local.rglob("*")) if f.is_file()]
+            elif local.is_file():
+                files = [(local, staging / (sub or "") / local.name)]
+            else:
+                continue
+            for src, dst in files:
+                dst.parent.mkdir(parents=True, exist_ok=True)
+                dst.unlink(missing_ok=True)
+                try:
+                    os.symlink(src.resolve(), dst)
+                except OSError:  # no symlinks here: copy
+                    shutil.copyfile(src, dst)
+                staged = True
+        if staged:
+            client.log_artifacts(mlflow_id, str(staging))
 
 
 def _finite(value: Any) -> bool:
