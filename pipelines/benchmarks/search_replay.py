@@ -130,6 +130,14 @@ def main(argv=None) -> int:
     def cost(run):  # the GFLOPs the real flops rule traced for this run when the grid ran
         return table[run.run_id]["gflops_total"]
 
+    from pipelines.errors import UserError
+    from pipelines.search_runs import space_points
+
+    missing = [v for v, s in space_points(spec) if make_run(v, s).run_id not in table]
+    if missing:
+        raise UserError(f"{args.table}: {len(missing)} of {len(space_points(spec))} settings of "
+                        "the space are not recorded yet; finish the recording (the command in "
+                        "tests/data/record_grid_tiny.py resumes where it stopped)")
     grid_points = [(r["miou"], r["gflops_total"]) for r in table.values()]
     grid_hv = hypervolume(grid_points, spec.gflops_budget)
     n_grid = len(table)

@@ -84,6 +84,8 @@ def main(argv=None) -> int:
     parser.add_argument("--iters", type=int, default=100)
     parser.add_argument("--cores", type=int, default=2)
     parser.add_argument("--out", type=Path, default=HERE / "grid_tiny.csv")
+    parser.add_argument("--collect-only", action="store_true",
+                        help="do not run the DAG; write the rows of the runs that finished")
     parser.add_argument("--yaml-only", action="store_true",
                         help="only write grid_tiny.yaml (the ablation, repo-relative paths)")
     args = parser.parse_args(argv)
@@ -96,7 +98,8 @@ def main(argv=None) -> int:
     work.mkdir(parents=True, exist_ok=True)
     config = ablation(work, args.iters)
     configfile = work / "grid_tiny.yaml"
-    configfile.write_text(yaml.safe_dump(config, sort_keys=False))
+    if not args.collect_only:
+        configfile.write_text(yaml.safe_dump(config, sort_keys=False))
     runs = expand_grid(config, repo=REPO)
     targets = []
     for run in runs:
@@ -106,21 +109,30 @@ def main(argv=None) -> int:
     env = dict(os.environ, PATH=f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '')}",
                PYTHONPATH=str(REPO), PYTHONWARNINGS="ignore")
     start = time.monotonic()
-    subprocess.run([str(bin_dir / "snakemake"), "--snakefile", str(REPO / "Snakefile"),
-                    "--configfile", str(configfile), "--directory", str(work),
-                    "--cores", str(args.cores), "--rerun-incomplete", *targets],
-                   check=True, env=env)
+    if not args.collect_only:  # rerunning the same command resumes: finished runs are kept
+        subprocess.run([str(bin_dir / "snakemake"), "--snakefile", str(REPO / "Snakefile"),
+                        "--configfile", str(configfile), "--directory", str(work),
+                        "--cores", str(args.cores), "--rerun-incomplete", *targets],
+                       check=True, env=env)
     print(f"DAG finished in {time.monotonic() - start:.0f} s")
     rows = []
-    for run in runs:
-        p = RunPaths.of(config["results"], config["name"], run)
-        metrics = json.loads(p.metrics.read_text())
-        flops = json.loads(p.flops.read_text())["gflops"]
-        s = run.settings
-        rows.append(dict(run_id=run.run_id, variant=run.variant, schedule=s.get("schedule") or "",
+    # every finished run, read from the files its jobs wrote (run.json has the settings), so
+    # that the table does not depend on how the grid spells run ids
+    results = Path(config["results"])
+    for run_json in sorted((results / "runs" / config["name"]).glob("*/run.json")):
+        run = json.loads(run_json.read_text())
+        run_id = run["run_id"]
+        metrics_path = results / "evaluate" / config["name"] / run_id / "metrics.json"
+        flops_path = results / "flops" / config["name"] / run_id / "flops.json"
+        if not (metrics_path.is_file() and flops_path.is_file()):
+            continue  # not finished (yet)
+        metrics = json.loads(metrics_path.read_text())
+        flops = json.loads(flops_path.read_text())["gflops"]
+        s = run["settings"]
+        rows.append(dict(run_id=run_id, variant=run["variant"], schedule=s.get("schedule") or "",
                          trc="" if s.get("trc") is None else str(bool(s["trc"])).lower(),
                          lpe="" if s.get("lpe") is None else str(bool(s["lpe"])).lower(),
-                         seed=s.get("seed", 0), max_iters=run.max_iters,
+                         seed=s.get("seed", 0), max_iters=run["max_iters"],
                          miou=round(float(metrics["miou"]), 4),
                          gflops_total=round(flops["total"], 6),
                          gflops_pixel_decoder=round(flops["pixel_decoder"], 6),
@@ -129,7 +141,7 @@ def main(argv=None) -> int:
         writer = csv.DictWriter(fh, fieldnames=COLUMNS)
         writer.writeheader()
         writer.writerows(rows)
-    print(f"{len(rows)} runs -> {args.out}")
+    print(f"{len(rows)} of {len(runs)} runs finished -> {args.out}")
     return 0
 
 

@@ -1,0 +1,85 @@
+"""optuna-dashboard on a search's study, on loopback, seen by headless Chromium: the trials, the
+Pareto front of the feasible trials, and the infeasible trials marked as such."""
+from __future__ import annotations
+
+import dataclasses
+import re
+import shutil
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from tests.services.local_slurm import free_port
+
+pytestmark = pytest.mark.services
+
+
+def _chromium() -> str | None:
+    return shutil.which("chromium") or shutil.which("chromium-browser")
+
+
+def _dump_dom(browser: str, url: str, tmp: Path) -> str:
+    """The page's DOM after its scripts ran (the dashboard is a React app fed by its API)."""
+    proc = subprocess.run([browser, "--headless", "--no-sandbox", "--disable-gpu",
+                           f"--user-data-dir={tmp / 'chromium'}", "--virtual-time-budget=20000",
+                           "--dump-dom", url], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    return proc.stdout
+
+
+def test_dashboard_shows_trials_and_pareto_front(tmp_path):
+    import optuna
+
+    from pipelines.benchmarks.search_replay import SPACE
+    from pipelines.search import ReplayExecutor, Search, open_storage, open_study
+    from pipelines.search_space import load_search_space
+
+    browser = _chromium()
+    if browser is None:
+        pytest.skip("Chromium missing: apt-get install -y chromium")
+    from tests.unit.test_search import TABLE as table
+    spec = dataclasses.replace(load_search_space(SPACE), name="dash", max_trials=12,
+                               max_trainings=5, batch=3, seed=2)
+    storage = f"sqlite:///{tmp_path / 'study.db'}"
+    study = open_study(spec, open_storage(storage))
+    Search(spec=spec, study=study, executor=ReplayExecutor(table=table),
+           cost=lambda run: table[run.run_id]["gflops_total"], log=lambda m: None).run()
+    trials = study.get_trials()
+    infeasible = [t.number for t in trials if t.user_attrs.get("status") == "infeasible"]
+    front = sorted(t.number for t in study.best_trials)
+    assert infeasible and front
+
+    port = free_port()
+    dashboard = subprocess.Popen([str(Path(sys.executable).with_name("optuna-dashboard")),
+                                  storage, "--host", "127.0.0.1", "--port", str(port)],
+                                 stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    try:
+        base = f"http://127.0.0.1:{port}"
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                urllib.request.urlopen(f"{base}/api/studies", timeout=2).read()
+                break
+            except OSError:
+                assert dashboard.poll() is None, dashboard.stdout.read()
+                assert time.monotonic() < deadline, "optuna-dashboard did not answer"
+                time.sleep(0.5)
+        dom = _dump_dom(browser, f"{base}/dashboard/studies/{study._study_id}", tmp_path)
+        assert "Pareto Front" in dom
+        assert re.search(r'data-unformatted="Infeasible"', dom), "infeasible trials not marked"
+        for name in ("miou", "gflops_total"):  # the study's metric names label the axes
+            assert f'data-unformatted="{name}"' in dom
+        shown = sorted(int(n) for n in re.findall(r">Trial (\d+)<", dom))
+        assert shown == front, (shown, front)  # the best trials = the feasible Pareto front
+        assert not set(shown) & set(infeasible)
+        trials_dom = _dump_dom(browser, f"{base}/dashboard/studies/{study._study_id}/trials",
+                               tmp_path)
+        listed = set(int(n) for n in re.findall(r"Trial (\d+)", trials_dom))
+        assert listed >= {t.number for t in trials[:5]}  # the trial list shows the trials
+    finally:
+        dashboard.terminate()
+        dashboard.wait(timeout=30)
