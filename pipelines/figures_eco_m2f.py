@@ -67,8 +67,8 @@ def fig_eco_m2f_tradeoff(a, plt):
         ax.plot(xs, ys, color="#4d4d4d", marker="o", markersize=4, linewidth=1,
                 label="fixed exit k (ladder)")
         for k, x, y in data["ladder"]:
-            ax.annotate(f"k={k}", (x, y), textcoords="offset points", xytext=(0, -11),
-                        ha="center", fontsize=7, color="#4d4d4d")
+            ax.annotate(f"k={k}", (x, y), textcoords="offset points", xytext=(5, -10),
+                        ha="left", fontsize=7, color="#4d4d4d")
     _, xs, ys, _ = zip(*data["gated"])
     ax.plot(xs, ys, color=color, marker=marker, linestyle="none", markersize=7,
             label="gated (per β)")
@@ -84,5 +84,5 @@ def fig_eco_m2f_tradeoff(a, plt):
     ax.set_ylabel("mIoU (%)")
     ax.set_title("ECO-M2F: gate vs. fixed exits and oracle")
     ax.margins(x=0.08, y=0.12)
-    ax.legend(loc="lower right")
+    ax.legend(loc="best")
     return fig

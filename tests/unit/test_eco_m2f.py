@@ -161,3 +161,49 @@ def test_bad_input_is_one_line_and_keeps_outputs(derived, tmp_path, capsys):
     refused(["evaluate-gated", str(REPO / "configs/models/mask2former_r18_synthetic-128x128.py"),
              str(derived["ck"]), "--gate", str(keep), "--out", str(tmp_path / "m.json")],
             "no early-exit pixel decoder")
+
+
+# --------------------------------------------------------------------------- cost
+def test_gated_gflops_agree_with_flops_data(derived, tmp_path):
+    """evaluate-gated's GFLOPs are what `flops --data` traces: per image on the real image
+    (the gated model picks its own exit), and for a fixed exit over the dataset."""
+    import argparse
+
+    from pipelines.config import load_config
+    from pipelines.eco_m2f import load_exit_model, load_gate
+    from pipelines.flops import count_flops, dataset_inputs, per_image_report
+
+    gate = tmp_path / "gate.pth"
+    assert main(["train-gate", "--table", str(derived["table"]), "--beta", "0.0", "--epochs",
+                 "20", "--out", str(gate)]) == 0
+    out, flops_json = tmp_path / "m.json", tmp_path / "flops.json"
+    assert main(["evaluate-gated", *model_args(derived, "--gate", str(gate), "--out", str(out),
+                                                "--flops-json", str(flops_json),
+                                                "--max-images", "2")]) == 0
+    m, doc = json.loads(out.read_text()), json.loads(flops_json.read_text())
+    assert doc["images"] == 2 and doc["gflops"]["total"] == pytest.approx(m["gflops_total"])
+    assert sorted(r["exit"] for r in doc["per_image"]) == sorted(
+        int(k) for k, n in m["exit_histogram"].items() for _ in range(n))
+
+    # the gated model traced on each real image, as `flops --data` does; that trace loses the
+    # gate's Linear (its logits leave the graph as Python ints), which evaluate-gated traces
+    # on its own and adds: C x exits multiply-adds
+    ns = argparse.Namespace(config=str(ECO_TINY), checkpoint=str(derived["ck"]), batch_size=1,
+                            cfg_options=OPTIONS, data_root=str(derived["data"]), train_done=None)
+    cfg, model, digest = load_exit_model(ns)
+    pd_ = model.decode_head.pixel_decoder
+    pd_.gate, pd_.test_exit = load_gate(gate, pd_, digest)[0], "gate"
+    for (_, img), row in zip(dataset_inputs(model, cfg, str(derived["data"]), 2),
+                             doc["per_image"]):
+        traced = count_flops(model, tuple(img.shape[-2:]), img=img)["flops"]
+        assert pd_.last_exits == [row["exit"]]
+        gate_flops = 256 * 5
+        for part in ("total", "pixel_decoder"):
+            assert traced[part] + gate_flops == round(row["gflops"][part] * 1e9)
+        assert traced["encoder"] == round(row["gflops"]["encoder"] * 1e9)
+
+    # `flops --data` on the config with a fixed exit is that exit's ladder rung
+    fixed = load_config(str(ECO_TINY), [*OPTIONS, "model.decode_head.pixel_decoder.test_exit=3"])
+    report = per_image_report(fixed, str(derived["data"]), max_images=2, progress=False)
+    rung = next(r for r in m["ladder"] if r["exit"] == 3)
+    assert report["gflops"]["total"] == pytest.approx(rung["gflops_total"], rel=1e-9)
