@@ -557,6 +557,7 @@ class RunPaths:
     ablation: str
     run_id: str
     train_id: str = ""  # the training it uses (runs differing only in later-stage axes share one)
+    train_recipe: str = ""  # that training's recipe: its folder, so a new recipe is a new output
 
     def _stage(self, stage: str, name: str | None = None) -> Path:
         return Path(self.results) / stage / self.ablation / (name or self.run_id)
@@ -564,7 +565,8 @@ class RunPaths:
     @classmethod
     def of(cls, results: str, ablation: str, run: "Run | Mapping") -> "RunPaths":
         get = run.get if isinstance(run, Mapping) else lambda k: getattr(run, k)
-        return cls(str(results), ablation, get("run_id"), get("train_id") or get("run_id"))
+        return cls(str(results), ablation, get("run_id"), get("train_id") or get("run_id"),
+                   get("train_recipe") or "")
 
     @property
     def run_json(self) -> Path:
@@ -572,6 +574,10 @@ class RunPaths:
 
     @property
     def train_done(self) -> Path:
+        """In the recipe's work folder (when known): a changed recipe is a missing output, so
+        Snakemake trains it whatever its rerun triggers; checkpoints sit beside, undeclared."""
+        if self.train_recipe:
+            return self.work_dir(self.train_recipe) / "train_done.json"
         return self._stage("train", self.train_id) / "train_done.json"
 
     def work_dir(self, recipe_hash: str) -> Path:

@@ -233,7 +233,8 @@ def test_later_stage_axes_share_one_training(tmp_path, monkeypatch):
     assert not any("gate.beta" in o for o in runs[0].cfg_options)
     assert runs[0].stages == {"gate_beta": "gate"}
     paths = RunPaths.of("results", "t", runs[1])
-    assert str(paths.train_done) == "results/train/t/pro_scale-s3-3-3-seed0/train_done.json"
+    assert str(paths.train_done) == (f"results/train/t/pro_scale-s3-3-3-seed0/work-"
+                                     f"{runs[1].train_recipe}/train_done.json")
     assert str(paths.metrics).endswith("pro_scale-s3-3-3-beta0.02-seed0/metrics.json")
 
 

@@ -89,7 +89,7 @@ def test_eco_m2f_demo_end_to_end(tmp_path):
         assert len(flops[r]["per_image"]) == 4
     assert high["oracle"]["mean_exit"] == 2  # beta 1: the oracle takes the first exit
     # one training and one derived table for both betas
-    assert len(list((results / "train" / ABLATION).glob("*/train_done.json"))) == 1
+    assert len(list((results / "train" / ABLATION).glob("*/work-*/train_done.json"))) == 1
     assert len(list((results / "derive" / ABLATION).glob("*/quality.parquet"))) == 1
 
     # the report shows the histogram, the ladder and the oracle of each gated run

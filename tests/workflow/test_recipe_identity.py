@@ -39,7 +39,7 @@ def run_copy(repo: Path, configfile: Path, *args: str):
 
 
 def trained(stdout: str) -> set[str]:
-    return {Path(t).parent.name for t in re.findall(r"(\S+/train_done\.json)", stdout)}
+    return {Path(t).parent.parent.name for t in re.findall(r"(\S+/train_done\.json)", stdout)}
 
 
 def test_new_axis_end_to_end_and_reruns_follow_content(tmp_path):

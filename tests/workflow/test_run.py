@@ -30,7 +30,8 @@ def test_tiny_grid_end_to_end(tiny):
         assert 0 <= metrics["miou"] <= 100
         flops = json.loads((results / "flops" / "tiny" / run_id / "flops.json").read_text())
         assert flops["gflops"]["total"] > 0
-        done = json.loads((results / "train" / "tiny" / run_id / "train_done.json").read_text())
+        (done_file,) = (results / "train" / "tiny" / run_id).glob("work-*/train_done.json")
+        done = json.loads(done_file.read_text())
         assert done["iters"] == done["max_iters"] == 4 and Path(done["checkpoint"]).is_file()
     # PRO-SCALE's early stages see fewer tokens: a cheaper encoder than the baseline's
     f = {r: json.loads((results / "flops" / "tiny" / r / "flops.json").read_text())["gflops"]
@@ -58,7 +59,7 @@ def test_tiny_grid_end_to_end(tiny):
     counts = job_counts(changed.stdout)
     assert counts["train_model"] == counts["evaluate_model"] == 1, changed.stdout[-3000:]
     trained = re.findall(r"output: (\S+/train_done\.json)", changed.stdout)
-    assert [Path(t).parent.name for t in trained] == ["pro_scale-s2-2-2-trc-lpe-seed0"]
+    assert [Path(t).parent.parent.name for t in trained] == ["pro_scale-s2-2-2-trc-lpe-seed0"]
 
 
 def test_interrupted_training_resumes_from_its_checkpoint(tmp_path):
@@ -81,13 +82,15 @@ def test_interrupted_training_resumes_from_its_checkpoint(tmp_path):
     finally:
         os.killpg(proc.pid, signal.SIGINT)  # Ctrl-C on the whole job tree
         proc.wait(60)
-    assert not (train_dir / "train_done.json").exists()
+    assert not list(train_dir.glob("work-*/train_done.json"))
 
     again = snakemake(tmp_path, configfile, "--rerun-incomplete")
     assert again.returncode == 0, again.stderr[-3000:]
-    log = (tmp_path / "results" / "logs" / "tiny" / "baseline-seed0" / "train.log").read_text()
+    (log_file,) = (tmp_path / "results" / "logs" / "tiny" / "baseline-seed0").glob("train-*.log")
+    log = log_file.read_text()
     resumed = [line for line in log.splitlines() if "resumed epoch" in line]
     assert resumed, log[-2000:]
     assert "iter: 0" not in resumed[0]
-    done = json.loads((train_dir / "train_done.json").read_text())
+    (done_file,) = train_dir.glob("work-*/train_done.json")
+    done = json.loads(done_file.read_text())
     assert done["iters"] == 10

@@ -75,7 +75,7 @@ def test_sigkill_head_then_resume(tmp_path):
     deadline = time.monotonic() + 900
     try:  # wait until one training is done and the next one has started
         while True:
-            done = sorted(train.glob("*/train_done.json"))
+            done = sorted(train.glob("*/work-*/train_done.json"))
             started = {p.parent.parent.name for p in train.glob("*/work-*/iter_*.pth")}
             if len(done) == 1 and len(started) == 2:  # one trained, the other under way
                 break
@@ -86,7 +86,7 @@ def test_sigkill_head_then_resume(tmp_path):
         if head.poll() is None:
             os.killpg(head.pid, signal.SIGKILL)  # the head, snakemake and the training job
         head.wait(timeout=60)
-    finished = {p.parent.name: p.stat().st_mtime_ns for p in done}
+    finished = {p.parent.parent.name: p.stat().st_mtime_ns for p in done}
     study = optuna.load_study(study_name="tiny_search", storage=storage)
     assert [t for t in study.trials if t.state.name == "RUNNING"], "killed too late"
 
@@ -97,7 +97,7 @@ def test_sigkill_head_then_resume(tmp_path):
     trials = study.trials
     assert not [t.number for t in trials if t.state.name in ("RUNNING", "WAITING")]
     for run_id, mtime in finished.items():  # a finished training is not redone
-        assert (train / run_id / "train_done.json").stat().st_mtime_ns == mtime
+        assert next((train / run_id).glob("work-*/train_done.json")).stat().st_mtime_ns == mtime
     trained = {t.user_attrs["run_id"] for t in trials if t.user_attrs.get("status") == "trained"}
     assert len(trained) == 2 and all(r.startswith(("pro_scale-s1-1-1", "pro_scale-s2-2-2"))
                                      for r in trained)

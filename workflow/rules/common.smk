@@ -49,6 +49,7 @@ CONDA_ENV = (
 wildcard_constraints:
     run_id=r"[A-Za-z0-9_.\-]+",
     train_id=r"[A-Za-z0-9_.\-]+",
+    train_recipe=r"[0-9a-f]+",
 
 
 def paths(run_id):
@@ -65,7 +66,13 @@ def get_training(wildcards):
 
 
 def get_train_done(wildcards):
+    """The train_done.json of a run's training (in its recipe's work folder)."""
     return str(paths(wildcards.run_id).train_done)
+
+
+def get_training_done(wildcards):
+    """The train_done.json of a training, by its train id."""
+    return str(paths(get_training(wildcards).run_id).train_done)
 
 
 def get_options(wildcards):
@@ -101,6 +108,13 @@ def get_resources(stage):
 
 def get_threads(stage):
     return config["resources"][stage]["cpus"]
+
+
+def last_attempt(wildcards, attempt):
+    """Resource: 1 on a job's last attempt, else 0 (issue 9: a stage given
+    `--record-failure 1` writes its output as a failure record instead of failing, so
+    one failed run does not block the ablation's ingest, report and figures)."""
+    return int(attempt > config["retries"])
 
 
 def get_run_outputs(run_id):

@@ -39,7 +39,7 @@ ruleorder: evaluate_gated > count_flops
 
 rule derive_exit_quality:
     input:
-        done=f"{RESULTS}/train/{ABLATION}/{{train_id}}/train_done.json",
+        done=get_training_done,
     output:
         summary=f"{RESULTS}/derive/{ABLATION}/{{train_id}}/derive.json",
     log:

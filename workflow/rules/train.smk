@@ -36,15 +36,14 @@ rule train_model:
     input:
         data=get_dataset_marker(),
     output:
-        done=f"{RESULTS}/train/{ABLATION}/{{train_id}}/train_done.json",
+        # the recipe's own folder (checkpoints beside, undeclared): a changed recipe is a new
+        # output, so exactly the trainings whose content changed run again
+        done=f"{RESULTS}/train/{ABLATION}/{{train_id}}/work-{{train_recipe}}/train_done.json",
     log:
-        f"{RESULTS}/logs/{ABLATION}/{{train_id}}/train.log",
+        f"{RESULTS}/logs/{ABLATION}/{{train_id}}/train-{{train_recipe}}.log",
     params:
         config=lambda wildcards: get_training(wildcards).config,
-        # the params trigger reruns a training whose recipe changed (new work folder)
-        work_dir=lambda wildcards: paths(get_training(wildcards).run_id).work_dir(
-            get_training(wildcards).train_recipe
-        ),
+        work_dir=lambda wildcards, output: os.path.dirname(output.done),
         data_root=get_data_root,
         options=get_options,
     threads: get_threads("train")
