@@ -9,12 +9,21 @@ calls, ``--repeats`` timed calls give the median and the spread (IQR, q1..q3). W
 Deformable attention backend: on CPU mmcv's ``MultiScaleDeformableAttention`` always runs its
 PyTorch fallback (``grid_sample`` per level). On CUDA it runs mmcv's CUDA kernel when mmcv was
 compiled with CUDA, otherwise the same PyTorch fallback on the GPU; the output says which.
+
+Paired latency of a whole ablation (``--runs``; the workflow's one ``benchmark_ablation`` job):
+every run's model (and the baseline variant's) is built in one process on one node and all
+calls are interleaved in one loop, so every run is timed under the same load, on the same
+device. The document names the host, CPU and GPU model, torch threads and library versions,
+and each run also gets its own ``benchmark.json`` (``results.candidate`` = the run,
+``results.baseline`` = the baseline run), the file ``ingest`` reads ``latency_ms`` from. A run
+whose model cannot be built gets a failure record there instead (pipelines/failures.py).
 """
 from __future__ import annotations
 
 import argparse
 import statistics
 import time
+from pathlib import Path
 from typing import Callable, Dict, List, Sequence, Tuple
 
 from pipelines.config import load_config, write_json_atomic
@@ -28,7 +37,14 @@ def add_parser(sub) -> None:
     p = sub.add_parser("benchmark", help="measure pixel-decoder and whole-model latency "
                        "(median, IQR), optionally side by side with a baseline",
                        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("config", help="mmengine model config to measure")
+    p.add_argument("config", nargs="?", help="mmengine model config to measure (or --runs)")
+    p.add_argument("--runs", nargs="+", metavar="RUN_JSON", help="paired latency of every run "
+                   "of an ablation (run.json files), interleaved in this one process")
+    p.add_argument("--results", default="results", help="with --runs: results folder; each "
+                   "run's benchmark.json is written under it")
+    p.add_argument("--ablation", help="with --runs: the ablation name")
+    p.add_argument("--baseline-variant", default="baseline", help="with --runs: the variant "
+                   "whose (first) run is the baseline of the ratios (default baseline)")
     p.add_argument("--baseline", metavar="CONFIG", help="a second config measured in the same "
                    "process, calls interleaved; ratios are candidate / baseline")
     p.add_argument("--shape", nargs=2, type=int, metavar=("H", "W"),
@@ -190,9 +206,136 @@ def format_table(doc: dict) -> str:
     return "\n".join(lines)
 
 
+# ----------------------------------------------------------------------------- paired ablation
+def host_info(device: str) -> dict:
+    """Where a measurement ran: host, CPU and GPU model, threads, library versions."""
+    import os
+    import platform
+    import socket
+
+    import torch
+
+    from pipelines.provenance import library_versions
+
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    info = {"host": socket.gethostname(), "platform": platform.platform(), "cpu": cpu,
+            "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(),
+            "python": platform.python_version(), "versions": library_versions(),
+            "gpu": None, "cuda": None}
+    if device == "cuda":
+        info["gpu"] = torch.cuda.get_device_name(torch.cuda.current_device())
+        info["cuda"] = torch.version.cuda
+    for key in ("SLURM_JOB_ID", "SLURMD_NODENAME", "CUDA_VISIBLE_DEVICES"):
+        if os.environ.get(key):
+            info[key.lower()] = os.environ[key]
+    return info
+
+
+def benchmark_runs(runs: List[dict], image_hw: Tuple[int, int] | None, device: str = "cpu",
+                   repeats: int = 20, warmup: int = 3, baseline_variant: str = "baseline"
+                   ) -> Tuple[dict, Dict[str, dict]]:
+    """Time every run's model interleaved in this process (see the module doc).
+
+    Args:
+        runs: run dicts (``run.json``: ``run_id``, ``variant``, ``config``, ``cfg_options``).
+        image_hw: input size; None takes the first run's config crop size.
+        baseline_variant: the variant whose first run the ratios divide by.
+
+    Returns:
+        ``(paired document, {run_id: the run's own benchmark.json document})``; a run whose
+        model does not build gets a failure record as its document.
+    """
+    import copy
+
+    from pipelines.failures import failure_record
+    from pipelines.flops import describe_pixel_decoder
+
+    backend = check_device(device, repeats, warmup)
+    models, configs, per_run = {}, {}, {}
+    for run in runs:
+        try:
+            cfg = load_config(run["config"], run.get("cfg_options") or [])
+            models[run["run_id"]] = build_model(cfg)
+            configs[run["run_id"]] = cfg
+        except Exception as err:  # noqa: BLE001 - one broken run must not stop the others
+            per_run[run["run_id"]] = failure_record("benchmark", err)
+    if not models:
+        raise UserError("no run's model could be built: "
+                        + "; ".join(f"{k}: {v['reason']}" for k, v in per_run.items()))
+    first = next(iter(configs.values()))
+    image_hw = tuple(image_hw) if image_hw else input_shape(first, None)
+    timings = measure_models(models, image_hw, device, repeats, warmup)
+    baseline = next((r["run_id"] for r in runs if r.get("variant") == baseline_variant
+                     and r["run_id"] in timings), None)
+    host = host_info(device)
+    common = {"shape": list(image_hw), "batch": 1, "device": device,
+              "deform_attn_backend": backend, "torch_threads": host["torch_threads"],
+              "repeats": repeats, "warmup": warmup, "host": host, "paired": True,
+              "baseline_run": baseline}
+    results = {}
+    for run_id, timing in timings.items():
+        results[run_id] = dict(config=str(configs[run_id].filename),
+                               pixel_decoder_type=describe_pixel_decoder(models[run_id]),
+                               **timing)
+    doc = {**common, "order": list(timings), "results": results, "failed": {
+        k: v["reason"] for k, v in per_run.items()}}
+    for run_id, res in results.items():
+        own = {**common, "results": {"candidate": res}}
+        if baseline is not None:
+            base = results[baseline]
+            own["results"]["baseline"] = base
+            own["ratios"] = {part: paired_ratio(res[part]["times_ms"],
+                                                base[part]["times_ms"]) for part in PARTS}
+        per_run[run_id] = copy.deepcopy(own)
+    return doc, per_run
+
+
+def format_runs_table(doc: dict) -> str:
+    host = doc["host"]
+    lines = [f"paired latency, input {doc['shape'][0]}x{doc['shape'][1]}, batch 1, "
+             f"{doc['device']} on {host['host']} ({host['gpu'] or host['cpu']}, "
+             f"{doc['torch_threads']} threads), {doc['repeats']} interleaved rounds after "
+             f"{doc['warmup']} warm-up", f"{'run':<40}{'model ms':>10}{'pix.dec ms':>12}"]
+    for run_id, res in doc["results"].items():
+        lines.append(f"{run_id:<40}{res['model']['median_ms']:10.1f}"
+                     f"{res['pixel_decoder']['median_ms']:12.1f}")
+    for run_id, reason in doc["failed"].items():
+        lines.append(f"{run_id:<40} FAILED: {reason}")
+    return "\n".join(lines)
+
+
+def run_ablation(args: argparse.Namespace) -> int:
+    from pipelines.disk import read_run_files
+    from pipelines.grid import RunPaths
+
+    if not args.ablation or not args.json:
+        raise UserError("--runs needs --ablation and --json")
+    runs = read_run_files(args.runs)
+    doc, per_run = benchmark_runs(runs, args.shape, args.device, args.repeats, args.warmup,
+                                  args.baseline_variant)
+    for run in runs:
+        write_json_atomic(RunPaths.of(args.results, args.ablation, run).benchmark,
+                          per_run[run["run_id"]])
+    write_json_atomic(args.json, doc)
+    print(format_runs_table(doc))
+    print(f"-> {args.json}")
+    return 0
+
+
 def run(args: argparse.Namespace) -> int:
     import pipelines.registry  # noqa: F401
 
+    if args.runs:
+        return run_ablation(args)
+    if not args.config:
+        raise UserError("give a CONFIG or --runs")
     cfg = load_config(args.config, args.cfg_options)
     configs = {"candidate": cfg}
     if args.baseline:

@@ -22,6 +22,7 @@ COMMAND_MODULES = (
     "pipelines.report",
     "pipelines.flops",
     "pipelines.benchmark",
+    "pipelines.disk",
     "pipelines.eco_m2f",
     "pipelines.figures",
     "pipelines.html_report",

@@ -4,6 +4,8 @@ from __future__ import annotations
 import argparse
 
 from pipelines.config import check_dataset, ensure_writable_dir, load_config
+from pipelines.disk import apply_retention
+from pipelines.errors import UserError
 
 
 def add_parser(sub) -> None:
@@ -18,6 +20,10 @@ def add_parser(sub) -> None:
     p.add_argument("--done-file", metavar="JSON", help="after training finishes, write a small "
                    "JSON here (iterations, last checkpoint, training time): the workflow's "
                    "output, so checkpoints never need to be declared")
+    p.add_argument("--nproc", type=int, default=1, metavar="N",
+                   help="processes (GPUs) of this training on this node: N > 1 starts "
+                   "`torchrun --standalone --nproc_per_node N` (DDP; NCCL on GPUs, gloo on "
+                   "CPU); the workflow passes resources.train.gpus (pipelines/launch.py)")
     p.add_argument("--record-failure", type=int, choices=(0, 1), default=0, metavar="0|1",
                    help="1: if training fails, write --done-file as a failure record (reason) "
                    "and exit 0; the workflow passes 1 on a job's last attempt so that the "
@@ -29,6 +35,7 @@ def build_train_config(args: argparse.Namespace):
     cfg = load_config(args.config, args.cfg_options, args.data_root)
     cfg.work_dir = str(ensure_writable_dir(args.work_dir))
     cfg.resume, cfg.load_from = choose_start(cfg.work_dir, cfg.get("load_from"))
+    apply_retention(cfg)  # keep the last and the best checkpoint, not every one (disk.py)
     hooks = list(cfg.get("custom_hooks", []) or [])
     wanted = ["StopOnNonFiniteLossHook"] + ([] if args.no_progress else ["ProgressBarHook"])
     for name in wanted:
@@ -80,16 +87,45 @@ def train(cfg):
     import pipelines.hooks  # noqa: F401
     from pipelines.runner import build_runner, run_loop
 
+    from pipelines.hooks import NonFiniteLossError
+
     runner = build_runner(cfg)
-    run_loop(runner, "train")
+    try:
+        run_loop(runner, "train")
+    except ValueError as err:
+        # mmdet's HungarianAssigner (Mask2Former's matcher) is where NaN/inf predictions of a
+        # diverged model surface first, before any loss exists: name the cause
+        if "invalid numeric entries" not in str(err):
+            raise
+        raise NonFiniteLossError(
+            f"predictions are NaN or infinite at iteration {runner.iter + 1} (the Hungarian "
+            "matcher got non-finite costs): training diverged and was stopped") from err
     return runner
 
 
 def run(args: argparse.Namespace) -> int:
-    from pipelines.failures import recording_failures
+    from pipelines import launch
+    from pipelines.failures import read_failure, recording_failures
 
-    with recording_failures(args.done_file, "train", bool(args.record_failure)):
-        return _run(args)
+    if args.nproc < 1:
+        raise UserError(f"--nproc must be >= 1, got {args.nproc}")
+    launching = args.nproc > 1 and launch.world_size() == 1
+    # in a launch, rank 0 alone records a failure; the other ranks fail and torchrun stops
+    record = bool(args.record_failure) and launch.is_main_process()
+    with recording_failures(args.done_file, "train", record):
+        if not launching:
+            return _run(args)
+        import sys
+
+        argv = sys.argv[1:]
+        if not argv or argv[0] != "train":
+            raise UserError("--nproc > 1 works from the command line (python -m pipelines "
+                            "train ...) only")
+        status = launch.launch(args.nproc, argv)
+        if status == 0 or (record and read_failure(args.done_file or "") is not None):
+            return 0  # done, or rank 0 recorded why it failed
+        raise RuntimeError(f"distributed training failed (torchrun exit status {status}); "
+                           "the ranks' errors are in the log above")
     return 0  # the failure was recorded
 
 
@@ -99,13 +135,17 @@ def _run(args: argparse.Namespace) -> int:
     import time
     from pathlib import Path
 
+    from pipelines import launch
+
     cfg = build_train_config(args)
+    launch.configure(cfg)
     work_dir = Path(cfg.work_dir)
-    started_at = _first_start(work_dir, time.time())
+    main = launch.is_main_process()
+    started_at = _first_start(work_dir, time.time()) if main else time.time()
     start = time.perf_counter()
     runner = train(cfg)
     elapsed = time.perf_counter() - start
-    if args.done_file:
+    if args.done_file and main:
         from pipelines import provenance
         from pipelines.config import write_json_atomic
 
@@ -116,7 +156,8 @@ def _run(args: argparse.Namespace) -> int:
             "iters": int(runner.iter), "max_iters": int(runner.max_iters),
             "train_time_s": _total_train_time(work_dir, elapsed),
             "started_at": started_at, "ended_at": time.time(),
-            "provenance": provenance.collect(),
+            "provenance": provenance.collect(), "processes": launch.world_size(),
+            "batch_size": int(cfg.train_dataloader.batch_size),
             "cfg_options": list(args.cfg_options)})
     return 0
 

@@ -1,5 +1,5 @@
 # Per run: cost of the model as configured (no trained weights needed, so these run beside
-# training): GFLOPs per component and latency.
+# training): GFLOPs per component, and the paired latency of every run in one job.
 
 
 rule count_flops:
@@ -21,24 +21,28 @@ rule count_flops:
         CONDA_ENV
     shell:
         "OMP_NUM_THREADS={threads} PYTHONWARNINGS=ignore "
-        "python -m pipelines flops {params.config} --shape {params.shape} --json {output.flops} "
-        "--cfg-options {params.options} > {log} 2>&1"
+        "python -m pipelines flops {params.config:q} --shape {params.shape} "
+        "--json {output.flops:q} --cfg-options {params.options} > {log:q} 2>&1"
 
 
-rule benchmark_model:
+rule benchmark_ablation:
+    # Paired latency: one job measures every run's model (and the baseline's) interleaved in
+    # one process on one node (pipelines/benchmark.py); it writes each run's benchmark.json,
+    # which ingest reads, and paired.json (host, CPU/GPU model, threads, library versions).
     input:
-        run=f"{RESULTS}/runs/{ABLATION}/{{run_id}}/run.json",
+        runs=lambda wildcards: [str(paths(r).run_json) for r in RUNS],
     output:
-        benchmark=f"{RESULTS}/benchmark/{ABLATION}/{{run_id}}/benchmark.json",
+        paired=f"{RESULTS}/benchmark/{ABLATION}/paired.json",
+        runs=[str(paths(r).benchmark) for r in RUNS],
     log:
-        f"{RESULTS}/logs/{ABLATION}/{{run_id}}/benchmark_model.log",
+        f"{RESULTS}/logs/{ABLATION}/benchmark_ablation.log",
     params:
-        config=lambda wildcards: get_run(wildcards).config,
+        results=lambda wildcards, output: Path(output.paired).parents[2],
+        ablation=ABLATION,
         shape=config["benchmark"]["shape"],
         device=config["benchmark"]["device"],
         repeats=config["benchmark"]["repeats"],
         warmup=config["benchmark"]["warmup"],
-        options=get_options,
     threads: get_threads("benchmark")
     resources:
         **get_resources("benchmark"),
@@ -47,6 +51,7 @@ rule benchmark_model:
         CONDA_ENV
     shell:
         "OMP_NUM_THREADS={threads} PYTHONWARNINGS=ignore "
-        "python -m pipelines benchmark {params.config} --shape {params.shape} --device {params.device} "
+        "python -m pipelines benchmark --runs {input.runs:q} --results {params.results:q} "
+        "--ablation {params.ablation:q} --shape {params.shape} --device {params.device} "
         "--repeats {params.repeats} --warmup {params.warmup} "
-        "--json {output.benchmark} --cfg-options {params.options} > {log} 2>&1"
+        "--json {output.paired:q} > {log:q} 2>&1"

@@ -16,6 +16,6 @@ if config["data"]["synthetic"] is not None:
         conda:
             CONDA_ENV
         shell:
-            "python -m pipelines data synthetic --out {params.root} --train {params.spec[train]} "
+            "python -m pipelines data synthetic --out {params.root:q} --train {params.spec[train]} "
             "--val {params.spec[val]} --size {params.spec[size]} --seed {params.spec[seed]} "
-            "--no-progress > {log} 2>&1"
+            "--no-progress > {log:q} 2>&1"

@@ -31,7 +31,7 @@ rule plot_pareto:
         CONDA_ENV
     shell:
         "python -m pipelines figures --tracking-uri {params.tracking_uri:q} "
-        "--experiment {params.ablation:q} --out {params.out:q} > {log} 2>&1"
+        "--experiment {params.ablation:q} --out {params.out:q} > {log:q} 2>&1"
 
 
 rule write_html_report:
@@ -52,7 +52,7 @@ rule write_html_report:
         CONDA_ENV
     shell:
         "python -m pipelines html-report --tracking-uri {params.tracking_uri:q} "
-        "--experiment {params.ablation:q} --out {params.out:q} > {log} 2>&1"
+        "--experiment {params.ablation:q} --out {params.out:q} > {log:q} 2>&1"
 
 
 rule figures:

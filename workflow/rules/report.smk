@@ -20,14 +20,15 @@ rule ingest_results:
         tracking_uri=config["mlflow"]["tracking_uri"],
         artifacts=config["mlflow"]["artifact_location"],
         description=config["description"],
-        runs=lambda wildcards: " ".join(str(paths(r).run_json) for r in RUNS),
+        runs=lambda wildcards: [str(paths(r).run_json) for r in RUNS],
     conda:
         CONDA_ENV
     shell:
-        "PYTHONWARNINGS=ignore python -m pipelines ingest --ablation {params.ablation} --results {params.results} "
+        "PYTHONWARNINGS=ignore python -m pipelines ingest --ablation {params.ablation:q} "
+        "--results {params.results:q} "
         "--tracking-uri {params.tracking_uri:q} --artifact-location {params.artifacts:q} "
-        "--description={params.description:q} --out {output.ingested} "
-        "--runs {params.runs} > {log} 2>&1"
+        "--description={params.description:q} --out {output.ingested:q} "
+        "--runs {params.runs:q} > {log:q} 2>&1"
 
 
 rule write_report:
@@ -40,10 +41,11 @@ rule write_report:
     params:
         ablation=ABLATION,
         results=lambda wildcards, output: Path(output[0]).parents[2],
-        runs=lambda wildcards: " ".join(str(paths(r).run_json) for r in RUNS),
+        runs=lambda wildcards: [str(paths(r).run_json) for r in RUNS],
         tracking_uri=config["mlflow"]["tracking_uri"],
     conda:
         CONDA_ENV
     shell:
-        "python -m pipelines report --ablation {params.ablation} --results {params.results} --out {output.report} "
-        "--tracking-uri {params.tracking_uri:q} --runs {params.runs} > {log} 2>&1"
+        "python -m pipelines report --ablation {params.ablation:q} --results {params.results:q} "
+        "--out {output.report:q} --tracking-uri {params.tracking_uri:q} "
+        "--runs {params.runs:q} > {log:q} 2>&1"

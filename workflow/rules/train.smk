@@ -10,13 +10,10 @@
 # Every path is quoted ({x:q}): a results folder may hold spaces.
 
 
-def last_attempt(wildcards, attempt):
-    """1 on a job's last attempt (failures are then recorded instead of raised), else 0."""
-    return int(attempt > config["retries"])
-
 
 localrules:
     describe_run,
+    check_disk,
 
 
 rule describe_run:
@@ -32,9 +29,33 @@ rule describe_run:
         "python -m pipelines grid --run {params.run:q} --out {output.run:q} > {log:q} 2>&1"
 
 
+rule check_disk:
+    # Before any training: the checkpoint disk the ablation keeps (pipelines/disk.py), printed;
+    # one line and no training when the results folder's file system cannot hold it.
+    input:
+        runs=lambda wildcards: [str(paths(r).run_json) for r in RUNS],
+    output:
+        estimate=f"{RESULTS}/disk/{ABLATION}/estimate.json",
+    log:
+        f"{RESULTS}/logs/{ABLATION}/check_disk.log",
+    params:
+        results=lambda wildcards, output: Path(output.estimate).parents[2],
+        ablation=ABLATION,
+        # a changed set of trainings estimates again
+        trainings=lambda wildcards: sorted(TRAININGS),
+    conda:
+        CONDA_ENV
+    shell:
+        "PYTHONWARNINGS=ignore python -m pipelines disk --runs {input.runs:q} "
+        "--results {params.results:q} --ablation {params.ablation:q} "
+        "--out {output.estimate:q} 2>&1 | tee {log:q}; exit ${{PIPESTATUS[0]}}"
+
+
 rule train_model:
     input:
         data=get_dataset_marker(),
+        # ancient: a new estimate (runs added) does not make finished trainings outdated
+        disk=ancient(f"{RESULTS}/disk/{ABLATION}/estimate.json"),
     output:
         # the recipe's own folder (checkpoints beside, undeclared): a changed recipe is a new
         # output, so exactly the trainings whose content changed run again
@@ -46,6 +67,8 @@ rule train_model:
         work_dir=lambda wildcards, output: os.path.dirname(output.done),
         data_root=get_data_root,
         options=get_options,
+        # one process per GPU of the job (torchrun, pipelines/launch.py); 1 on CPU
+        nproc=max(1, config["resources"]["train"]["gpus"]),
     threads: get_threads("train")
     resources:
         **get_resources("train"),
@@ -59,7 +82,7 @@ rule train_model:
         "OMP_NUM_THREADS={threads} PYTHONWARNINGS=ignore "
         "python -m pipelines train {params.config:q} --work-dir {params.work_dir:q} "
         "--data-root {params.data_root:q} --done-file {output.done:q} "
-        "--record-failure {resources.last_attempt} "
+        "--record-failure {resources.last_attempt} --nproc {params.nproc} "
         "--cfg-options {params.options} > {log:q} 2> >(tee -a {log:q} >&2)"
 
 

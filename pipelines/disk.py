@@ -1,0 +1,164 @@
+"""``python -m pipelines disk``: bounded disk, estimated before an ablation trains.
+
+Checkpoint retention (applied by ``train`` through :func:`apply_retention`): mmengine's
+``CheckpointHook`` keeps the last ``max_keep_ckpts`` resume checkpoints and, with
+``save_best``, one best checkpoint (weights only). A config that leaves ``max_keep_ckpts``
+unbounded (MMSeg's R50 recipe: one checkpoint per 5,000 of 160,000 iterations, 32 per run)
+keeps :data:`DEFAULT_KEEP` instead.
+
+The estimate: per training, the parameter count of its model (built from the config, random
+weights) x 4 bytes x (1 + the optimizer's state tensors per parameter) per resume checkpoint,
+times the checkpoints kept, plus the best checkpoint's weights. The workflow's ``check_disk``
+job prints it before any training starts and refuses in one line when the results folder's
+file system cannot hold what is still missing.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+from pathlib import Path
+from typing import Any, Iterable
+
+from pipelines.errors import UserError
+
+DEFAULT_KEEP = 1  # resume checkpoints kept when a config does not bound them
+# optimizer state tensors per parameter (Adam's two moments, SGD's momentum buffer)
+OPTIMIZER_STATES = {"AdamW": 2, "Adam": 2, "SGD": 1}
+BYTES_PER_VALUE = 4  # float32
+
+
+def add_parser(sub) -> None:
+    p = sub.add_parser("disk", help="estimate the checkpoint disk an ablation needs; refuse "
+                       "when the results folder cannot hold it", description=__doc__,
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--runs", nargs="+", required=True, metavar="RUN_JSON",
+                   help="run.json of every run")
+    p.add_argument("--results", required=True, help="results folder (its file system is checked)")
+    p.add_argument("--ablation", help="ablation name (checkpoints already under "
+                   "results/train/<ablation> count as written)")
+    p.add_argument("--out", help="write the estimate as JSON here")
+    p.add_argument("--margin", type=float, default=1.2,
+                   help="safety factor on the estimate (default 1.2)")
+    p.set_defaults(func=run)
+
+
+def read_run_files(paths: Iterable[str]) -> list[dict]:
+    """The runs of ``run.json`` files (``python -m pipelines grid --run``), in order."""
+    runs = []
+    for path in paths:
+        try:
+            runs.append(json.loads(Path(path).read_text()))
+        except (OSError, ValueError) as err:
+            raise UserError(f"cannot read run file {path}: {err}") from None
+    return runs
+
+
+def apply_retention(cfg) -> int:
+    """Bound the checkpoints a config keeps; returns the number of resume checkpoints kept."""
+    hook = (cfg.get("default_hooks") or {}).get("checkpoint")
+    if not hook:
+        return 0
+    keep = hook.get("max_keep_ckpts", -1)
+    if keep is None or keep <= 0:
+        hook["max_keep_ckpts"] = keep = DEFAULT_KEEP
+    return int(keep)
+
+
+def checkpoints_kept(cfg) -> tuple[int, int]:
+    """``(resume checkpoints, best checkpoints)`` a training of ``cfg`` leaves on disk."""
+    hook = (cfg.get("default_hooks") or {}).get("checkpoint") or {}
+    if not hook:
+        return 0, 0
+    interval = max(1, int(hook.get("interval", 1)))
+    written = max(1, int(cfg.train_cfg.get("max_iters", interval)) // interval)
+    keep = apply_retention(cfg)
+    return min(keep, written), 1 if hook.get("save_best") else 0
+
+
+def optimizer_states(cfg) -> int:
+    optimizer = (cfg.get("optim_wrapper") or {}).get("optimizer") or {}
+    return OPTIMIZER_STATES.get(str(optimizer.get("type", "")).split(".")[-1], 2)
+
+
+def training_bytes(n_params: int, cfg) -> int:
+    """Bytes the checkpoints of one training of ``cfg`` take (see the module doc)."""
+    resume, best = checkpoints_kept(cfg)
+    full = n_params * BYTES_PER_VALUE * (1 + optimizer_states(cfg))
+    return resume * full + best * n_params * BYTES_PER_VALUE
+
+
+def _model_options(options: Iterable[str]) -> tuple[str, ...]:
+    return tuple(o for o in options if o.startswith("model."))
+
+
+def estimate(runs: list[dict]) -> dict[str, Any]:
+    """Per training (train id) its parameter count and checkpoint bytes, and the total."""
+    from pipelines.config import load_config
+    from pipelines.flops import build_model
+
+    params_of: dict[tuple, int] = {}
+    trainings: dict[str, dict] = {}
+    for run in runs:
+        train_id = run.get("train_id") or run["run_id"]
+        if train_id in trainings:
+            continue
+        options = list(run.get("cfg_options") or [])
+        cfg = load_config(run["config"], options)
+        key = (run["config"], _model_options(options))
+        if key not in params_of:
+            model = build_model(cfg)
+            params_of[key] = sum(p.numel() for p in model.parameters())
+            del model
+        resume, best = checkpoints_kept(cfg)
+        trainings[train_id] = {"params": params_of[key], "resume_checkpoints": resume,
+                               "best_checkpoints": best,
+                               "bytes": training_bytes(params_of[key], cfg)}
+    total = sum(t["bytes"] for t in trainings.values())
+    return {"trainings": trainings, "total_bytes": total}
+
+
+def used_bytes(results: Path, ablation: str | None) -> int:
+    """Bytes of checkpoints already written under ``results/train/<ablation>``."""
+    root = results / "train" / ablation if ablation else results / "train"
+    if not root.is_dir():
+        return 0
+    return sum(p.stat().st_size for p in root.rglob("*.pth") if p.is_file())
+
+
+def free_bytes(path: Path) -> int:
+    """Free bytes of the file system that holds ``path`` (its nearest existing parent)."""
+    path = path.resolve()
+    while not path.exists():
+        path = path.parent
+    return shutil.disk_usage(path).free
+
+
+def gib(n: float) -> str:
+    return f"{n / 2**30:.2f} GiB"
+
+
+def run(args: argparse.Namespace) -> int:
+    import pipelines.registry  # noqa: F401
+
+    from pipelines.config import write_json_atomic
+
+    runs = read_run_files(args.runs)
+    doc = estimate(runs)
+    results = Path(args.results)
+    ablation = args.ablation
+    needed = int(doc["total_bytes"] * args.margin)
+    have = used_bytes(results, ablation)
+    free = free_bytes(results)
+    doc.update(margin=args.margin, needed_bytes=needed, already_written_bytes=have,
+               free_bytes=free)
+    print(f"disk: {len(doc['trainings'])} trainings keep about {gib(doc['total_bytes'])} of "
+          f"checkpoints (x{args.margin} margin: {gib(needed)}; {gib(have)} already written); "
+          f"{gib(free)} free under {results}")
+    if needed - have > free:
+        raise UserError(f"the results folder {results} has {gib(free)} free but the ablation "
+                        f"needs about {gib(needed - have)} more for its checkpoints; free "
+                        "space, move `results`, or keep fewer checkpoints")
+    if args.out:
+        write_json_atomic(args.out, doc)
+    return 0

@@ -1,0 +1,53 @@
+"""Bounded disk: checkpoint retention, the estimate from parameter counts, the refusal."""
+from __future__ import annotations
+
+import json
+
+from mmengine.config import Config
+
+from pipelines.disk import apply_retention, checkpoints_kept, training_bytes
+from tests.conftest import TINY_CONFIG, run_cli
+
+
+def _cfg(**hook):
+    return Config(dict(default_hooks=dict(checkpoint=dict(type="CheckpointHook", **hook)),
+                       train_cfg=dict(max_iters=160000),
+                       optim_wrapper=dict(optimizer=dict(type="AdamW", lr=1e-4))))
+
+
+def test_unbounded_retention_keeps_the_last_and_the_best():
+    cfg = _cfg(interval=5000, save_best="mIoU")  # MMSeg's R50 recipe: 32 checkpoints a run
+    assert apply_retention(cfg) == 1
+    assert cfg.default_hooks.checkpoint.max_keep_ckpts == 1
+    assert checkpoints_kept(cfg) == (1, 1)
+    # 1 resume checkpoint (weights + Adam's 2 moments) + the best (weights only)
+    assert training_bytes(1000, cfg) == 1000 * 4 * 3 + 1000 * 4
+
+
+def test_a_bound_the_config_sets_is_kept():
+    cfg = _cfg(interval=50, max_keep_ckpts=2)
+    assert apply_retention(cfg) == 2 and checkpoints_kept(cfg) == (2, 0)
+    cfg.train_cfg.max_iters = 50  # only one checkpoint is ever written
+    assert checkpoints_kept(cfg) == (1, 0)
+
+
+def test_estimate_from_the_real_model_and_refusal_in_one_line(tmp_path):
+    import pipelines.registry  # noqa: F401
+    from pipelines.disk import estimate
+
+    run = {"run_id": "baseline-seed0", "train_id": "baseline-seed0", "config": str(TINY_CONFIG),
+           "cfg_options": ["train_cfg.max_iters=100"]}
+    doc = estimate([run, {**run, "run_id": "baseline-seed0-again"}])  # one training
+    params = doc["trainings"]["baseline-seed0"]["params"]
+    assert list(doc["trainings"]) == ["baseline-seed0"]
+    assert params > 1_000_000  # the real tiny Mask2Former, counted
+    assert doc["total_bytes"] == 2 * params * 4 * 3  # max_keep_ckpts=2 in the tiny config
+
+    run_json = tmp_path / "run.json"
+    run_json.write_text(json.dumps(run))
+    refused = run_cli("disk", "--runs", str(run_json), "--results", str(tmp_path / "results"),
+                      "--margin", "1e9")
+    assert refused.returncode == 2
+    assert "disk: 1 trainings keep about" in refused.stdout  # printed before the refusal
+    assert refused.stderr.startswith("error: the results folder") and \
+        len(refused.stderr.strip().splitlines()) == 1
