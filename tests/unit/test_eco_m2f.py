@@ -207,3 +207,25 @@ def test_gated_gflops_agree_with_flops_data(derived, tmp_path):
     report = per_image_report(fixed, str(derived["data"]), max_images=2, progress=False)
     rung = next(r for r in m["ladder"] if r["exit"] == 3)
     assert report["gflops"]["total"] == pytest.approx(rung["gflops_total"], rel=1e-9)
+
+
+# --------------------------------------------------------------------------- in the workflow
+def test_upstream_failure_is_passed_on_and_own_failure_recorded(tmp_path):
+    from pipelines.failures import read_failure
+
+    failed = tmp_path / "derive.json"
+    failed.write_text(json.dumps({"status": "failed", "stage": "train", "reason": "loss is nan"}))
+    gate_json = tmp_path / "gate.json"
+    # the table is never read: the upstream failure becomes this stage's output, exit 0
+    assert main(["train-gate", "--table", str(tmp_path / "absent.parquet"), "--beta", "0.1",
+                 "--out", str(tmp_path / "gate.pth"), "--json", str(gate_json),
+                 "--upstream", str(failed)]) == 0
+    assert read_failure(gate_json)["reason"] == "loss is nan"
+    assert not (tmp_path / "gate.pth").exists()
+    # on the last attempt a stage's own bad input is recorded in every JSON output
+    out, flops_json = tmp_path / "m.json", tmp_path / "f.json"
+    assert main(["evaluate-gated", str(ECO_TINY), str(tmp_path / "absent.pth"), "--gate",
+                 str(tmp_path / "gate.pth"), "--out", str(out), "--flops-json",
+                 str(flops_json), "--record-failure", "1"]) == 0
+    for path in (out, flops_json):
+        assert read_failure(path)["reason"].startswith("gate not found")
