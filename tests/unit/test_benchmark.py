@@ -92,3 +92,34 @@ def test_cli_benchmark_cuda_without_gpu():
         pytest.skip("a GPU is present")
     proc = run_cli("benchmark", str(TINY_CONFIG), "--device", "cuda", "--shape", "64", "64")
     assert proc.returncode == 2 and "no CUDA device" in proc.stderr
+
+
+def test_paired_runs_of_an_ablation_in_one_process():
+    """Every run's model interleaved in one loop, host and versions named, each run's own
+    document with ratios to the baseline run; a run whose model does not build is recorded
+    as failed without stopping the others."""
+    from pipelines.benchmark import benchmark_runs, format_runs_table
+
+    runs = [{"run_id": "baseline-seed0", "variant": "baseline", "config": str(TINY_CONFIG),
+             "cfg_options": []},
+            {"run_id": "pro_scale-seed0", "variant": "pro_scale", "config": str(PROSCALE_TINY),
+             "cfg_options": []},
+            {"run_id": "broken-seed0", "variant": "broken", "config": str(TINY_CONFIG),
+             "cfg_options": ["model.decode_head.type=NoSuchHead"]}]
+    doc, per_run = benchmark_runs(runs, (64, 64), "cpu", repeats=2, warmup=0)
+    assert doc["paired"] and doc["baseline_run"] == "baseline-seed0"
+    assert doc["order"] == ["baseline-seed0", "pro_scale-seed0"]
+    assert doc["host"]["host"] and doc["host"]["cpu"] and doc["host"]["gpu"] is None
+    assert doc["host"]["versions"]["mmcv"] == "2.1.0" and doc["torch_threads"] >= 1
+    assert "NoSuchHead" in doc["failed"]["broken-seed0"]
+    assert per_run["broken-seed0"]["status"] == "failed"
+    own = per_run["pro_scale-seed0"]
+    assert own["results"]["candidate"]["model"]["n"] == 2
+    assert own["results"]["baseline"] == doc["results"]["baseline-seed0"]
+    assert own["ratios"]["model"] > 0 and own["host"] == doc["host"]
+    # ingest reads the run's latency from its own document, as before
+    from pipelines.ingest import _number
+
+    assert _number(own, "results.candidate.model.median_ms") == \
+        doc["results"]["pro_scale-seed0"]["model"]["median_ms"]
+    assert "broken-seed0" in format_runs_table(doc)
