@@ -69,11 +69,34 @@ def launch(nproc: int, argv: Sequence[str]) -> int:
     return subprocess.call(torchrun_argv(nproc, argv), env=env)
 
 
+def die_with_launcher() -> None:
+    """Make this rank die when its launcher does (Linux ``PR_SET_PDEATHSIG``).
+
+    torchrun starts each rank in a session of its own, so a SIGKILL of the job's process group
+    (a killed Snakemake job, a local executor stopped) would leave the ranks training on as
+    orphans and writing checkpoints beside the retry. On a cluster the scheduler kills the whole
+    job; this makes a local kill behave the same.
+    """
+    import ctypes
+    import signal
+
+    try:
+        libc = ctypes.CDLL("libc.so.6", use_errno=True)
+    except OSError:
+        return  # not glibc Linux: nothing to do
+    pr_set_pdeathsig = 1
+    libc.prctl(pr_set_pdeathsig, signal.SIGKILL)
+    if os.getppid() == 1:  # the launcher died before the line above
+        os._exit(1)
+
+
 def configure(cfg) -> None:
     """Set an mmengine config up for the launch this process belongs to (no-op alone)."""
     if world_size() <= 1:
         return
     import torch
+
+    die_with_launcher()
 
     cfg.launcher = "pytorch"
     env_cfg = dict(cfg.get("env_cfg") or {})

@@ -49,3 +49,60 @@ def test_semicolon_and_command_substitution_in_results_are_not_executed(tmp_path
     assert (evil / "results" / "runs" / "tiny" / "baseline-seed0" / "run.json").is_file()
     for name in ("PWNED", "PWNED2", "PWNED3"):
         assert not list(tmp_path.rglob(name)) and not (REPO / name).exists(), name
+
+
+# ----------------------------------------------------------------------------- a clean host
+SHIMS = {
+    # every package missing: the install path runs
+    "dpkg-query": "exit 1",
+    # Debian's postinst starts and enables every daemon it installs
+    "apt-get": 'echo "apt-get $*" >> "$STATE/calls"\n'
+               'if [ "$1" = install ] || [ "$3" = install ] || [[ " $* " == *" install "* ]]; then\n'
+               '  for s in slurmctld slurmd munge postgresql; do\n'
+               '    echo active > "$STATE/$s.active"; echo enabled > "$STATE/$s.enabled"; done\n'
+               'fi',
+    "systemctl": 'echo "systemctl $*" >> "$STATE/calls"\n'
+                 'case "$1" in\n'
+                 '  is-active) v=$(cat "$STATE/$2.active" 2>/dev/null || echo inactive); echo $v;'
+                 ' [ "$v" = active ];;\n'
+                 '  is-enabled) v=$(cat "$STATE/$2.enabled" 2>/dev/null || echo disabled); echo $v;'
+                 ' [ "$v" = enabled ];;\n'
+                 '  stop) echo inactive > "$STATE/$2.active";;\n'
+                 '  disable) echo disabled > "$STATE/$2.enabled";;\n'
+                 'esac',
+    "sudo": 'exec "$@"',
+}
+
+
+def test_install_services_leaves_what_the_host_ran_alone(tmp_path):
+    """The script's own logic, with the package manager and systemctl replaced by recorders
+    (no systemd runs here): PostgreSQL, already running and enabled on the host, is neither
+    stopped nor disabled; what the package install started is stopped again."""
+    import os
+    import shutil
+    import subprocess
+
+    tree = tmp_path / "repo" / "workflow" / "scripts"
+    tree.mkdir(parents=True)
+    shutil.copy(REPO / "workflow" / "scripts" / "install_services.sh", tree)
+    bin_dir, state, run_dir = tmp_path / "bin", tmp_path / "state", tmp_path / "systemd"
+    for d in (bin_dir, state, run_dir):
+        d.mkdir()
+    for name, body in SHIMS.items():
+        (bin_dir / name).write_text(f"#!/usr/bin/env bash\n{body}\n")
+        (bin_dir / name).chmod(0o755)
+    (state / "postgresql.active").write_text("active\n")  # the host's own database
+    (state / "postgresql.enabled").write_text("enabled\n")
+    env = dict(os.environ, PATH=f"{bin_dir}:{os.environ['PATH']}", STATE=str(state),
+               SYSTEMD_RUN_DIR=str(run_dir))
+    proc = subprocess.run(["bash", str(tree / "install_services.sh")], env=env,
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    calls = (state / "calls").read_text().splitlines()
+    assert any(c.startswith("apt-get") and "install" in c for c in calls)
+    assert "systemctl stop postgresql" not in calls
+    assert "systemctl disable postgresql" not in calls
+    assert (state / "postgresql.active").read_text().strip() == "active"
+    for svc in ("slurmctld", "slurmd", "munge"):
+        assert f"systemctl stop {svc}" in calls and f"systemctl disable {svc}" in calls
+        assert (state / f"{svc}.active").read_text().strip() == "inactive"

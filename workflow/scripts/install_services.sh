@@ -19,7 +19,8 @@ for pkg in "${PACKAGES[@]}"; do
         || missing+=("$pkg")
 done
 SERVICES=(slurmctld slurmd munge postgresql)
-have_systemd() { [ -d /run/systemd/system ] && command -v systemctl >/dev/null 2>&1; }
+SYSTEMD_RUN_DIR=${SYSTEMD_RUN_DIR:-/run/systemd/system}  # where a booted systemd lives
+have_systemd() { [ -d "$SYSTEMD_RUN_DIR" ] && command -v systemctl >/dev/null 2>&1; }
 declare -A was_active=() was_enabled=()
 if have_systemd; then
     for svc in "${SERVICES[@]}"; do
