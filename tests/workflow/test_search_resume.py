@@ -76,8 +76,10 @@ def test_sigkill_head_then_resume(tmp_path):
     try:  # wait until one training is done and the next one has started
         while True:
             done = sorted(train.glob("*/work-*/train_done.json"))
-            started = {p.parent.parent.name for p in train.glob("*/work-*/iter_*.pth")}
+            # mmengine writes last_checkpoint once a checkpoint file is complete
+            started = {p.parent.parent.name for p in train.glob("*/work-*/last_checkpoint")}
             if len(done) == 1 and len(started) == 2:  # one trained, the other under way
+                time.sleep(0.5)
                 break
             assert head.poll() is None, (tmp_path / "first.log").read_text()[-3000:]
             assert time.monotonic() < deadline, "no second training after 900 s"
@@ -99,8 +101,10 @@ def test_sigkill_head_then_resume(tmp_path):
     for run_id, mtime in finished.items():  # a finished training is not redone
         assert next((train / run_id).glob("work-*/train_done.json")).stat().st_mtime_ns == mtime
     trained = {t.user_attrs["run_id"] for t in trials if t.user_attrs.get("status") == "trained"}
+    statuses = {t.number: (t.state.name, t.user_attrs.get("status"), t.user_attrs.get("run_id"))
+                for t in trials}
     assert len(trained) == 2 and all(r.startswith(("pro_scale-s1-1-1", "pro_scale-s2-2-2"))
-                                     for r in trained)
+                                     for r in trained), (statuses, second.stdout[-2000:])
     for t in trials:  # nothing over budget ever trained
         if t.user_attrs.get("gflops_total", 0) > 0.65:
             assert t.user_attrs["status"] == "infeasible"
