@@ -172,6 +172,20 @@ def _ms(seconds) -> int | None:
     return int(float(seconds) * 1000) if isinstance(seconds, (int, float)) else None
 
 
+def _scalar_logs(work_dir: Path) -> list[Path]:
+    return sorted(work_dir.glob("*/vis_data/scalars.json")) if work_dir.is_dir() else []
+
+
+def run_fingerprint(results: str, ablation: str, run: dict) -> str:
+    """The fingerprint :func:`child_record` gives a run, from its files alone (no record built):
+    re-ingest compares it with the child's first and skips an unchanged run at this cost."""
+    paths = RunPaths.of(results, ablation, run)
+    done = _read_json(paths.train_done) or {}
+    work_dir = Path(done.get("work_dir", "") or "/nonexistent")
+    return _fingerprint([paths.run_json, paths.train_done, paths.metrics, paths.flops,
+                         paths.benchmark] + _scalar_logs(work_dir))
+
+
 def child_record(results: str, ablation: str, run: dict, tmp: Path):
     """One run's files -> the :class:`pipelines.tracking.ChildRecord` ingest writes."""
     from pipelines.tracking import ChildRecord, json_tag, provenance_tags
@@ -196,7 +210,7 @@ def child_record(results: str, ablation: str, run: dict, tmp: Path):
     tags = {c.AXES_TAG: json_tag(list(settings)),
             c.METHODS_TAG: ",".join(run.get("methods") or []),
             **provenance_tags(done.get("provenance"))}
-    scalars = sorted(work_dir.glob("*/vis_data/scalars.json")) if work_dir.is_dir() else []
+    scalars = _scalar_logs(work_dir)
     record = ChildRecord(
         run_id=run["run_id"], recipe=run.get("recipe", ""), params=run["params"],
         metrics=collect_metrics(paths), curves=read_curves(work_dir, start_ms) if scalars else {},
@@ -246,6 +260,17 @@ def ingest(ablation: str, results: str, run_jsons: list[str], tracking_uri: str,
         run = _read_json(Path(run_json))
         if run is None:
             raise UserError(f"run file not found: {run_json}")
+        old = tracking.unchanged_child(existing.get(run["run_id"], []), run.get("recipe", ""),
+                                       run_fingerprint(results, ablation, run))
+        if old is not None:  # nothing to read further, nothing to write
+            summary["runs"][run["run_id"]] = {"mlflow_run_id": old.info.run_id,
+                                              "action": "unchanged",
+                                              "recipe": run.get("recipe", "")}
+            if old.info.status == "FAILED":
+                summary.setdefault("failed", {})[run["run_id"]] = \
+                    old.data.tags.get(c.FAILURE_TAG, "")
+            counts["unchanged"] = counts.get("unchanged", 0) + 1
+            continue
         with tempfile.TemporaryDirectory() as tmp:
             record = child_record(results, ablation, run, Path(tmp))
             record.role = role

@@ -204,6 +204,21 @@ def upsert_child(client, experiment_id: str, parent_id: str, ablation: str, reco
     return mlflow_id, action
 
 
+def unchanged_child(existing: list, recipe: str, fingerprint: str):
+    """The one current child when it has this recipe and ingest fingerprint, else None.
+
+    ``upsert_child`` would leave such a run as it is (``unchanged``); knowing it from the
+    fingerprint alone lets a re-ingest skip building the record. Anything else (no child,
+    several, another recipe to supersede) is left to :func:`upsert_child`.
+    """
+    if len(existing) != 1 or not fingerprint:
+        return None
+    tags = existing[0].data.tags
+    if tags.get(c.RECIPE_TAG) == recipe and tags.get(c.INGEST_HASH_TAG) == fingerprint:
+        return existing[0]
+    return None
+
+
 def _batches(params: list, metrics: list):
     """``(params, metrics)`` chunks within MLflow's ``log_batch`` limits: the first call
     carries the params (at most :data:`PARAM_BATCH`) and fills up with metrics (at most

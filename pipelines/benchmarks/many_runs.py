@@ -53,6 +53,7 @@ STAGES = ("grid", "dag", "ingest", "reingest", "load", "pareto", "figures", "htm
 CLASSES = ("background", "small_blob", "large_blob", "stripes", "small_stripes", "checker",
            "dots", "speckle")
 SNAKEMAKE = Path(sys.executable).with_name("snakemake")
+ARG_STRLEN_MAX = 131072  # Linux MAX_ARG_STRLEN: the longest single argv string (32 pages)
 
 
 def settings_per_seed() -> int:
@@ -266,6 +267,11 @@ def measure(size: int, root: Path, log=print) -> dict[str, Any]:
                        int(opts.get("default_hooks.logger.interval", 10)))
     log(f"[{size}] wrote {files} load-test result files in {clock.wall['write']:.1f} s")
     run_jsons = [str(RunPaths.of(str(results), ablation, r).run_json) for r in runs]
+    # the ingest and report rules pass every run.json on one `bash -c` command line
+    relative = [str(RunPaths.of("results", ablation, r).run_json) for r in runs]
+    argv_bytes = sum(len(p) + 1 for p in relative)
+    log(f"[{size}] --runs list of the ingest/report rules: {argv_bytes} bytes with results/ "
+        f"relative paths (Linux refuses one argument over {ARG_STRLEN_MAX} bytes)")
     uri = config["mlflow"]["tracking_uri"]
     first = clock.time("ingest", ingest, ablation, str(results), run_jsons, uri,
                        config["mlflow"]["artifact_location"], LOADTEST_NOTE, progress=False)
@@ -290,7 +296,7 @@ def measure(size: int, root: Path, log=print) -> dict[str, Any]:
     if len(df) != len(runs) or again["actions"] != {"unchanged": len(runs)}:
         raise RuntimeError(f"load test {ablation}: {len(df)} rows for {len(runs)} runs, "
                            f"re-ingest {again['actions']}")
-    return {"runs": len(runs), "wall": clock.wall, "cpu": clock.cpu,
+    return {"runs": len(runs), "wall": clock.wall, "cpu": clock.cpu, "runs_argv_bytes": argv_bytes,
             "actions": {"ingest": first["actions"], "reingest": again["actions"]}}
 
 

@@ -129,3 +129,16 @@ def test_table_reports_per_run_cost_and_ratios():
     text = mr.table(results)
     assert "| dag | 1.00 (10.00) | 20.00 (20.00) | 20.00 |" in text
     assert "| ingest | 1.00 (10.00) | 10.00 (10.00) | 10.00 |" in text
+
+
+def test_reingest_fingerprint_is_the_records(loadtest, tmp_path):
+    """The re-ingest shortcut compares the same fingerprint a full record carries."""
+    from pipelines.grid import RunPaths
+    from pipelines.ingest import child_record, run_fingerprint
+
+    _, config, runs = loadtest
+    for run in runs[:3]:
+        data = json.loads(RunPaths.of(config["results"], config["name"], run).run_json
+                          .read_text())
+        record = child_record(config["results"], config["name"], data, tmp_path)
+        assert run_fingerprint(config["results"], config["name"], data) == record.fingerprint
