@@ -47,7 +47,8 @@ SEED = "seed"
 # ----------------------------------------------------------------------------- metrics
 MIOU, AACC, MACC = "miou", "aacc", "macc"
 IOU_PREFIX = "iou."                    # + class name: per-class IoU (percent)
-GFLOPS_PARTS = ("backbone", "encoder", "pixel_decoder", "transformer_decoder", "total")
+GFLOPS_PARTS = ("backbone", "cluster", "encoder", "pixel_decoder", "transformer_decoder",
+                "total")
 GFLOPS = tuple(f"gflops_{p}" for p in GFLOPS_PARTS)
 GFLOPS_STAGE_PREFIX = "gflops_encoder_"  # + stage<k>: traced encoder GFLOPs per stage
 LATENCY_MS, LATENCY_MS_PIXEL_DECODER = "latency_ms", "latency_ms_pixel_decoder"

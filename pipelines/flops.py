@@ -26,6 +26,8 @@ PARTS = {
     "encoder": "decode_head.pixel_decoder.encoder",
     "pixel_decoder": "decode_head.pixel_decoder",
     "transformer_decoder": "decode_head.transformer_decoder",
+    # AiluRus' token clustering step inside the backbone (0 for other models)
+    "cluster": "backbone.clusterer",
 }
 SAMPLING_OP = "aten::grid_sampler"
 
@@ -303,7 +305,8 @@ def format_table(report: dict) -> str:
              f"pixel decoder {report['pixel_decoder']}",
              f"sampling kernel counted: {'yes' if report['count_sampling'] else 'no (papers)'}",
              f"{'part':<20}{'GFLOPs':>10}{'analytic':>10}{'params (M)':>12}"]
-    for part in ("backbone", "encoder", "pixel_decoder", "transformer_decoder", "total"):
+    for part in ("backbone", "cluster", "encoder", "pixel_decoder", "transformer_decoder",
+                 "total"):
         ana = (report["analytic_gflops"] or {}).get(part)
         ana_s = f"{ana:10.3f}" if ana is not None else f"{'':>10}"
         lines.append(f"{part:<20}{report['gflops'][part]:10.3f}{ana_s}"

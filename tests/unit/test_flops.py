@@ -140,8 +140,9 @@ def test_cli_flops_json(tmp_path):
     proc = run_cli("flops", str(PROSCALE_TINY), "--shape", "64", "64", "--json", str(out))
     assert proc.returncode == 0, proc.stderr[-2000:]
     doc = json.loads(out.read_text())
-    assert set(doc["gflops"]) == {"backbone", "encoder", "pixel_decoder", "transformer_decoder",
-                                  "total"}
+    assert set(doc["gflops"]) == {"backbone", "cluster", "encoder", "pixel_decoder",
+                                  "transformer_decoder", "total"}
+    assert doc["gflops"]["cluster"] == 0  # no clustering step in this model
     assert set(doc["params"]) == set(doc["gflops"])
     assert doc["gflops"]["encoder"] == pytest.approx(doc["analytic_gflops"]["encoder"], rel=1e-3)
     assert "encoder" in proc.stdout and "ProScalePixelDecoder" in proc.stdout
