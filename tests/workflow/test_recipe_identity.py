@@ -4,15 +4,17 @@ the runs that use them, and a path spelled differently changes nothing."""
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
 from tests.conftest import REPO
-from tests.workflow.conftest import snakemake, tiny_ablation, write_config
+from tests.workflow.conftest import SNAKEMAKE, tiny_ablation, write_config
 from tests.workflow.test_dry_run import job_counts
 
 pytestmark = pytest.mark.slow
@@ -34,12 +36,19 @@ def copy_repo(dest: Path) -> Path:
 
 
 def run_copy(repo: Path, configfile: Path, *args: str):
-    proc = snakemake(repo, configfile, *args)
+    """The copy's own Snakefile (so the grid hashes the copy's code), run from the copy."""
+    env = dict(os.environ, PATH=f"{Path(sys.executable).parent}{os.pathsep}"
+               f"{os.environ.get('PATH', '')}", PYTHONWARNINGS="ignore")
+    proc = subprocess.run([str(SNAKEMAKE), "--snakefile", str(repo / "Snakefile"),
+                           "--configfile", str(configfile), "--directory", str(repo),
+                           "--cores", "2", *args], cwd=repo, capture_output=True, text=True,
+                          timeout=1800, env=env)
     return proc, proc.stdout + proc.stderr
 
 
 def trained(stdout: str) -> set[str]:
-    return {Path(t).parent.parent.name for t in re.findall(r"(\S+/train_done\.json)", stdout)}
+    return {Path(t).parent.parent.name
+            for t in re.findall(r"output: (\S+/train_done\.json)", stdout)}
 
 
 def test_new_axis_end_to_end_and_reruns_follow_content(tmp_path):
