@@ -12,7 +12,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 
-PACKAGES=(slurm-wlm slurm-client munge postgresql postgresql-contrib)
+PACKAGES=(slurm-wlm slurm-client munge postgresql postgresql-contrib chromium)  # chromium: tests/services/test_browser.py
 missing=()
 for pkg in "${PACKAGES[@]}"; do
     dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" \
