@@ -12,7 +12,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 
-PACKAGES=(slurm-wlm slurm-client munge postgresql postgresql-contrib chromium)  # chromium: tests/services/test_browser.py
+# chromium: the headless browser of tests/services/test_browser.py
+PACKAGES=(slurm-wlm slurm-client munge postgresql postgresql-contrib chromium)
 missing=()
 for pkg in "${PACKAGES[@]}"; do
     dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" \
