@@ -105,6 +105,18 @@ def _settings_table(rows: pd.DataFrame, ui: str, front: bool) -> str:
     return "\n".join(out)
 
 
+def _stability_text(taus: pd.DataFrame) -> str:
+    """One sentence on how stable the settings' ranking by mIoU is across seeds."""
+    known = taus.dropna(subset=["tau"])
+    if known.empty:
+        return ("<b>Ranking stability</b> across seeds: not measurable (fewer than two seeds "
+                "with two or more settings each).")
+    return (f"<b>Ranking stability</b> across seeds: Kendall's tau between the rankings of the "
+            f"settings by mIoU under single seeds, mean {known['tau'].mean():.2f} over "
+            f"{len(known)} seed pair(s) (min {known['tau'].min():.2f}, max "
+            f"{known['tau'].max():.2f}; 1 = the same order every time).")
+
+
 def build_report(df: pd.DataFrame, out: str | os.PathLike, ui: str = DEFAULT_UI,
                  title: str | None = None, log=print) -> Path:
     """Draw the figures into ``out/figures`` and write ``out/index.html``; returns the page.
@@ -114,7 +126,7 @@ def build_report(df: pd.DataFrame, out: str | os.PathLike, ui: str = DEFAULT_UI,
     it stays readable with thousands of runs; MLflow holds the per-run detail.
     """
     from pipelines.analysis.settings import (DETERMINISM, INTERVAL_NAME, ONE_SEED, TEST_NAME,
-                                             analyse)
+                                             analyse, ranking_stability)
     from pipelines.config import ensure_writable_dir
     from pipelines.figures import FIGURES, pareto_table, render_all
 
@@ -147,6 +159,7 @@ def build_report(df: pd.DataFrame, out: str | os.PathLike, ui: str = DEFAULT_UI,
             "<i>distinguishable</i> when it differs from the baseline and from every other point "
             "of the overall front, <i>not distinguishable</i> when some test does not separate "
             "it, <i>not testable</i> with fewer than two seeds in common.</p>",
+            f"<p>{_stability_text(ranking_stability(runs))}</p>",
             f"<p>{html.escape(DETERMINISM)}</p>",
             "<p>Tables: "
             '<a href="figures/pareto_points.md">Markdown</a>, '

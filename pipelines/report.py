@@ -33,14 +33,68 @@ def add_parser(sub) -> None:
     p.set_defaults(func=run)
 
 
+def _runs_table(ablation: str, results: str, runs: list[tuple[dict, dict]]):
+    """The runs as the tidy table of :mod:`pipelines.analysis.data` (no MLflow ids)."""
+    import pandas as pd
+
+    from pipelines.analysis.data import AXES_COLUMN, tidy_runs
+
+    rows = []
+    for run, metrics in runs:
+        params = run["params"]
+        settings = run.get("settings", {})
+        row = {"run_id": run["run_id"], "mlflow_run_id": "", "experiment_id": "",
+               "experiment": ablation, "role": "run", "ablation": ablation, "status": "",
+               **{k: v for k, v in params.items()}, **settings,
+               AXES_COLUMN: json.dumps(list(settings)), **metrics}
+        rows.append({k: (str(v) if isinstance(v, (list, tuple, dict)) else v)
+                     for k, v in row.items()})
+    return tidy_runs(pd.DataFrame(rows))
+
+
+def _settings_markdown(analysis) -> list[str]:
+    """The settings (seeds pooled) with intervals, small-object IoU, hours and front verdicts."""
+    from pipelines.analysis.settings import DETERMINISM, INTERVAL_NAME, TEST_NAME
+    from pipelines.data.synthetic import SMALL_CLASSES
+    from pipelines.figures import fmt_interval
+
+    overall = analysis.fronts[analysis.fronts["front"] == "overall"] if len(analysis.fronts) \
+        else analysis.fronts
+    on_front = set(overall["setting"]) if len(overall) else set()
+    head = ["setting", "seeds", "mIoU [95 % CI]", *(f"IoU {c}" for c in SMALL_CLASSES),
+            "GFLOPs total", "train hours", "overall front", "vs baseline"]
+    lines = ["## Settings (runs that differ only by seed, pooled)", "",
+             "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    verdicts = analysis.verdicts.set_index("setting") if len(analysis.verdicts) else None
+    for _, r in analysis.settings.iterrows():
+        name = r["setting"]
+        verdict = vs_base = ""
+        if verdicts is not None and name in verdicts.index:
+            verdict, vs_base = verdicts.loc[name, "verdict"], verdicts.loc[name, "vs_baseline"]
+        hours = r.get("train_hours")
+        cells = [name, str(r["n_seeds"]), fmt_interval(r, "miou"),
+                 *(fmt_interval(r, f"iou.{c}") for c in SMALL_CLASSES),
+                 fmt_interval(r, "gflops_total", 3),
+                 f"{hours:.3f}" if hours == hours and hours is not None else "-",
+                 verdict if name in on_front else "", vs_base]
+        lines.append("| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |")
+    lines += ["", f"Interval: {INTERVAL_NAME}. Fronts on the means; front verdicts: "
+              f"{TEST_NAME}. Train hours: sum of the seeds' training wall time (CPU-hours on "
+              "the CPU).", "", DETERMINISM]
+    return lines
+
+
 def build_report(ablation: str, results: str, run_jsons: list[str],
                  tracking_uri: str = "") -> str:
+    from pipelines.analysis.settings import analyse
+
     lines = [f"# Ablation `{ablation}`", "",
              "| run | variant | setting | seed | iters | recipe | "
              + " | ".join(c[1] for c in COLUMNS) + " |",
              "|" + "---|" * (6 + len(COLUMNS))]
     failed = []  # (run id, reason): listed under the table (issue 9: failures stay local)
     gated = []  # ECO-M2F: histogram, ladder and oracle of every gated run, under the table
+    loaded = []  # (run, metrics): pooled into settings under the table (issue 13)
     for run_json in run_jsons:
         path = Path(run_json)
         if not path.is_file():
@@ -48,6 +102,7 @@ def build_report(ablation: str, results: str, run_jsons: list[str],
         run = json.loads(path.read_text())
         params = run["params"]
         metrics = collect_metrics(RunPaths.of(results, ablation, run))
+        loaded.append((run, metrics))
         reason = run_failure(RunPaths.of(results, ablation, run), metrics)
         if reason is not None:
             failed.append((run["run_id"], reason))
@@ -57,6 +112,8 @@ def build_report(ablation: str, results: str, run_jsons: list[str],
         cells += [fmt.format(metrics[key]) if key in metrics else "-" for key, _, fmt in COLUMNS]
         lines.append("| " + " | ".join(cells) + " |")
         gated += report_lines(run["run_id"], RunPaths.of(results, ablation, run).metrics)
+    if loaded:
+        lines += [""] + _settings_markdown(analyse(_runs_table(ablation, results, loaded)))
     if gated:
         lines += ["", "## ECO-M2F: exit histogram, ladder and oracle", "", *gated]
     if failed:

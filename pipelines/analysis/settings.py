@@ -287,3 +287,29 @@ def analyse(df: pd.DataFrame) -> Analysis:
         measured.assign(front=pd.Series(dtype="string"), knee=pd.Series(dtype=bool))
     verdicts = front_verdicts(runs, settings, fronts)
     return Analysis(runs=runs, settings=settings, fronts=fronts, verdicts=verdicts)
+
+
+def ranking_stability(runs: pd.DataFrame, metric: str = contract.MIOU) -> pd.DataFrame:
+    """How stable the ranking of settings is across seed sets: Kendall's tau (``scipy.stats``,
+    tau-b) between the rankings of the settings by ``metric`` under every pair of single seeds.
+
+    Returns one row per pair of seeds: ``seed_a``, ``seed_b``, ``n_settings`` (settings run with
+    both seeds) and ``tau`` (NaN with fewer than two common settings). 1 = the same order,
+    -1 = reversed, about 0 = unrelated.
+    """
+    from itertools import combinations
+
+    from scipy import stats
+
+    grid = runs[runs["role"] == contract.ROLE_RUN].dropna(subset=[contract.SEED, metric])
+    table = grid.pivot_table(index="setting", columns=contract.SEED, values=metric,
+                             aggfunc="mean")
+    rows = []
+    for a, b in combinations(sorted(table.columns), 2):
+        both = table[[a, b]].dropna()
+        tau = math.nan
+        if len(both) >= 2:
+            tau = float(stats.kendalltau(both[a], both[b]).statistic)
+        rows.append({"seed_a": int(a), "seed_b": int(b), "n_settings": int(len(both)),
+                     "tau": tau})
+    return pd.DataFrame(rows, columns=["seed_a", "seed_b", "n_settings", "tau"])

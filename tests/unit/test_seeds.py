@@ -171,3 +171,18 @@ def test_plan_without_a_recorded_time_says_so(tmp_path, monkeypatch):
     monkeypatch.setattr(budget, "RECORDED_S_PER_ITER", {})
     plan = budget.make_plan(cfg, trainings, pending_outputs=1, cores=2, history={})
     assert plan.seconds is None and "no time estimate" in plan.text()
+
+
+def test_ranking_stability_is_kendall_tau_between_seeds():
+    # seed 0 and 1 rank the three settings the same; seed 2 swaps the top two
+    a = st.analyse(runs_table([
+        ("baseline", None, 0, 30.0, 3.0), ("baseline", None, 1, 31.0, 3.0),
+        ("baseline", None, 2, 20.0, 3.0),
+        ("pro_scale", "3-3-3", 0, 25.0, 2.5), ("pro_scale", "3-3-3", 1, 26.0, 2.5),
+        ("pro_scale", "3-3-3", 2, 25.0, 2.5),
+        ("pro_scale", "1-1-1", 0, 10.0, 2.0), ("pro_scale", "1-1-1", 1, 11.0, 2.0),
+        ("pro_scale", "1-1-1", 2, 10.0, 2.0)]))
+    taus = st.ranking_stability(a.runs).set_index(["seed_a", "seed_b"])["tau"]
+    # 3 settings: one discordant pair of 3 -> tau = (2 - 1) / 3
+    assert taus[(0, 1)] == pytest.approx(1.0)
+    assert taus[(0, 2)] == pytest.approx(1 / 3) and taus[(1, 2)] == pytest.approx(1 / 3)
