@@ -1,5 +1,8 @@
 """Before an ablation starts: how many trainings and jobs will run, and about how long they take.
 
+Counted over the whole ablation (every training without its ``train_done.json``, every missing
+per-run output and report), whatever targets the command names.
+
 The estimate multiplies the pending trainings' iterations by a measured time per iteration of
 their model config, and divides by how many trainings run side by side (cores / training cpus).
 Where the time per iteration comes from, first match wins:
