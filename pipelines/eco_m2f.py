@@ -750,8 +750,8 @@ def _evaluate_gated(args: argparse.Namespace) -> int:
     gate, meta = load_gate(gate_path, model.decode_head.pixel_decoder, digest)
     loader = build_loader(cfg, "test", args.batch_size)
     result, rows = evaluate_gated(model, gate, float(meta["beta"]), loader, args.max_images)
-    result.update(config=str(args.config), checkpoint=str(_checkpoint(args)), gate=str(gate_path),
-                  model_hash=digest)
+    result.update(config=str(args.config), checkpoint=str(_checkpoint(args)),
+                  gate=str(gate_path), model_hash=digest)
     if args.flops_json:
         params = FlopsCache(model).params
         write_json_atomic(args.flops_json, gated_flops_report(
