@@ -105,7 +105,7 @@ def _made_up_cost(run) -> dict[str, float]:
     encoder = sum(n * t for n, t in zip(layers, tokens)) * 0.00018
     encoder += 0.004 if settings.get("trc") else 0.0
     pixel = encoder + (0.75 if not settings.get("lpe") else 0.43)
-    return {"backbone": 0.594, "encoder": encoder, "pixel_decoder": pixel,
+    return {"backbone": 0.594, "cluster": 0.0, "encoder": encoder, "pixel_decoder": pixel,
             "transformer_decoder": 0.173, "total": 0.594 + pixel + 0.173}
 
 
