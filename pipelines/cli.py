@@ -38,7 +38,10 @@ class _Parser(argparse.ArgumentParser):
 
 
 def build_parser() -> argparse.ArgumentParser:
+    # `--runs @FILE` reads one argument per line from FILE: the workflow passes thousands of
+    # run.json paths that way (a single command-line argument is capped at 128 KiB)
     parser = _Parser(
+        fromfile_prefix_chars="@",
         prog="python -m pipelines",
         description="Stages of the efficient-encoder ablation pipeline (each a thin CLI over "
         "mmengine / MMSegmentation).",

@@ -125,6 +125,16 @@ def ensure_writable_dir(path: str | os.PathLike, what: str = "work dir") -> Path
     return path
 
 
+def write_lines_atomic(path: str | os.PathLike, lines: Iterable[str]) -> Path:
+    """One item per line, written next to ``path`` then renamed (a reader never sees half)."""
+    path = Path(path)
+    ensure_writable_dir(path.parent, "output folder")
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text("".join(f"{line}\n" for line in lines))
+    tmp.replace(path)
+    return path
+
+
 def write_json_atomic(path: str | os.PathLike, data: Any) -> Path:
     """Write JSON next to ``path`` then rename, so a reader never sees half a file."""
     import json

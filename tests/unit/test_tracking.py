@@ -145,8 +145,11 @@ def test_ingest_cli_and_report(tmp_path):
                    str(tmp_path / "ingested.json"), "--runs", *jsons)
     assert proc.returncode == 0, proc.stderr
     assert len(json.loads((tmp_path / "ingested.json").read_text())["runs"]) == 3
+    # the workflow passes thousands of runs as `--runs @FILE` (one path per line)
+    manifest = tmp_path / "runs.txt"
+    manifest.write_text("".join(f"{j}\n" for j in jsons))
     proc = run_cli("report", "--ablation", "abl", "--results", str(results), "--out",
-                   str(tmp_path / "report.md"), "--runs", *jsons)
+                   str(tmp_path / "report.md"), "--runs", f"@{manifest}")
     assert proc.returncode == 0, proc.stderr
     text = (tmp_path / "report.md").read_text()
     assert "`pro_scale-s2-2-5-trc-nolpe-seed0`" in text and "| 41.00 |" in text

@@ -36,9 +36,9 @@ EXTRA_RUN_OUTPUTS = []
 
 ABLATION = config["name"]
 RESULTS = config["results"]
-# Every rule runs in the environment snakemake itself runs in: the local .venv, or on a cluster
+# Jobs run in the environment snakemake itself runs in (the local .venv, or on a cluster
 # the conda env built from environment.yml plus its one mmcv build step (README, "On a GPU
-# cluster"). `--sdm conda` is not offered (issue 9): mmcv 2.1.0 has no wheel for torch 2.13
+# cluster")). `--sdm conda` is not offered (issue 9): mmcv 2.1.0 has no wheel for torch 2.13
 # and must be compiled against the installed torch and CUDA, which an environment Snakemake
 # creates from environment.yml alone cannot do. The `conda:` directives stay None.
 CONDA_ENV = None

@@ -31,6 +31,7 @@ rule benchmark_ablation:
     # which ingest reads, and paired.json (host, CPU/GPU model, threads, library versions).
     input:
         runs=lambda wildcards: [str(paths(r).run_json) for r in RUNS],
+        manifest=f"{RESULTS}/runs/{ABLATION}/runs.txt",
     output:
         paired=f"{RESULTS}/benchmark/{ABLATION}/paired.json",
         runs=[str(paths(r).benchmark) for r in RUNS],
@@ -51,7 +52,7 @@ rule benchmark_ablation:
         CONDA_ENV
     shell:
         "OMP_NUM_THREADS={threads} PYTHONWARNINGS=ignore "
-        "python -m pipelines benchmark --runs {input.runs:q} --results {params.results:q} "
+        "python -m pipelines benchmark --runs @{input.manifest:q} --results {params.results:q} "
         "--ablation {params.ablation:q} --shape {params.shape} --device {params.device} "
         "--repeats {params.repeats} --warmup {params.warmup} "
         "--json {output.paired:q} > {log:q} 2>&1"

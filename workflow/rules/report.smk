@@ -3,13 +3,32 @@
 
 
 localrules:
+    list_runs,
     ingest_results,
     write_report,
+
+
+rule list_runs:
+    # Every run.json of the ablation, one per line: the stages that read all runs take
+    # `--runs @FILE`, since thousands of paths do not fit one command line. Rewritten when the
+    # set of runs changes (params trigger).
+    output:
+        manifest=f"{RESULTS}/runs/{ABLATION}/runs.txt",
+    log:
+        f"{RESULTS}/logs/{ABLATION}/list_runs.log",
+    params:
+        runs=lambda wildcards: [str(paths(r).run_json) for r in RUNS],
+    run:
+        from pipelines.config import write_lines_atomic
+
+        write_lines_atomic(output.manifest, params.runs)
+        Path(log[0]).write_text(f"{len(params.runs)} runs -> {output.manifest}\n")
 
 
 rule ingest_results:
     input:
         get_all_run_outputs,
+        manifest=f"{RESULTS}/runs/{ABLATION}/runs.txt",
     output:
         ingested=f"{RESULTS}/ingest/{ABLATION}/ingested.json",
     log:
@@ -20,7 +39,6 @@ rule ingest_results:
         tracking_uri=config["mlflow"]["tracking_uri"],
         artifacts=config["mlflow"]["artifact_location"],
         description=config["description"],
-        runs=lambda wildcards: [str(paths(r).run_json) for r in RUNS],
     conda:
         CONDA_ENV
     shell:
@@ -28,12 +46,13 @@ rule ingest_results:
         "--results {params.results:q} "
         "--tracking-uri {params.tracking_uri:q} --artifact-location {params.artifacts:q} "
         "--description={params.description:q} --out {output.ingested:q} "
-        "--runs {params.runs:q} > {log:q} 2>&1"
+        "--runs @{input.manifest:q} > {log:q} 2>&1"
 
 
 rule write_report:
     input:
         get_all_run_outputs,
+        manifest=f"{RESULTS}/runs/{ABLATION}/runs.txt",
     output:
         report=f"{RESULTS}/report/{ABLATION}/report.md",
     log:
@@ -41,11 +60,10 @@ rule write_report:
     params:
         ablation=ABLATION,
         results=lambda wildcards, output: Path(output[0]).parents[2],
-        runs=lambda wildcards: [str(paths(r).run_json) for r in RUNS],
         tracking_uri=config["mlflow"]["tracking_uri"],
     conda:
         CONDA_ENV
     shell:
         "python -m pipelines report --ablation {params.ablation:q} --results {params.results:q} "
         "--out {output.report:q} --tracking-uri {params.tracking_uri:q} "
-        "--runs {params.runs:q} > {log:q} 2>&1"
+        "--runs @{input.manifest:q} > {log:q} 2>&1"

@@ -34,6 +34,7 @@ rule check_disk:
     # one line and no training when the results folder's file system cannot hold it.
     input:
         runs=lambda wildcards: [str(paths(r).run_json) for r in RUNS],
+        manifest=f"{RESULTS}/runs/{ABLATION}/runs.txt",
     output:
         estimate=f"{RESULTS}/disk/{ABLATION}/estimate.json",
     log:
@@ -46,7 +47,7 @@ rule check_disk:
     conda:
         CONDA_ENV
     shell:
-        "PYTHONWARNINGS=ignore python -m pipelines disk --runs {input.runs:q} "
+        "PYTHONWARNINGS=ignore python -m pipelines disk --runs @{input.manifest:q} "
         "--results {params.results:q} --ablation {params.ablation:q} "
         "--out {output.estimate:q} 2>&1 | tee {log:q}; exit ${{PIPESTATUS[0]}}"
 
