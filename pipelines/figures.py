@@ -375,7 +375,8 @@ FIGURES: dict[str, Callable] = {
 
 
 # --------------------------------------------------------------------------- tables
-TABLE_COLUMNS = ("front", "knee", "setting", "variant", "n_seeds", "miou", "miou_lo", "miou_hi",
+TABLE_COLUMNS = ("front", "knee", "setting", "variant", "n_seeds", "seeds", "miou", "miou_lo",
+                 "miou_hi",
                  *(f"iou.{c}{s}" for c in SMALL_CLASSES for s in ("", "_lo", "_hi")),
                  "gflops_total", "latency_ms", "train_hours", "verdict", "vs_baseline",
                  "not_distinct_from", "run_ids", "mlflow_run_ids", "experiment_id")

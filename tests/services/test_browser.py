@@ -279,6 +279,10 @@ def test_a_runs_loss_curve_is_drawn(ablation, mlflow_ui, browser):
     assert len(history["metrics"]) >= 4  # one point per logged iteration
     # the run page's "Model metrics" tab: a "train" section with the chart "loss"
     browser.open(f"{mlflow_ui}/#/experiments/{exp_id}/runs/{run_id}/model-metrics")
-    browser.wait(f"{LOSS_CHART} !== null", timeout=300)
+    try:
+        browser.wait(f"{LOSS_CHART} !== null", timeout=300)
+    except AssertionError:
+        browser.screenshot("loss_curve_missing")  # what the page showed instead, for CI
+        raise
     assert browser.js(LOSS_CHART) >= len(history["metrics"])  # M + one L per further point
     browser.screenshot("loss_curve")
