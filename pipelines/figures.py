@@ -188,6 +188,47 @@ def fig_accuracy_vs_gflops(a: Analysis, plt):
 
 
 
+def fig_accuracy_vs_gflops_by(a: Analysis, plt, axis: str):
+    """Settings coloured by the values of any axis (``figures --color-by AXIS``), markers by
+    variant: e.g. how ``model.decode_head.num_queries`` or the seed-pooled schedule moves a
+    setting in the accuracy/compute plane."""
+    settings = a.settings.dropna(subset=["miou", "gflops_total"]) if len(a.settings) else \
+        a.settings
+    if axis not in settings.columns:
+        return Skip(f"no axis {axis!r} in the settings of these runs (seeds are pooled into "
+                    f"settings, so the seed is not one)")
+    settings = settings[settings[axis].notna() & (settings[axis].astype(str) != "")]
+    if settings.empty:
+        return Skip(f"no settings with both miou, gflops_total and {axis!r}")
+    from pipelines import axes as ax_mod
+
+    values = sorted(settings[axis].astype(str).unique(), key=_natural_key)
+    cmap = plt.get_cmap("viridis" if len(values) > 10 else "tab10")
+    colors = {v: cmap(i / max(1, len(values) - 1) if len(values) > 10 else i)
+              for i, v in enumerate(values)}
+    fig, ax = plt.subplots(figsize=(6.8, 4.6), layout="constrained")
+    short = ax_mod.short_name(axis)
+    for value in values:
+        pts = settings[settings[axis].astype(str) == value]
+        for variant in ordered_variants(pts["variant"]):
+            _, _, marker = variant_style(variant)
+            _errorbars(ax, pts[pts["variant"] == variant], "gflops_total", "miou",
+                       colors[value], marker, label=f"{short}={value} ({variant})",
+                       annotate=False)
+    ax.set_xlabel("total GFLOPs per image")
+    ax.set_ylabel("mIoU (%), mean over seeds (95 % CI)")
+    ax.set_title(f"Accuracy vs compute, coloured by {axis}")
+    ax.legend(loc="best", frameon=True, fontsize=7)
+    return fig
+
+
+def _natural_key(text: str):
+    try:
+        return (0, float(text), text)
+    except ValueError:
+        return (1, 0.0, text)
+
+
 def _stage_columns(df: pd.DataFrame) -> list[str]:
     """Tracked per-stage encoder GFLOPs, e.g. ``gflops_encoder_stage1`` (when the flops stage
     logs them)."""
@@ -513,15 +554,16 @@ def _pyplot():
     return matplotlib, plt
 
 
-def draw(name: str, data):
+def draw(name: str, data, figure=None):
     """Draw one figure under the pinned style from a runs table or an :class:`Analysis`;
-    returns a Figure or a :class:`Skip`."""
+    returns a Figure or a :class:`Skip`. ``figure``: a drawing function instead of
+    ``FIGURES[name]``."""
     a = _analysis(data)
     matplotlib, plt = _pyplot()
     with matplotlib.rc_context():
         matplotlib.rcdefaults()
         matplotlib.rcParams.update(STYLE)
-        return FIGURES[name](a, plt)
+        return (figure or FIGURES[name])(a, plt)
 
 
 def save(fig, stem: Path) -> list[Path]:
@@ -558,13 +600,13 @@ def _write_text(path: Path, text: str) -> None:
     tmp.replace(path)
 
 
-def render_all(df, out: str | os.PathLike, log=print) -> dict:
+def render_all(df, out: str | os.PathLike, log=print, color_by=()) -> dict:
     """Write every figure, the Pareto tables, ``points.csv``, ``settings.csv`` and ``runs.csv``.
 
     ``df`` is a runs table or an :class:`~pipelines.analysis.settings.Analysis` of one (built
     once here otherwise). Returns the manifest also written as ``figures.json``:
     ``{"figures": {name: [files]}, "skipped": {name: reason}, "tables": [files], "runs": n,
-    "settings": n}``.
+    "settings": n}``. ``color_by``: axes to draw ``accuracy_vs_gflops_by_<axis>`` for.
     """
     from pipelines.analysis.data import write_runs_csv
     from pipelines.config import ensure_writable_dir
@@ -582,6 +624,15 @@ def render_all(df, out: str | os.PathLike, log=print) -> dict:
                 (out / f"{name}.{fmt}").unlink(missing_ok=True)
             log(f"skipped {name}: {result.reason}")
             continue
+        files = save(result, out / name)
+        manifest["figures"][name] = [p.name for p in files]
+        log(f"wrote {name}: " + ", ".join(str(p) for p in files))
+    for axis in color_by:
+        name = "accuracy_vs_gflops_by_" + "".join(c if c.isalnum() or c == "_" else "_"
+                                                   for c in axis)
+        result = draw(axis, a, lambda an, plt, axis=axis: fig_accuracy_vs_gflops_by(an, plt, axis))
+        if isinstance(result, Skip):
+            raise UserError(f"--color-by {axis}: {result.reason}")
         files = save(result, out / name)
         manifest["figures"][name] = [p.name for p in files]
         log(f"wrote {name}: " + ", ".join(str(p) for p in files))
@@ -614,6 +665,9 @@ def add_parser(sub) -> None:
                        formatter_class=argparse.RawDescriptionHelpFormatter)
     add_source_arguments(p)
     p.add_argument("--out", required=True, help="output folder")
+    p.add_argument("--color-by", nargs="+", default=[], metavar="AXIS",
+                   help="also draw accuracy vs GFLOPs coloured by these axes (any axis of the "
+                   "runs: schedule, seed, model.decode_head.num_queries, ...)")
     p.set_defaults(func=run)
 
 
@@ -624,5 +678,5 @@ def run(args: argparse.Namespace) -> int:
     if df.empty:
         raise UserError("no runs to plot (the experiment has no runs tagged pipelines.role=run "
                         "or trial)")
-    render_all(df, args.out)
+    render_all(df, args.out, color_by=args.color_by)
     return 0

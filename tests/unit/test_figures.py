@@ -173,3 +173,17 @@ def test_load_runs_reads_the_ingestion_contract_back(tmp_path, monkeypatch, runs
         "2": 5, "3": 9, "4": 8, "5": 6, "6": 4}
     with pytest.raises(UserError, match="no MLflow experiment 'nope'"):
         load_runs(uri, "nope")
+
+
+def test_color_by_any_axis(tmp_path):
+    """`figures --color-by AXIS`: one more figure coloured by that axis; a name that is not an
+    axis of the runs is one line."""
+    out = tmp_path / "fig"
+    assert _cli(figures, "figures", "--runs-csv", str(RUNS_CSV), "--out", str(out),
+                "--color-by", "schedule") == 0
+    manifest = json.loads((out / "figures.json").read_text())
+    assert manifest["figures"]["accuracy_vs_gflops_by_schedule"] == [
+        "accuracy_vs_gflops_by_schedule.pdf", "accuracy_vs_gflops_by_schedule.png"]
+    with pytest.raises(UserError, match="--color-by colour: no axis 'colour'"):
+        _cli(figures, "figures", "--runs-csv", str(RUNS_CSV), "--out", str(out),
+             "--color-by", "colour")
