@@ -315,19 +315,22 @@ def format_table(report: dict) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
+    # option mistakes first, before torch and the OpenMMLab stack are imported
+    if args.data and args.shape:
+        raise UserError("--shape and --data exclude each other (--data uses each image's "
+                        "size after the config's test pipeline)")
+    if args.max_images is not None and not args.data:
+        raise UserError("--max-images needs --data")
+    if args.max_images is not None and args.max_images < 1:
+        raise UserError(f"--max-images must be at least 1, got {args.max_images}")
     import pipelines.registry  # noqa: F401
 
     cfg = load_config(args.config, args.cfg_options)
     if args.data:
-        if args.shape:
-            raise UserError("--shape and --data exclude each other (--data uses each image's "
-                            "size after the config's test pipeline)")
         report = per_image_report(cfg, args.data, args.max_images, args.count_sampling,
                                   progress=not args.no_progress)
         print(format_per_image(report))
     else:
-        if args.max_images is not None:
-            raise UserError("--max-images needs --data")
         image_hw = input_shape(cfg, args.shape)
         report = flops_report(cfg, image_hw, args.count_sampling)
         print(format_table(report))
