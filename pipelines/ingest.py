@@ -210,12 +210,13 @@ def child_record(results: str, ablation: str, run: dict, tmp: Path):
     tags = {c.AXES_TAG: json_tag(list(settings)),
             c.METHODS_TAG: ",".join(run.get("methods") or []),
             **provenance_tags(done.get("provenance"))}
-    scalars = _scalar_logs(work_dir)
     record = ChildRecord(
         run_id=run["run_id"], recipe=run.get("recipe", ""), params=run["params"],
-        metrics=collect_metrics(paths), curves=read_curves(work_dir, start_ms) if scalars else {},
+        metrics=collect_metrics(paths),
+        curves=read_curves(work_dir, start_ms) if _scalar_logs(work_dir) else {},
         tags=tags, start_ms=start_ms, end_ms=end_ms, artifacts=artifacts,
-        fingerprint=_fingerprint(stage_files + scalars))
+        # the one fingerprint definition, so a re-ingest's shortcut and the record agree
+        fingerprint=run_fingerprint(results, ablation, run))
     return mark_failure(record, run_failure(paths, record.metrics))
 
 
