@@ -97,8 +97,11 @@ def open_storage(url: str | None, spec=None):
                                               if url.startswith("postgresql") else {})
         except Exception as err:  # noqa: BLE001 - sqlalchemy/driver errors: one line
             # workers started together on an empty database race to create its tables: the
-            # losers see a duplicate key and find the tables there on the next try
-            if "IntegrityError" in type(err).__name__ and attempt < 4:
+            # losers see a duplicate key or table (IntegrityError; ProgrammingError "relation
+            # ... already exists" on PostgreSQL) and find the tables there on the next try
+            racing = ("IntegrityError" in type(err).__name__
+                      or "already exists" in str(err))
+            if racing and attempt < 4:
                 time.sleep(0.5 * (attempt + 1))
                 continue
             raise UserError(f"--storage {url!r}: cannot open: {type(err).__name__}: "
@@ -478,14 +481,23 @@ class Search:
         return self.summary()
 
     def _leader_of(self, trial, run):
-        """A lower-numbered RUNNING trial of another worker training the same run, if any: this
-        trial then waits for its result instead of training it a second time. (Each worker
-        writes its submission before looking, so of two simultaneous ones the later yields.)"""
+        """Another worker's trial that trains (or trained) the same run, submitted first: this
+        trial then waits for its result instead of training it a second time.
+
+        Each worker writes its submission (``submitted_at``, then the status) before looking,
+        so of two simultaneous submissions both see each other and agree on one order,
+        ``(submitted_at, trial number)``; a leader that already finished (COMPLETE, its result
+        written before its status changed) counts too, since its result is then on disk. The
+        order is by submission, not by trial number: a trial asked early but costed slowly
+        must not win over one already training."""
+        mine = (float(self._attr(trial, "submitted_at") or time.time()), trial.number)
         for t in self._trials(states=None):
-            if (t.state.name == "RUNNING" and t.number < trial.number
-                    and t.user_attrs.get(RUN_ID) == run.run_id
-                    and t.user_attrs.get(STATUS) == "submitted"
-                    and t.user_attrs.get("worker") != self.worker):
+            if (t.number == trial.number or t.user_attrs.get(RUN_ID) != run.run_id
+                    or t.state.name not in ("RUNNING", "COMPLETE")
+                    or t.user_attrs.get(STATUS) not in ("submitted", "trained")
+                    or t.user_attrs.get("worker") == self.worker):
+                continue
+            if (float(t.user_attrs.get("submitted_at") or 0.0), t.number) < mine:
                 self._set(trial, STATUS, "follows")
                 self._set(trial, "follows", t.number)
                 return t
@@ -499,6 +511,13 @@ class Search:
             if result is not None:
                 if self._set(trial, STATUS, "reused"):
                     self._tell(trial.number, result, self._attr(trial, "gflops_total"))
+                return
+            leader = self._attr(trial, "follows")
+            if leader is not None and self.study._storage.get_trial(
+                    self.study._storage.get_trial_id_from_study_id_trial_number(
+                        self.study._study_id, int(leader))).state.name == "FAIL":
+                self._fail(trial, f"{run.run_id}: the training of trial {leader} (another "
+                                  "worker) failed")
                 return
             if time.time() > deadline or self._attr(trial, STATUS) == "failed":
                 self._fail(trial, f"{run.run_id}: trained by another worker, no result by the "
