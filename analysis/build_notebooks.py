@@ -105,12 +105,16 @@ def ablation_notebook():
 from pipelines.figures import points_table
 
 points_table(runs)'''),
-        new_markdown_cell("## Mean over seeds per setting"),
+        new_markdown_cell("## Settings: seeds pooled (mean and 95 % CI)"),
         new_code_cell('''\
-keys = ["variant", "schedule", "trc", "lpe", "beta", "cluster_fraction"]
-metrics = ["miou", "gflops_total", "gflops_encoder", "latency_ms"]
-(grid.assign(**{k: grid[k].astype("string").fillna("") for k in keys})
-     .groupby(keys, sort=True)[metrics].agg(["mean", "count"]).round(3))'''),
+# runs that differ only by seed, pooled into one setting: the same analysis the figures and
+# the report read (mean, std and Student-t 95 % CI per metric; axes from the runs' own tags)
+from pipelines.analysis.settings import analyse
+
+settings = analyse(runs).settings
+cols = ["setting", "n_seeds", *(f"{m}{s}" for m in ("miou", "gflops_total", "latency_ms")
+                                for s in ("", "_lo", "_hi") if f"{m}{s}" in settings)]
+settings[cols].round(3)'''),
         new_markdown_cell("## PRO-SCALE: encoder GFLOPs per schedule"),
         new_code_cell('show("encoder_gflops_by_schedule")'),
         new_markdown_cell("## ECO-M2F: exits"),

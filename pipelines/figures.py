@@ -322,31 +322,38 @@ def fig_eco_m2f_exits(a: Analysis, plt):
         agg = pts.groupby("beta", sort=True)["mean_exit"].mean()
         ax2.plot(agg.index.astype(float), agg.to_numpy(), color=VARIANTS["eco_m2f"][1],
                  marker="^")
-        ax2.set_xscale("log")
-    ax2.set_xlabel("β (trade-off weight per layer, log scale)")
+        # symlog: β = 0 (always the deepest exit, the gate's reference) stays on the axis,
+        # which a log scale would drop
+        positive = agg.index.astype(float)[agg.index.astype(float) > 0]
+        ax2.set_xscale("symlog", linthresh=float(positive.min()) if len(positive) else 1e-3)
+    ax2.set_xlabel("β (trade-off weight per layer; symlog: linear near 0)")
     ax2.set_ylabel("mean encoder layers per image")
     ax2.set_title("Mean exit layer vs β")
     return fig
 
 
+#: the clustering threshold that the AiluRus figure sweeps: the fraction of tokens kept as
+#: cluster anchors, under the alias ``pipelines/models/token_cluster.py`` declares in its AXES
+CLUSTER_AXIS = "anchors"
+
+
 def fig_accuracy_vs_cluster_fraction(a: Analysis, plt):
     settings = a.settings
-    if "cluster_fraction" not in settings or settings.empty:
-        return Skip("no runs with a cluster_fraction (AiluRus) yet")
-    settings = settings.dropna(subset=["cluster_fraction", "miou"])
+    skip = Skip(f"no runs with a {CLUSTER_AXIS} setting (AiluRus clustering fraction) yet")
+    if CLUSTER_AXIS not in settings or settings.empty:
+        return skip
+    settings = settings.dropna(subset=[CLUSTER_AXIS, "miou"])
     if settings.empty:
-        return Skip("no runs with a cluster_fraction (AiluRus) yet")
+        return skip
+    settings = settings.assign(**{CLUSTER_AXIS: settings[CLUSTER_AXIS].astype(float)})
     fig, ax = plt.subplots(figsize=(5.2, 3.6), layout="constrained")
     for variant in ordered_variants(settings["variant"]):
         name, color, marker = variant_style(variant)
-        pts = settings[settings["variant"] == variant].sort_values(["cluster_fraction",
-                                                                     "setting"])
-        ax.plot(pts["cluster_fraction"].astype(float), pts["miou"], color=color, lw=1.0,
-                alpha=0.7)
-        _errorbars(ax, pts.assign(cluster_fraction=pts["cluster_fraction"].astype(float)),
-                   "cluster_fraction", "miou", color, marker,
+        pts = settings[settings["variant"] == variant].sort_values([CLUSTER_AXIS, "setting"])
+        ax.plot(pts[CLUSTER_AXIS], pts["miou"], color=color, lw=1.0, alpha=0.7)
+        _errorbars(ax, pts, CLUSTER_AXIS, "miou", color, marker,
                    label=f"{name} (mean, 95 % CI)")
-    ax.set_xlabel("clusters as a fraction of tokens")
+    ax.set_xlabel(f"cluster anchors as a fraction of tokens ({CLUSTER_AXIS})")
     ax.set_ylabel("mIoU (%), mean over seeds")
     ax.set_title("Accuracy vs clustering fraction")
     ax.legend(loc="lower right")

@@ -1,11 +1,18 @@
 """A synthetic segmentation set that rewards multi-scale reasoning.
 
-Images hold textured shapes on a smooth background. Classes differ by *texture*
-(stripes, checker, dots, speckle, flat) and by *object size*: ``small_blob`` and
-``large_blob`` look the same locally (flat colour disks) and differ only in size, as do
-``stripes`` and ``small_stripes``; small objects are a few pixels across. Colours are drawn
-at random per object, so colour alone never tells a class. A model that throws away fine
-tokens (or the context of coarse ones) loses accuracy on exactly these classes.
+Images hold textured shapes on a grey gradient. Each *family* of classes has its own hue
+(jittered per object) and texture (stripes, checker, dots, speckle, flat), so a model from random
+weights learns the families within a hundred iterations. Inside a family only *object size*
+tells the classes apart: ``small_blob`` and ``large_blob`` are the same flat disks, and
+``small_stripes`` and ``stripes`` the same striped shapes, a few pixels across against a fifth of
+the image. Colour and texture never tell small from large; a model that throws away fine tokens
+(or the context of coarse ones) loses accuracy on exactly these classes, which the reports show
+next to mIoU (:data:`SMALL_CLASSES`).
+
+(Format 1 drew every object's colour at random, so that colour told nothing: Mask2Former from
+random weights then learned almost nothing in the demo's budget, about 15 % mIoU after 120
+iterations with every small-object IoU near 0, and no effect could be told from seed noise.
+Format 2, with hues per family, reaches about 70 % mIoU in the same budget.)
 
 The files follow ADE20K's layout::
 
@@ -53,9 +60,17 @@ PALETTE = (
     (145, 30, 180),
     (70, 240, 240),
 )
+#: the hue of each family (RGB before jitter); a class pair that differs only by size shares one
+HUES = {
+    "stripes": (200, 60, 60), "small_stripes": (200, 60, 60),
+    "checker": (60, 170, 60),
+    "dots": (60, 90, 210),
+    "speckle": (210, 190, 50),
+    "large_blob": (190, 70, 200), "small_blob": (190, 70, 200),
+}
 SPLITS = {"training": 0, "validation": 1}
 JPEG_QUALITY = 95
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 
 
 @dataclass(frozen=True)
@@ -125,11 +140,11 @@ def render_sample(seed: int, split: str, index: int, size: int) -> tuple[np.ndar
     scale = size / 128.0
     yy, xx = np.mgrid[0:size, 0:size].astype(np.float32)
 
-    # background: a smooth colour gradient plus mild low-frequency noise
-    c0, c1 = rng.uniform(40, 215, size=(2, 3))
+    # background: a smooth grey gradient plus mild low-frequency noise (no family's hue)
+    g0, g1 = rng.uniform(90, 160, size=2)
     t = (xx * rng.uniform(-1, 1) + yy * rng.uniform(-1, 1)) / size
     t = (t - t.min()) / (np.ptp(t) + 1e-6)
-    img = c0[None, None] * (1 - t[..., None]) + c1[None, None] * t[..., None]
+    img = np.repeat((g0 * (1 - t) + g1 * t)[..., None], 3, axis=2)
     coarse = rng.normal(0, 6, size=(5, 5, 3))
     img += np.asarray(Image.fromarray(coarse.astype(np.float32)[..., 0]).resize(
         (size, size), Image.BILINEAR))[..., None]
@@ -139,9 +154,9 @@ def render_sample(seed: int, split: str, index: int, size: int) -> tuple[np.ndar
         margin = radius * 0.5
         cy, cx = rng.uniform(margin, size - margin, size=2)
         mask = _shape_mask(rng, yy, xx, cy, cx, radius, ellipse_only)
-        base = rng.uniform(0, 255, size=3)
-        contrast = rng.uniform(70, 140) * rng.choice([-1.0, 1.0], size=3)
-        second = np.clip(base + contrast, 0, 255)
+        base = np.clip(np.asarray(HUES[cls], dtype=np.float64) + rng.normal(0, 12, size=3),
+                       0, 255)
+        second = base * rng.uniform(0.35, 0.55)  # the texture's dark phase, same hue
         tex = _texture(cls, rng, yy, xx, scale)[..., None]
         fill = base[None, None] * (1 - tex) + second[None, None] * tex
         img[mask] = fill[mask]

@@ -52,13 +52,13 @@ RUNS = [
     ("eco_m2f-b0.02", dict(variant="eco_m2f", beta="0.02", seed=0),
      dict(miou=57.9, gflops_encoder=0.96, gflops_pixel_decoder=1.66, latency_ms=33.4,
           mean_exit=2.4), {2: 22, 3: 7, 4: 2, 5: 1, 6: 0}),
-    ("ailurus-cf1.0", dict(variant="ailurus", cluster_fraction="1.0", seed=0),
+    ("ailurus-cf1.0", dict(variant="ailurus", anchors="1.0", seed=0),
      dict(miou=55.0, gflops_backbone=9.0, gflops_encoder=2.40, gflops_pixel_decoder=3.10,
           latency_ms=58.0), None),
-    ("ailurus-cf0.5", dict(variant="ailurus", cluster_fraction="0.5", seed=0),
+    ("ailurus-cf0.5", dict(variant="ailurus", anchors="0.5", seed=0),
      dict(miou=54.6, gflops_backbone=6.1, gflops_encoder=2.40, gflops_pixel_decoder=3.10,
           latency_ms=51.0), None),
-    ("ailurus-cf0.25", dict(variant="ailurus", cluster_fraction="0.25", seed=0),
+    ("ailurus-cf0.25", dict(variant="ailurus", anchors="0.25", seed=0),
      dict(miou=53.2, gflops_backbone=4.6, gflops_encoder=2.40, gflops_pixel_decoder=3.10,
           latency_ms=49.5), None),
     ("ats-s0", dict(variant="ats", seed=0),
@@ -95,7 +95,7 @@ def log_runs(tracking_uri: str, ablation: str = "demo", artifact_location: str |
     exp_id = client.create_experiment(ablation, artifact_location=artifact_location)
     parent = client.create_run(exp_id, run_name=ablation,
                                tags={"pipelines.role": "parent", "pipelines.ablation": ablation})
-    defaults = dict(schedule="", trc="false", lpe="false", cluster_fraction="", beta="",
+    defaults = dict(schedule="", trc="false", lpe="false", anchors="", beta="",
                     config="configs/models/mask2former_r18_synthetic-128x128.py", max_iters=200)
     entries = [(rid, p, m, h, "run") for rid, p, m, h in RUNS]
     for number, schedule, miou, enc in TRIALS:
