@@ -35,8 +35,11 @@ GIT_DIRTY_TAG = "pipelines.git_dirty"
 VERSION_TAG_PREFIX = "pipelines.version."     # + torch, mmcv, mmengine, mmseg, mmdet
 EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
 EXPERIMENT_KIND = "custom_model_development"  # MLflow 3's UI: open on the runs table
+SEARCH_TAG = "pipelines.search"        # the search (study) a trial run or search parent is of
+TRIAL_NUMBER_TAG = "pipelines.trial_number"  # comma-separated Optuna trial numbers of a run
 
 ROLE_PARENT, ROLE_RUN, ROLE_TRIAL, ROLE_SUPERSEDED = "parent", "run", "trial", "superseded"
+ROLE_SEARCH = "search"                 # a search's own parent run (its trials sit under it)
 POINT_ROLES = (ROLE_RUN, ROLE_TRIAL)   # runs that are data points
 
 # ----------------------------------------------------------------------------- params

@@ -13,9 +13,7 @@ from pathlib import Path
 
 from pipelines import contract as c
 
-SEARCH_ROLE = "search"
-SEARCH_TAG = "pipelines.search"
-TRIAL_TAG = "pipelines.trial_number"
+SEARCH_ROLE, SEARCH_TAG, TRIAL_TAG = c.ROLE_SEARCH, c.SEARCH_TAG, c.TRIAL_NUMBER_TAG
 
 
 def _search_parent(client, experiment_id: str, name: str, storage_note: str) -> str:

@@ -267,11 +267,13 @@ def measure(size: int, root: Path, log=print) -> dict[str, Any]:
                        int(opts.get("default_hooks.logger.interval", 10)))
     log(f"[{size}] wrote {files} load-test result files in {clock.wall['write']:.1f} s")
     run_jsons = [str(RunPaths.of(str(results), ablation, r).run_json) for r in runs]
-    # the ingest and report rules pass every run.json on one `bash -c` command line
+    # the ingest and report rules read the run list from the manifest (`--runs @FILE`, one short
+    # argument); the same list on the command line would be this long
     relative = [str(RunPaths.of("results", ablation, r).run_json) for r in runs]
     argv_bytes = sum(len(p) + 1 for p in relative)
-    log(f"[{size}] --runs list of the ingest/report rules: {argv_bytes} bytes with results/ "
-        f"relative paths (Linux refuses one argument over {ARG_STRLEN_MAX} bytes)")
+    log(f"[{size}] run list: {argv_bytes} bytes, read from the runs manifest (--runs @FILE); "
+        f"as one command-line argument it would {'exceed' if argv_bytes > ARG_STRLEN_MAX else 'fit'} "
+        f"Linux's {ARG_STRLEN_MAX}-byte limit")
     uri = config["mlflow"]["tracking_uri"]
     first = clock.time("ingest", ingest, ablation, str(results), run_jsons, uri,
                        config["mlflow"]["artifact_location"], LOADTEST_NOTE, progress=False)

@@ -13,6 +13,7 @@ import optuna
 import pytest
 import yaml
 
+from pipelines import contract
 from tests.conftest import REPO, TINY_OPTIONS
 
 pytestmark = pytest.mark.slow
@@ -125,5 +126,5 @@ def test_sigkill_head_then_resume(tmp_path):
     assert {r.data.tags["pipelines.run_id"] for r in children} == trained
     for r in children:
         assert r.data.tags["mlflow.parentRunId"] == parent[0].info.run_id
-        assert r.data.tags["pipelines.trial_number"]
+        assert r.data.tags[contract.TRIAL_NUMBER_TAG]
         assert "miou" in r.data.metrics
