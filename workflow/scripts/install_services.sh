@@ -61,6 +61,6 @@ if [ -x .venv/bin/python ] && ! .venv/bin/python -c 'import psycopg2' 2>/dev/nul
     pin=$(grep -o '"psycopg2-binary==[^"]*"' pyproject.toml | tr -d '"')
     .venv/bin/python -m pip install -q --disable-pip-version-check "${pin:-psycopg2-binary}"
 fi
-echo "install_services.sh: done (slurm $(dpkg-query -W -f="${Version}" slurmctld 2>/dev/null || echo missing), \
+echo "install_services.sh: done (slurm $(dpkg-query -W -f='${Version}' slurmctld 2>/dev/null || echo missing), \
 $(ls /usr/lib/postgresql 2>/dev/null | sed 's/^/postgresql /' | head -1))"
 bash workflow/scripts/install_profile.sh || true
