@@ -141,8 +141,13 @@ GATE_AXIS = "beta"  # the gate-stage axis of pipelines/models/early_exit.py
 
 
 def is_gated(run) -> bool:
-    """A run of the recipe: its config builds early exit and it has a gate-stage ``beta``."""
-    return "early_exit" in run.methods and run.stages.get(GATE_AXIS) == "gate"
+    """A run of the recipe: its config builds early exit and it has a gate-stage ``beta``.
+    ``run``: a :class:`pipelines.grid.Run` or its ``run.json`` dict."""
+    if isinstance(run, dict):
+        methods, stages = run.get("methods") or [], run.get("stages") or {}
+    else:
+        methods, stages = run.methods, run.stages
+    return "early_exit" in methods and stages.get(GATE_AXIS) == "gate"
 
 
 def stage_files(results: str, ablation: str, run) -> Dict[str, str]:

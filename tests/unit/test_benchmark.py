@@ -123,3 +123,27 @@ def test_paired_runs_of_an_ablation_in_one_process():
     assert _number(own, "results.candidate.model.median_ms") == \
         doc["results"]["pro_scale-seed0"]["model"]["median_ms"]
     assert "broken-seed0" in format_runs_table(doc)
+
+
+def test_gated_runs_are_not_timed_as_their_deepest_exit():
+    """A gated ECO-M2F run (the grid's own run.json) gets no latency from the paired benchmark:
+    its untrained model would run to the deepest exit, a latency the gated run never has."""
+    from pipelines.benchmark import benchmark_runs, format_runs_table
+    from pipelines.grid import expand_grid, load_ablation, validate_ablation
+    from pipelines.ingest import _number
+
+    ablation = validate_ablation(load_ablation(str(REPO / "configs/ablations/eco_m2f_demo.yaml")))
+    gated = [r.to_dict() for r in expand_grid(ablation, repo=REPO)]
+    assert len(gated) == 2
+    runs = [{"run_id": "baseline-seed0", "variant": "baseline", "config": str(TINY_CONFIG),
+             "cfg_options": []}, *gated]
+    doc, per_run = benchmark_runs(runs, (64, 64), "cpu", repeats=1, warmup=0)
+    assert doc["order"] == ["baseline-seed0"]
+    assert doc["not_timed"] == sorted(r["run_id"] for r in gated)
+    for run in gated:
+        own = per_run[run["run_id"]]
+        assert "gate" in own["not_timed"] and own.get("status") != "failed"
+        assert _number(own, "results.candidate.model.median_ms") is None  # ingest logs none
+    assert "not timed" in format_runs_table(doc)
+    only, _ = benchmark_runs(gated, (64, 64), "cpu", repeats=1, warmup=0)
+    assert only["results"] == {} and "no run timed" in format_runs_table(only)
