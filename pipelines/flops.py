@@ -48,6 +48,9 @@ def add_parser(sub) -> None:
                    "std, min, max and a per-image table; the cost of a dynamic model")
     p.add_argument("--max-images", type=int, metavar="N", help="with --data: the first N images")
     p.add_argument("--no-progress", action="store_true", help="no progress bar with --data")
+    p.add_argument("--record-failure", type=int, choices=(0, 1), default=0, metavar="0|1",
+                   help="1: if counting fails, write --json as a failure record and exit 0 "
+                   "(the workflow's last attempt; pipelines/failures.py)")
     p.set_defaults(func=run)
 
 
@@ -323,6 +326,14 @@ def run(args: argparse.Namespace) -> int:
         raise UserError("--max-images needs --data")
     if args.max_images is not None and args.max_images < 1:
         raise UserError(f"--max-images must be at least 1, got {args.max_images}")
+    from pipelines.failures import recording_failures
+
+    with recording_failures(args.json, "flops", bool(getattr(args, "record_failure", 0))):
+        return _count(args)
+    return 0
+
+
+def _count(args: argparse.Namespace) -> int:
     import pipelines.registry  # noqa: F401
 
     cfg = load_config(args.config, args.cfg_options)

@@ -181,3 +181,21 @@ def test_encoder_stages_traced_equal_analytic(tiny_cfgs, name, schedule):
                                                           k + 1) / 1e9
                 for k, n in enumerate(schedule) if n}
     assert stages == pytest.approx(expected, rel=1e-3)
+
+
+def test_a_failed_count_is_recorded_on_the_last_attempt(tmp_path):
+    """The workflow's last attempt (--record-failure 1) leaves a failure record that ingest and
+    the report read, so one model that does not build blocks nothing else; earlier attempts
+    fail as usual, in one line."""
+    from pipelines.failures import read_failure
+
+    out = tmp_path / "flops.json"
+    args = ("flops", str(TINY_CONFIG), "--shape", "64", "64", "--json", str(out),
+            "--cfg-options", "model.decode_head.type=NoSuchHead")
+    proc = run_cli(*args, "--record-failure", "0")
+    assert proc.returncode != 0 and not out.exists()
+    assert "Traceback" not in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
+    proc = run_cli(*args, "--record-failure", "1")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    record = read_failure(out)
+    assert record["stage"] == "flops" and "NoSuchHead" in record["reason"]

@@ -16,13 +16,15 @@ rule count_flops:
     threads: get_threads("flops")
     resources:
         **get_resources("flops"),
+        last_attempt=last_attempt,
     retries: config["retries"]
     conda:
         CONDA_ENV
     shell:
         "OMP_NUM_THREADS={threads} PYTHONWARNINGS=ignore "
         "python -m pipelines flops {params.config:q} --shape {params.shape} "
-        "--json {output.flops:q} --cfg-options {params.options} > {log:q} 2>&1"
+        "--json {output.flops:q} --record-failure {resources.last_attempt} "
+        "--cfg-options {params.options} > {log:q} 2>&1"
 
 
 rule benchmark_ablation:
