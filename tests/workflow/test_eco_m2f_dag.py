@@ -15,9 +15,13 @@ from tests.workflow.test_dry_run import job_counts
 ABLATION = "eco_m2f_demo"
 
 
-def demo_config(root, betas=None, iters: int = 2) -> dict:
-    """The demo ablation at its smallest, results under ``root``."""
+def demo_config(root, betas=None, iters: int = 2, variants=("eco_m2f",)) -> dict:
+    """The demo ablation at its smallest, results under ``root`` (by default its plain ECO-M2F
+    variant only; ``variants=None`` keeps every variant)."""
     config = yaml.safe_load((REPO / "configs/ablations/eco_m2f_demo.yaml").read_text())
+    if variants is not None:
+        config["grid"]["variants"] = {k: v for k, v in config["grid"]["variants"].items()
+                                      if k in variants}
     for variant in config["grid"]["variants"].values():
         variant["config"] = str(REPO / variant["config"])
         if betas is not None:
@@ -33,6 +37,18 @@ def demo_config(root, betas=None, iters: int = 2) -> dict:
                 "artifact_location": str(root / "results" / "mlartifacts")},
         retries=0)
     return config
+
+
+def test_the_demo_composes_with_pro_scale(tmp_path):
+    """The demo's PRO-SCALE + exits row: its own training and derive, a gate per beta."""
+    config = demo_config(tmp_path, variants=None)
+    assert sorted(config["grid"]["variants"]) == ["eco_m2f", "eco_m2f_proscale"]
+    proc = snakemake(tmp_path, write_config(tmp_path / "a.yaml", config), "-n")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    counts = job_counts(proc.stdout)
+    assert counts["train_model"] == 2 and counts["derive_exit_quality"] == 2, counts
+    assert counts["train_gate"] == 4 and counts["evaluate_gated"] == 4, counts
+    assert f"results/derive/{ABLATION}/eco_m2f_proscale-seed0/derive.json" in proc.stdout
 
 
 def test_dry_run_shares_one_training_and_one_derive(tmp_path):
