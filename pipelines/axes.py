@@ -61,6 +61,10 @@ class Axis:
         type: ``any``, ``int``, ``float`` (ints accepted), ``bool``, ``str`` or ``int_list``.
         minimum, maximum, exclusive_minimum, exclusive_maximum: numeric range (numbers, or every
             element of an ``int_list``).
+        maximum_key, maximum_offset: an upper bound that depends on the model: the value (every
+            element of an ``int_list``) must be at most the run's resolved value of the config
+            key ``maximum_key`` plus ``maximum_offset`` (a ViT's ``cluster_layer`` at most
+            ``model.backbone.num_layers - 2``). Checked by the grid, before any job.
         choices: the allowed values.
         pattern: regular expression a ``str`` value must match in full.
         convert: ``dash_ints`` writes ``"3-3-3"`` into the config as ``[3, 3, 3]``.
@@ -77,6 +81,8 @@ class Axis:
     maximum: float | None = None
     exclusive_minimum: float | None = None
     exclusive_maximum: float | None = None
+    maximum_key: str | None = None
+    maximum_offset: int = 0
     choices: tuple | None = None
     pattern: str | None = None
     convert: str | None = None
@@ -123,6 +129,20 @@ class Axis:
                     or (self.exclusive_maximum is not None and x >= self.exclusive_maximum)):
                 raise UserError(f"{where}: {value!r} out of range {self.range_text()}")
         return list(value) if kind == "int_list" else value
+
+    def check_bound(self, value: Any, bound: Any, where: str) -> None:
+        """The model-dependent bound (``maximum_key``, resolved to ``bound``): one-line
+        :class:`UserError` naming ``where`` when ``value`` is beyond it."""
+        if self.maximum_key is None or isinstance(bound, bool) or not isinstance(bound, int):
+            return
+        limit = bound + self.maximum_offset
+        numbers = value if self.type == "int_list" else [value]
+        over = [x for x in numbers if isinstance(x, (int, float)) and x > limit]
+        if over:
+            offset = f" {'+' if self.maximum_offset > 0 else '-'} {abs(self.maximum_offset)}" \
+                if self.maximum_offset else ""
+            raise UserError(f"{where}: {value!r} out of range: at most {self.maximum_key}"
+                            f"{offset} = {limit} for this model")
 
     def range_text(self) -> str:
         lo = ("(" + _num(self.exclusive_minimum) if self.exclusive_minimum is not None

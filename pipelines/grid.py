@@ -461,6 +461,7 @@ def expand_grid(ablation: Mapping[str, Any], repo: str | Path = ".") -> list[Run
                 checked[axis_name] = [axis.check(v, at) for v in values]
             names = list(checked)
             for combo in itertools.product(*(checked[n] for n in names)):
+                _check_bounds(variant, dict(zip(names, combo)), axes_of, where)
                 run = _build_run(variant, dict(zip(names, combo)), axes_of, data_root,
                                  data_identity, cache)
                 if run.run_id in runs and runs[run.run_id] != run:
@@ -468,6 +469,25 @@ def expand_grid(ablation: Mapping[str, Any], repo: str | Path = ".") -> list[Run
                                     f"{run.run_id!r}")
                 runs[run.run_id] = run
     return sorted(runs.values(), key=lambda r: r.run_id)
+
+
+def _check_bounds(variant: _Variant, settings: Mapping[str, Any], axes_of: Mapping[str, Axis],
+                  where: str) -> None:
+    """Model-dependent bounds (``Axis.maximum_key``) against this run's resolved value of the
+    bounding key: the run's own setting of it, else the variant's options, else its config."""
+    by_key = {axes_of[n].key: axes_of[n].config_value(v) for n, v in settings.items()}
+    for name, value in settings.items():
+        axis = axes_of[name]
+        if axis.maximum_key is None:
+            continue
+        key = axis.maximum_key
+        if key in by_key:
+            bound = by_key[key]
+        elif key in variant.options:
+            bound = variant.options[key]
+        else:
+            bound = get_key(variant.plain, key, f"{where}.{name}: bound {key}")
+        axis.check_bound(value, bound, f"{where}.{name}")
 
 
 def runs_by_id(runs: Iterable[Run]) -> dict[str, Run]:

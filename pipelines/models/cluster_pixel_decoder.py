@@ -41,6 +41,8 @@ AXES = {
                             "(1 = no clustering)"),
     "pd_cluster_layer": Axis("model.decode_head.pixel_decoder.cluster_layer", type="int",
                              minimum=0, id="pdcl{}",
+                             maximum_key="model.decode_head.pixel_decoder.encoder.num_layers",
+                             maximum_offset=-1,
                              help="pixel-decoder query clustering: first encoder layer that "
                                   "runs on clustered queries"),
 }

@@ -68,6 +68,7 @@ AXES = {
                               help="AiluRus: anchors are the tokens whose DPC score is at least "
                                    "this fraction of the image's best (instead of a fraction)"),
     "cluster_layer": Axis("model.backbone.cluster_layer", type="int", minimum=0, id="cl{}",
+                          maximum_key="model.backbone.num_layers", maximum_offset=-2,
                           help="AiluRus: 0-based ViT block after which tokens are clustered"),
     "cluster_k": Axis("model.backbone.k", type="int", minimum=1, id="k{}",
                       help="AiluRus: nearest neighbours of the DPC-KNN density"),

@@ -47,6 +47,7 @@ AXES = {
     "ats_budget": Axis("model.backbone.budget", type="int", minimum=1, id="K{}",
                        help="ATS: at most this many patch tokens leave each ATS block"),
     "ats_layers": Axis("model.backbone.ats_layers", type="int_list", minimum=0, id="atsl{}",
+                       maximum_key="model.backbone.num_layers", maximum_offset=-1,
                        help="ATS: 0-based ViT blocks that sample tokens"),
     "ats_levels": Axis("model.backbone.levels", type="int", minimum=1, id="n{}",
                        help="ATS: levels of the inverse-transform sampling "

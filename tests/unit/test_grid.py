@@ -89,6 +89,34 @@ def test_bad_grids_are_refused_in_one_line_naming_the_key(variant, message):
     assert "\n" not in str(err.value)
 
 
+VIT_CLUSTER = "configs/models/mask2former_vit-tiny-cluster_synthetic-128x128.py"
+VIT_ATS = "configs/models/mask2former_vit-tiny-ats_synthetic-128x128.py"
+VIT_PD = "configs/models/mask2former_vit-tiny-pdcluster_synthetic-128x128.py"
+
+
+@pytest.mark.parametrize("variant, message", [
+    ({"config": VIT_CLUSTER, "axes": {"cluster_layer": [1, 5]}},
+     r"axes\.cluster_layer: 5 out of range: at most model\.backbone\.num_layers - 2 = 4 for "
+     r"this model"),
+    ({"config": VIT_CLUSTER, "axes": {"cluster_layer": [3], "model.backbone.num_layers": [4]}},
+     r"axes\.cluster_layer: 3 out of range: at most model\.backbone\.num_layers - 2 = 2"),
+    ({"config": VIT_ATS, "axes": {"ats_layers": [[1, 6]]}},
+     r"axes\.ats_layers: \[1, 6\] out of range: at most model\.backbone\.num_layers - 1 = 5"),
+    ({"config": VIT_PD, "axes": {"pd_cluster_layer": [6]}},
+     r"axes\.pd_cluster_layer: 6 out of range: at most "
+     r"model\.decode_head\.pixel_decoder\.encoder\.num_layers - 1 = 5"),
+])
+def test_layer_indices_beyond_the_models_depth_are_refused_before_any_job(variant, message):
+    """Issue 11's bar: a cluster layer (or sampling block) beyond the depth is one line at grid
+    expansion, against the run's own resolved depth (an axis of the same run included)."""
+    with pytest.raises(UserError, match=message) as err:
+        expand_grid(ablation(vit=variant), repo=REPO)
+    assert "\n" not in str(err.value)
+    ok = {k: [v[0]] for k, v in variant["axes"].items() if k != "model.backbone.num_layers"}
+    ok = {k: ([[1]] if k == "ats_layers" else [1]) for k in ok}
+    assert expand_grid(ablation(vit={"config": variant["config"], "axes": ok}), repo=REPO)
+
+
 def test_a_global_axis_that_a_variant_lacks_is_refused():
     config = ablation(baseline={"config": BASE})
     config["grid"]["schedule"] = ["3-3-3"]
