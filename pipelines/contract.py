@@ -62,6 +62,8 @@ MEAN_EXIT = "mean_exit"                # ECO-M2F: mean encoder exit layer over t
 LADDER_METRIC = "ladder.exit{exit}.{metric}"
 ORACLE_METRIC = "oracle.{metric}"
 TRIAL_NUMBER = "trial_number"          # Optuna search trials
+#: a search trial's GFLOPs budget: the hypervolume's reference point, fixed before any run
+SEARCH_GFLOPS_BUDGET = "search_gflops_budget"
 METRICS = (MIOU, AACC, MACC, *GFLOPS, LATENCY_MS, LATENCY_MS_PIXEL_DECODER, TRAIN_TIME_S,
            MEAN_EXIT, TRIAL_NUMBER)
 CURVE_PREFIXES = ("train/", "val/")    # training curves, one point per logged iteration

@@ -65,5 +65,6 @@ def track_trials(spec, study, progress: bool = False) -> dict:
         client.set_tag(mlflow_id, SEARCH_TAG, spec.name)
         client.set_tag(mlflow_id, TRIAL_TAG, ",".join(str(n) for n in numbers))
         client.log_metric(mlflow_id, c.TRIAL_NUMBER, float(numbers[0]))
+        client.log_metric(mlflow_id, c.SEARCH_GFLOPS_BUDGET, float(spec.gflops_budget))
         out[run_id] = mlflow_id
     return out

@@ -187,3 +187,18 @@ def test_color_by_any_axis(tmp_path):
     with pytest.raises(UserError, match="--color-by colour: no axis 'colour'"):
         _cli(figures, "figures", "--runs-csv", str(RUNS_CSV), "--out", str(out),
              "--color-by", "colour")
+
+
+def test_search_hypervolume_uses_the_searchs_own_budget_as_reference(runs):
+    """With the budget the search logs on its trial runs, the reference point is fixed before
+    any run (mIoU 0 at the budget) instead of being inferred from the points drawn."""
+    from pipelines import contract
+
+    trials = runs["role"] == "trial"
+    inferred = figures.draw("search_hypervolume", runs)
+    budgeted = figures.draw("search_hypervolume",
+                            runs.assign(**{contract.SEARCH_GFLOPS_BUDGET:
+                                           trials.map({True: 7.25, False: float("nan")})}))
+    assert "reference: 7.25 GFLOPs, 0 mIoU" in budgeted.axes[0].get_title()
+    assert "7.25" not in inferred.axes[0].get_title()
+    assert "budget" in " ".join(t.get_text() for t in budgeted.axes[0].texts)

@@ -127,4 +127,5 @@ def test_sigkill_head_then_resume(tmp_path):
     for r in children:
         assert r.data.tags["mlflow.parentRunId"] == parent[0].info.run_id
         assert r.data.tags[contract.TRIAL_NUMBER_TAG]
+        assert r.data.metrics[contract.SEARCH_GFLOPS_BUDGET] > 0  # the figure's reference
         assert "miou" in r.data.metrics
