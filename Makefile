@@ -7,7 +7,7 @@ STAMP := .venv/.pipelines-installed
 setup:
 	@bash workflow/scripts/install.sh
 
-# the demo ablation (configs/ablations/demo.yaml): baseline + 3 PRO-SCALE schedules on the
+# the demo ablation (configs/ablations/demo.yaml): baseline + 2 PRO-SCALE schedules x 3 seeds on the
 # synthetic set, all local on the CPU, tracked in results/mlflow.db. Re-running does nothing;
 # after an interruption it resumes (checkpoints are kept). DEMO_ARGS adds snakemake options.
 demo: setup

@@ -63,7 +63,7 @@ def test_kept_executed_copy_has_no_errors(name):
 
 @pytest.mark.parametrize("name", NOTEBOOKS)
 def test_notebook_executes_on_the_demo_recorded_from_a_real_run(name, tmp_path):
-    """The table a real `make demo` wrote (baseline + 3 PRO-SCALE schedules): the notebooks
+    """The table a real `make demo` wrote (baseline + 2 PRO-SCALE schedules, 3 seeds): the notebooks
     must also cope with variants and the search being absent."""
     nb = _execute(name, DEMO_CSV, tmp_path)
     assert _errors(nb) == []
