@@ -134,7 +134,7 @@ def test_gated_runs_are_not_timed_as_their_deepest_exit():
 
     ablation = validate_ablation(load_ablation(str(REPO / "configs/ablations/eco_m2f_demo.yaml")))
     gated = [r.to_dict() for r in expand_grid(ablation, repo=REPO)]
-    assert len(gated) == 2
+    assert len(gated) == 4  # plain and PRO-SCALE-composed ECO-M2F, two betas each
     runs = [{"run_id": "baseline-seed0", "variant": "baseline", "config": str(TINY_CONFIG),
              "cfg_options": []}, *gated]
     doc, per_run = benchmark_runs(runs, (64, 64), "cpu", repeats=1, warmup=0)
