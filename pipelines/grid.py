@@ -258,13 +258,17 @@ class _Variant:
     max_iters: int
 
 
+def synthetic_generator_hash() -> str:
+    """Content hash of the synthetic set's generator (part of the data's identity)."""
+    return ax.code_hash([ax.PACKAGE / "data" / "synthetic.py"])
+
+
 def _data_identity(ablation: Mapping) -> tuple[str, Any]:
     data = ablation.get("data") or {}
     root = normalise_path(str(data.get("root", "")))
     synthetic = data.get("synthetic")
     if synthetic:
-        code = ax.code_hash([ax.PACKAGE / "data" / "synthetic.py"])
-        return root, {"synthetic": dict(synthetic), "generator": code}
+        return root, {"synthetic": dict(synthetic), "generator": synthetic_generator_hash()}
     return root, {"root": root}
 
 

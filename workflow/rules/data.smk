@@ -1,6 +1,9 @@
 # The dataset: the synthetic set is written by the workflow; a real one (ADE20K, Cityscapes)
 # is given by the user in `data.root` and only checked by the stages that read it.
 if config["data"]["synthetic"] is not None:
+    from pipelines.grid import synthetic_generator_hash
+
+    SYNTHETIC_GENERATOR = synthetic_generator_hash()
 
     rule generate_dataset:
         output:
@@ -10,6 +13,9 @@ if config["data"]["synthetic"] is not None:
         params:
             root=lambda wildcards, output: os.path.dirname(output.meta),
             spec=config["data"]["synthetic"],
+            # the generator's code is part of the dataset's identity (as it is of every recipe):
+            # a changed generator writes the set again (Snakemake's params trigger)
+            generator=SYNTHETIC_GENERATOR,
         resources:
             mem_mb=2000,
             runtime=30,
