@@ -8,9 +8,15 @@ keeps :data:`DEFAULT_KEEP` instead.
 
 The estimate: per training, the parameter count of its model (built from the config, random
 weights) x 4 bytes x (1 + the optimizer's state tensors per parameter) per resume checkpoint,
-times the checkpoints kept, plus the best checkpoint's weights. The workflow's ``check_disk``
-job prints it before any training starts and refuses in one line when the results folder's
-file system cannot hold what is still missing.
+times the checkpoints kept, plus the best checkpoint's weights. The Snakefile's ``onstart`` hook
+runs it (in its own process) whenever trainings are pending, after the DAG is built and before
+any job starts: it prints the estimate and stops the workflow in one line when the results
+folder's file system cannot hold what is still missing.
+
+Why not a job the trainings depend on: the estimate must be redone when the set of runs
+changes, and Snakemake 9 (snakemake/snakemake#4166) then leaves out a missing training that
+depends on it through ``ancient()``: the job is masked below the rerun estimate and an ancient
+input never marks it. Without ``ancient()`` every finished training would run again.
 """
 from __future__ import annotations
 
@@ -33,7 +39,7 @@ def add_parser(sub) -> None:
                        "when the results folder cannot hold it", description=__doc__,
                        formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--runs", nargs="+", required=True, metavar="RUN_JSON",
-                   help="run.json of every run")
+                   help="run.json of every run (a file holding a JSON list counts as its runs)")
     p.add_argument("--results", required=True, help="results folder (its file system is checked)")
     p.add_argument("--ablation", help="ablation name (checkpoints already under "
                    "results/train/<ablation> count as written)")
@@ -48,9 +54,10 @@ def read_run_files(paths: Iterable[str]) -> list[dict]:
     runs = []
     for path in paths:
         try:
-            runs.append(json.loads(Path(path).read_text()))
+            data = json.loads(Path(path).read_text())
         except (OSError, ValueError) as err:
             raise UserError(f"cannot read run file {path}: {err}") from None
+        runs.extend(data if isinstance(data, list) else [data])
     return runs
 
 
@@ -138,27 +145,33 @@ def gib(n: float) -> str:
     return f"{n / 2**30:.2f} GiB"
 
 
-def run(args: argparse.Namespace) -> int:
+def check(runs: list[dict], results: str | Path, ablation: str | None, *,
+          out: str | Path | None = None, margin: float = 1.2, log=print) -> dict[str, Any]:
+    """Estimate, print one line, and raise :class:`UserError` when the results folder's file
+    system cannot hold the checkpoints still to be written; the estimate goes to ``out``."""
     import pipelines.registry  # noqa: F401
 
     from pipelines.config import write_json_atomic
 
-    runs = read_run_files(args.runs)
     doc = estimate(runs)
-    results = Path(args.results)
-    ablation = args.ablation
-    needed = int(doc["total_bytes"] * args.margin)
+    results = Path(results)
+    needed = int(doc["total_bytes"] * margin)
     have = used_bytes(results, ablation)
     free = free_bytes(results)
-    doc.update(margin=args.margin, needed_bytes=needed, already_written_bytes=have,
-               free_bytes=free)
-    print(f"disk: {len(doc['trainings'])} trainings keep about {gib(doc['total_bytes'])} of "
-          f"checkpoints (x{args.margin} margin: {gib(needed)}; {gib(have)} already written); "
-          f"{gib(free)} free under {results}")
+    doc.update(margin=margin, needed_bytes=needed, already_written_bytes=have, free_bytes=free)
+    log(f"disk: {len(doc['trainings'])} trainings keep about {gib(doc['total_bytes'])} of "
+        f"checkpoints (x{margin} margin: {gib(needed)}; {gib(have)} already written); "
+        f"{gib(free)} free under {results}")
     if needed - have > free:
         raise UserError(f"the results folder {results} has {gib(free)} free but the ablation "
                         f"needs about {gib(needed - have)} more for its checkpoints; free "
                         "space, move `results`, or keep fewer checkpoints")
-    if args.out:
-        write_json_atomic(args.out, doc)
+    if out:
+        write_json_atomic(out, doc)
+    return doc
+
+
+def run(args: argparse.Namespace) -> int:
+    check(read_run_files(args.runs), args.results, args.ablation, out=args.out,
+          margin=args.margin)
     return 0

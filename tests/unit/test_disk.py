@@ -51,3 +51,13 @@ def test_estimate_from_the_real_model_and_refusal_in_one_line(tmp_path):
     assert "disk: 1 trainings keep about" in refused.stdout  # printed before the refusal
     assert refused.stderr.startswith("error: the results folder") and \
         len(refused.stderr.strip().splitlines()) == 1
+
+    # the onstart hook's form: one file holding the list of runs; the estimate is written
+    listed = tmp_path / "runs.json"
+    listed.write_text(json.dumps([run, {**run, "run_id": "b", "train_id": "b"}]))
+    ok = run_cli("disk", "--runs", str(listed), "--results", str(tmp_path / "results"),
+                 "--out", str(tmp_path / "estimate.json"))
+    assert ok.returncode == 0, ok.stderr
+    written = json.loads((tmp_path / "estimate.json").read_text())
+    assert sorted(written["trainings"]) == ["b", "baseline-seed0"]
+    assert written["total_bytes"] == 2 * doc["total_bytes"]

@@ -102,10 +102,12 @@ def test_sigkill_head_then_resume(tmp_path):
     for run_id, mtime in finished.items():  # a finished training is not redone
         assert next((train / run_id).glob("work-*/train_done.json")).stat().st_mtime_ns == mtime
     trained = {t.user_attrs["run_id"] for t in trials if t.user_attrs.get("status") == "trained"}
-    statuses = {t.number: (t.state.name, t.user_attrs.get("status"), t.user_attrs.get("run_id"))
-                for t in trials}
+    statuses = {t.number: (t.state.name, t.user_attrs.get("status"), t.user_attrs.get("run_id"),
+                           t.user_attrs.get("fail_reason")) for t in trials}
+    logs = "".join(f"\n--- {p.name}\n" + p.read_text()[-4000:] for p in
+                   sorted((tmp_path / "results" / "search" / "tiny_search").glob("*.log")))
     assert len(trained) == 2 and all(r.startswith(("pro_scale-s1-1-1", "pro_scale-s2-2-2"))
-                                     for r in trained), (statuses, second.stdout[-2000:])
+                                     for r in trained), (statuses, second.stderr[-3000:] + logs)
     for t in trials:  # nothing over budget ever trained
         if t.user_attrs.get("gflops_total", 0) > 0.65:
             assert t.user_attrs["status"] == "infeasible"

@@ -41,7 +41,8 @@ def test_semicolon_and_command_substitution_in_results_are_not_executed(tmp_path
     config = tiny_ablation(evil)
     config["grid"]["variants"] = {"baseline": config["grid"]["variants"]["baseline"]}
     configfile = write_config(tmp_path / "evil.yaml", config)
-    target = f"{evil}/results/disk/tiny/estimate.json"  # describe_run + check_disk jobs
+    # describe_run's job, and the disk check of the onstart hook (trainings are pending)
+    target = f"{evil}/results/runs/tiny/baseline-seed0/run.json"
     result = snakemake(tmp_path, configfile, target)
     assert result.returncode == 0, result.stderr[-4000:]
     estimate = json.loads((evil / "results" / "disk" / "tiny" / "estimate.json").read_text())

@@ -140,3 +140,23 @@ def get_final_outputs():
         f"{RESULTS}/figures/{ABLATION}/figures.json",
         f"{RESULTS}/report/{ABLATION}/html/index.html",
     ]
+
+
+def check_disk_before_training():
+    """The checkpoint disk every training of the ablation keeps, against the results folder's
+    free space (``python -m pipelines disk``, in its own process: it builds each model). Run by
+    the Snakefile's ``onstart`` hook; exits the workflow with the one-line reason."""
+    import subprocess
+
+    folder = Path(RESULTS) / "disk" / ABLATION
+    folder.mkdir(parents=True, exist_ok=True)
+    runs = folder / f"runs-{os.getpid()}.json"  # one per head: search workers share a folder
+    runs.write_text(json.dumps([r.to_dict() for r in TRAININGS.values()], sort_keys=True))
+    try:
+        done = subprocess.run([sys.executable, "-m", "pipelines", "disk", "--runs", str(runs),
+                               "--results", str(RESULTS), "--ablation", ABLATION,
+                               "--out", str(folder / "estimate.json")])
+    finally:
+        runs.unlink(missing_ok=True)
+    if done.returncode:
+        raise SystemExit(done.returncode)

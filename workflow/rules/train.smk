@@ -13,7 +13,6 @@
 
 localrules:
     describe_run,
-    check_disk,
 
 
 rule describe_run:
@@ -29,34 +28,9 @@ rule describe_run:
         "python -m pipelines grid --run {params.run:q} --out {output.run:q} > {log:q} 2>&1"
 
 
-rule check_disk:
-    # Before any training: the checkpoint disk the ablation keeps (pipelines/disk.py), printed;
-    # one line and no training when the results folder's file system cannot hold it.
-    input:
-        runs=lambda wildcards: [str(paths(r).run_json) for r in RUNS],
-        manifest=f"{RESULTS}/runs/{ABLATION}/runs.txt",
-    output:
-        estimate=f"{RESULTS}/disk/{ABLATION}/estimate.json",
-    log:
-        f"{RESULTS}/logs/{ABLATION}/check_disk.log",
-    params:
-        results=lambda wildcards, output: Path(output.estimate).parents[2],
-        ablation=ABLATION,
-        # a changed set of trainings estimates again
-        trainings=lambda wildcards: sorted(TRAININGS),
-    conda:
-        CONDA_ENV
-    shell:
-        "PYTHONWARNINGS=ignore python -m pipelines disk --runs @{input.manifest:q} "
-        "--results {params.results:q} --ablation {params.ablation:q} "
-        "--out {output.estimate:q} 2>&1 | tee {log:q}; exit ${{PIPESTATUS[0]}}"
-
-
 rule train_model:
     input:
         data=get_dataset_marker(),
-        # ancient: a new estimate (runs added) does not make finished trainings outdated
-        disk=ancient(f"{RESULTS}/disk/{ABLATION}/estimate.json"),
     output:
         # the recipe's own folder (checkpoints beside, undeclared): a changed recipe is a new
         # output, so exactly the trainings whose content changed run again
