@@ -125,12 +125,16 @@ def estimate(runs: list[dict]) -> dict[str, Any]:
     return {"trainings": trainings, "total_bytes": total}
 
 
-def used_bytes(results: Path, ablation: str | None) -> int:
-    """Bytes of checkpoints already written under ``results/train/<ablation>``."""
+def used_bytes(results: Path, ablation: str | None, trainings: Iterable[str] | None = None) -> int:
+    """Bytes of checkpoints already written under ``results/train/<ablation>``; with
+    ``trainings``, only in those trainings' folders (a run the config no longer lists keeps
+    its checkpoints, but they are not part of what this ablation still has to write)."""
     root = results / "train" / ablation if ablation else results / "train"
     if not root.is_dir():
         return 0
-    return sum(p.stat().st_size for p in root.rglob("*.pth") if p.is_file())
+    folders = [root] if trainings is None else [root / t for t in trainings]
+    return sum(p.stat().st_size for folder in folders if folder.is_dir()
+               for p in folder.rglob("*.pth") if p.is_file())
 
 
 def free_bytes(path: Path) -> int:
@@ -156,7 +160,7 @@ def check(runs: list[dict], results: str | Path, ablation: str | None, *,
     doc = estimate(runs)
     results = Path(results)
     needed = int(doc["total_bytes"] * margin)
-    have = used_bytes(results, ablation)
+    have = used_bytes(results, ablation, doc["trainings"] if ablation else None)
     free = free_bytes(results)
     doc.update(margin=margin, needed_bytes=needed, already_written_bytes=have, free_bytes=free)
     log(f"disk: {len(doc['trainings'])} trainings keep about {gib(doc['total_bytes'])} of "

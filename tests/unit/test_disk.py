@@ -61,3 +61,15 @@ def test_estimate_from_the_real_model_and_refusal_in_one_line(tmp_path):
     written = json.loads((tmp_path / "estimate.json").read_text())
     assert sorted(written["trainings"]) == ["b", "baseline-seed0"]
     assert written["total_bytes"] == 2 * doc["total_bytes"]
+
+
+def test_already_written_counts_only_the_listed_trainings(tmp_path):
+    from pipelines.disk import used_bytes
+
+    for train_id, size in (("listed", 3000), ("dropped", 5000)):
+        work = tmp_path / "train" / "abl" / train_id / "work-0123"
+        work.mkdir(parents=True)
+        (work / "iter_2.pth").write_bytes(b"\0" * size)
+    assert used_bytes(tmp_path, "abl") == 8000
+    assert used_bytes(tmp_path, "abl", ["listed"]) == 3000
+    assert used_bytes(tmp_path, "abl", ["listed", "never-trained"]) == 3000
