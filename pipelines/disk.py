@@ -150,7 +150,7 @@ def gib(n: float) -> str:
 
 
 def check(runs: list[dict], results: str | Path, ablation: str | None, *,
-          out: str | Path | None = None, margin: float = 1.2, log=print) -> dict[str, Any]:
+          out: str | Path | None = None, margin: float = 1.2) -> dict[str, Any]:
     """Estimate, print one line, and raise :class:`UserError` when the results folder's file
     system cannot hold the checkpoints still to be written; the estimate goes to ``out``."""
     import pipelines.registry  # noqa: F401
@@ -163,9 +163,9 @@ def check(runs: list[dict], results: str | Path, ablation: str | None, *,
     have = used_bytes(results, ablation, doc["trainings"] if ablation else None)
     free = free_bytes(results)
     doc.update(margin=margin, needed_bytes=needed, already_written_bytes=have, free_bytes=free)
-    log(f"disk: {len(doc['trainings'])} trainings keep about {gib(doc['total_bytes'])} of "
-        f"checkpoints (x{margin} margin: {gib(needed)}; {gib(have)} already written); "
-        f"{gib(free)} free under {results}")
+    print(f"disk: {len(doc['trainings'])} trainings keep about {gib(doc['total_bytes'])} of "
+          f"checkpoints (x{margin} margin: {gib(needed)}; {gib(have)} already written); "
+          f"{gib(free)} free under {results}")
     if needed - have > free:
         raise UserError(f"the results folder {results} has {gib(free)} free but the ablation "
                         f"needs about {gib(needed - have)} more for its checkpoints; free "

@@ -12,6 +12,7 @@ import json
 import os
 import subprocess
 import uuid
+from pathlib import Path
 
 import pytest
 
@@ -49,7 +50,7 @@ def test_a_changed_run_set_still_trains_what_is_missing(tmp_path):
     result = snakemake(tmp_path, one, _metrics(both, "1-1-1"))
     assert result.returncode == 0, result.stderr[-3000:]
     assert "disk: 1 trainings keep" in result.stdout + result.stderr
-    metrics = json.loads(open(_metrics(both, "1-1-1")).read())
+    metrics = json.loads(Path(_metrics(both, "1-1-1")).read_text())
     assert "miou" in metrics, metrics
 
     # a third setting added: only it trains; nothing finished is trained or evaluated again
@@ -59,7 +60,7 @@ def test_a_changed_run_set_still_trains_what_is_missing(tmp_path):
     assert result.returncode == 0, result.stderr[-3000:]
     assert trained.stat().st_mtime_ns == mtime
     assert os.stat(_metrics(both, "2-2-2")).st_mtime_ns == evaluated
-    assert "miou" in json.loads(open(_metrics(both, "3-3-3")).read())
+    assert "miou" in json.loads(Path(_metrics(both, "3-3-3")).read_text())
 
 
 def test_a_results_folder_too_small_stops_before_any_job(tmp_path):

@@ -155,7 +155,8 @@ def check_disk_before_training():
     try:
         done = subprocess.run([sys.executable, "-m", "pipelines", "disk", "--runs", str(runs),
                                "--results", str(RESULTS), "--ablation", ABLATION,
-                               "--out", str(folder / "estimate.json")])
+                               "--out", str(folder / "estimate.json")],
+                              env=dict(os.environ, PYTHONWARNINGS="ignore"))  # as the rules
     finally:
         runs.unlink(missing_ok=True)
     if done.returncode:
