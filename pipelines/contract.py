@@ -41,6 +41,10 @@ TRIAL_NUMBER_TAG = "pipelines.trial_number"  # comma-separated Optuna trial numb
 ROLE_PARENT, ROLE_RUN, ROLE_TRIAL, ROLE_SUPERSEDED = "parent", "run", "trial", "superseded"
 ROLE_SEARCH = "search"                 # a search's own parent run (its trials sit under it)
 POINT_ROLES = (ROLE_RUN, ROLE_TRIAL)   # runs that are data points
+# ingest writes a child as `pending` (no reader takes it), and in one last write turns it into
+# its role and sets COMPLETE_TAG; only then is the child it replaces retired (pipelines/tracking.py)
+ROLE_PENDING = "pending"
+COMPLETE_TAG = "pipelines.complete"    # "true": every param, metric and artifact was written
 
 # ----------------------------------------------------------------------------- params
 #: params every child run has; every axis is a param too, under its axis name

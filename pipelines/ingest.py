@@ -13,6 +13,13 @@ Reads, per run, the files the workflow's stages wrote (``pipelines.grid.RunPaths
 and writes them through :mod:`pipelines.tracking` under the names of :mod:`pipelines.contract`.
 Safe to repeat: an unchanged run is skipped, a changed one rewritten, never duplicated. Run it
 from one process only (the workflow makes it a local rule).
+
+Safe to stop: every run.json must lie where ``--results`` and ``--ablation`` put it, and its
+training and evaluation outputs must be there and readable, or nothing is written (exit 2); a
+store that cannot be written is refused the same way. A finished child is retired only after its
+replacement is written whole, and kept when the new results are worse (a failure or lost
+metrics of the same recipe, such as an evaluation whose checkpoint was deleted): ``KEPT`` lines
+say so. A killed or failed ingest is repaired by the next one.
 """
 from __future__ import annotations
 
@@ -55,6 +62,42 @@ def _read_json(path: Path) -> dict[str, Any] | None:
         return json.loads(path.read_text())
     except ValueError as err:
         raise UserError(f"{path}: not JSON ({err})") from None
+    except OSError as err:
+        raise UserError(f"{path}: cannot be read ({err.strerror or err})") from None
+
+
+def read_runs(results: str, ablation: str, run_jsons: list[str]) -> list[dict]:
+    """Every run.json, checked before the store is opened: it lies where ``results`` and
+    ``ablation`` put its run (a wrong ``--results`` or ``--ablation`` would ingest runs without
+    their results), and its training and evaluation outputs (normal or failure records) exist;
+    every stage output there reads as JSON. Raises one :class:`UserError` for all problems."""
+    runs, problems = [], []
+    for run_json in run_jsons:
+        try:
+            run = _read_json(Path(run_json))
+            if run is None:
+                raise UserError(f"run file not found: {run_json}")
+            if not isinstance(run, dict) or not run.get("run_id") or "params" not in run:
+                raise UserError(f"{run_json}: not a run.json (no run_id or params)")
+            paths = RunPaths.of(results, ablation, run)
+            if Path(run_json).resolve() != paths.run_json.resolve():
+                raise UserError(
+                    f"{run_json} is not run {run['run_id']} of ablation {ablation!r} under "
+                    f"results folder {results!r} (that is {paths.run_json}): check --ablation "
+                    f"and --results")
+            for needed in (paths.train_done, paths.metrics):
+                if not needed.is_file():
+                    raise UserError(f"run {run['run_id']}: {needed} not found (ingest reads a "
+                                    f"run once it is trained and evaluated)")
+            for stage_file in (paths.train_done, paths.metrics, paths.flops, paths.benchmark):
+                _read_json(stage_file)
+            runs.append(run)
+        except UserError as err:
+            problems.append(str(err))
+    if problems:
+        more = f" (and {len(problems) - 1} more runs)" if len(problems) > 1 else ""
+        raise UserError(f"{problems[0]}{more}; nothing was written")
+    return runs
 
 
 def _number(data: dict | None, *keys: str) -> float | None:
@@ -250,17 +293,28 @@ def ingest(ablation: str, results: str, run_jsons: list[str], tracking_uri: str,
 
     from pipelines import tracking
 
-    client = tracking.open_client(tracking_uri)
+    runs = read_runs(results, ablation, run_jsons)  # bad input: refused before the store opens
+    client = tracking.open_writer(tracking_uri)
+    with tracking.store_errors(tracking_uri, "; the store keeps the records it held (a re-ingest "
+                               "repairs what this one left)"):
+        return _ingest(client, ablation, results, runs, artifact_location, description,
+                       progress, role, tqdm)
+
+
+def _ingest(client, ablation, results, runs, artifact_location, description, progress, role,
+            tqdm) -> dict[str, Any]:
+    from pipelines import tracking
+
     experiment_id = tracking.get_or_create_experiment(client, ablation, artifact_location)
     parent = tracking.get_or_create_parent(client, experiment_id, ablation, description)
+    pending = tracking.drop_pending(client, experiment_id)
     existing = tracking.children_by_run_id(client, experiment_id)
     summary: dict[str, Any] = {"ablation": ablation, "experiment_id": experiment_id,
                                "parent_run_id": parent, "runs": {}}
+    if pending:
+        summary["pending_deleted"] = pending
     counts: dict[str, int] = {}
-    for run_json in tqdm(run_jsons, desc="ingest", unit="run", disable=not progress):
-        run = _read_json(Path(run_json))
-        if run is None:
-            raise UserError(f"run file not found: {run_json}")
+    for run in tqdm(runs, desc="ingest", unit="run", disable=not progress):
         old = tracking.unchanged_child(existing.get(run["run_id"], []), run.get("recipe", ""),
                                        run_fingerprint(results, ablation, run))
         if old is not None:  # nothing to read further, nothing to write
@@ -280,7 +334,9 @@ def ingest(ablation: str, results: str, run_jsons: list[str], tracking_uri: str,
                 existing.get(run["run_id"], []))
         summary["runs"][run["run_id"]] = {"mlflow_run_id": mlflow_id, "action": action,
                                           "recipe": record.recipe}
-        if record.status == "FAILED":
+        if action == "kept":
+            summary.setdefault("kept", {})[run["run_id"]] = record.kept_because
+        elif record.status == "FAILED":
             summary.setdefault("failed", {})[run["run_id"]] = record.tags[c.FAILURE_TAG]
         counts[action] = counts.get(action, 0) + 1
     summary["actions"] = counts
@@ -299,6 +355,13 @@ def run(args: argparse.Namespace) -> int:
     print(f"{len(summary['runs'])} runs of {args.ablation!r} in {args.tracking_uri} "
           f"({actions}; experiment {summary['experiment_id']}, parent run "
           f"{summary['parent_run_id']})")
+    if summary.get("pending_deleted"):
+        print(f"deleted {summary['pending_deleted']} incomplete child run(s) an interrupted "
+              f"ingest left")
     for run_id, reason in sorted(summary.get("failed", {}).items()):
         print(f"FAILED {run_id}: {reason}")
+    for run_id, why in sorted(summary.get("kept", {}).items()):
+        mlflow_id = summary["runs"][run_id]["mlflow_run_id"]
+        print(f"KEPT {run_id}: {why}; its finished MLflow run {mlflow_id} stays (restore the "
+              f"input and rerun the stage, or delete that MLflow run to record the new result)")
     return 0

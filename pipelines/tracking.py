@@ -14,12 +14,23 @@ Re-ingesting is idempotent and cheap: each child records a fingerprint of the fi
 from, and an unchanged run is skipped; a changed one (same recipe) is written again. Children are
 found with one paged query per experiment, and written with MLflow's batch API.
 
+Ingest never loses a finished run (issue 17): a replacement is written as a ``pending`` child
+(no reader takes it), checked against what was meant to be written, and turned into a data point
+with :data:`pipelines.contract.COMPLETE_TAG` in one last write; only then is the child it replaces
+retired. A kill at any point leaves the old child or both (a re-ingest keeps the complete, current
+one and deletes leftovers); only a complete child is ever ``unchanged``. A good finished child is
+never replaced by a worse record of the same recipe (a failure, or lost metrics: a missing input),
+and a store that cannot be written is refused before anything is written.
+
 mmengine's ``MLflowVisBackend`` is not used: it breaks with MLflow >= 3.13 defaults.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import math
+import os
+import signal
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -33,17 +44,28 @@ BATCH = 1000  # MLflow's log_batch limit on metrics per call
 PARAM_BATCH = 100
 
 
+#: URI schemes MLflow's tracking client writes to (``postgresql+psycopg2`` and the like too)
+SCHEMES = ("sqlite", "postgresql", "mysql", "mssql", "http", "https", "file")
+DEFAULT_PORTS = {"http": 80, "https": 443, "postgresql": 5432, "mysql": 3306, "mssql": 1433}
+SQLITE_MAGIC = b"SQLite format 3\0"
+
+
 def resolve_tracking_uri(uri: str) -> str:
     """Make a relative ``sqlite:///FILE`` absolute and create its folder."""
+    scheme = uri.split("://", 1)[0].split("+", 1)[0].lower() if "://" in (uri or "") else ""
+    if scheme not in SCHEMES:
+        raise UserError(f"tracking URI {uri!r}: expected sqlite:///FILE, postgresql://..., "
+                        f"or http(s)://HOST:PORT")
     if uri.startswith("sqlite:///"):
         path = Path(uri[len("sqlite:///"):])
         if not path.is_absolute():
             path = Path.cwd() / path
-        path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as err:
+            raise UserError(f"tracking URI {uri!r}: cannot create folder {path.parent} "
+                            f"({err.strerror or err})") from None
         return f"sqlite:///{path}"
-    if not uri or "://" not in uri:
-        raise UserError(f"tracking URI {uri!r}: expected sqlite:///FILE, postgresql://..., "
-                        f"or http(s)://HOST:PORT")
     return uri
 
 
@@ -56,8 +78,52 @@ def resolve_artifact_location(location: str | None) -> str | None:
     path = Path(location)
     if not path.is_absolute():
         path = Path.cwd() / path
-    path.mkdir(parents=True, exist_ok=True)
+    check_writable(path, "artifact folder")
     return path.as_uri()
+
+
+def check_writable(folder: Path, what: str) -> None:
+    """Create ``folder`` if needed and write a file there (and remove it), or a UserError."""
+    import tempfile
+
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=folder):
+            pass
+    except OSError as err:
+        raise UserError(f"{what} {folder} is not writable ({err.strerror or err})") from None
+
+
+def check_store(uri: str) -> None:
+    """Refuse, before anything is written, a store ingest cannot write: an SQLite file that is
+    not a database or not writable, or a server (MLflow, PostgreSQL) that does not answer."""
+    import socket
+    from urllib.parse import urlsplit
+
+    if uri.startswith("sqlite:///"):
+        path = Path(uri[len("sqlite:///"):])
+        if path.exists():
+            try:
+                with open(path, "r+b") as f:
+                    head = f.read(len(SQLITE_MAGIC))
+            except OSError as err:
+                raise UserError(f"tracking URI {uri!r}: {path} cannot be written "
+                                f"({err.strerror or err})") from None
+            if head and head != SQLITE_MAGIC:
+                raise UserError(f"tracking URI {uri!r}: {path} is not an SQLite database")
+        check_writable(path.parent, "folder of the tracking store")
+        return
+    parts = urlsplit(uri)
+    scheme = parts.scheme.split("+", 1)[0].lower()
+    if scheme not in DEFAULT_PORTS or not parts.hostname:
+        return
+    try:
+        port = parts.port or DEFAULT_PORTS[scheme]
+        socket.create_connection((parts.hostname, port), timeout=5).close()
+    except (OSError, ValueError) as err:
+        raise UserError(f"tracking server {parts.hostname}:{parts.port or DEFAULT_PORTS[scheme]} "
+                        f"of {uri!r} does not answer ({getattr(err, 'strerror', None) or err})"
+                        ) from None
 
 
 def open_client(tracking_uri: str = DEFAULT_TRACKING_URI):
@@ -70,10 +136,42 @@ def open_client(tracking_uri: str = DEFAULT_TRACKING_URI):
     return MlflowClient(tracking_uri=resolve_tracking_uri(tracking_uri))
 
 
+def open_writer(tracking_uri: str = DEFAULT_TRACKING_URI):
+    """:func:`open_client` for ingest: the store checked first (:func:`check_store`)."""
+    uri = resolve_tracking_uri(tracking_uri)
+    check_store(uri)
+    with store_errors(uri):
+        return open_client(uri)
+
+
+def _one_line(err: BaseException) -> str:
+    text = str(getattr(err, "message", "") or err or type(err).__name__).strip()
+    return (text.splitlines() or [type(err).__name__])[0][:300]
+
+
+@contextlib.contextmanager
+def store_errors(uri: str, note: str = ""):
+    """An error of the store (MLflow, SQL, HTTP, file system) -> one-line :class:`UserError`."""
+    from mlflow.exceptions import MlflowException
+
+    kinds: list[type] = [MlflowException, OSError]
+    with contextlib.suppress(ImportError):
+        from sqlalchemy.exc import SQLAlchemyError
+
+        kinds.append(SQLAlchemyError)
+    try:
+        yield
+    except tuple(kinds) as err:
+        raise UserError(f"MLflow store {uri}: {_one_line(err)}{note}") from None
+
+
 def get_or_create_experiment(client, name: str, artifact_location: str | None = None) -> str:
     """The experiment of an ablation, created once, its kind set to model training."""
     exp = client.get_experiment_by_name(name)
     if exp is not None:
+        folder = _local_folder(exp.artifact_location or "")
+        if folder is not None:
+            check_writable(folder, f"artifact folder of experiment {name!r}")
         if exp.lifecycle_stage == "deleted":
             client.restore_experiment(exp.experiment_id)
         experiment_id = exp.experiment_id
@@ -85,6 +183,15 @@ def get_or_create_experiment(client, name: str, artifact_location: str | None = 
     return client.create_experiment(
         name, artifact_location=resolve_artifact_location(artifact_location),
         tags={c.EXPERIMENT_KIND_TAG: c.EXPERIMENT_KIND})
+
+
+def _local_folder(location: str) -> Path | None:
+    """The folder of a local artifact location (a ``file://`` URI or a path), else None."""
+    from urllib.parse import unquote, urlsplit
+
+    if location.startswith("file:"):
+        return Path(unquote(urlsplit(location).path))
+    return Path(location) if location and "://" not in location else None
 
 
 def search_all(client, experiment_id: str, filter_string: str = "") -> list:
@@ -105,6 +212,8 @@ def get_or_create_parent(client, experiment_id: str, ablation: str,
     found = search_all(client, experiment_id, f"tags.`{c.ROLE_TAG}` = '{c.ROLE_PARENT}'")
     if found:
         parent = found[0].info.run_id
+        if found[0].info.status == "RUNNING":  # an ingest killed right after creating it
+            client.set_terminated(parent)
     else:
         run = client.create_run(experiment_id, run_name=ablation,
                                 tags={c.ROLE_TAG: c.ROLE_PARENT, c.ABLATION_TAG: ablation})
@@ -153,65 +262,188 @@ class ChildRecord:
     fingerprint: str = ""
     role: str = c.ROLE_RUN
     status: str = "FINISHED"
+    kept_because: str = ""  # set by upsert_child when it kept the old child instead
+
+
+#: final numbers whose loss marks a worse record (what search_tracking adds later is left out)
+RECORD_METRICS = tuple(m for m in c.METRICS if m != c.TRIAL_NUMBER)
+
+
+def is_complete(run) -> bool:
+    """A child ingest finished writing: the complete marker (set last) and a final status."""
+    return (run.data.tags.get(c.COMPLETE_TAG) == "true"
+            and run.info.status in ("FINISHED", "FAILED"))
+
+
+def is_good(run) -> bool:
+    """A finished child with an mIoU and no failure (a child from before the complete marker
+    counts when FINISHED: that status was its last write)."""
+    return (run.info.status == "FINISHED" and c.FAILURE_TAG not in run.data.tags
+            and c.MIOU in run.data.metrics
+            and run.data.tags.get(c.COMPLETE_TAG, "true") == "true")
+
+
+def worse_than(record: ChildRecord, old) -> str | None:
+    """Why ``record`` would be a worse child than the good ``old`` one (same recipe), or None:
+    it failed where the same recipe once finished, or it lost final metrics (an input missing)."""
+    if not is_good(old):
+        return None
+    if record.status == "FAILED":
+        return f"its results now record a failure ({record.tags.get(c.FAILURE_TAG, '?')})"
+    lost = sorted(m for m in RECORD_METRICS
+                  if m in old.data.metrics and not _finite(record.metrics.get(m)))
+    if lost:
+        return f"its results now lack {', '.join(lost)}"
+    return None
 
 
 def upsert_child(client, experiment_id: str, parent_id: str, ablation: str, record: ChildRecord,
                  existing: list | None = None) -> tuple[str, str]:
-    """Create, replace or skip the child of ``record``; returns ``(mlflow run id, action)``.
+    """Create, replace or keep the child of ``record``; returns ``(mlflow run id, action)``.
 
     Args:
         existing: the current children with this run id (from :func:`children_by_run_id`);
             None looks them up.
 
-    Actions: ``unchanged`` (same recipe and fingerprint: nothing written), ``replaced`` (same
-    recipe, new results: the old child is deleted and written again, so no curve point is
-    doubled), ``created`` (new run id, or a new recipe: an older recipe's child is kept as
-    ``superseded``).
+    Actions: ``unchanged`` (a complete child of this recipe and fingerprint: nothing written),
+    ``repaired`` (the same, with leftovers of a killed ingest retired), ``kept`` (the record
+    would be worse than the good child of this recipe, see :func:`worse_than`: nothing written;
+    ``record.kept_because`` says why), ``replaced`` (same recipe, new results), ``created`` (new
+    run id, or a new recipe). A new child is written whole and checked (:func:`write_child`)
+    before the old one of its recipe is deleted (so no curve point is doubled) or an older
+    recipe's child is marked ``superseded`` (it keeps its history).
     """
-    from mlflow.entities import Metric, Param, RunTag
-
     if existing is None:
         existing = children_by_run_id(client, experiment_id).get(record.run_id, [])
-    action = "created"
-    for old in existing:
-        tags = old.data.tags
-        if tags.get(c.RECIPE_TAG) == record.recipe:
-            if record.fingerprint and tags.get(c.INGEST_HASH_TAG) == record.fingerprint:
-                return old.info.run_id, "unchanged"
+    same = [r for r in existing if r.data.tags.get(c.RECIPE_TAG) == record.recipe]
+    current = [r for r in same if is_complete(r) and record.fingerprint
+               and r.data.tags.get(c.INGEST_HASH_TAG) == record.fingerprint]
+    if current:
+        stale = [r for r in existing if r is not current[0]]
+        retire(client, stale, record.recipe)
+        return current[0].info.run_id, "repaired" if stale else "unchanged"
+    for old in same:
+        why = worse_than(record, old)
+        if why is not None:
+            record.kept_because = why
+            return old.info.run_id, "kept"
+    mlflow_id = write_child(client, experiment_id, parent_id, ablation, record)
+    _fault("completed")
+    retire(client, existing, record.recipe)
+    _fault("retired")
+    return mlflow_id, "replaced" if same else "created"
+
+
+def retire(client, children: list, recipe: str) -> None:
+    """Children a complete new one replaces: of its recipe deleted, of another superseded."""
+    for old in children:
+        if old.data.tags.get(c.RECIPE_TAG) == recipe:
             client.delete_run(old.info.run_id)
-            action = "replaced"
         else:
-            client.set_tag(old.info.run_id, c.ROLE_TAG, c.ROLE_SUPERSEDED)
-            client.set_tag(old.info.run_id, "pipelines.superseded_by_recipe", record.recipe)
-    tags = {c.ROLE_TAG: record.role, c.RUN_ID_TAG: record.run_id, c.RECIPE_TAG: record.recipe,
-            c.ABLATION_TAG: ablation, c.PARENT_TAG: parent_id,
+            client.log_batch(old.info.run_id, tags=_tags({
+                c.ROLE_TAG: c.ROLE_SUPERSEDED, "pipelines.superseded_by_recipe": recipe}))
+
+
+def write_child(client, experiment_id: str, parent_id: str, ablation: str,
+                record: ChildRecord) -> str:
+    """Write ``record`` as a new child: ``pending`` until everything is written and read back,
+    then its role and the complete marker in one write. On an error the pending child is
+    deleted (a kill leaves it to :func:`drop_pending`)."""
+    from mlflow.entities import Metric, Param
+
+    tags = {c.ROLE_TAG: c.ROLE_PENDING, c.RUN_ID_TAG: record.run_id,
+            c.RECIPE_TAG: record.recipe, c.ABLATION_TAG: ablation, c.PARENT_TAG: parent_id,
             c.INGEST_HASH_TAG: record.fingerprint, **record.tags}
     now = int(time.time() * 1000)
     run = client.create_run(experiment_id, run_name=record.run_id,
                             start_time=record.start_ms or now, tags=tags)
     mlflow_id = run.info.run_id
-    params = [Param(k, str(v)) for k, v in record.params.items()]
-    end = record.end_ms or now
-    metrics = [Metric(k, float(v), end, 0) for k, v in record.metrics.items()
-               if _finite(v)]
-    for name, points in record.curves.items():
-        metrics += [Metric(name, float(v), int(ts), int(step)) for step, v, ts in points
-                    if _finite(v)]
-    for batch_params, batch_metrics in _batches(params, metrics):
-        client.log_batch(mlflow_id, params=batch_params, metrics=batch_metrics)
-    log_artifacts_once(client, mlflow_id, record.artifacts)
-    client.set_terminated(mlflow_id, status=record.status, end_time=end)
-    return mlflow_id, action
+    try:
+        _fault("created")
+        params = [Param(k, str(v)) for k, v in record.params.items()]
+        end = record.end_ms or now
+        metrics = [Metric(k, float(v), end, 0) for k, v in record.metrics.items()
+                   if _finite(v)]
+        for name, points in record.curves.items():
+            metrics += [Metric(name, float(v), int(ts), int(step)) for step, v, ts in points
+                        if _finite(v)]
+        for batch_params, batch_metrics in _batches(params, metrics):
+            client.log_batch(mlflow_id, params=batch_params, metrics=batch_metrics)
+        _fault("logged")
+        uploaded = log_artifacts_once(client, mlflow_id, record.artifacts)
+        _fault("artifacts")
+        client.set_terminated(mlflow_id, status=record.status, end_time=end)
+        _fault("terminated")
+        check_child(client, mlflow_id, record.status, {p.key for p in params},
+                    {m.key for m in metrics}, uploaded)
+        client.log_batch(mlflow_id, tags=_tags({c.ROLE_TAG: record.role,
+                                                c.COMPLETE_TAG: "true"}))
+    except BaseException:
+        with contextlib.suppress(Exception):
+            client.delete_run(mlflow_id)
+        raise
+    return mlflow_id
+
+
+def check_child(client, mlflow_id: str, status: str, params: set, metrics: set,
+                artifacts: set) -> None:
+    """Read a written child back: its status, every param, metric and top-level artifact."""
+    run = client.get_run(mlflow_id)
+    missing = sorted(params - set(run.data.params)) + sorted(metrics - set(run.data.metrics))
+    if artifacts:
+        missing += sorted(artifacts - {a.path for a in client.list_artifacts(mlflow_id)})
+    if run.info.status != status or missing:
+        raise UserError(f"MLflow run {mlflow_id} ({run.data.tags.get(c.RUN_ID_TAG)}) reads back "
+                        f"incomplete (status {run.info.status}, missing "
+                        f"{', '.join(missing[:5]) or 'nothing'}); its previous child is kept")
+
+
+def drop_pending(client, experiment_id: str) -> int:
+    """Delete the ``pending`` children an interrupted ingest left; returns how many."""
+    found = search_all(client, experiment_id, f"tags.`{c.ROLE_TAG}` = '{c.ROLE_PENDING}'")
+    for run in found:
+        client.delete_run(run.info.run_id)
+    return len(found)
+
+
+def _tags(tags: Mapping[str, str]) -> list:
+    from mlflow.entities import RunTag
+
+    return [RunTag(k, v) for k, v in tags.items()]
+
+
+#: test hook: ``STEP[@N][:raise]`` kills the process (SIGKILL) or raises OSError the Nth time
+#: (default first) ingest reaches STEP (created, logged, artifacts, terminated, completed,
+#: retired): how the tests stop an ingest part-way
+FAULT_ENV = "PIPELINES_INGEST_FAULT"
+_reached: dict[str, int] = {}
+
+
+def _fault(step: str) -> None:
+    spec = os.environ.get(FAULT_ENV)
+    if not spec:
+        return
+    where, _, mode = spec.partition(":")
+    name, _, nth = where.partition("@")
+    if name != step:
+        return
+    _reached[spec] = _reached.get(spec, 0) + 1
+    if _reached[spec] != int(nth or 1):
+        return
+    if mode == "raise":
+        raise OSError(f"injected fault at {step}")
+    os.kill(os.getpid(), signal.SIGKILL)
 
 
 def unchanged_child(existing: list, recipe: str, fingerprint: str):
-    """The one current child when it has this recipe and ingest fingerprint, else None.
+    """The one current child when it is complete with this recipe and ingest fingerprint.
 
     ``upsert_child`` would leave such a run as it is (``unchanged``); knowing it from the
     fingerprint alone lets a re-ingest skip building the record. Anything else (no child,
-    several, another recipe to supersede) is left to :func:`upsert_child`.
+    several, another recipe to supersede, an incomplete child) is left to
+    :func:`upsert_child`.
     """
-    if len(existing) != 1 or not fingerprint:
+    if len(existing) != 1 or not fingerprint or not is_complete(existing[0]):
         return None
     tags = existing[0].data.tags
     if tags.get(c.RECIPE_TAG) == recipe and tags.get(c.INGEST_HASH_TAG) == fingerprint:
@@ -231,12 +463,13 @@ def _batches(params: list, metrics: list):
         yield chunk_params, chunk_metrics
 
 
-def log_artifacts_once(client, mlflow_id: str, artifacts: Iterable[tuple[Path, str]]) -> None:
+def log_artifacts_once(client, mlflow_id: str, artifacts: Iterable[tuple[Path, str]]) -> set:
     """Upload ``(local file or folder, artifact sub-path)`` pairs with one ``log_artifacts`` call.
 
     The pairs are laid out as links in a staging folder (a file lands in ``sub/<name>``, a
     folder's content in ``sub/``, as ``log_artifact`` / ``log_artifacts`` place them), so the
-    run's artifact store is looked up once per run instead of once per file.
+    run's artifact store is looked up once per run instead of once per file. Returns the
+    top-level artifact names written.
     """
     import os
     import shutil
@@ -262,8 +495,10 @@ def log_artifacts_once(client, mlflow_id: str, artifacts: Iterable[tuple[Path, s
                 except OSError:  # no symlinks here: copy
                     shutil.copyfile(src, dst)
                 staged = True
-        if staged:
-            client.log_artifacts(mlflow_id, str(staging))
+        if not staged:
+            return set()
+        client.log_artifacts(mlflow_id, str(staging))
+        return {p.name for p in staging.iterdir()}
 
 
 def _finite(value: Any) -> bool:
