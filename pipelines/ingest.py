@@ -314,7 +314,8 @@ def _ingest(client, ablation, results, runs, artifact_location, description, pro
     if pending:
         summary["pending_deleted"] = pending
     counts: dict[str, int] = {}
-    for run in tqdm(runs, desc="ingest", unit="run", disable=not progress):
+    # no bar when stderr is not a terminal (a log file; an error then is the one line there)
+    for run in tqdm(runs, desc="ingest", unit="run", disable=None if progress else True):
         old = tracking.unchanged_child(existing.get(run["run_id"], []), run.get("recipe", ""),
                                        run_fingerprint(results, ablation, run))
         if old is not None:  # nothing to read further, nothing to write
