@@ -12,5 +12,6 @@ model = dict(
         density_threshold=None,
         k=5,
         window=2,
-        merge_radius=None,  # = window; 1 merges only adjacent tokens (the published variant)
+        merge_radius=None,  # = window (monotone token count in the anchor fraction on this tiny
+        # grid); the class default and the ViT-B config use 1, the published variant
         proportional_attn=True))

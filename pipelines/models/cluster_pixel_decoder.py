@@ -67,7 +67,10 @@ class QueryClusterEncoder(Mask2FormerTransformerEncoder):
             raise ValueError(f"pixel decoder cluster_layer must be an int in [0, {depth - 1}] "
                              f"(an encoder layer), got {cluster_layer!r}")
         self.cluster_layer = cluster_layer
-        self.clusterer = TokenClusterer(anchor_fraction=anchor_fraction, k=k, window=window)
+        # merge over the whole window (beyond the papers; unchanged when the ViT default
+        # became the published radius 1)
+        self.clusterer = TokenClusterer(anchor_fraction=anchor_fraction, k=k, window=window,
+                                        merge_radius=None)
         self.last_token_counts: List[int] = []  # queries per image after clustering
 
     def forward(self, query: Tensor, query_pos: Tensor, key_padding_mask: Tensor,

@@ -12,8 +12,12 @@ the last two depend on the trade-off ``beta``:
    losses are multiplied by ``w_k = k / E_p[k]`` (:func:`exit_loss_weight`): proportional to the
    depth, normalised so that the expected weight under the exit distribution is 1 (the loss scale
    of the baseline). The released code has no such step: its training forward takes the gate's own
-   argmax exit and multiplies every loss, the deep-supervision copies included, by ``k``
-   unnormalised. With a single exit at the last layer ``w = 1`` and the model is exactly the
+   argmax exit and multiplies every loss, the deep-supervision copies included, by ``k + 2``
+   unnormalised (its model file adds 2 to the encoder's exit index, which already counts the
+   first two layers). ``loss_weighting='release'`` gives that ``k + 2`` weight with our random
+   exit draw; the default ``'normalised'`` keeps ``k / E_p[k]``, which keeps the loss scale of
+   the baseline (the release's factor is 4..8 at exits 2..6, an effective learning-rate change).
+   With a single exit at the last layer ``w = 1`` and the model is exactly the
    baseline (tested with the baseline's weights).
 2. **Derived dataset** (:mod:`pipelines.eco_m2f`): per-image quality ``q_k`` of every exit.
 3. **Gate** (:class:`ExitGate`): average-pooled res5 (1/32) tokens right after the input
@@ -45,14 +49,16 @@ from mmseg.models.decode_heads import Mask2FormerHead
 from mmseg.registry import MODELS as SEG_MODELS
 from torch import Tensor
 
-from pipelines.models.pro_scale import (ProScalePixelDecoder, recalibrate_tokens, stage_inputs,
-                                        tokens_to_map)
+from pipelines.models.pro_scale import ProScalePixelDecoder, stage_inputs, tokens_to_map
 
 from pipelines.axes import Axis
 
 AXES = {
     "min_layers": Axis("model.decode_head.pixel_decoder.min_layers", type="int", minimum=1,
                        id="min{}", help="shallowest exit: exits are min_layers..encoder depth"),
+    "exit_weighting": Axis("model.decode_head.pixel_decoder.loss_weighting", type="str",
+                           choices=("normalised", "release"), id="w_{}",
+                           help="exit loss weight k / E[k] (normalised) or k + 2 (release)"),
     "exit_dist": Axis("model.decode_head.pixel_decoder.exit_distribution", type="str",
                       choices=("uniform", "linear"), id="exit_{}",
                       help="distribution of the exit drawn per training iteration "
@@ -114,8 +120,17 @@ def exit_probabilities(distribution, exits: Sequence[int]) -> List[float]:
     return [w / total for w in weights]
 
 
-def exit_loss_weight(k: int, exits: Sequence[int], probs: Sequence[float]) -> float:
-    """``w_k = k / E_p[k]``: proportional to the depth, expected value 1 under ``probs``."""
+LOSS_WEIGHTINGS = ('normalised', 'release')
+
+
+def exit_loss_weight(k: int, exits: Sequence[int], probs: Sequence[float],
+                     weighting: str = 'normalised') -> float:
+    """``w_k = k / E_p[k]`` (``'normalised'``: proportional to the depth, expected value 1 under
+    ``probs``) or ``k + 2`` (``'release'``: the released code's unnormalised factor)."""
+    if weighting == 'release':
+        return float(k + 2)
+    if weighting != 'normalised':
+        raise ValueError(f"loss_weighting must be one of {LOSS_WEIGHTINGS}, got {weighting!r}")
     return float(k) / sum(p * e for p, e in zip(probs, exits))
 
 
@@ -186,13 +201,15 @@ class EarlyExitPixelDecoder(ProScalePixelDecoder):
             load a trained one).
         schedule (tuple[int] | None): a PRO-SCALE schedule; ``None`` is ``(0, 0, depth)``, the
             baseline encoder.
-        **kwargs: ``trc``, ``trc_temperature``, ``lpe`` of ``ProScalePixelDecoder`` and everything
+        loss_weighting (str): ``'normalised'`` (``k / E_p[k]``) or ``'release'`` (``k + 2``,
+            the released code's factor).
+        **kwargs: ``trc``, ``trc_temperature``, ``trc_mode``, ``trc_init``, ``lpe`` of ``ProScalePixelDecoder`` and everything
             ``mmdet.MSDeformAttnPixelDecoder`` takes.
     """
 
     def __init__(self, *, min_layers: int = 2, exit_distribution='uniform',
                  test_exit: ExitChoice = None, schedule: Optional[Sequence[int]] = None,
-                 **kwargs) -> None:
+                 loss_weighting: str = 'normalised', **kwargs) -> None:
         encoder = kwargs['encoder']
         if schedule is None:
             levels = encoder['layer_cfg']['self_attn_cfg']['num_levels']
@@ -200,6 +217,8 @@ class EarlyExitPixelDecoder(ProScalePixelDecoder):
         super().__init__(schedule=schedule, **kwargs)
         self.exits = exit_range(min_layers, sum(self.schedule))
         self.exit_probs = exit_probabilities(exit_distribution, self.exits)
+        exit_loss_weight(self.exits[-1], self.exits, self.exit_probs, loss_weighting)  # checks
+        self.loss_weighting = loss_weighting
         if isinstance(test_exit, str) and test_exit != 'gate':
             raise ValueError(f"test_exit must be None, an exit or 'gate', got {test_exit!r}")
         if test_exit != 'gate':
@@ -215,7 +234,7 @@ class EarlyExitPixelDecoder(ProScalePixelDecoder):
 
     def loss_weight(self, k: int) -> float:
         """The loss weight of a training iteration that exited after layer ``k``."""
-        return exit_loss_weight(k, self.exits, self.exit_probs)
+        return exit_loss_weight(k, self.exits, self.exit_probs, self.loss_weighting)
 
     def draw_exit(self) -> int:
         """One exit from ``exit_distribution`` (torch's global generator: seeded by mmengine)."""
@@ -258,8 +277,7 @@ class EarlyExitPixelDecoder(ProScalePixelDecoder):
                 break
             joining = subset(tokens[stage])
             if self.trc is not None and stage < len(self.schedule) - 1:
-                joining = recalibrate_tokens(joining, shapes[stage], subset(fine), fine_hw,
-                                             self.trc, self.trc_temperature)
+                joining = self.recalibrate(joining, shapes[stage], subset(fine), fine_hw)
             query = torch.cat((query, joining), 1) if stage else joining
             if num_layers == 0:
                 continue

@@ -14,9 +14,13 @@ baseline (``do_nothing``-style identity: the same layers in the same order over 
 Optional parts:
 
 * **TRC** (token re-calibration): before stage 1 and before stage 2 the tokens of the map that
-  joins there (res5, then res4) are multiplied by ``sigmoid(Linear(res3 resized) / T)``, the
+  joins there (res5, then res4) are multiplied by ``sigmoid(t * Linear(res3 resized))``, the
   1/8 features bilinearly resized to that map's size, one ``Linear(C -> 1)`` shared by both
-  stages (C + 1 = 257 parameters). Tokens ``(B, L, C)`` become a map ``(B, C, H, W)`` through a
+  stages (C + 1 = 257 parameters). As released: the logit is *multiplied* by
+  ``t = trc_temperature = 0.1`` (the release's ``EXCITE_TEMP``) and the Linear's weight is
+  xavier-uniform (its bias PyTorch's default), so the gates start near 0.5.
+  ``trc_mode='divide'`` with ``trc_init='normal'`` is this project's first form
+  (``sigmoid(z / t)``, weight N(0, 0.01), bias 0: gates spread over about 0.2-0.8 at init). Tokens ``(B, L, C)`` become a map ``(B, C, H, W)`` through a
   ``transpose`` then ``reshape`` (:func:`tokens_to_map`). The public code ``view``\\ s ``(B, L, C)``
   straight to ``(B, C, H, W)``: that reinterprets memory, so channels and positions are mixed and
   the resize runs on a scrambled image. We implement the intended operation.
@@ -55,6 +59,9 @@ AXES = {
                      "stage needs a layer; 0-0-6 is the baseline encoder"),
     "trc": Axis("model.decode_head.pixel_decoder.trc", type="bool", id="flag",
                 help="token re-calibration on/off"),
+    "trc_mode": Axis("model.decode_head.pixel_decoder.trc_mode", type="str",
+                     choices=("multiply", "divide"), id="trc_{}",
+                     help="TRC gate sigmoid(t*z) (multiply, as released) or sigmoid(z/t)"),
     "lpe": Axis("model.decode_head.pixel_decoder.lpe", type="bool", id="flag",
                 help="light pixel embedding on/off"),
 }
@@ -101,10 +108,28 @@ def map_to_tokens(x: Tensor) -> Tensor:
     return x.flatten(2).transpose(1, 2)
 
 
+TRC_MODES = ('multiply', 'divide')
+TRC_INITS = ('xavier', 'normal')
+
+
+def trc_gate(fine: Tensor, fine_hw: Tuple[int, int], hw: Tuple[int, int], proj: nn.Linear,
+             temperature: float, mode: str = 'multiply') -> Tensor:
+    """The TRC gate ``(B, h*w, 1)`` of the map of size ``hw``: ``sigmoid(t * z)`` (``mode=
+    'multiply'``, the release) or ``sigmoid(z / t)`` (``'divide'``), ``z = proj(fine resized)``."""
+    fine_map = tokens_to_map(fine, fine_hw)
+    resized = F.interpolate(fine_map, size=hw, mode='bilinear', align_corners=False)
+    logit = proj(map_to_tokens(resized))
+    if mode == 'multiply':
+        return torch.sigmoid(temperature * logit)
+    if mode == 'divide':
+        return torch.sigmoid(logit / temperature)
+    raise ValueError(f"trc_mode must be one of {TRC_MODES}, got {mode!r}")
+
+
 def recalibrate_tokens(tokens: Tensor, hw: Tuple[int, int], fine: Tensor,
                        fine_hw: Tuple[int, int], proj: nn.Linear,
-                       temperature: float) -> Tensor:
-    """TRC: gate ``tokens`` (``(B, h*w, C)``) per token with ``sigmoid(proj(fine resized) / T)``.
+                       temperature: float, mode: str = 'multiply') -> Tensor:
+    """TRC: gate ``tokens`` (``(B, h*w, C)``) per token with :func:`trc_gate`.
 
     Args:
         tokens: the coarse tokens joining a stage.
@@ -112,12 +137,9 @@ def recalibrate_tokens(tokens: Tensor, hw: Tuple[int, int], fine: Tensor,
         fine: the res3 (1/8) tokens ``(B, H*W, C)``.
         fine_hw: their map size ``(H, W)``.
         proj: the shared ``Linear(C, 1)``.
-        temperature: divides the logit before the sigmoid.
+        temperature: multiplies (``mode='multiply'``, the release) or divides the logit.
     """
-    fine_map = tokens_to_map(fine, fine_hw)
-    resized = F.interpolate(fine_map, size=hw, mode='bilinear', align_corners=False)
-    gate = torch.sigmoid(proj(map_to_tokens(resized)) / temperature)
-    return tokens * gate
+    return tokens * trc_gate(fine, fine_hw, hw, proj, temperature, mode)
 
 
 def max_pool_3x3(x: Tensor) -> Tensor:
@@ -171,18 +193,28 @@ class ProScalePixelDecoder(MSDeformAttnPixelDecoder):
             stage first. ``(3, 3, 3)`` in the paper's configs; ``(0, 0, 6)`` is the baseline.
             It replaces ``encoder.num_layers``.
         trc (bool): token re-calibration of the res5 / res4 tokens from the res3 features.
-        trc_temperature (float): temperature of the TRC sigmoid (0.1 in the paper's configs).
+        trc_temperature (float): the TRC logit scale ``t`` (the release's ``EXCITE_TEMP``, 0.1 in
+            its configs).
+        trc_mode (str): ``'multiply'``: ``sigmoid(t * z)`` as released; ``'divide'``:
+            ``sigmoid(z / t)``, this project's first form.
+        trc_init (str): ``'xavier'``: xavier-uniform weight, default bias, as released;
+            ``'normal'``: weight N(0, 0.01), bias 0 (the first form).
         lpe (bool): light pixel embedding (3x3 max-pool instead of the 3x3 output conv).
         **kwargs: everything ``mmdet.MSDeformAttnPixelDecoder`` takes (``encoder``, ...).
     """
 
     def __init__(self, *, schedule: Sequence[int] = (3, 3, 3), trc: bool = False,
-                 trc_temperature: float = 0.1, lpe: bool = False, **kwargs) -> None:
+                 trc_temperature: float = 0.1, trc_mode: str = 'multiply',
+                 trc_init: str = 'xavier', lpe: bool = False, **kwargs) -> None:
         encoder = ConfigDict(copy.deepcopy(kwargs.pop('encoder')))  # upstream reads attributes
         num_levels = encoder['layer_cfg']['self_attn_cfg']['num_levels']
         self.schedule = parse_schedule(schedule, num_levels)
         if not float(trc_temperature) > 0:
             raise ValueError(f"trc_temperature must be > 0, got {trc_temperature!r}")
+        if trc_mode not in TRC_MODES:
+            raise ValueError(f"trc_mode must be one of {TRC_MODES}, got {trc_mode!r}")
+        if trc_init not in TRC_INITS:
+            raise ValueError(f"trc_init must be one of {TRC_INITS}, got {trc_init!r}")
         encoder['num_layers'] = sum(self.schedule)
         super().__init__(encoder=encoder, **kwargs)
         # layers of the early stages attend to fewer levels (their offsets / weights are smaller)
@@ -196,6 +228,8 @@ class ProScalePixelDecoder(MSDeformAttnPixelDecoder):
             layers.append(DeformableDetrTransformerEncoderLayer(**layer_cfg))
         self.encoder.layers = ModuleList(layers)
         self.trc_temperature = float(trc_temperature)
+        self.trc_mode = trc_mode
+        self.trc_init = trc_init
         feat_channels = self.level_encoding.embedding_dim
         self.trc = nn.Linear(feat_channels, 1) if trc else None
         self.lpe = bool(lpe)
@@ -205,9 +239,20 @@ class ProScalePixelDecoder(MSDeformAttnPixelDecoder):
 
     def init_weights(self) -> None:
         super().init_weights()  # caffe2_xavier_init skips a max-pool (it has no weight)
-        if self.trc is not None:
+        if self.trc is None:
+            return
+        if self.trc_init == 'xavier':  # as released: xavier weight, nn.Linear's own bias init
+            self.trc.reset_parameters()
+            nn.init.xavier_uniform_(self.trc.weight)
+        else:
             nn.init.normal_(self.trc.weight, std=0.01)
             nn.init.zeros_(self.trc.bias)
+
+    def recalibrate(self, tokens: Tensor, hw: Tuple[int, int], fine: Tensor,
+                    fine_hw: Tuple[int, int]) -> Tensor:
+        """TRC of the tokens of the map joining a stage, with this decoder's settings."""
+        return recalibrate_tokens(tokens, hw, fine, fine_hw, self.trc, self.trc_temperature,
+                                  self.trc_mode)
 
     def _encoder_tokens(self, feats: List[Tensor]):
         """Project the coarse maps; tokens, positional + level encodings and reference points
@@ -238,8 +283,7 @@ class ProScalePixelDecoder(MSDeformAttnPixelDecoder):
         for stage, num_layers in enumerate(self.schedule):
             joining = tokens[stage]
             if self.trc is not None and stage < len(self.schedule) - 1:
-                joining = recalibrate_tokens(joining, shapes[stage], fine, fine_hw, self.trc,
-                                             self.trc_temperature)
+                joining = self.recalibrate(joining, shapes[stage], fine, fine_hw)
             query = torch.cat((query, joining), 1) if stage else joining
             if num_layers == 0:
                 continue

@@ -19,14 +19,15 @@ in the tokens, ``O(N (tile + 2 window)^2 C)``, not ``O(N^2 C)``):
   alternative, every token whose score is at least ``density_threshold`` times the image's best.
 
 Merge ("spatial-aware"): a non-anchor token with at least one anchor within ``merge_radius``
-(Chebyshev distance; default: the window radius) joins the one of those anchors nearest in feature
-space (ties: lower index); a cluster's feature is the mean of its members. Tokens with no anchor
-that near stay on their own, so the token count varies per image. ``merge_radius=1`` is the
-published variant (only adjacent tokens merge). We default to the window because with adjacency
-only the count is not monotone in the anchor fraction: every added anchor also absorbs its
-single neighbours, so 50 % anchors left *fewer* tokens than 25 % on ViT-B/16 (564 vs 642 of
-1024 on a synthetic image); with the window (5x5) nearly every token has an anchor within reach,
-the count is about the anchor count, and GFLOPs fall with the fraction.
+(Chebyshev distance; default 1, the published variant: only adjacent tokens merge) joins the one
+of those anchors nearest in feature space (ties: lower index); a cluster's feature is the mean of
+its members. Tokens with no anchor that near stay on their own, so the token count varies per
+image. ``merge_radius=None`` merges over the whole window (this project's first default, kept by
+name): with adjacency only the count is not monotone in the anchor fraction (every added anchor
+also absorbs its single neighbours, so 50 % anchors left *fewer* tokens than 25 % on ViT-B/16:
+564 vs 642 of 1024 on a synthetic image); with the window (5x5) nearly every token has an anchor
+within reach, the count is about the anchor count, and GFLOPs fall with the fraction. The tiny
+CPU configs keep the window for that reason.
 
 Later blocks run on ``[CLS] + clusters`` compacted to the batch's largest count with a padding
 mask, optionally with proportional attention (``log(size)`` added to the logits of every key).
@@ -248,14 +249,14 @@ class TokenClusterer(nn.Module):
         density_threshold: when set (it takes precedence), anchors score at least this
             fraction of the image's best, in (0, 1].
         k: density neighbours; window: neighbour-search radius.
-        merge_radius: tokens within this radius of an anchor merge into it (default: window;
-            1 = only adjacent tokens, the published variant).
+        merge_radius: tokens within this radius of an anchor merge into it (default 1: only
+            adjacent tokens, the published variant; None: the window radius).
         tile: tile side of the blocked distance computation (speed only, same result).
     """
 
     def __init__(self, *, anchor_fraction: Optional[float] = 0.25,
                  density_threshold: Optional[float] = None, k: int = 5, window: int = 2,
-                 merge_radius: Optional[int] = None, tile: int = 8):
+                 merge_radius: Optional[int] = 1, tile: int = 8):
         super().__init__()
         check_knobs(anchor_fraction, density_threshold, k, window, merge_radius)
         self.merge_radius = window if merge_radius is None else merge_radius
@@ -291,14 +292,14 @@ class ClusterViT(VisionTransformer):
         k: neighbours of the density (the token itself counted).
         window: radius of the spatial window of the neighbour search (>= 1).
         merge_radius: tokens within this radius of an anchor merge into it, in [1, window]
-            (default: window; 1 = only adjacent tokens, the published variant).
+            (default 1: only adjacent tokens, the published variant; None: the window).
         proportional_attn: add ``log(cluster size)`` to the attention logits of every key.
         **kwargs: ``VisionTransformer`` arguments.
     """
 
     def __init__(self, *, cluster_layer: int = 1, anchor_fraction: Optional[float] = 0.25,
                  density_threshold: Optional[float] = None, k: int = 5, window: int = 2,
-                 merge_radius: Optional[int] = None, proportional_attn: bool = True, **kwargs):
+                 merge_radius: Optional[int] = 1, proportional_attn: bool = True, **kwargs):
         super().__init__(**kwargs)
         depth = len(self.layers)
         if isinstance(cluster_layer, bool) or not isinstance(cluster_layer, int) \

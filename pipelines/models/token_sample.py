@@ -10,12 +10,16 @@ In each block listed in ``ats_layers`` (0-based; released: 3..11 of DeiT-S):
 * significance of patch token ``j``: ``sum_heads A[CLS, j] * ||v_j||`` (the value vector of all
   heads together, ``C``-dimensional), CLS excluded, padding zero, normalised to sum 1;
 * inverse-transform sampling: the scores sorted ascending, their cumulative sum min-max
-  normalised to [0, 1]; for each of ``levels`` evenly spaced values in [0, 1] the token whose
-  cumulative value is nearest is picked (equally near: the lower one). ``levels`` defaults to the
-  image's initial patch-token count (196 at 224x224 in the paper). Duplicate picks collapse, so
-  low-significance tokens (flat stretches of the CDF) vanish and the kept count varies per image;
+  normalised to [0, 1]; for each of ``levels`` evenly spaced values from the smallest non-zero
+  normalised cumulative value to 1 (``grid='nonzero'``, the release's grid; ``grid='zero'``
+  spaces them over [0, 1], this project's first form, whose lowest level always picks the least
+  significant token) the token whose cumulative value is nearest is picked (equally near: the
+  lower one). ``levels`` defaults to the image's initial patch-token count (196 at 224x224 in
+  the paper). Duplicate picks collapse, so low-significance tokens (flat stretches of the CDF)
+  vanish and the kept count varies per image;
 * at most ``budget`` (K) patch tokens are kept, the **most** significant ones when there are more
-  picks (the released code crashes for K < N and would keep the least significant); CLS always;
+  picks (the released code crashes for K < N and would keep the least significant); CLS always.
+  ``budget=None`` (the default, the paper's DeiT-S) is K = N, no cap;
 * only the kept query rows go on through the block's projection and MLP, and every later block.
   Images of a batch keep different counts: the kept tokens are compacted to the batch's largest
   count, padding masked out of every later attention (``-inf`` key bias);
@@ -45,7 +49,12 @@ from pipelines.models.vit_tokens import (attend, embed_tokens, finish_layer, gri
 
 AXES = {
     "ats_budget": Axis("model.backbone.budget", type="int", minimum=1, id="K{}",
-                       help="ATS: at most this many patch tokens leave each ATS block"),
+                       help="ATS: at most this many patch tokens leave each ATS block "
+                            "(default: no cap, K = N, as in the paper)"),
+    "ats_grid": Axis("model.backbone.grid", type="str", choices=("nonzero", "zero"),
+                     id="grid_{}",
+                     help="ATS: levels from the smallest non-zero CDF value to 1 (nonzero, as "
+                          "released) or over [0, 1] (zero)"),
     "ats_layers": Axis("model.backbone.ats_layers", type="int_list", minimum=0, id="atsl{}",
                        maximum_key="model.backbone.num_layers", maximum_offset=-1,
                        help="ATS: 0-based ViT blocks that sample tokens"),
@@ -70,34 +79,48 @@ def significance(attn: Tensor, v: Tensor, valid: Tensor) -> Tensor:
     return s / s.sum(dim=1, keepdim=True).clamp_min(torch.finfo(s.dtype).tiny)
 
 
-def inverse_transform_sample(scores: Tensor, levels: int, budget: int) -> Tensor:
+GRIDS = ("nonzero", "zero")
+
+
+def inverse_transform_sample(scores: Tensor, levels: int, budget: Optional[int] = None,
+                             grid: str = "nonzero") -> Tensor:
     """Pick tokens of one image from its significance ``scores [m]`` (sum 1).
 
     Returns the kept positions, sorted ascending: the unique tokens nearest to ``levels`` evenly
-    spaced values of the min-max normalised cumulative sorted scores, truncated to the
-    ``budget`` most significant (stable: equal scores keep the lower position).
+    spaced values of the min-max normalised cumulative sorted scores, from the smallest non-zero
+    cumulative value (``grid='nonzero'``, as released) or from 0 (``'zero'``) to 1, truncated to
+    the ``budget`` most significant (None: no cap; stable: equal scores keep the lower position).
     """
     m = scores.shape[0]
     order = torch.sort(scores, stable=True).indices
     cdf = scores[order].cumsum(0)
     span = cdf[-1] - cdf[0]
     cdf = (cdf - cdf[0]) / span if float(span) > 0 else torch.zeros_like(cdf)
-    targets = torch.linspace(0, 1, levels, dtype=cdf.dtype, device=cdf.device)
+    start = 0.0
+    if grid == "nonzero":
+        nonzero = cdf[cdf > 0]
+        start = float(nonzero.min()) if nonzero.numel() else 0.0
+    elif grid != "zero":
+        raise ValueError(f"ATS grid must be one of {GRIDS}, got {grid!r}")
+    targets = torch.linspace(start, 1, levels, dtype=cdf.dtype, device=cdf.device)
     hi = torch.searchsorted(cdf, targets).clamp_max(m - 1)
     lo = (hi - 1).clamp_min(0)
     pick = torch.where((targets - cdf[lo]).abs() <= (cdf[hi] - targets).abs(), lo, hi)
     kept = order[torch.unique(pick)]
-    if kept.numel() > budget:
+    if budget is not None and kept.numel() > budget:
         best = torch.sort(-scores[kept], stable=True).indices[:budget]
         kept = kept[best]
     return torch.sort(kept).values
 
 
-def check_knobs(ats_layers: Sequence[int], budget: int, levels: Optional[int],
-                depth: int) -> Tuple[int, ...]:
+def check_knobs(ats_layers: Sequence[int], budget: Optional[int], levels: Optional[int],
+                depth: int, grid: str = "nonzero") -> Tuple[int, ...]:
     """Validate the ATS knobs; returns the sorted, unique ATS blocks. ``ValueError`` (one line)."""
-    if isinstance(budget, bool) or not isinstance(budget, Integral) or budget < 1:
-        raise ValueError(f"ATS budget K must be an int >= 1, got {budget!r}")
+    if budget is not None and (isinstance(budget, bool) or not isinstance(budget, Integral)
+                               or budget < 1):
+        raise ValueError(f"ATS budget K must be an int >= 1 or None (no cap), got {budget!r}")
+    if grid not in GRIDS:
+        raise ValueError(f"ATS grid must be one of {GRIDS}, got {grid!r}")
     if levels is not None and (isinstance(levels, bool) or not isinstance(levels, Integral)
                                or levels < 1):
         raise ValueError(f"ATS levels must be an int >= 1 or None, got {levels!r}")
@@ -117,18 +140,22 @@ class SampleViT(VisionTransformer):
 
     Args:
         ats_layers: 0-based blocks that sample tokens (empty: the plain ViT).
-        budget: K, the most patch tokens an ATS block keeps (>= 1).
+        budget: K, the most patch tokens an ATS block keeps (>= 1); None (default): K = N, no
+            cap, as the paper's DeiT-S.
         levels: levels of the inverse-transform sampling; None: the image's patch-token count.
+        grid: ``'nonzero'`` (default, as released): levels from the smallest non-zero
+            normalised CDF value to 1; ``'zero'``: over [0, 1].
         **kwargs: ``VisionTransformer`` arguments (``with_cls_token`` must be True).
     """
 
-    def __init__(self, *, ats_layers: Sequence[int] = (), budget: int = 64,
-                 levels: Optional[int] = None, **kwargs):
+    def __init__(self, *, ats_layers: Sequence[int] = (), budget: Optional[int] = None,
+                 levels: Optional[int] = None, grid: str = "nonzero", **kwargs):
         super().__init__(**kwargs)
         if not self.with_cls_token:
             raise ValueError("ATS needs the CLS token: with_cls_token must be True")
-        self.ats_layers = check_knobs(ats_layers, budget, levels, len(self.layers))
-        self.budget = int(budget)
+        self.ats_layers = check_knobs(ats_layers, budget, levels, len(self.layers), grid)
+        self.budget = None if budget is None else int(budget)
+        self.grid = grid
         self.levels = None if levels is None else int(levels)
         self.last_token_counts: List[List[int]] = []  # per ATS block, kept tokens per image
 
@@ -168,7 +195,8 @@ class SampleViT(VisionTransformer):
         with torch.no_grad():
             sig = significance(attn, v, valid)
             counts = valid[:, 1:].sum(1).tolist()
-            kept = [inverse_transform_sample(sig[j, :counts[j]], self.levels or n, self.budget)
+            kept = [inverse_transform_sample(sig[j, :counts[j]], self.levels or n, self.budget,
+                                             self.grid)
                     for j in range(b)]
         r = max(k.numel() for k in kept)
         rows = torch.zeros(b, r + 1, dtype=torch.long, device=x.device)  # padding rows: CLS

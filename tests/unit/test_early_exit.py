@@ -42,6 +42,10 @@ def test_exit_probabilities_and_normalised_weights():
         assert sum(p * w for p, w in zip(probs, weights)) == pytest.approx(1.0)  # E[w] = 1
         assert weights == sorted(weights) and weights[-1] / weights[0] == pytest.approx(3.0)
     assert exit_loss_weight(6, exits, [0, 0, 0, 0, 1.0]) == 1.0  # only the last exit: baseline
+    # the released code's factor: k + 2, unnormalised (4..8 at exits 2..6)
+    assert [exit_loss_weight(k, exits, [0.2] * 5, 'release') for k in exits] == [4, 5, 6, 7, 8]
+    with pytest.raises(ValueError, match="loss_weighting"):
+        exit_loss_weight(2, exits, [0.2] * 5, 'k')
     for bad in ('normal', [1, 1], [1, -1, 1, 1, 1], [0] * 5):
         with pytest.raises(ValueError, match="exit_distribution"):
             exit_probabilities(bad, exits)

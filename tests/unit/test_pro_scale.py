@@ -8,7 +8,7 @@ import torch
 
 import pipelines.registry  # noqa: F401  (registers ProScalePixelDecoder)
 from pipelines.models.pro_scale import (map_to_tokens, parse_schedule, recalibrate_tokens,
-                                        stage_of_layers, tokens_to_map)
+                                        stage_of_layers, tokens_to_map, trc_gate)
 from tests.conftest import REPO, TINY_CONFIG
 
 IN_CHANNELS = [64, 128, 256, 512]
@@ -173,9 +173,54 @@ def test_recalibrate_tokens_gates_each_token():
     out = recalibrate_tokens(coarse, (2, 2), map_to_tokens(fine_map), (8, 8), proj, 0.1)
     resized = torch.nn.functional.interpolate(fine_map, size=(2, 2), mode='bilinear',
                                               align_corners=False)
-    gate = torch.sigmoid(proj(map_to_tokens(resized)) / 0.1)
+    gate = torch.sigmoid(0.1 * proj(map_to_tokens(resized)))  # as released: t multiplies
     torch.testing.assert_close(out, coarse * gate)
     assert gate.shape == (1, 4, 1)
+    old = recalibrate_tokens(coarse, (2, 2), map_to_tokens(fine_map), (8, 8), proj, 0.1,
+                             mode='divide')
+    torch.testing.assert_close(old, coarse * torch.sigmoid(proj(map_to_tokens(resized)) / 0.1))
+
+
+def init_gates(**changes):
+    """TRC gates of res5 and res4 of a freshly initialised decoder on random features."""
+    torch.manual_seed(0)
+    pd = build(type='ProScalePixelDecoder', schedule=(1, 1, 1), trc=True, **changes)
+    with torch.no_grad():
+        tokens, _, _, shapes = pd._encoder_tokens(features(size=128, batch=2))
+        return torch.cat([trc_gate(tokens[-1], shapes[-1], shapes[s], pd.trc,
+                                   pd.trc_temperature, pd.trc_mode).flatten()
+                          for s in (0, 1)])
+
+
+def test_trc_gates_start_near_one_half_as_released():
+    gates = init_gates()
+    assert abs(float(gates.mean()) - 0.5) < 0.02 and float(gates.std()) < 0.05
+    assert 0.35 < float(gates.min()) and float(gates.max()) < 0.65
+    # the project's first form (sigmoid(z / 0.1), weight N(0, 0.01)) starts spread out
+    old = init_gates(trc_mode='divide', trc_init='normal')
+    assert float(old.std()) > 2 * float(gates.std())
+
+
+def test_trc_with_every_gate_at_one_is_no_trc():
+    torch.manual_seed(0)
+    a = build(type='ProScalePixelDecoder', schedule=(1, 1, 1))
+    b = build(type='ProScalePixelDecoder', schedule=(1, 1, 1), trc=True)
+    b.load_state_dict(a.state_dict(), strict=False)
+    with torch.no_grad():
+        b.trc.weight.zero_()
+        b.trc.bias.fill_(1e3)  # sigmoid(0.1 * 1000) == 1.0 exactly in float32
+        feats = features()
+        out_a, out_b = a(feats), b(feats)
+    torch.testing.assert_close(out_b[0], out_a[0], rtol=0, atol=0)
+    for x, y in zip(out_b[1], out_a[1]):
+        torch.testing.assert_close(x, y, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("changes, words", [(dict(trc_mode='times'), 'trc_mode'),
+                                            (dict(trc_init='zeros'), 'trc_init')])
+def test_bad_trc_options_refused(changes, words):
+    with pytest.raises(ValueError, match=words):
+        build(type='ProScalePixelDecoder', schedule=(1, 1, 1), trc=True, **changes)
 
 
 def test_trc_changes_outputs_only_when_on():

@@ -140,12 +140,27 @@ def test_token_count_falls_with_the_anchor_fraction():
     counts = []
     with torch.no_grad():
         for f in (1.0, 0.75, 0.5, 0.25):
-            model = same_weights(tc.ClusterViT, ref, anchor_fraction=f, cluster_layer=1)
+            # merging over the window (merge_radius=None): with the published radius 1 the count
+            # need not fall monotonically (each added anchor also absorbs its neighbours)
+            model = same_weights(tc.ClusterViT, ref, anchor_fraction=f, cluster_layer=1,
+                                 merge_radius=None)
             model(x)
             counts.append(model.last_token_counts)
     for i in range(2):
         per_image = [c[i] for c in counts]
         assert per_image == sorted(per_image, reverse=True) and len(set(per_image)) == 4
+
+
+def test_paper_defaults_adjacent_merge_after_the_second_block():
+    from mmengine.config import Config
+
+    from tests.conftest import REPO
+
+    model = tc.ClusterViT(**VIT)
+    assert model.clusterer.merge_radius == 1 and model.cluster_layer == 1
+    assert tc.ClusterViT(**VIT, merge_radius=None).clusterer.merge_radius == 2  # the window
+    cfg = Config.fromfile(str(REPO / "configs/models/mask2former_vit-b16-cluster_ade20k-512x512.py"))
+    assert cfg.model.backbone.cluster_layer == 1 and cfg.model.backbone.merge_radius == 1
 
 
 @pytest.mark.parametrize("kw, match", [

@@ -55,13 +55,45 @@ def test_dropped_tokens_keep_their_last_feature():
 
 def test_inverse_transform_sampling_by_hand():
     scores = torch.tensor([0.7, 0.1, 0.1, 0.1])
-    # sorted [0.1, 0.1, 0.1, 0.7] -> normalised CDF [0, 1/9, 2/9, 1]; levels 0, 1/3, 2/3, 1
-    # pick sorted positions 0, 2, 3, 3 -> tokens 1, 3, 0
-    assert ts.inverse_transform_sample(scores, 4, 4).tolist() == [0, 1, 3]
+    # sorted [0.1, 0.1, 0.1, 0.7] (tokens 1, 2, 3, 0) -> normalised CDF [0, 1/9, 2/9, 1]
+    # release grid: levels 1/9, 11/27, 19/27, 1 -> sorted positions 1, 2, 3, 3 -> tokens 2, 3, 0
+    assert ts.inverse_transform_sample(scores, 4).tolist() == [0, 2, 3]
+    # grid over [0, 1]: levels 0, 1/3, 2/3, 1 -> positions 0, 2, 3, 3 -> tokens 1, 3, 0
+    assert ts.inverse_transform_sample(scores, 4, grid="zero").tolist() == [0, 1, 3]
     # over budget: the most significant are kept (token 0, then the lower of the ties)
-    assert ts.inverse_transform_sample(scores, 4, 2).tolist() == [0, 1]
+    assert ts.inverse_transform_sample(scores, 4, 2).tolist() == [0, 2]
+    assert ts.inverse_transform_sample(scores, 4, 2, grid="zero").tolist() == [0, 1]
     assert ts.inverse_transform_sample(scores, 4, 1).tolist() == [0]
     assert ts.inverse_transform_sample(torch.tensor([1.0]), 5, 3).tolist() == [0]
+    # equal scores: every level sits at the one non-zero CDF value (the release keeps one)
+    assert ts.inverse_transform_sample(torch.tensor([0.5, 0.5]), 5).tolist() == [1]
+
+
+def near_flat_scores(n=196, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    s = 1 + torch.rand(n, generator=g)  # scores within a factor of 2 of each other
+    return s / s.sum()
+
+
+def test_release_grid_never_keeps_the_least_significant_token():
+    for seed in range(20):
+        s = near_flat_scores(seed=seed)
+        least = int(s.argmin())
+        assert least not in ts.inverse_transform_sample(s, 196).tolist()
+        assert least in ts.inverse_transform_sample(s, 196, grid="zero").tolist()
+
+
+def test_grids_differ_on_near_flat_scores():
+    s = near_flat_scores()
+    new = set(ts.inverse_transform_sample(s, 196).tolist())
+    old = set(ts.inverse_transform_sample(s, 196, grid="zero").tolist())
+    # ~180 kept either way, but whole stretches of picks move (32 tokens differ at seed 0)
+    assert abs(len(new) - len(old)) <= 2 and len(new ^ old) > 20
+
+
+def test_paper_defaults():
+    model = ts.SampleViT(**VIT, ats_layers=(1,))
+    assert model.budget is None and model.grid == "nonzero"  # K = N, the release's grid
 
 
 def test_significance_is_cls_attention_times_value_norm():
@@ -80,6 +112,7 @@ def test_significance_is_cls_attention_times_value_norm():
     (dict(ats_layers=(1, 4)), "ats_layers"),
     (dict(ats_layers=(-1,)), "ats_layers"),
     (dict(levels=0), "levels"),
+    (dict(grid="uniform"), "grid"),
     (dict(with_cls_token=False), "CLS"),
 ])
 def test_bad_knobs_are_refused_when_built(kw, match):
