@@ -72,6 +72,14 @@ class Store:
                 [(str(p), p.read_bytes()) for p in files])
 
 
+def ingested(root: Path, template: Path, capsys):
+    """A store holding the three runs of ``write_results(root)`` (mIoU 40, 41, 42)."""
+    store = Store(root, template)
+    results, jsons = write_results(root)
+    assert store.ingest(capsys, results, jsons)[0] == 0
+    return store, results, jsons
+
+
 def refused(rc: int, err: str, *words: str) -> None:
     """One line on stderr, exit 2, no traceback, and the line says ``words``."""
     assert rc == 2, err
@@ -116,9 +124,7 @@ def test_wrong_results_or_ablation_is_refused_with_the_store_untouched(
 
 
 def test_missing_or_unreadable_inputs_are_refused(tmp_path, empty_db, capsys):
-    store = Store(tmp_path, empty_db)
-    results, jsons = write_results(tmp_path)
-    assert store.ingest(capsys, results, jsons)[0] == 0
+    store, results, jsons = ingested(tmp_path, empty_db, capsys)
     before = store.snapshot()
     run = json.loads(Path(jsons[1]).read_text())
     paths = RunPaths.of(str(results), ABL, run)
@@ -193,9 +199,7 @@ def test_failure_part_way_keeps_every_finished_run_and_a_reingest_repairs(
     new one RUNNING, and every later re-ingest called it unchanged."""
     from pipelines import tracking
 
-    store = Store(tmp_path, empty_db)
-    results, jsons = write_results(tmp_path)
-    assert store.ingest(capsys, results, jsons)[0] == 0
+    store, results, jsons = ingested(tmp_path, empty_db, capsys)
     old = one_good_child_each(store, 40.0)
     results, jsons = write_results(tmp_path / "new", miou=55.0)
     monkeypatch.setattr(tracking, "_reached", {})
@@ -222,9 +226,7 @@ def test_an_incomplete_child_is_never_unchanged(tmp_path, empty_db, capsys):
     """A child an older ingest left RUNNING (its fingerprint set at creation) is rewritten."""
     from pipelines.ingest import run_fingerprint
 
-    store = Store(tmp_path, empty_db)
-    results, jsons = write_results(tmp_path)
-    assert store.ingest(capsys, results, jsons)[0] == 0
+    store, results, jsons = ingested(tmp_path, empty_db, capsys)
     client = store.client()
     run = json.loads(Path(jsons[0]).read_text())
     (child,) = store.points()[run["run_id"]]
@@ -242,9 +244,7 @@ def test_an_incomplete_child_is_never_unchanged(tmp_path, empty_db, capsys):
 def test_a_good_run_is_kept_over_a_worse_record_of_its_recipe(tmp_path, empty_db, capsys):
     """The issue: with a checkpoint deleted, a re-evaluation recorded "checkpoint not found" and
     ingest replaced the good run (mIoU 16.64) by that failure."""
-    store = Store(tmp_path, empty_db)
-    results, jsons = write_results(tmp_path)
-    assert store.ingest(capsys, results, jsons)[0] == 0
+    store, results, jsons = ingested(tmp_path, empty_db, capsys)
     ids = one_good_child_each(store, 40.0)
     runs = [json.loads(Path(j).read_text()) for j in jsons]
     first, second = (RunPaths.of(str(results), ABL, r) for r in runs[:2])
