@@ -1,6 +1,6 @@
 # Mask2Former with a plain ViT-B/16 backbone at 512x512 on ADE20K (no such config ships in MMSeg or
 # MMDet). The difference from the R50 config: MMSeg's VisionTransformer (12 blocks, width 768, 12
-# heads, with its CLS token, which ATS needs; random init here, nothing is downloaded) and a neck.
+# heads, with its CLS token, which ATS needs; ImageNet weights from a local file) and a neck.
 # Neck: MMSeg's Feature2Pyramid (the BEiT / ViTDet simple pyramid), not MultiLevelNeck: it keeps
 # the ViT width, builds 1/4 and 1/8 with learned stride-2 deconvolutions and 1/32 with a max-pool,
 # and takes one block output per level (blocks 4, 6, 8, 12, as MMSeg's BEiT/MAE configs), while
@@ -14,6 +14,7 @@ model = dict(
         type='VisionTransformer',
         img_size=(512, 512),
         patch_size=16,
+        patch_bias=True,  # timm's / DeiT's patch embedding has a bias (MMSeg's default drops it)
         embed_dims=embed_dims,
         num_layers=12,
         num_heads=12,
@@ -24,7 +25,9 @@ model = dict(
         final_norm=False,
         drop_path_rate=0.1,
         interpolate_mode='bicubic',
-        init_cfg=None),
+        # ImageNet weights as MMSeg's ViT configs: timm's jx_vit_base_p16_224-80ecf9dd.pth converted
+        # by MMSeg's tools/model_converters/vit2mmseg.py to this path (pipelines/models/README.md)
+        init_cfg=dict(type='Pretrained', checkpoint='pretrain/jx_vit_base_p16_224-80ecf9dd.pth')),
     neck=dict(  # mmseg.Feature2Pyramid: 1/16 -> strides 4, 8, 16, 32
         type='Feature2Pyramid',
         embed_dim=embed_dims,
