@@ -1,14 +1,15 @@
 """``python -m pipelines ingest``: an ablation's results folder -> MLflow (one parent, one child per run).
 
-Reads, per run, the files the workflow's stages wrote (``pipelines.grid.RunPaths``)::
+Reads, per run, the files the workflow's stages wrote (``pipelines.grid.RunPaths``: per-run
+outputs in the run's recipe folder ``<id>/<recipe>/``, the training in its recipe's work dir)::
 
-    results/runs/<ablation>/<id>/run.json          settings (params), recipe
-    results/train/<ablation>/<train-id>/train_done.json  start/end, provenance, work dir
-      <work dir>/*/vis_data/scalars.json           mmengine's scalar log: training curves
-    results/evaluate/<ablation>/<id>/metrics.json  miou, aacc, macc, per-class IoU
-    results/flops/<ablation>/<id>/flops.json       GFLOPs per component (optional)
-    results/benchmark/<ablation>/<id>/benchmark.json  latency (optional)
-    results/logs/<ablation>/<id>/                  logs
+    results/runs/<ablation>/<id>/<recipe>/run.json          settings (params), recipe
+    results/train/<ablation>/<train-id>/work-<train recipe>/train_done.json  start/end,
+      provenance, work dir; <work dir>/*/vis_data/scalars.json: training curves
+    results/evaluate/<ablation>/<id>/<recipe>/metrics.json  miou, aacc, macc, per-class IoU
+    results/flops/<ablation>/<id>/<recipe>/flops.json       GFLOPs per component (optional)
+    results/benchmark/<ablation>/<id>/<recipe>/benchmark.json  latency (optional)
+    results/logs/<ablation>/<id>/                           logs
 
 and writes them through :mod:`pipelines.tracking` under the names of :mod:`pipelines.contract`.
 Safe to repeat: an unchanged run is skipped, a changed one rewritten, never duplicated. Run it

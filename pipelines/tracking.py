@@ -326,6 +326,7 @@ def upsert_child(client, experiment_id: str, parent_id: str, ablation: str, reco
         why = worse_than(record, old)
         if why is not None:
             record.kept_because = why
+            retire(client, [r for r in same if r.info.status == "RUNNING"], record.recipe)
             return old.info.run_id, "kept"
     mlflow_id = write_child(client, experiment_id, parent_id, ablation, record)
     _fault("completed")
