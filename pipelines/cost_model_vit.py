@@ -127,3 +127,45 @@ def spec_from_cfg(backbone_cfg) -> ViTSpec:
                    in_channels=cfg.get("in_channels", 3),
                    cls_token=cfg.get("with_cls_token", True),
                    final_norm=cfg.get("final_norm", False))
+
+
+# ----------------------------------------------------------------------------- ATS on DeiT-S
+DEIT_S = ViTSpec(dims=384, depth=12, mlp_ratio=4, patch_size=16, final_norm=True)
+ATS_LAYERS = tuple(range(3, 12))  # released: blocks 4..12
+
+
+def ats_classifier_flops(kept, image_hw: Tuple[int, int] = (224, 224), spec: ViTSpec = DEIT_S,
+                         ats_layers: Sequence[int] = ATS_LAYERS, classes: int = 1000) -> int:
+    """FLOPs of the ATS classifier of the paper (DeiT-S at 224x224 by default: patch embedding,
+    blocks, final norm and the ``Linear(C -> classes)`` head on the CLS token) when ATS block
+    ``ats_layers[j]`` keeps ``kept[j]`` patch tokens (one int: the same count at every ATS
+    block; counts above the tokens a block receives are capped, K = N)."""
+    h, w = patch_grid(image_hw, spec.patch_size)
+    n = h * w
+    if isinstance(kept, int):
+        kept = [kept] * len(ats_layers)
+    if len(kept) != len(ats_layers):
+        raise ValueError(f"{len(kept)} kept counts for {len(ats_layers)} ATS blocks")
+    capped, cur = [], n
+    for k in kept:
+        cur = max(1, min(int(k), cur))
+        capped.append(cur)
+    tokens = sampled_layer_tokens(n, spec.depth, list(ats_layers), capped)
+    return backbone_flops(image_hw, spec, tokens)["backbone"] + spec.dims * classes
+
+
+def ats_kept_for_flops(target: float, image_hw: Tuple[int, int] = (224, 224),
+                       spec: ViTSpec = DEIT_S, ats_layers: Sequence[int] = ATS_LAYERS) -> dict:
+    """The patch-token count ``k`` every ATS block would keep (the same at each) for the
+    classifier to cost ``target`` FLOPs: ``{'below', 'above'}`` (the integer counts around it,
+    with their FLOPs) and ``'exact'`` (linear between them). ``ValueError`` when out of reach."""
+    h, w = patch_grid(image_hw, spec.patch_size)
+    n = h * w
+    cost = [ats_classifier_flops(k, image_hw, spec, ats_layers) for k in range(n + 1)]
+    if not cost[1] <= target <= cost[n]:
+        raise ValueError(f"{target / 1e9:.3f} GFLOPs is outside {cost[1] / 1e9:.3f}.."
+                         f"{cost[n] / 1e9:.3f} (1..{n} kept tokens)")
+    k = max(i for i in range(1, n + 1) if cost[i] <= target)
+    k_up = min(k + 1, n)
+    frac = 0.0 if cost[k_up] == cost[k] else (target - cost[k]) / (cost[k_up] - cost[k])
+    return dict(below=(k, cost[k]), above=(k_up, cost[k_up]), exact=k + frac)

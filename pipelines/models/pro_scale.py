@@ -183,6 +183,33 @@ def stage_inputs(num_levels: int, shapes: Sequence[Tuple[int, int]], pos: Tensor
                 valid_ratios=pos.new_ones((batch, num_levels, 2)))
 
 
+def baseline_layer_map(schedule: Sequence[int], depth: int) -> List[int]:
+    """The layer of a ``depth``-layer baseline encoder each PRO-SCALE layer starts from
+    (fine-tuning from a baseline checkpoint): the last stage's ``p_L`` layers take the baseline's
+    last ``p_L`` layers in order (so ``(0, 0, depth)`` is the identity; layer 0 repeats when
+    ``p_L > depth``), the earlier stages' layers the baseline's first layers in order (wrapping
+    around past ``depth``). ``(3, 3, 3)`` from 6 layers: ``[0, 1, 2, 3, 4, 5, 3, 4, 5]``."""
+    early, last = sum(schedule[:-1]), schedule[-1]
+    return ([i % depth for i in range(early)]
+            + [max(0, depth - last + j) for j in range(last)])
+
+
+LEVEL_SLICED = {  # per-level outputs of a deformable layer: (name, values per level and head)
+    'self_attn.sampling_offsets.weight': 'offsets', 'self_attn.sampling_offsets.bias': 'offsets',
+    'self_attn.attention_weights.weight': 'weights', 'self_attn.attention_weights.bias': 'weights',
+}
+
+
+def slice_levels(tensor: Tensor, heads: int, levels_from: int, levels_to: int) -> Tensor:
+    """The rows of a 3-level ``sampling_offsets`` / ``attention_weights`` Linear (weight or bias)
+    that a ``levels_to``-level layer has: mmcv orders the outputs ``(heads, levels, points[, 2])``,
+    levels coarsest first in the pixel decoder, so the coarsest ``levels_to`` of every head."""
+    rows = tensor.shape[0]
+    per_level = rows // (heads * levels_from)
+    out = tensor.reshape(heads, levels_from, per_level, *tensor.shape[1:])[:, :levels_to]
+    return out.reshape(heads * levels_to * per_level, *tensor.shape[1:]).clone()
+
+
 # ----------------------------------------------------------------------------- module
 @MODELS.register_module()
 class ProScalePixelDecoder(MSDeformAttnPixelDecoder):
@@ -254,6 +281,15 @@ class ProScalePixelDecoder(MSDeformAttnPixelDecoder):
         return recalibrate_tokens(tokens, hw, fine, fine_hw, self.trc, self.trc_temperature,
                                   self.trc_mode)
 
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        """Loading a *baseline* checkpoint (every encoder layer over all levels; ``load_from``
+        of a Mask2Former baseline) into another schedule: each layer takes the baseline layer
+        :func:`baseline_layer_map` names, the 1- and 2-level layers the matching level slices of
+        its ``sampling_offsets`` / ``attention_weights`` (:func:`slice_levels`). A checkpoint of
+        this same schedule loads unchanged. What was sliced: :attr:`sliced_from_baseline`."""
+        self.sliced_from_baseline = adapt_baseline_encoder(self, state_dict, prefix)
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+
     def _encoder_tokens(self, feats: List[Tensor]):
         """Project the coarse maps; tokens, positional + level encodings and reference points
         per level, coarsest first (exactly as the upstream forward builds them)."""
@@ -303,3 +339,42 @@ class ProScalePixelDecoder(MSDeformAttnPixelDecoder):
                                          align_corners=False)
             outs.append(self.output_convs[i](y))
         return self.mask_feature(outs[-1]), outs[:self.num_outs]
+
+
+def adapt_baseline_encoder(decoder: ProScalePixelDecoder, state_dict: dict,
+                           prefix: str) -> List[str]:
+    """Rewrite, in place, the encoder layers of a baseline checkpoint in ``state_dict`` (keys
+    under ``prefix``) into ``decoder``'s schedule; returns the keys that were sliced. Does nothing
+    when the checkpoint's layers already fit (same count and shapes) or are not all full-level."""
+    head = prefix + 'encoder.layers.'
+    source = {}
+    for key in state_dict:
+        if key.startswith(head):
+            index, _, name = key[len(head):].partition('.')
+            source.setdefault(int(index), {})[name] = key
+    if not source:
+        return []
+    ours = decoder.encoder.layers
+    full = decoder.num_encoder_levels
+    offsets = 'self_attn.sampling_offsets.weight'
+    if len(source) == len(ours) and all(
+            offsets in source[i] and state_dict[source[i][offsets]].shape
+            == ours[i].self_attn.sampling_offsets.weight.shape for i in range(len(ours))):
+        return []  # a checkpoint of this schedule
+    layer0 = ours[-1].self_attn  # a full-level layer of this decoder
+    if sorted(source) != list(range(len(source))) or any(
+            offsets not in names or state_dict[names[offsets]].shape
+            != layer0.sampling_offsets.weight.shape for names in source.values()):
+        return []  # not a baseline encoder: leave the mismatch to the loader's report
+    tensors = {i: {name: state_dict.pop(key) for name, key in names.items()}
+               for i, names in source.items()}
+    sliced = []
+    for j, (src, levels) in enumerate(zip(baseline_layer_map(decoder.schedule, len(source)),
+                                          stage_of_layers(decoder.schedule))):
+        for name, value in tensors[src].items():
+            key = f'{head}{j}.{name}'
+            if name in LEVEL_SLICED and levels < full:
+                value = slice_levels(value, layer0.num_heads, full, levels)
+                sliced.append(key)
+            state_dict[key] = value
+    return sliced
