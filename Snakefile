@@ -33,14 +33,23 @@ rule all:
     default_target: True
 
 
-# Before any job: how many trainings and jobs will run, and about how long
+# Before any job: this head's lock on the results folder (one writer per folder,
+# pipelines/lock.py); how many trainings and jobs will run, and about how long
 # (pipelines/analysis/budget.py); with trainings pending, the checkpoint disk they keep, and
 # no job at all when the results folder cannot hold it (pipelines/disk.py, which says why this
 # is not a job the trainings depend on).
 onstart:
     from pipelines.analysis.budget import print_plan
 
-    plan = print_plan(config, TRAININGS, [*get_all_run_outputs(), *get_final_outputs()],
+    hold_results_lock()
+
+    plan = print_plan(config, TRAININGS, get_final_outputs(),
                       getattr(workflow, "cores", None) or workflow.resource_settings.cores)
     if plan.trainings_pending:
         check_disk_before_training()
+
+
+# After the last job: the failed runs, each with its stage and reason, and exit status 3 when
+# there is one (the others are ingested and reported all the same).
+onsuccess:
+    report_failed_runs()

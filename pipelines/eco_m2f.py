@@ -154,11 +154,12 @@ def stage_files(results: str, ablation: str, run) -> Dict[str, str]:
     """Where the workflow's ECO-M2F stages of ``run`` write.
 
     ``derive`` (summary JSON), ``table`` and ``features`` (Parquet) belong to the run's training
-    (``results/derive/<ablation>/<train-id>/``, shared by every beta); ``gate`` (summary JSON)
-    and ``gate_weights`` to the run (``results/gate/<ablation>/<run-id>/``).
+    (``results/derive/<ablation>/<train-id>/<train recipe>/``, shared by every beta); ``gate``
+    (summary JSON) and ``gate_weights`` to the run (``results/gate/<ablation>/<run-id>/<recipe>/``):
+    keyed by content like every other output (:class:`pipelines.grid.RunPaths`).
     """
-    derive = Path(results) / "derive" / ablation / run.train_id
-    gate = Path(results) / "gate" / ablation / run.run_id
+    derive = Path(results) / "derive" / ablation / run.train_id / run.train_recipe
+    gate = Path(results) / "gate" / ablation / run.run_id / run.recipe
     return {"derive": str(derive / "derive.json"), "table": str(derive / "quality.parquet"),
             "features": str(derive / "quality.features.parquet"),
             "gate": str(gate / "gate.json"), "gate_weights": str(gate / "gate.pth")}

@@ -74,3 +74,32 @@ def recording_failures(out: str | Path | None, stage: str, record: bool) -> Iter
         print(data["traceback"], file=sys.stderr)
         write_json_atomic(out, data)
         print(f"{stage} failed: {data['reason']} (recorded in {out})", file=sys.stderr)
+
+
+#: exit status of a workflow that finished but in which some runs failed (their records are
+#: ingested and reported like the rest; the status says not every run has a result)
+SOME_RUNS_FAILED = 3
+
+
+def failed_runs(outputs: dict[str, list[str | Path]]) -> dict[str, dict[str, Any]]:
+    """``{run id: failure record}`` over each run's output files (in stage order, the first
+    record wins: a training's failure, not the evaluation that skipped after it)."""
+    out = {}
+    for run_id, paths in outputs.items():
+        for path in paths:
+            record = read_failure(path)
+            if record is not None:
+                out[run_id] = record
+                break
+    return out
+
+
+def summary_lines(failed: dict[str, dict[str, Any]], total: int) -> list[str]:
+    """What the end of a workflow prints about its failed runs (nothing when none failed)."""
+    if not failed:
+        return []
+    lines = [f"{len(failed)} of {total} runs failed (their records are ingested and reported; "
+             f"exit status {SOME_RUNS_FAILED}):"]
+    lines += [f"  {run_id}: {rec.get('stage', '?')}: {rec.get('reason', '?')}"
+              for run_id, rec in sorted(failed.items())]
+    return lines

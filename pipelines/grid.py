@@ -575,22 +575,32 @@ def _with_defaults(validator_cls):
 # ----------------------------------------------------------------------------- result layout
 @dataclass(frozen=True)
 class RunPaths:
-    """Where each stage of one run writes (small JSON outputs; checkpoints beside, undeclared)."""
+    """Where each stage of one run writes (small JSON outputs; checkpoints beside, undeclared).
+
+    Every output is keyed by what it depends on (issue 17): a run's files live in its recipe's
+    folder (``results/<stage>/<ablation>/<run-id>/<recipe>/``), its training in the training
+    recipe's (``results/train/<ablation>/<train-id>/work-<train recipe>/``). A changed recipe is
+    therefore a missing output from ``run.json`` to ``metrics.json``, which Snakemake schedules
+    whatever its rerun triggers and with or without ``.snakemake/`` metadata, and a consumer that
+    reads a run's files through its ``run.json`` reads the current recipe's files only.
+    """
 
     results: str
     ablation: str
     run_id: str
     train_id: str = ""  # the training it uses (runs differing only in later-stage axes share one)
     train_recipe: str = ""  # that training's recipe: its folder, so a new recipe is a new output
+    recipe: str = ""  # the run's own recipe: the folder of its per-run outputs
 
     def _stage(self, stage: str, name: str | None = None) -> Path:
-        return Path(self.results) / stage / self.ablation / (name or self.run_id)
+        folder = Path(self.results) / stage / self.ablation / (name or self.run_id)
+        return folder / self.recipe if self.recipe and name is None else folder
 
     @classmethod
     def of(cls, results: str, ablation: str, run: "Run | Mapping") -> "RunPaths":
         get = run.get if isinstance(run, Mapping) else lambda k: getattr(run, k)
         return cls(str(results), ablation, get("run_id"), get("train_id") or get("run_id"),
-                   get("train_recipe") or "")
+                   get("train_recipe") or "", get("recipe") or "")
 
     @property
     def run_json(self) -> Path:
@@ -622,6 +632,14 @@ class RunPaths:
     @property
     def logs(self) -> Path:
         return Path(self.results) / "logs" / self.ablation / self.run_id
+
+
+def content_key(runs: Iterable["Run"], *extra: Any) -> str:
+    """12 hex digits of what an ablation-wide output depends on: every run's id and recipe (and
+    ``extra``: the tracking store, say). The manifest, the ingest record and the paired benchmark
+    live in a folder of this name, so a changed run set or recipe is a missing output for them
+    too, under any rerun trigger."""
+    return _digest({"runs": sorted((r.run_id, r.recipe) for r in runs), "extra": list(extra)})
 
 
 # ----------------------------------------------------------------------------- CLI

@@ -165,6 +165,15 @@ class SnakemakeExecutor:
         self.profile = profile
         self.snakemake_args = tuple(snakemake_args)
         self.launched: list[str] = []
+        self.lock_fd: int | None = None  # the head's shared lock on the results folder
+
+    def hold_results(self) -> None:
+        """Share the results folder with the study's other workers only (pipelines/lock.py)."""
+        from pipelines.lock import hold
+
+        results = Path(self.spec.ablation.get("results", "results"))
+        self.lock_fd = hold(results if results.is_absolute() else self.workdir / results,
+                            shared=True, what=f"search {self.spec.name!r}")
 
     def existing(self, run) -> dict | None:
         from pipelines.search_runs import read_result
@@ -204,10 +213,16 @@ class SnakemakeExecutor:
         cmd += [*self.snakemake_args, *targets]
         self.launched += [r.run_id for r in runs]
         env = dict(os.environ, PATH=f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '')}")
+        # the generation's Snakemake works under the head's lock and dies with the head
+        from pipelines.lock import child_env, die_with_parent
+
+        fds = () if self.lock_fd is None else (self.lock_fd,)
+        if fds:
+            env = child_env(self.lock_fd, env)
         log = folder / f"generation-{generation:03d}.log"
         with open(log, "a") as fh:
             subprocess.run(cmd, stdout=fh, stderr=subprocess.STDOUT, env=env,
-                           cwd=self.workdir)
+                           cwd=self.workdir, pass_fds=fds, preexec_fn=die_with_parent)
         return {r.run_id: self.existing(r) for r in runs}
 
 

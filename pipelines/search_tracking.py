@@ -9,6 +9,7 @@ grid run already is a point in MLflow, and an infeasible setting has no result.
 """
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 from pipelines import contract as c
@@ -36,16 +37,21 @@ def track_trials(spec, study, progress: bool = False) -> dict:
     from pipelines import tracking
     from pipelines.grid import RunPaths
     from pipelines.ingest import ingest
+    from pipelines.search_runs import make_run
 
     ablation = spec.ablation
     results, name = str(ablation.get("results", "results")), str(ablation["name"])
     trials: dict[str, list[int]] = {}
+    settings: dict[str, tuple[str, dict]] = {}
     for t in study.get_trials(deepcopy=False):
         if t.state.name == "COMPLETE" and t.user_attrs.get("status") == "trained":
             trials.setdefault(t.user_attrs["run_id"], []).append(t.number)
+            settings[t.user_attrs["run_id"]] = (t.user_attrs["variant"],
+                                                json.loads(t.user_attrs["settings"]))
     run_jsons = []
     for run_id in sorted(trials):
-        path = RunPaths(results, name, run_id).run_json
+        # the current recipe's run.json (its folder is keyed by the recipe, pipelines.grid)
+        path = RunPaths.of(results, name, make_run(spec, *settings[run_id])).run_json
         if Path(path).is_file():
             run_jsons.append(str(path))
     if not run_jsons:

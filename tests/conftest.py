@@ -37,3 +37,23 @@ TINY_OPTIONS = (
     "test_dataloader.dataset.pipeline.1.scale=(64,64)",
     "model.decode_head.train_cfg.num_points=1024",
 )
+
+
+def only_file(folder: Path, pattern: str) -> Path:
+    """The one file under ``folder`` matching ``pattern``: outputs live in content-keyed folders
+    (``<stage>/<ablation>/<run-id>/<recipe>/metrics.json``, ``ingest/<ablation>/<key>/...``,
+    pipelines.grid.RunPaths), so tests find them without recomputing the key."""
+    found = sorted(Path(folder).glob(pattern))
+    assert len(found) == 1, f"{folder}/{pattern}: {[str(f) for f in found]}"
+    return found[0]
+
+
+def run_file(results: Path | str, stage: str, ablation: str, run_id: str, name: str) -> Path:
+    """A run's output of one stage (``metrics.json`` of ``evaluate``...), in its recipe folder."""
+    return only_file(Path(results) / stage / ablation / run_id, f"*/{name}")
+
+
+def ablation_file(results: Path | str, stage: str, ablation: str, name: str) -> Path:
+    """An ablation-wide output (``ingested.json``, ``paired.json``, ``runs.txt``) in the folder of
+    the ablation's content key."""
+    return only_file(Path(results) / stage / ablation, f"*/{name}")

@@ -119,11 +119,13 @@ def main(argv=None) -> int:
     # every finished run, read from the files its jobs wrote (run.json has the settings), so
     # that the table does not depend on how the grid spells run ids
     results = Path(config["results"])
-    for run_json in sorted((results / "runs" / config["name"]).glob("*/run.json")):
+    from pipelines.grid import RunPaths
+
+    for run_json in sorted((results / "runs" / config["name"]).glob("*/*/run.json")):
         run = json.loads(run_json.read_text())
         run_id = run["run_id"]
-        metrics_path = results / "evaluate" / config["name"] / run_id / "metrics.json"
-        flops_path = results / "flops" / config["name"] / run_id / "flops.json"
+        paths = RunPaths.of(str(results), config["name"], run)  # the recipe's own files
+        metrics_path, flops_path = paths.metrics, paths.flops
         if not (metrics_path.is_file() and flops_path.is_file()):
             continue  # not finished (yet)
         metrics = json.loads(metrics_path.read_text())

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import REPO
+from tests.conftest import REPO, ablation_file
 from tests.services.local_slurm import LocalSlurm, missing_reason
 from tests.workflow.conftest import snakemake, tiny_ablation, write_config
 
@@ -36,9 +36,9 @@ def slurm(tmp_path):
 
 def _metrics(root: Path, ablation: str) -> dict[str, dict]:
     out = {}
-    for path in sorted((root / "results" / "evaluate" / ablation).glob("*/metrics.json")):
+    for path in sorted((root / "results" / "evaluate" / ablation).glob("*/*/metrics.json")):
         data = json.loads(path.read_text())
-        out[path.parent.name] = {k: data[k] for k in ("miou", "aacc", "macc", "per_class_iou")}
+        out[path.parent.parent.name] = {k: data[k] for k in ("miou", "aacc", "macc", "per_class_iou")}
     return out
 
 
@@ -78,4 +78,4 @@ def test_slurm_run_equals_local_run(slurm, tmp_path):
     local_metrics, cluster_metrics = _metrics(local_dir, "tiny"), _metrics(slurm_dir, "tiny")
     assert set(local_metrics) == {"baseline-seed0", "pro_scale-s3-3-3-trc-lpe-seed0"}
     assert cluster_metrics == local_metrics
-    assert (slurm_dir / "results" / "ingest" / "tiny" / "ingested.json").is_file()
+    assert ablation_file(slurm_dir / "results", "ingest", "tiny", "ingested.json").is_file()

@@ -16,7 +16,10 @@ from pathlib import Path
 
 import pytest
 
+from pipelines.grid import RunPaths
+from tests.conftest import REPO
 from tests.workflow.conftest import PRO_SCALE, snakemake, tiny_ablation, write_config
+
 
 
 def _points(root, schedules, results=None):
@@ -29,9 +32,15 @@ def _points(root, schedules, results=None):
     return config
 
 
+def _run(config, schedule):
+    from pipelines.grid import expand_grid
+
+    return next(r for r in expand_grid(config, repo=REPO)
+                if r.run_id == f"pro_scale-s{schedule}-notrc-nolpe-seed0")
+
+
 def _metrics(config, schedule):
-    return (f"{config['results']}/evaluate/{config['name']}/"
-            f"pro_scale-s{schedule}-notrc-nolpe-seed0/metrics.json")
+    return str(RunPaths.of(config["results"], config["name"], _run(config, schedule)).metrics)
 
 
 @pytest.mark.slow
@@ -40,8 +49,8 @@ def test_a_changed_run_set_still_trains_what_is_missing(tmp_path):
     first = write_config(tmp_path / "both.yaml", both)
     # the runs of both are described, one of them trained and evaluated
     result = snakemake(tmp_path, first, _metrics(both, "2-2-2"),
-                       f"{both['results']}/runs/{both['name']}/pro_scale-s1-1-1-notrc-nolpe-seed0/"
-                       "run.json")
+                       str(RunPaths.of(both["results"], both["name"], _run(both, "1-1-1"))
+                           .run_json))
     assert result.returncode == 0, result.stderr[-3000:]
     trained = next((tmp_path / "results" / "train").rglob("train_done.json"))
     mtime = trained.stat().st_mtime_ns

@@ -8,6 +8,7 @@ import json
 
 import pytest
 
+from tests.conftest import ablation_file, run_file
 from tests.workflow.conftest import BASELINE, snakemake, tiny_ablation, write_config
 
 pytestmark = pytest.mark.slow
@@ -24,25 +25,30 @@ def test_one_failed_run_stays_local_then_a_fix_replaces_it(tmp_path):
     config["retries"] = 1  # the first attempt fails for real, the last records the failure
     configfile = write_config(tmp_path / "tiny.yaml", config)
     first = snakemake(tmp_path, configfile, "--keep-going")
-    assert first.returncode == 0, first.stderr[-4000:]
+    # the run ends saying so: exit status 3 and one line per failed run, after the rest was
+    # ingested and reported (below)
+    assert first.returncode == 3, first.stderr[-4000:]
+    assert "1 of 3 runs failed" in first.stderr
+    assert f"  {BROKEN}: train: " in first.stderr and "Traceback" not in first.stderr[-600:]
     results = root / "results"
 
     done = json.loads(next((results / "train" / "tiny" / BROKEN).glob("work-*/train_done.json"))
                       .read_text())
     assert done["status"] == "failed" and "diverged" in done["reason"], done["reason"]
     for run_id in GOOD:
-        metrics = json.loads((results / "evaluate" / "tiny" / run_id / "metrics.json")
+        metrics = json.loads(run_file(results, "evaluate", "tiny", run_id, "metrics.json")
                              .read_text())
         assert 0 <= metrics["miou"] <= 100
 
     # one paired benchmark job: every run's model (the diverged one too: it builds) in one
     # process, with the host and device named
-    paired = json.loads((results / "benchmark" / "tiny" / "paired.json").read_text())
+    paired = json.loads(ablation_file(results, "benchmark", "tiny", "paired.json").read_text())
     assert paired["paired"] and paired["host"]["host"] and paired["host"]["cpu"]
     assert paired["host"]["versions"]["mmcv"] == "2.1.0"
     assert set(paired["results"]) == set(GOOD + [BROKEN])
     assert paired["baseline_run"] == "baseline-seed0"
-    own = json.loads((results / "benchmark" / "tiny" / GOOD[1] / "benchmark.json").read_text())
+    own = json.loads(run_file(results, "benchmark", "tiny", GOOD[1], "benchmark.json")
+                     .read_text())
     assert own["ratios"]["model"] > 0 and own["host"] == paired["host"]
 
     from pipelines import contract as c

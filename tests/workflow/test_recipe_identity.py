@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import REPO
+from tests.conftest import REPO, run_file
 from tests.workflow.conftest import SNAKEMAKE, tiny_ablation, write_config
 from tests.workflow.test_dry_run import job_counts
 
@@ -62,11 +62,11 @@ def test_new_axis_end_to_end_and_reruns_follow_content(tmp_path):
     proc, out = run_copy(repo, configfile)
     assert proc.returncode == 0, out[-4000:]
     results = tmp_path / "results"
-    ids = {p.parent.name for p in results.glob("evaluate/tiny/*/metrics.json")}
+    ids = {p.parent.parent.name for p in results.glob("evaluate/tiny/*/*/metrics.json")}
     assert ids == {"baseline-seed0", "pro_scale-s3-3-3-trc-lpe-num_queries10-seed0",
                    "pro_scale-s3-3-3-trc-lpe-num_queries20-seed0"}
     # the axis reached the model: the transformer decoder's cost follows the query count
-    gf = {i: json.loads((results / "flops" / "tiny" / i / "flops.json").read_text())["gflops"]
+    gf = {i: json.loads(run_file(results, "flops", "tiny", i, "flops.json").read_text())["gflops"]
           for i in ids}
     assert gf["pro_scale-s3-3-3-trc-lpe-num_queries10-seed0"]["transformer_decoder"] < \
         gf["pro_scale-s3-3-3-trc-lpe-num_queries20-seed0"]["transformer_decoder"]
@@ -81,16 +81,52 @@ def test_new_axis_end_to_end_and_reruns_follow_content(tmp_path):
     proc, out = run_copy(repo, write_config(configfile, config), "-n")
     assert proc.returncode == 0 and "Nothing to be done" in out, out[-3000:]
 
-    # a method file edited: exactly the runs that build PRO-SCALE train again
+    # a method file edited: exactly the runs that build PRO-SCALE train again, under the rerun
+    # trigger Snakemake itself suggests (mtime only: no params or code metadata consulted)
     method = repo / "pipelines" / "models" / "pro_scale.py"
     method.write_text(method.read_text() + "\n# an edit\n")
-    proc, out = run_copy(repo, configfile, "-n")
+    proc, out = run_copy(repo, configfile, "-n", "--rerun-triggers", "mtime")
     assert proc.returncode == 0, out[-3000:]
     assert trained(out) == ids - {"baseline-seed0"}
     assert job_counts(proc.stdout)["evaluate_model"] == 2
+    assert job_counts(proc.stdout)["count_flops"] == 2
+    before = _ingested(results)
+    proc, out = run_copy(repo, configfile, "--rerun-triggers", "mtime")
+    assert proc.returncode == 0, out[-4000:]
+    _assert_mlflow_holds_current(config, results, ids)
+    after = _ingested(results)
+    assert after != before  # a new record; the other key's record is retired
+    assert [p.parent.name for p in (results / "ingest" / "tiny").glob("*/ingested.json")] == [
+        after.parent.name]
 
-    # a base config edited: every run that inherits it
+    # a base config edited in a checkout without .snakemake/ (a new clone, a copied results
+    # folder): every run that inherits it trains and evaluates again
+    shutil.rmtree(repo / ".snakemake")
     base = repo / BASE
     base.write_text(base.read_text().replace("max_keep_ckpts=2", "max_keep_ckpts=3"))
     proc, out = run_copy(repo, configfile, "-n")
     assert trained(out) == ids
+    assert job_counts(proc.stdout)["evaluate_model"] == 3
+    proc, out = run_copy(repo, configfile)
+    assert proc.returncode == 0, out[-4000:]
+    _assert_mlflow_holds_current(config, results, ids)
+
+
+def _ingested(results: Path) -> Path:
+    (found,) = (results / "ingest" / "tiny").glob("*/ingested.json")
+    return found
+
+
+def _assert_mlflow_holds_current(config: dict, results: Path, ids: set[str]) -> None:
+    """Each run's MLflow point carries its newest run.json's recipe and that recipe's mIoU."""
+    from pipelines.analysis.data import load_runs
+    from pipelines.grid import RunPaths
+
+    table = load_runs(config["mlflow"]["tracking_uri"], "tiny").set_index("run_id")
+    for run_id in ids:
+        newest = max((results / "runs" / "tiny" / run_id).glob("*/run.json"),
+                     key=lambda p: p.stat().st_mtime_ns)
+        run = json.loads(newest.read_text())
+        metrics = json.loads(RunPaths.of(str(results), "tiny", run).metrics.read_text())
+        assert table.loc[run_id, "recipe"] == run["recipe"], run_id
+        assert table.loc[run_id, "miou"] == pytest.approx(metrics["miou"]), run_id

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import REPO
+from tests.conftest import REPO, run_file
 from tests.workflow.conftest import SNAKEMAKE, snakemake, tiny_ablation, write_config
 from tests.workflow.test_dry_run import job_counts
 
@@ -26,15 +26,15 @@ def test_tiny_grid_end_to_end(tiny):
     results = workdir / "results"
     ids = ["baseline-seed0", "pro_scale-s3-3-3-trc-lpe-seed0"]
     for run_id in ids:
-        metrics = json.loads((results / "evaluate" / "tiny" / run_id / "metrics.json").read_text())
+        metrics = json.loads(run_file(results, "evaluate", "tiny", run_id, "metrics.json").read_text())
         assert 0 <= metrics["miou"] <= 100
-        flops = json.loads((results / "flops" / "tiny" / run_id / "flops.json").read_text())
+        flops = json.loads(run_file(results, "flops", "tiny", run_id, "flops.json").read_text())
         assert flops["gflops"]["total"] > 0
         (done_file,) = (results / "train" / "tiny" / run_id).glob("work-*/train_done.json")
         done = json.loads(done_file.read_text())
         assert done["iters"] == done["max_iters"] == 4 and Path(done["checkpoint"]).is_file()
     # PRO-SCALE's early stages see fewer tokens: a cheaper encoder than the baseline's
-    f = {r: json.loads((results / "flops" / "tiny" / r / "flops.json").read_text())["gflops"]
+    f = {r: json.loads(run_file(results, "flops", "tiny", r, "flops.json").read_text())["gflops"]
          for r in ids}
     assert f[ids[1]]["encoder"] < f[ids[0]]["encoder"]
 

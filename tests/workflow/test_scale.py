@@ -12,6 +12,7 @@ import logging
 
 import pytest
 
+from tests.conftest import ablation_file
 from tests.workflow.conftest import snakemake, tiny_ablation, write_config
 
 
@@ -35,7 +36,7 @@ def test_reingest_and_rebuild_keep_run_ids_and_metrics(tmp_path):
     proc = snakemake(tmp_path, configfile)
     assert proc.returncode == 0, proc.stderr[-3000:]
     uri = config["mlflow"]["tracking_uri"]
-    ingested = tmp_path / "results" / "ingest" / "tiny" / "ingested.json"
+    ingested = ablation_file(tmp_path / "results", "ingest", "tiny", "ingested.json")
     first = json.loads(ingested.read_text())
     assert set(first["runs"]) == {"baseline-seed0", "pro_scale-s3-3-3-trc-lpe-seed0"}
     before = _store(uri, "tiny")

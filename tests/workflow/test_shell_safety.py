@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+from pathlib import Path
 
 import pytest
 
@@ -42,12 +43,14 @@ def test_semicolon_and_command_substitution_in_results_are_not_executed(tmp_path
     config["grid"]["variants"] = {"baseline": config["grid"]["variants"]["baseline"]}
     configfile = write_config(tmp_path / "evil.yaml", config)
     # describe_run's job, and the disk check of the onstart hook (trainings are pending)
-    target = f"{evil}/results/runs/tiny/baseline-seed0/run.json"
+    from pipelines.grid import RunPaths, expand_grid
+
+    target = str(RunPaths.of(config["results"], "tiny", expand_grid(config, repo=REPO)[0]).run_json)
     result = snakemake(tmp_path, configfile, target)
     assert result.returncode == 0, result.stderr[-4000:]
     estimate = json.loads((evil / "results" / "disk" / "tiny" / "estimate.json").read_text())
     assert estimate["trainings"]["baseline-seed0"]["params"] > 0
-    assert (evil / "results" / "runs" / "tiny" / "baseline-seed0" / "run.json").is_file()
+    assert Path(target).is_file()
     for name in ("PWNED", "PWNED2", "PWNED3"):
         assert not list(tmp_path.rglob(name)) and not (REPO / name).exists(), name
 

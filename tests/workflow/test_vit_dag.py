@@ -7,7 +7,7 @@ import json
 import pytest
 import yaml
 
-from tests.conftest import REPO, TINY_OPTIONS
+from tests.conftest import REPO, TINY_OPTIONS, run_file
 from tests.workflow.conftest import snakemake, write_config
 
 pytestmark = pytest.mark.slow
@@ -39,10 +39,10 @@ def test_vit_demo_grid_end_to_end(tmp_path):
             "pd_cluster-pda0.25-seed0"]
     gflops = {}
     for run_id in runs:
-        metrics = json.loads((results / "evaluate" / "vit_demo" / run_id / "metrics.json")
+        metrics = json.loads(run_file(results, "evaluate", "vit_demo", run_id, "metrics.json")
                              .read_text())
         assert 0 <= metrics["miou"] <= 100
-        doc = json.loads((results / "flops" / "vit_demo" / run_id / "flops.json").read_text())
+        doc = json.loads(run_file(results, "flops", "vit_demo", run_id, "flops.json").read_text())
         gflops[run_id] = doc["gflops"]
     # fewer anchors, fewer tokens after the cluster layer: GFLOPs fall with the fraction
     backbone = [gflops[r]["backbone"] for r in runs[:4]]

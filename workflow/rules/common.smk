@@ -10,7 +10,7 @@ from snakemake.utils import validate
 
 sys.path.insert(0, workflow.basedir)
 from pipelines.errors import UserError  # noqa: E402
-from pipelines.grid import RunPaths, expand_grid, validate_ablation  # noqa: E402
+from pipelines.grid import RunPaths, content_key, expand_grid, validate_ablation  # noqa: E402
 
 
 # First the same schema through pipelines.grid, which names the offending key in one line
@@ -36,6 +36,13 @@ EXTRA_RUN_OUTPUTS = []
 
 ABLATION = config["name"]
 RESULTS = config["results"]
+# What the ablation-wide outputs depend on (every run's id and recipe, the tracking store): the
+# manifest, the paired benchmark and the ingest record live in a folder of this name, so a changed
+# recipe or run set is a missing output under any rerun trigger, with or without .snakemake/.
+CONTENT = content_key(RUNS.values(), config["mlflow"]["tracking_uri"],
+                      config["mlflow"]["artifact_location"], config["description"])
+MANIFEST = f"{RESULTS}/runs/{ABLATION}/{CONTENT}/runs.txt"
+INGESTED = f"{RESULTS}/ingest/{ABLATION}/{CONTENT}/ingested.json"
 # Jobs run in the environment snakemake itself runs in (the local .venv, or on a cluster
 # the conda env built from environment.yml plus its one mmcv build step (README, "On a GPU
 # cluster")). `--sdm conda` is not offered (issue 9): mmcv 2.1.0 has no wheel for torch 2.13
@@ -49,6 +56,7 @@ wildcard_constraints:
     run_id=r"[A-Za-z0-9_.\-]+",
     train_id=r"[A-Za-z0-9_.\-]+",
     train_recipe=r"[0-9a-f]+",
+    recipe=r"[0-9a-f]+",
 
 
 def paths(run_id):
@@ -133,8 +141,12 @@ def get_all_run_outputs(wildcards=None):
 
 
 def get_final_outputs():
+    """What `rule all` asks for: every run's own outputs (each in its recipe's folder: a changed
+    recipe is a missing target, so it is built whatever the rerun triggers, and the jobs below it
+    see updated input) and the ablation-wide ones."""
     return [
-        f"{RESULTS}/ingest/{ABLATION}/ingested.json",
+        *get_all_run_outputs(),
+        INGESTED,
         f"{RESULTS}/report/{ABLATION}/report.md",
         # figures.smk: Pareto figures + tables and the HTML report, from the MLflow store
         f"{RESULTS}/figures/{ABLATION}/figures.json",
@@ -161,3 +173,27 @@ def check_disk_before_training():
         runs.unlink(missing_ok=True)
     if done.returncode:
         raise SystemExit(done.returncode)
+
+
+def hold_results_lock():
+    """One writer per results folder (pipelines/lock.py): this head's exclusive lock, taken in
+    the onstart hook (a dry run takes none); a second head is refused in one line."""
+    from pipelines.lock import hold
+
+    try:
+        hold(RESULTS, what=f"snakemake on ablation {ABLATION!r}")
+    except UserError as err:
+        print(f"error: {err}", file=sys.stderr)
+        raise SystemExit(2) from None
+
+
+def report_failed_runs():
+    """At the end of a run: every failed run with its stage and reason, and exit status 3 when
+    there is one (pipelines/failures.py), after the others were ingested and reported."""
+    from pipelines.failures import SOME_RUNS_FAILED, failed_runs, summary_lines
+
+    failed = failed_runs({run_id: get_run_outputs(run_id) for run_id in RUNS})
+    for line in summary_lines(failed, len(RUNS)):
+        print(line, file=sys.stderr)
+    if failed:
+        raise SystemExit(SOME_RUNS_FAILED)

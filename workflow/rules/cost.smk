@@ -4,11 +4,11 @@
 
 rule count_flops:
     input:
-        run=f"{RESULTS}/runs/{ABLATION}/{{run_id}}/run.json",
+        run=f"{RESULTS}/runs/{ABLATION}/{{run_id}}/{{recipe}}/run.json",
     output:
-        flops=f"{RESULTS}/flops/{ABLATION}/{{run_id}}/flops.json",
+        flops=f"{RESULTS}/flops/{ABLATION}/{{run_id}}/{{recipe}}/flops.json",
     log:
-        f"{RESULTS}/logs/{ABLATION}/{{run_id}}/count_flops.log",
+        f"{RESULTS}/logs/{ABLATION}/{{run_id}}/count_flops-{{recipe}}.log",
     params:
         config=lambda wildcards: get_run(wildcards).config,
         shape=config["flops"]["shape"],
@@ -33,14 +33,14 @@ rule benchmark_ablation:
     # which ingest reads, and paired.json (host, CPU/GPU model, threads, library versions).
     input:
         runs=lambda wildcards: [str(paths(r).run_json) for r in RUNS],
-        manifest=f"{RESULTS}/runs/{ABLATION}/runs.txt",
+        manifest=MANIFEST,
     output:
-        paired=f"{RESULTS}/benchmark/{ABLATION}/paired.json",
+        paired=f"{RESULTS}/benchmark/{ABLATION}/{CONTENT}/paired.json",
         runs=[str(paths(r).benchmark) for r in RUNS],
     log:
         f"{RESULTS}/logs/{ABLATION}/benchmark_ablation.log",
     params:
-        results=lambda wildcards, output: Path(output.paired).parents[2],
+        results=RESULTS,
         ablation=ABLATION,
         shape=config["benchmark"]["shape"],
         device=config["benchmark"]["device"],

@@ -3,9 +3,9 @@
 # (the gate-stage axis of pipelines/models/early_exit.py):
 #
 #   train_model (train.smk)  once per training: runs that differ only in beta share it
-#   derive_exit_quality      per training: results/derive/<ablation>/<train-id>/derive.json
+#   derive_exit_quality      per training: results/derive/<ablation>/<train-id>/<train recipe>/derive.json
 #                            (+ quality.parquet, quality.features.parquet beside; beta-free)
-#   train_gate               per run: results/gate/<ablation>/<run-id>/gate.json (+ gate.pth)
+#   train_gate               per run: results/gate/<ablation>/<run-id>/<recipe>/gate.json (+ gate.pth)
 #   evaluate_gated           per run: the run's metrics.json (evaluate's names + mean_exit,
 #                            exit_histogram, ladder, oracle) and its flops.json (mean GFLOPs per
 #                            image at the gated exits), in place of evaluate_model / count_flops
@@ -41,9 +41,9 @@ rule derive_exit_quality:
     input:
         done=get_training_done,
     output:
-        summary=f"{RESULTS}/derive/{ABLATION}/{{train_id}}/derive.json",
+        summary=f"{RESULTS}/derive/{ABLATION}/{{train_id}}/{{train_recipe}}/derive.json",
     log:
-        f"{RESULTS}/logs/{ABLATION}/{{train_id}}/derive_exit_quality.log",
+        f"{RESULTS}/logs/{ABLATION}/{{train_id}}/derive_exit_quality-{{train_recipe}}.log",
     wildcard_constraints:
         train_id=id_pattern(GATED_TRAININGS),
     params:
@@ -70,9 +70,9 @@ rule train_gate:
     input:
         derived=lambda wildcards: ECO_FILES[wildcards.run_id]["derive"],
     output:
-        summary=f"{RESULTS}/gate/{ABLATION}/{{run_id}}/gate.json",
+        summary=f"{RESULTS}/gate/{ABLATION}/{{run_id}}/{{recipe}}/gate.json",
     log:
-        f"{RESULTS}/logs/{ABLATION}/{{run_id}}/train_gate.log",
+        f"{RESULTS}/logs/{ABLATION}/{{run_id}}/train_gate-{{recipe}}.log",
     wildcard_constraints:
         run_id=id_pattern(GATED_RUNS),
     params:
@@ -97,14 +97,14 @@ rule train_gate:
 
 rule evaluate_gated:
     input:
-        run=f"{RESULTS}/runs/{ABLATION}/{{run_id}}/run.json",
+        run=f"{RESULTS}/runs/{ABLATION}/{{run_id}}/{{recipe}}/run.json",
         done=get_train_done,
-        gate=f"{RESULTS}/gate/{ABLATION}/{{run_id}}/gate.json",
+        gate=f"{RESULTS}/gate/{ABLATION}/{{run_id}}/{{recipe}}/gate.json",
     output:
-        metrics=f"{RESULTS}/evaluate/{ABLATION}/{{run_id}}/metrics.json",
-        flops=f"{RESULTS}/flops/{ABLATION}/{{run_id}}/flops.json",
+        metrics=f"{RESULTS}/evaluate/{ABLATION}/{{run_id}}/{{recipe}}/metrics.json",
+        flops=f"{RESULTS}/flops/{ABLATION}/{{run_id}}/{{recipe}}/flops.json",
     log:
-        f"{RESULTS}/logs/{ABLATION}/{{run_id}}/evaluate_gated.log",
+        f"{RESULTS}/logs/{ABLATION}/{{run_id}}/evaluate_gated-{{recipe}}.log",
     wildcard_constraints:
         run_id=id_pattern(GATED_RUNS),
     params:

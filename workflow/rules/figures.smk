@@ -12,7 +12,7 @@ localrules:
 
 rule plot_pareto:
     input:
-        ingested=f"{RESULTS}/ingest/{ABLATION}/ingested.json",
+        ingested=INGESTED,
     output:
         manifest=f"{RESULTS}/figures/{ABLATION}/figures.json",
         table_md=f"{RESULTS}/figures/{ABLATION}/pareto_points.md",
@@ -36,7 +36,7 @@ rule plot_pareto:
 
 rule write_html_report:
     input:
-        ingested=f"{RESULTS}/ingest/{ABLATION}/ingested.json",
+        ingested=INGESTED,
     output:
         page=f"{RESULTS}/report/{ABLATION}/html/index.html",
     log:

@@ -10,10 +10,10 @@ localrules:
 
 rule list_runs:
     # Every run.json of the ablation, one per line: the stages that read all runs take
-    # `--runs @FILE`, since thousands of paths do not fit one command line. Rewritten when the
-    # set of runs changes (params trigger).
+    # `--runs @FILE`, since thousands of paths do not fit one command line. In the folder of the
+    # ablation's content key (common.smk: CONTENT), so a changed run set or recipe is a new file.
     output:
-        manifest=f"{RESULTS}/runs/{ABLATION}/runs.txt",
+        manifest=MANIFEST,
     log:
         f"{RESULTS}/logs/{ABLATION}/list_runs.log",
     params:
@@ -26,19 +26,23 @@ rule list_runs:
 
 
 rule ingest_results:
+    # The record of this content key (common.smk: INGESTED); once it is written, the records of
+    # other keys are retired, so going back to an earlier setting ingests again.
     input:
         get_all_run_outputs,
-        manifest=f"{RESULTS}/runs/{ABLATION}/runs.txt",
+        manifest=MANIFEST,
     output:
-        ingested=f"{RESULTS}/ingest/{ABLATION}/ingested.json",
+        ingested=INGESTED,
     log:
         f"{RESULTS}/logs/{ABLATION}/ingest_results.log",
     params:
         ablation=ABLATION,
-        results=lambda wildcards, output: Path(output[0]).parents[2],
+        results=RESULTS,
         tracking_uri=config["mlflow"]["tracking_uri"],
         artifacts=config["mlflow"]["artifact_location"],
         description=config["description"],
+        records=lambda wildcards, output: Path(output.ingested).parent.parent,
+        key=CONTENT,
     conda:
         CONDA_ENV
     shell:
@@ -46,20 +50,23 @@ rule ingest_results:
         "--results {params.results:q} "
         "--tracking-uri {params.tracking_uri:q} --artifact-location {params.artifacts:q} "
         "--description={params.description:q} --out {output.ingested:q} "
-        "--runs @{input.manifest:q} > {log:q} 2>&1"
+        "--runs @{input.manifest:q} > {log:q} 2>&1 && "
+        "find {params.records:q} -mindepth 1 -maxdepth 1 -type d ! -name {params.key:q} "
+        "-exec rm -rf {{}} +"
 
 
 rule write_report:
     input:
         get_all_run_outputs,
-        manifest=f"{RESULTS}/runs/{ABLATION}/runs.txt",
+        manifest=MANIFEST,
+        ingested=INGESTED,
     output:
         report=f"{RESULTS}/report/{ABLATION}/report.md",
     log:
         f"{RESULTS}/logs/{ABLATION}/write_report.log",
     params:
         ablation=ABLATION,
-        results=lambda wildcards, output: Path(output[0]).parents[2],
+        results=RESULTS,
         tracking_uri=config["mlflow"]["tracking_uri"],
     conda:
         CONDA_ENV

@@ -1,5 +1,6 @@
 # Per run: its resolved settings (run.json), training (resumable, one per training recipe),
-# evaluation. Checkpoints live in results/train/<ablation>/<train-id>/work-<train recipe>/ and
+# evaluation. Every output lives in its recipe's folder (pipelines.grid.RunPaths): run.json and
+# metrics.json in results/<stage>/<ablation>/<run-id>/<recipe>/. Checkpoints live in results/train/<ablation>/<train-id>/work-<train recipe>/ and
 # are never declared outputs: a retry or `--rerun-incomplete` resumes from the last one. The
 # recipe is content (resolved config, data, code: pipelines/grid.py), so a changed config, base
 # file or method file gives a new work folder and a new training, for the runs that use it only.
@@ -17,9 +18,9 @@ localrules:
 
 rule describe_run:
     output:
-        run=f"{RESULTS}/runs/{ABLATION}/{{run_id}}/run.json",
+        run=f"{RESULTS}/runs/{ABLATION}/{{run_id}}/{{recipe}}/run.json",
     log:
-        f"{RESULTS}/logs/{ABLATION}/{{run_id}}/describe_run.log",
+        f"{RESULTS}/logs/{ABLATION}/{{run_id}}/describe_run-{{recipe}}.log",
     params:
         run=lambda wildcards: json.dumps(get_run(wildcards).to_dict(), sort_keys=True),
     conda:
@@ -63,15 +64,15 @@ rule train_model:
 
 rule evaluate_model:
     input:
-        run=f"{RESULTS}/runs/{ABLATION}/{{run_id}}/run.json",
+        run=f"{RESULTS}/runs/{ABLATION}/{{run_id}}/{{recipe}}/run.json",
         done=get_train_done,
     output:
-        metrics=f"{RESULTS}/evaluate/{ABLATION}/{{run_id}}/metrics.json",
+        metrics=f"{RESULTS}/evaluate/{ABLATION}/{{run_id}}/{{recipe}}/metrics.json",
     log:
-        f"{RESULTS}/logs/{ABLATION}/{{run_id}}/evaluate.log",
+        f"{RESULTS}/logs/{ABLATION}/{{run_id}}/evaluate-{{recipe}}.log",
     params:
         config=lambda wildcards: get_run(wildcards).config,
-        work_dir=f"{RESULTS}/evaluate/{ABLATION}/{{run_id}}/work",
+        work_dir=lambda wildcards, output: os.path.join(os.path.dirname(output.metrics), "work"),
         data_root=config["data"]["root"],
         options=get_options,
     threads: get_threads("evaluate")
