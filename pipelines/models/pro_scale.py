@@ -257,6 +257,7 @@ class ProScalePixelDecoder(MSDeformAttnPixelDecoder):
         self.trc_temperature = float(trc_temperature)
         self.trc_mode = trc_mode
         self.trc_init = trc_init
+        self.sliced_from_baseline: List[str] = []  # set by a load (see _load_from_state_dict)
         feat_channels = self.level_encoding.embedding_dim
         self.trc = nn.Linear(feat_channels, 1) if trc else None
         self.lpe = bool(lpe)
