@@ -13,7 +13,7 @@ setup:
 demo: setup
 	PATH="$(CURDIR)/.venv/bin:$$PATH" .venv/bin/snakemake --cores 2 --rerun-incomplete \
 		--show-failed-logs $(DEMO_ARGS)
-	@echo "results:  results/<stage>/demo/<run-id>/  (metrics JSON; checkpoints in results/train/demo/)"
+	@echo "results:  results/<stage>/demo/<run-id>/<recipe>/  (metrics JSON; checkpoints in results/train/demo/)"
 	@echo "report:   results/report/demo/report.md  and  results/report/demo/html/index.html"
 	@echo "figures:  results/figures/demo/  (snakemake figures redraws them from MLflow)"
 	@echo "MLflow:   sqlite:///results/mlflow.db  ->  .venv/bin/mlflow ui --backend-store-uri sqlite:///results/mlflow.db"
