@@ -64,7 +64,10 @@ class Axis:
         maximum_key, maximum_offset: an upper bound that depends on the model: the value (every
             element of an ``int_list``) must be at most the run's resolved value of the config
             key ``maximum_key`` plus ``maximum_offset`` (a ViT's ``cluster_layer`` at most
-            ``model.backbone.num_layers - 2``). Checked by the grid, before any job.
+            ``model.backbone.num_layers - 2``). Checked by the grid, before any job. A tuple of
+            keys: the first one the run's config sets (not None) is the bound; a list of ints
+            there bounds by its sum (a PRO-SCALE ``schedule`` is a depth of ``sum(schedule)``
+            layers).
         choices: the allowed values.
         pattern: regular expression a ``str`` value must match in full.
         convert: ``dash_ints`` writes ``"3-3-3"`` into the config as ``[3, 3, 3]``.
@@ -81,7 +84,7 @@ class Axis:
     maximum: float | None = None
     exclusive_minimum: float | None = None
     exclusive_maximum: float | None = None
-    maximum_key: str | None = None
+    maximum_key: str | tuple[str, ...] | None = None
     maximum_offset: int = 0
     choices: tuple | None = None
     pattern: str | None = None
@@ -130,9 +133,16 @@ class Axis:
                 raise UserError(f"{where}: {value!r} out of range {self.range_text()}")
         return list(value) if kind == "int_list" else value
 
-    def check_bound(self, value: Any, bound: Any, where: str) -> None:
-        """The model-dependent bound (``maximum_key``, resolved to ``bound``): one-line
-        :class:`UserError` naming ``where`` when ``value`` is beyond it."""
+    def check_bound(self, value: Any, bound: Any, where: str, bound_key: str | None = None) -> None:
+        """The model-dependent bound (``maximum_key``, resolved to ``bound``, read from
+        ``bound_key``): one-line :class:`UserError` naming ``where`` when ``value`` is beyond it."""
+        if bound_key is None and isinstance(self.maximum_key, str):
+            bound_key = self.maximum_key
+        if isinstance(bound, (list, tuple)) and bound_key:
+            bound_key = f"sum({bound_key})"
+        if isinstance(bound, (list, tuple)) and bound and all(
+                isinstance(x, int) and not isinstance(x, bool) for x in bound):
+            bound = sum(bound)
         if self.maximum_key is None or isinstance(bound, bool) or not isinstance(bound, int):
             return
         limit = bound + self.maximum_offset
@@ -141,7 +151,7 @@ class Axis:
         if over:
             offset = f" {'+' if self.maximum_offset > 0 else '-'} {abs(self.maximum_offset)}" \
                 if self.maximum_offset else ""
-            raise UserError(f"{where}: {value!r} out of range: at most {self.maximum_key}"
+            raise UserError(f"{where}: {value!r} out of range: at most {bound_key or 'the bound'}"
                             f"{offset} = {limit} for this model")
 
     def range_text(self) -> str:

@@ -96,15 +96,23 @@ def set_data_root(cfg, data_root: str) -> None:
             loader.dataset.data_root = str(data_root)
 
 
-def check_dataset(cfg, loaders: Iterable[str]) -> None:
-    """Fail early, in one line, when a dataloader's image or label folder is missing or empty."""
+def check_dataset(cfg, loaders: Iterable[str], data_root: str | None = None,
+                  images: bool = False) -> None:
+    """Fail early, in one line, when a dataloader's image or label folder is missing or empty.
+
+    Args:
+        cfg: an mmengine Config or the plain dict of one.
+        data_root: the dataset folder to check instead of each dataset's ``data_root``.
+        images: also open every file of the image folders (header only, fast): one that is not
+            an image is named here instead of failing inside the data pipeline.
+    """
     for name in loaders:
         loader = cfg.get(name)
-        if not loader:
+        if not loader or not isinstance(loader.get("dataset"), dict):
             continue
-        ds = loader.dataset
-        root = Path(ds.get("data_root", "") or "")
-        for kind, rel in dict(ds.get("data_prefix", {})).items():
+        ds = loader["dataset"]
+        root = Path(data_root if data_root is not None else ds.get("data_root", "") or "")
+        for kind, rel in dict(ds.get("data_prefix", {}) or {}).items():
             folder = root / rel
             if not folder.is_dir():
                 raise UserError(f"dataset folder missing: {folder} ({name}.dataset.data_prefix."
@@ -112,6 +120,21 @@ def check_dataset(cfg, loaders: Iterable[str]) -> None:
                                 f"--out {root}` or pass --data-root")
             if not any(folder.iterdir()):
                 raise UserError(f"dataset folder is empty: {folder} ({name})")
+            if images and kind in ("img_path", "img"):
+                check_images(folder, ds.get("img_suffix"))
+
+
+def check_images(folder: Path, suffix: str | None = None) -> None:
+    """Every file in ``folder`` (with ``suffix``, recursively) must open as an image."""
+    from PIL import Image, UnidentifiedImageError
+
+    for path in sorted(p for p in folder.rglob(f"*{suffix or ''}") if p.is_file()):
+        try:
+            with Image.open(path) as img:
+                img.verify()
+        except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as err:
+            raise UserError(f"not a readable image: {path} ({' '.join(str(err).split())})") \
+                from None
 
 
 def ensure_writable_dir(path: str | os.PathLike, what: str = "work dir") -> Path:
@@ -145,3 +168,37 @@ def write_json_atomic(path: str | os.PathLike, data: Any) -> Path:
     tmp.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
     tmp.replace(path)
     return path
+
+
+def available_memory() -> int | None:
+    """Bytes of memory this process may still use: ``MemAvailable`` (Linux), capped by a cgroup
+    limit when there is one; None where neither can be read."""
+    found = []
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                found.append(int(line.split()[1]) * 1024)
+    except (OSError, ValueError, IndexError):
+        pass
+    for name in ("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory/memory.limit_in_bytes"):
+        try:
+            text = Path(name).read_text().strip()
+        except OSError:
+            continue
+        if text.isdigit():
+            found.append(int(text))
+    return min(found) if found else None
+
+
+def check_memory(needed: float, what: str, fix: str) -> None:
+    """Refuse, before allocating, work whose estimated memory exceeds what is available.
+
+    Args:
+        needed: estimated bytes (a lower bound: what is refused would certainly not fit).
+        what: the work, for the message (``a 65536x65536 forward pass``).
+        fix: what to change (``pass a smaller --shape``).
+    """
+    available = available_memory()
+    if available is not None and needed > available:
+        raise UserError(f"{what} needs at least {needed / 2**30:,.1f} GiB of memory, "
+                        f"{available / 2**30:,.1f} GiB available; {fix}")

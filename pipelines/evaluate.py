@@ -38,11 +38,35 @@ def metrics_to_json(metrics: dict) -> dict:
 def evaluate(cfg, checkpoint: str | Path) -> dict:
     from pipelines.runner import build_runner, run_loop
 
-    cfg.load_from = str(checkpoint)
+    cfg.load_from = None  # loaded below, strictly: a checkpoint of another model is refused
     cfg.resume = False
     runner = build_runner(cfg)
+    load_weights(runner, checkpoint)
     metrics = run_loop(runner, "test")
     return metrics_to_json(metrics)
+
+
+def load_weights(runner, checkpoint: str | Path) -> None:
+    """The checkpoint's weights into the runner's model, every key and shape matching (mmengine
+    alone only warns about a mismatch and evaluates a half-random model); one-line
+    :class:`UserError` for a file that is not a checkpoint or one of another model."""
+    import warnings
+
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            runner.load_checkpoint(str(checkpoint), map_location="cpu", strict=True)
+    except Exception as err:  # noqa: BLE001 - a user's file: whatever torch.load or the
+        # state-dict loader raise (UnpicklingError, KeyError, RuntimeError...) is bad input
+        lines = [line.strip() for line in str(err).splitlines() if line.strip()]
+        mismatch = [line for line in lines if line.startswith(
+            ("size mismatch", "missing keys", "unexpected key"))]
+        if mismatch:
+            more = f" (and {len(mismatch) - 1} more)" if len(mismatch) > 1 else ""
+            raise UserError(f"checkpoint {checkpoint} does not fit this config's model: "
+                            f"{mismatch[0][:300]}{more}") from None
+        raise UserError(f"loading the checkpoint failed: {checkpoint}: {type(err).__name__}: "
+                        f"{lines[0][:300] if lines else ''}") from None
 
 
 def check_finite(result: dict) -> dict:
@@ -97,7 +121,7 @@ def _run(args: argparse.Namespace) -> int:
     work_dir = Path(args.work_dir) if args.work_dir else out.with_name(out.stem + "_work_dir")
     cfg.work_dir = str(ensure_writable_dir(work_dir))
     ensure_writable_dir(out.parent, "output folder")
-    check_dataset(cfg, ["test_dataloader"])
+    check_dataset(cfg, ["test_dataloader"], images=True)
     result = check_finite(evaluate(cfg, checkpoint))
     result.update(config=str(args.config), checkpoint=str(checkpoint))
     write_json_atomic(out, result)

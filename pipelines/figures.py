@@ -686,10 +686,29 @@ def add_parser(sub) -> None:
     p.set_defaults(func=run)
 
 
-def run(args: argparse.Namespace) -> int:
+def read_runs(args: argparse.Namespace):
+    """The runs table of ``--tracking-uri``/``--experiment`` or ``--runs-csv``; a store that
+    cannot be read (unknown scheme, missing SQLite file: reading never creates one) is one
+    line."""
+    from mlflow.exceptions import MlflowException
+
     from pipelines.analysis.data import read_source
 
-    df = read_source(args.tracking_uri, args.experiment, args.runs_csv)
+    uri = args.tracking_uri or ""
+    if uri.startswith("sqlite:///") and not args.runs_csv:
+        db = Path(uri.removeprefix("sqlite:///").split("?", 1)[0])
+        if not db.is_file():
+            raise UserError(f"--tracking-uri {uri}: no such SQLite file {db} (nothing tracked "
+                            "there yet?)")
+    try:
+        return read_source(args.tracking_uri, args.experiment, args.runs_csv)
+    except MlflowException as err:
+        message = " ".join(str(getattr(err, "message", err)).split())
+        raise UserError(f"cannot read MLflow store {uri}: {message[:300]}") from None
+
+
+def run(args: argparse.Namespace) -> int:
+    df = read_runs(args)
     if df.empty:
         raise UserError("no runs to plot (the experiment has no runs tagged pipelines.role=run "
                         "or trial)")

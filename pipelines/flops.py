@@ -65,7 +65,21 @@ def input_shape(cfg, shape: Sequence[int] | None) -> Tuple[int, int]:
     if h <= 0 or w <= 0 or h % 32 or w % 32:
         raise UserError(f"input shape {h}x{w} is not a positive multiple of 32 (the backbone's "
                         "coarsest stride); pass e.g. --shape 512 512")
+    check_forward_memory(cfg, h, w)
     return h, w
+
+
+def check_forward_memory(cfg, h: int, w: int) -> None:
+    """Refuse an input whose forward pass certainly does not fit in memory, before building
+    anything: a lower bound of what it holds at once (the float32 input image and the
+    full-resolution class logits the segmentor returns, 4 bytes each per pixel)."""
+    from pipelines.config import check_memory
+
+    head = (cfg.get("model") or {}).get("decode_head") or {}
+    classes = head.get("num_classes") if isinstance(head, dict) else None
+    classes = classes if isinstance(classes, int) and classes > 0 else 1
+    check_memory(4 * (3 + classes) * h * w, f"a {h}x{w} forward pass",
+                 "pass a smaller --shape")
 
 
 def build_model(cfg):
@@ -82,7 +96,8 @@ def build_model(cfg):
     model_cfg.pop("pretrained", None)
     try:
         model = MODELS.build(model_cfg)
-    except (KeyError, ValueError, TypeError, AssertionError) as err:
+    except (KeyError, ValueError, TypeError, AssertionError, RuntimeError) as err:
+        # RuntimeError: torch refusing a size while building (num_queries=-3 -> an Embedding)
         msg = str(err.args[0] if isinstance(err, KeyError) and err.args else err)
         msg = " ".join(msg.split())
         raise UserError(f"cannot build the model of {cfg.filename}: {type(err).__name__}: "
@@ -237,7 +252,7 @@ def dataset_inputs(model, cfg, data_root: str, max_images: int | None = None):
     from pipelines.config import check_dataset, set_data_root
 
     set_data_root(cfg, data_root)
-    check_dataset(cfg, ["test_dataloader"])
+    check_dataset(cfg, ["test_dataloader"], images=True)
     dataset = DATASETS.build(cfg.test_dataloader.dataset)
     n = len(dataset) if max_images is None else min(len(dataset), max_images)
     if n == 0:

@@ -211,11 +211,22 @@ def set_key(cfg: dict, key: str, value: Any, where: str) -> None:
         node[last] = copy.deepcopy(value)
 
 
+#: config keys that count something (by their last part): an int axis over one of them takes
+#: values >= 1 (``num_workers`` >= 0), so ``num_queries: [-3]`` is refused at expansion instead of
+#: failing in the first job that builds the model
+COUNT_KEY = re.compile(r"^(num_\w+|\w+_num|\w*batch_size|max_iters|max_epochs|\w*interval|"
+                       r"embed_dims|\w+_channels|\w+_layers|depth)$")
+
+
 def key_axis(key: str, current: Any) -> Axis:
-    """A plain config key as an axis: its type is the type of the value it has now."""
+    """A plain config key as an axis: its type is the type of the value it has now (an int key
+    that counts something, :data:`COUNT_KEY`, with a positive value now: at least 1)."""
     if isinstance(current, bool):
         kind = "bool"
     elif isinstance(current, int):
+        last = key.rsplit(".", 1)[-1]
+        if COUNT_KEY.match(last) and current >= 1:
+            return Axis(key, type="int", minimum=0 if last == "num_workers" else 1)
         kind = "int"
     elif isinstance(current, float):
         kind = "float"
@@ -290,6 +301,7 @@ def _prepare_variant(name: str, spec: Mapping, ablation: Mapping, repo: Path,
     if not path.is_file():
         raise UserError(f"{where}.config: file not found: {config}")
     plain = resolved_base(path, cache)
+    _check_data_layout(plain, ablation, f"{where}.config")
     methods = tuple(ax.methods_of_config(plain))
     aliases = dict(BUILTIN_AXES)
     for method in methods:
@@ -311,6 +323,23 @@ def _prepare_variant(name: str, spec: Mapping, ablation: Mapping, repo: Path,
             options[key] = value
     options.setdefault("train_cfg.max_iters", max_iters)
     return _Variant(name, config, plain, methods, aliases, options, max_iters)
+
+
+def _check_data_layout(plain: dict, ablation: Mapping, where: str) -> None:
+    """The user's dataset (``data.synthetic: null``), when its folder exists: the image and
+    label folders this model config reads from it (``data_prefix`` of each dataloader) must
+    exist and hold files. (A missing ``data.root`` is :func:`check_data_root`'s.)"""
+    from pipelines.config import DATALOADERS, check_dataset
+
+    data = ablation.get("data") or {}
+    root = Path(str(data.get("root") or ""))
+    if data.get("synthetic") is not None or not data.get("root") or not root.is_dir():
+        return
+    try:
+        check_dataset(plain, DATALOADERS, data_root=str(root))
+    except UserError as err:
+        raise UserError(f"ablation config key 'data.root': {err} (the layout {where} "
+                        f"reads)") from None
 
 
 def _resolve_axis(variant: _Variant, name: str, where: str) -> Axis:
@@ -484,14 +513,23 @@ def _check_bounds(variant: _Variant, settings: Mapping[str, Any], axes_of: Mappi
         axis = axes_of[name]
         if axis.maximum_key is None:
             continue
-        key = axis.maximum_key
-        if key in by_key:
-            bound = by_key[key]
-        elif key in variant.options:
-            bound = variant.options[key]
-        else:
-            bound = get_key(variant.plain, key, f"{where}.{name}: bound {key}")
-        axis.check_bound(value, bound, f"{where}.{name}")
+        keys = (axis.maximum_key,) if isinstance(axis.maximum_key, str) else axis.maximum_key
+        bound = key = None
+        for key in keys:  # the first key this run's config sets (a tuple: alternatives)
+            if key in by_key:
+                bound = by_key[key]
+            elif key in variant.options:
+                bound = variant.options[key]
+            elif len(keys) > 1:
+                try:
+                    bound = get_key(variant.plain, key, f"{where}.{name}: bound {key}")
+                except UserError:
+                    continue
+            else:
+                bound = get_key(variant.plain, key, f"{where}.{name}: bound {key}")
+            if bound is not None:
+                break
+        axis.check_bound(value, bound, f"{where}.{name}", key)
 
 
 def runs_by_id(runs: Iterable[Run]) -> dict[str, Run]:
@@ -507,6 +545,24 @@ def axes_table(config: str | Path) -> list[tuple[str, Axis]]:
     return out
 
 
+def check_model_config(path: str | Path) -> None:
+    """``path`` is a model config (a ``.py`` file with a ``model``) whose model builds."""
+    from pipelines.config import load_config
+
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"config file not found: {path}")
+    if path.suffix != ".py":
+        raise UserError(f"{path}: not a model config (configs/models/*.py); an ablation "
+                        f"config is listed by `python -m pipelines grid {path}`")
+    cfg = load_config(path)
+    if not isinstance(cfg.get("model"), dict):
+        raise UserError(f"{path}: not a model config (it defines no `model`)")
+    from pipelines.flops import build_model
+
+    build_model(cfg)  # an unknown type or a value its class refuses: one line
+
+
 def load_ablation(path: str | Path) -> dict[str, Any]:
     """Read an ablation YAML (no schema defaults; the Snakefile validates with snakemake)."""
     import yaml
@@ -517,14 +573,37 @@ def load_ablation(path: str | Path) -> dict[str, Any]:
     try:
         data = yaml.safe_load(path.read_text())
     except yaml.YAMLError as err:
-        raise UserError(f"cannot parse {path}: {err}") from None
+        raise UserError(f"cannot parse {path}: {yaml_error_line(err)}") from None
+    except (OSError, UnicodeDecodeError) as err:
+        raise UserError(f"cannot read {path}: {err}") from None
     if not isinstance(data, dict):
         raise UserError(f"{path}: expected a mapping at the top level")
     return data
 
 
-def validate_ablation(config: dict, schema: str | Path | None = None) -> dict:
-    """Validate against the JSON schema (filling defaults) -> config; one-line UserError."""
+def yaml_error_line(err) -> str:
+    """A PyYAML error -> one line with its line and column (``line 4, column 7: ...``)."""
+    mark = getattr(err, "problem_mark", None) or getattr(err, "context_mark", None)
+    problem = getattr(err, "problem", None) or str(err)
+    where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark is not None else ""
+    context = getattr(err, "context", None)
+    text = f"{where}{problem}" + (f" ({context})" if context else "")
+    return " ".join(text.split())
+
+
+def validate_ablation(config: dict, schema: str | Path | None = None, *,
+                      check_data: bool = True) -> dict:
+    """Validate against the JSON schema (filling defaults) -> config; one-line UserError.
+
+    Values from Snakemake's ``--config`` arrive as text inside a mapping (it reads them with
+    YAML's BaseLoader: ``data={root: /x, synthetic: null}`` gives ``synthetic: 'null'``); a text
+    value the schema refuses is read again as a YAML scalar, in place (:func:`_coerce_text`).
+
+    Args:
+        check_data: with ``data.synthetic: null`` the dataset is the user's, so ``data.root``
+            must be a folder with something in it (checked here, before any job; its layout is
+            checked against each model config by :func:`expand_grid`).
+    """
     import jsonschema
     import yaml
 
@@ -533,10 +612,67 @@ def validate_ablation(config: dict, schema: str | Path | None = None) -> dict:
     schema_doc = yaml.safe_load(schema_path.read_text())
     validator_cls = jsonschema.validators.validator_for(schema_doc)
     validator = _with_defaults(validator_cls)(schema_doc)
+    _coerce_text(config, validator)
     errors = sorted(validator.iter_errors(config), key=lambda e: list(e.absolute_path))
     if errors:
         raise UserError(describe_schema_error(errors[0]))
+    if check_data:
+        check_data_root(config)
     return config
+
+
+def _coerce_text(config: dict, validator) -> None:
+    """Text values the schema refuses, read again as YAML scalars where that gives a number, a
+    boolean or null (``'null'`` -> None, ``'8'`` -> 8): what ``--config`` meant."""
+    import yaml
+
+    def errors(errs):
+        for err in errs:
+            yield err
+            yield from errors(err.context or ())
+
+    for _ in range(100):  # one pass per nesting level is plenty
+        changed = False
+        for err in list(errors(validator.iter_errors(config))):
+            if not isinstance(err.instance, str) or not err.absolute_path:
+                continue
+            try:
+                value = yaml.safe_load(err.instance)
+            except yaml.YAMLError:
+                continue
+            if value is not None and not isinstance(value, (bool, int, float)):
+                continue
+            *parents, last = list(err.absolute_path)
+            node = config
+            for part in parents:
+                node = node[part]
+            if node[last] == err.instance:
+                node[last] = value
+                changed = True
+        if not changed:
+            return
+
+
+def check_data_root(config: Mapping) -> None:
+    """With ``data.synthetic: null``, ``data.root`` must be an existing, non-empty folder."""
+    data = config.get("data") or {}
+    if data.get("synthetic") is not None:
+        return
+    root = Path(str(data.get("root") or "data/synthetic"))
+    hint = ("give your dataset's folder as data.root, or data.synthetic to generate the "
+            "synthetic set there")
+    if not root.is_dir():
+        what = "is not a folder" if root.exists() else "not found"
+        raise UserError(f"ablation config key 'data.root': dataset folder {what}: {root} "
+                        f"(data.synthetic is null; {hint})")
+    try:
+        empty = not any(root.iterdir())
+    except OSError as err:
+        raise UserError(f"ablation config key 'data.root': cannot read {root}: "
+                        f"{err.strerror}") from None
+    if empty:
+        raise UserError(f"ablation config key 'data.root': dataset folder is empty: {root} "
+                        f"(data.synthetic is null; {hint})")
 
 
 def describe_schema_error(error) -> str:
@@ -683,8 +819,7 @@ def run_cli(args) -> int:
         write_json_atomic(args.out, data)
         return 0
     if args.axes:
-        if not Path(args.axes).is_file():
-            raise UserError(f"config file not found: {args.axes}")
+        check_model_config(args.axes)
         for name, axis in axes_table(args.axes):
             extra = f" [{axis.stage} stage]" if axis.stage != "train" else ""
             print(f"{name:<18} -> {axis.key}  ({axis.type}){extra}  {axis.help}")

@@ -211,9 +211,9 @@ def add_parser(sub) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from pipelines.analysis.data import read_source
+    from pipelines.figures import read_runs
 
-    df = read_source(args.tracking_uri, args.experiment, args.runs_csv)
+    df = read_runs(args)
     if df.empty:
         raise UserError("no runs to report")
     build_report(df, args.out, ui=args.mlflow_ui or default_ui(args.tracking_uri),

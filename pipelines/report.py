@@ -95,11 +95,10 @@ def build_report(ablation: str, results: str, run_jsons: list[str],
     failed = []  # (run id, reason): listed under the table (issue 9: failures stay local)
     gated = []  # ECO-M2F: histogram, ladder and oracle of every gated run, under the table
     loaded = []  # (run, metrics): pooled into settings under the table (issue 13)
+    if not Path(results).is_dir():
+        raise UserError(f"results folder not found: {results} (give --results)")
     for run_json in run_jsons:
-        path = Path(run_json)
-        if not path.is_file():
-            raise UserError(f"run file not found: {path}")
-        run = json.loads(path.read_text())
+        run = read_run(run_json)
         params = run["params"]
         metrics = collect_metrics(RunPaths.of(results, ablation, run))
         loaded.append((run, metrics))
@@ -112,6 +111,9 @@ def build_report(ablation: str, results: str, run_jsons: list[str],
         cells += [fmt.format(metrics[key]) if key in metrics else "-" for key, _, fmt in COLUMNS]
         lines.append("| " + " | ".join(cells) + " |")
         gated += report_lines(run["run_id"], RunPaths.of(results, ablation, run).metrics)
+    if loaded and not failed and not any(metrics for _, metrics in loaded):
+        raise UserError(f"no results of any of the {len(loaded)} runs under {results} for "
+                        f"ablation {ablation!r} (wrong --results or --ablation?)")
     if loaded:
         lines += [""] + _settings_markdown(analyse(_runs_table(ablation, results, loaded)))
     if gated:
@@ -126,12 +128,33 @@ def build_report(ablation: str, results: str, run_jsons: list[str],
     return "\n".join(lines) + "\n"
 
 
-def run(args: argparse.Namespace) -> int:
-    from pipelines.config import ensure_writable_dir
+def read_run(run_json: str | Path) -> dict:
+    """A run.json written by ``grid --run``; one-line :class:`UserError` when it is not one."""
+    path = Path(run_json)
+    if not path.is_file():
+        raise UserError(f"run file not found: {path}")
+    try:
+        run = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, ValueError) as err:
+        raise UserError(f"run file {path} is not JSON: {' '.join(str(err).split())}") from None
+    params = run.get("params") if isinstance(run, dict) else None
+    missing = [k for k in ("run_id", "params") if not isinstance(run, dict) or k not in run]
+    if not missing and isinstance(params, dict):
+        missing = [f"params.{k}" for k in ("variant", "max_iters") if k not in params]
+    elif not missing:
+        missing = ["params (a mapping)"]
+    if missing:
+        raise UserError(f"run file {path} is not a run.json: no {missing[0]}")
+    return run
 
-    text = build_report(args.ablation, args.results, args.runs, args.tracking_uri)
+
+def run(args: argparse.Namespace) -> int:
+    from pipelines.config import write_lines_atomic
+
     out = Path(args.out)
-    ensure_writable_dir(out.parent, "output folder")
-    out.write_text(text)
+    if out.is_dir():
+        raise UserError(f"--out {out} is a folder; give the markdown file to write")
+    text = build_report(args.ablation, args.results, args.runs, args.tracking_uri)
+    write_lines_atomic(out, text.splitlines())
     print(text)
     return 0

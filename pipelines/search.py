@@ -428,7 +428,7 @@ class Search:
         known = {t.user_attrs.get(RUN_ID) for t in self._trials()}
         added = 0
         for path in self.spec.warm_start:
-            ablation = validate_ablation(load_ablation(path))
+            ablation = validate_ablation(load_ablation(path), check_data=False)
             for run in expand_grid(ablation, repo=REPO):
                 point = self.spec.params_of(run.variant, run.settings)
                 result = read_result(ablation, run)
@@ -602,6 +602,18 @@ class Search:
 
 
 # ----------------------------------------------------------------------------- CLI
+def check_warm_start(spec) -> None:
+    """Every ``warm_start`` ablation exists and is a valid ablation config (read before any
+    trial, so ``--check`` says so)."""
+    from pipelines.grid import load_ablation, validate_ablation
+
+    for path in spec.warm_start:
+        try:
+            validate_ablation(load_ablation(path), check_data=False)
+        except UserError as err:
+            raise UserError(f"search space key 'warm_start': {err}") from None
+
+
 def add_parser(sub) -> None:
     p = sub.add_parser("search", help="multi-objective Optuna search (mIoU vs GFLOPs), trials "
                        "trained as the grid's Snakemake jobs", description=__doc__,
@@ -633,16 +645,21 @@ def run_cli(args) -> int:
     spec = load_search_space(args.space, sampler=args.sampler, seed=args.seed,
                              max_trials=args.max_trials, max_trainings=args.max_trainings,
                              batch=args.batch)
+    check_warm_start(spec)
     n = sum(len(a) for a in spec.variants.values())
     print(f"{spec.name}: search space OK ({len(spec.variants)} variants, {n} axes, GFLOPs "
           f"budget {spec.gflops_budget}, {spec.max_trials} trials)")
     if args.check:
         return 0
-    study = open_study(spec, open_storage(args.storage, spec))
+    from pipelines.config import ensure_writable_dir
+
     folder = Path(spec.ablation.get("results", "results")) / "search" / spec.name
+    ensure_writable_dir(folder, "search results folder")
+    study = open_study(spec, open_storage(args.storage, spec))
     shape = (spec.ablation.get("flops") or {}).get("shape") or (512, 512)
     cache = FlopsCache(path=folder / "flops_cache.json", shape=shape)
     executor = SnakemakeExecutor(spec=spec, cores=args.cores, profile=args.profile)
+    executor.hold_results()
     tracker = None
     if not args.no_mlflow:
         from pipelines.search_tracking import track_trials

@@ -70,6 +70,9 @@ HUES = {
 }
 SPLITS = {"training": 0, "validation": 1}
 JPEG_QUALITY = 95
+#: memory :func:`render_sample` holds per pixel at least (float64 RGB image and its noise, the
+#: float32 pixel grid): the estimate that refuses a ``--size`` before allocating
+RENDER_BYTES_PER_PIXEL = 56
 FORMAT_VERSION = 2
 
 
@@ -96,6 +99,10 @@ class SyntheticSpec:
             raise UserError(f"--size must be a multiple of 32 and at least 64 (got {self.size})")
         if self.seed < 0:
             raise UserError(f"--seed must be non-negative (got {self.seed})")
+        from pipelines.config import check_memory
+
+        check_memory(RENDER_BYTES_PER_PIXEL * self.size ** 2,
+                     f"drawing one {self.size}x{self.size} image", "pass a smaller --size")
 
 
 def _texture(kind: str, rng: np.random.Generator, yy: np.ndarray, xx: np.ndarray, scale: float):

@@ -8,6 +8,9 @@ import yaml
 
 from tests.conftest import REPO
 from tests.workflow.conftest import snakemake, tiny_ablation, write_config
+from tests.workflow.fake_data import fake_dataset
+
+ECO_M2F = str(REPO / "configs" / "models" / "mask2former_r18_ecom2f_synthetic-128x128.py")
 
 
 def job_counts(stdout: str) -> dict[str, int]:
@@ -44,7 +47,14 @@ def test_demo_dry_run(tmp_path):
 
 @pytest.mark.parametrize("ablation, n_train", [("ade20k", 51)])
 def test_full_size_grids_dry_run(tmp_path, ablation, n_train):
-    proc = snakemake(tmp_path, REPO / "configs" / "ablations" / f"{ablation}.yaml", "-n")
+    # the dataset is the user's (data.synthetic: null), given the way the README says, with
+    # Snakemake's --config (which hands `null` over as text: read back as null by the schema
+    # check); a stand-in with the folders the model configs read
+    path = REPO / "configs" / "ablations" / f"{ablation}.yaml"
+    configs = [v["config"] for v in yaml.safe_load(path.read_text())["grid"]["variants"].values()]
+    data = fake_dataset(tmp_path / "dataset", *configs)
+    proc = snakemake(tmp_path, path, "-n", "--config",
+                     f"data={{root: {data}, synthetic: null}}")
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert job_counts(proc.stdout)["train_model"] == n_train
     assert "generate_dataset" not in proc.stdout  # the user's dataset, not generated
@@ -54,7 +64,8 @@ def test_full_size_grids_dry_run(tmp_path, ablation, n_train):
 def test_cityscapes_config_is_schema_valid():
     from pipelines.grid import load_ablation, validate_ablation
 
-    config = validate_ablation(load_ablation(REPO / "configs" / "ablations" / "cityscapes.yaml"))
+    config = validate_ablation(load_ablation(REPO / "configs" / "ablations" / "cityscapes.yaml"),
+                               check_data=False)  # the dataset is the user's
     assert config["name"] == "cityscapes"
 
 
@@ -118,6 +129,25 @@ def test_a_config_key_is_an_axis_with_no_code_change(tmp_path):
     (lambda c: c["grid"]["variants"]["pro_scale"]["axes"].update(
         **{"model.decode_head.num_querys": [10]}),
      "grid.variants.pro_scale.axes.model.decode_head.num_querys: unknown config key"),
+    # issue 17 item 8: what used to pass `snakemake -n` and fail in a job
+    (lambda c: c["grid"]["variants"]["pro_scale"]["axes"].update(
+        **{"model.decode_head.num_queries": [-3]}),
+     "grid.variants.pro_scale.axes.model.decode_head.num_queries: -3 out of range [1, inf)"),
+    (lambda c: c["flops"].update(shape=[63, 64]),
+     "ablation config key 'flops.shape.0': 63 is not a multiple of 32"),
+    (lambda c: c["benchmark"].update(shape=[64, 65536]),
+     "ablation config key 'benchmark.shape.1': 65536 is greater than the maximum of 8192"),
+    (lambda c: c["data"].update(root="no-such-dataset", synthetic=None),
+     "ablation config key 'data.root': dataset folder not found: no-such-dataset"),
+    pytest.param(
+        lambda c: c["grid"]["variants"].update(eco={"config": ECO_M2F,
+                                                    "axes": {"min_layers": [20]}}),
+        "grid.variants.eco.axes.min_layers: 20 out of range: at most "
+        "model.decode_head.pixel_decoder.encoder.num_layers = 6 for this model",
+        marks=pytest.mark.skipif(
+            "maximum_key" not in (REPO / "pipelines/models/early_exit.py").read_text().split(
+                '"min_layers"')[1].split("help=")[0],
+            reason="needs the depth bound on early_exit.py's min_layers axis (maximum_key)")),
 ])
 def test_malformed_configs_are_refused_before_any_job(tmp_path, mutate, message):
     config = tiny_ablation(tmp_path)
@@ -136,3 +166,31 @@ def test_demo_config_is_valid_yaml_with_known_keys():
     # issue 13: fewer schedules, three seeds each (every setting gets an interval)
     assert len(config["grid"]["variants"]["pro_scale"]["axes"]["schedule"]) >= 2
     assert len(config["grid"]["seed"]) >= 3
+
+
+@pytest.mark.parametrize("layout, message", [
+    ({}, "dataset folder is empty: {root}"),
+    ({"images/training/a.jpg": "x"}, "dataset folder missing: {root}/annotations/training"),
+])
+def test_a_users_dataset_is_checked_before_any_job(tmp_path, layout, message):
+    """data.synthetic: null: the folder must exist, hold something, and have the folders the
+    model configs read; `snakemake -n` says so in one line and writes nothing."""
+    root = tmp_path / "mydata"
+    root.mkdir()
+    for rel, text in layout.items():
+        (root / rel).parent.mkdir(parents=True, exist_ok=True)
+        (root / rel).write_text(text)
+    config = tiny_ablation(tmp_path)
+    config["data"] = {"root": str(root), "synthetic": None}
+    proc = snakemake(tmp_path, write_config(tmp_path / "a.yaml", config), "-n")
+    out = proc.stdout + proc.stderr  # a dry run prints its error on stdout
+    assert proc.returncode != 0
+    assert ("invalid ablation config: ablation config key 'data.root': "
+            + message.format(root=root)) in out, out[-1500:]
+    assert "Traceback" not in out
+    assert not (tmp_path / "results").exists()
+    # with the folders the configs read, the same command plans the jobs
+    fake_dataset(root, config["grid"]["variants"]["baseline"]["config"])
+    proc = snakemake(tmp_path, tmp_path / "a.yaml", "-n")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "generate_dataset" not in proc.stdout
