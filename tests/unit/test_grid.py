@@ -285,7 +285,7 @@ def test_schema_refuses_with_the_key_named(mutate, key):
 
 def test_schema_fills_defaults():
     config = validate_ablation({"name": "x", "grid": {"variants": {"baseline": {
-        "config": BASE}}}})
+        "config": BASE}}}}, check_data=False)  # data/synthetic, used as is: not here
     assert config["results"] == "results"
     assert config["mlflow"]["tracking_uri"] == "sqlite:///results/mlflow.db"
     assert config["grid"]["seed"] == [0] and config["train"]["max_iters"] == 300
