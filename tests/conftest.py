@@ -57,3 +57,28 @@ def ablation_file(results: Path | str, stage: str, ablation: str, name: str) -> 
     """An ablation-wide output (``ingested.json``, ``paired.json``, ``runs.txt``) in the folder of
     the ablation's content key."""
     return only_file(Path(results) / stage / ablation, f"*/{name}")
+
+
+def _checkout_state() -> dict[str, tuple[int, int]]:
+    """(size, mtime) of every file in the checkout's results/ and data/ folders."""
+    out = {}
+    for folder in (REPO / "results", REPO / "data"):
+        for path in folder.rglob("*") if folder.is_dir() else ():
+            try:
+                if path.is_file():
+                    stat = path.stat()
+                    out[str(path.relative_to(REPO))] = (stat.st_size, stat.st_mtime_ns)
+            except OSError:
+                continue
+    return out
+
+
+@pytest.fixture(scope="session", autouse=True)
+def checkout_results_untouched():
+    """No test writes the checkout's results/ or data/ (the README runs `make demo` before
+    `make test` in one clone, and CI does too): compared before and after the session."""
+    before = _checkout_state()
+    yield
+    after = _checkout_state()
+    changed = sorted(k for k in set(before) | set(after) if before.get(k) != after.get(k))
+    assert not changed, f"tests changed the checkout's results/ or data/: {changed[:10]}"
