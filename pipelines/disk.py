@@ -1,14 +1,20 @@
 """``python -m pipelines disk``: bounded disk, estimated before an ablation trains.
 
-Checkpoint retention (applied by ``train`` through :func:`apply_retention`): mmengine's
-``CheckpointHook`` keeps the last ``max_keep_ckpts`` resume checkpoints and, with
-``save_best``, one best checkpoint (weights only). A config that leaves ``max_keep_ckpts``
-unbounded (MMSeg's R50 recipe: one checkpoint per 5,000 of 160,000 iterations, 32 per run)
-keeps :data:`DEFAULT_KEEP` instead.
+Checkpoints (applied by ``train``): while a training runs, mmengine's ``CheckpointHook`` keeps
+the last ``max_keep_ckpts`` resume checkpoints (weights, optimizer state, schedulers, random
+states: :mod:`pipelines.resume`) and, with ``save_best``, one best checkpoint (weights only). A
+config that leaves ``max_keep_ckpts`` unbounded (MMSeg's R50 recipe: one checkpoint per 5,000
+of 160,000 iterations, 32 per run) or sets 1 keeps :data:`DEFAULT_KEEP` (2: mmengine deletes the
+oldest before writing the next, so one complete checkpoint is always left). When the training
+finishes, :func:`finalize` writes its weights alone (state dict + meta, what evaluation and
+``load_from`` fine-tuning read) under the last checkpoint's name, checks the file, and only then
+deletes the resume checkpoints: a finished training keeps its weights and the best.
 
 The estimate: per training, the parameter count of its model (built from the config, random
-weights) x 4 bytes x (1 + the optimizer's state tensors per parameter) per resume checkpoint,
-times the checkpoints kept, plus the best checkpoint's weights. The Snakefile's ``onstart`` hook
+weights) x 4 bytes kept when it is done (the final weights, plus the best); while it runs, x
+(1 + the optimizer's state tensors per parameter) per resume checkpoint, plus the final file
+being written. The total is what every training keeps plus the running extra of the ``jobs``
+largest (the trainings running at once). The Snakefile's ``onstart`` hook
 runs it (in its own process) whenever trainings are pending, after the DAG is built and before
 any job starts: it prints the estimate and stops the workflow in one line when the results
 folder's file system cannot hold what is still missing.
@@ -28,7 +34,9 @@ from typing import Any, Iterable
 
 from pipelines.errors import UserError
 
-DEFAULT_KEEP = 1  # resume checkpoints kept when a config does not bound them
+# resume checkpoints kept when a config does not bound them, and the least kept: mmengine deletes
+# the oldest *before* it writes the next, so with one a kill during that write leaves none
+DEFAULT_KEEP = 2
 # optimizer state tensors per parameter (Adam's two moments, SGD's momentum buffer)
 OPTIMIZER_STATES = {"AdamW": 2, "Adam": 2, "SGD": 1}
 BYTES_PER_VALUE = 4  # float32
@@ -46,6 +54,9 @@ def add_parser(sub) -> None:
     p.add_argument("--out", help="write the estimate as JSON here")
     p.add_argument("--margin", type=float, default=1.2,
                    help="safety factor on the estimate (default 1.2)")
+    p.add_argument("--jobs", type=int, default=1,
+                   help="trainings running at once (each holds its resume checkpoints while "
+                   "it runs; default 1)")
     p.set_defaults(func=run)
 
 
@@ -67,7 +78,7 @@ def apply_retention(cfg) -> int:
     if not hook:
         return 0
     keep = hook.get("max_keep_ckpts", -1)
-    if keep is None or keep <= 0:
+    if keep is None or keep < DEFAULT_KEEP:
         hook["max_keep_ckpts"] = keep = DEFAULT_KEEP
     return int(keep)
 
@@ -89,18 +100,26 @@ def optimizer_states(cfg) -> int:
 
 
 def training_bytes(n_params: int, cfg) -> int:
-    """Bytes the checkpoints of one training of ``cfg`` take (see the module doc)."""
+    """Bytes a finished training of ``cfg`` keeps: its final weights and the best."""
+    _, best = checkpoints_kept(cfg)
+    return (1 + best) * n_params * BYTES_PER_VALUE
+
+
+def running_bytes(n_params: int, cfg) -> int:
+    """Bytes a training of ``cfg`` holds at most while it runs: its resume checkpoints, the
+    best, and the final weights being written beside the last resume checkpoint."""
     resume, best = checkpoints_kept(cfg)
     full = n_params * BYTES_PER_VALUE * (1 + optimizer_states(cfg))
-    return resume * full + best * n_params * BYTES_PER_VALUE
+    return resume * full + (1 + best) * n_params * BYTES_PER_VALUE
 
 
 def _model_options(options: Iterable[str]) -> tuple[str, ...]:
     return tuple(o for o in options if o.startswith("model."))
 
 
-def estimate(runs: list[dict]) -> dict[str, Any]:
-    """Per training (train id) its parameter count and checkpoint bytes, and the total."""
+def estimate(runs: list[dict], jobs: int = 1) -> dict[str, Any]:
+    """Per training (train id) its parameter count and checkpoint bytes (kept when done, and
+    at most while running), and the total with ``jobs`` trainings running at once."""
     from pipelines.config import load_config
     from pipelines.flops import build_model
 
@@ -120,9 +139,11 @@ def estimate(runs: list[dict]) -> dict[str, Any]:
         resume, best = checkpoints_kept(cfg)
         trainings[train_id] = {"params": params_of[key], "resume_checkpoints": resume,
                                "best_checkpoints": best,
-                               "bytes": training_bytes(params_of[key], cfg)}
-    total = sum(t["bytes"] for t in trainings.values())
-    return {"trainings": trainings, "total_bytes": total}
+                               "bytes": training_bytes(params_of[key], cfg),
+                               "running_bytes": running_bytes(params_of[key], cfg)}
+    extra = sorted((t["running_bytes"] - t["bytes"] for t in trainings.values()), reverse=True)
+    total = sum(t["bytes"] for t in trainings.values()) + sum(extra[:max(1, int(jobs))])
+    return {"trainings": trainings, "total_bytes": total, "jobs": max(1, int(jobs))}
 
 
 def used_bytes(results: Path, ablation: str | None, trainings: Iterable[str] | None = None) -> int:
@@ -135,6 +156,49 @@ def used_bytes(results: Path, ablation: str | None, trainings: Iterable[str] | N
     folders = [root] if trainings is None else [root / t for t in trainings]
     return sum(p.stat().st_size for folder in folders if folder.is_dir()
                for p in folder.rglob("*.pth") if p.is_file())
+
+
+def finalize(runner) -> Path:
+    """Keep what a finished training's users need, not its resume state (see the module doc).
+
+    Writes the weights (state dict, meta marked ``final``, message hub) under the name of the
+    last checkpoint, ``iter_<N>.pth``: first beside it as a hidden ``.part`` file, read back and
+    compared tensor by tensor with the model, then moved over it; ``last_checkpoint`` names it;
+    only then are the other ``iter_*.pth`` (resume checkpoints) deleted. A kill at any point
+    leaves either the resume checkpoints or the verified final file. Main process only.
+
+    Returns:
+        The final checkpoint's path.
+    """
+    import os
+
+    import torch
+    from mmengine.model import is_model_wrapper
+
+    work = Path(runner.work_dir)
+    step = int(runner.iter)
+    final = work / f"iter_{step}.pth"
+    part = work / f".{final.name}.part"
+    runner.save_checkpoint(str(work), part.name, save_optimizer=False,
+                           save_param_scheduler=False, by_epoch=False,
+                           meta={"iter": step, "epoch": int(runner.epoch), "final": True})
+    model = runner.model.module if is_model_wrapper(runner.model) else runner.model
+    expected = model.state_dict()
+    written = torch.load(part, map_location="cpu", weights_only=True)["state_dict"]
+    if list(written) != list(expected) or not all(
+            torch.equal(written[k], expected[k].detach().cpu()) for k in expected):
+        part.unlink(missing_ok=True)
+        raise RuntimeError(f"the final checkpoint {part} does not read back as the model's "
+                           "weights; the resume checkpoints are kept")
+    os.replace(part, final)
+    marker = work / "last_checkpoint"
+    marker_part = work / ".last_checkpoint.part"
+    marker_part.write_text(str(final))
+    os.replace(marker_part, marker)
+    for old in work.glob("iter_*.pth"):
+        if old != final:
+            old.unlink(missing_ok=True)
+    return final
 
 
 def free_bytes(path: Path) -> int:
@@ -150,14 +214,14 @@ def gib(n: float) -> str:
 
 
 def check(runs: list[dict], results: str | Path, ablation: str | None, *,
-          out: str | Path | None = None, margin: float = 1.2) -> dict[str, Any]:
+          out: str | Path | None = None, margin: float = 1.2, jobs: int = 1) -> dict[str, Any]:
     """Estimate, print one line, and raise :class:`UserError` when the results folder's file
     system cannot hold the checkpoints still to be written; the estimate goes to ``out``."""
     import pipelines.registry  # noqa: F401
 
     from pipelines.config import write_json_atomic
 
-    doc = estimate(runs)
+    doc = estimate(runs, jobs)
     results = Path(results)
     needed = int(doc["total_bytes"] * margin)
     have = used_bytes(results, ablation, doc["trainings"] if ablation else None)
@@ -177,5 +241,5 @@ def check(runs: list[dict], results: str | Path, ablation: str | None, *,
 
 def run(args: argparse.Namespace) -> int:
     check(read_run_files(args.runs), args.results, args.ablation, out=args.out,
-          margin=args.margin)
+          margin=args.margin, jobs=args.jobs)
     return 0

@@ -9,8 +9,10 @@ from pipelines.errors import UserError
 
 # what mmengine's builders raise for a bad config value or an unknown type
 CONFIG_ERRORS = (KeyError, AssertionError, TypeError, ValueError)
-# what torch.load raises for a truncated, foreign or corrupt checkpoint
-CHECKPOINT_ERRORS = (pickle.UnpicklingError, EOFError, RuntimeError)
+# what torch.load raises for a truncated, foreign or corrupt checkpoint (the weights-only
+# unpickler reads a text file's bytes as opcodes: a file holding `hello` is a KeyError)
+CHECKPOINT_ERRORS = (pickle.UnpicklingError, EOFError, RuntimeError, KeyError, IndexError,
+                     ValueError, TypeError, AttributeError)
 
 
 def _summary(err: BaseException) -> str:

@@ -2,9 +2,10 @@
 from __future__ import annotations
 
 import argparse
+import re
 
 from pipelines.config import check_dataset, ensure_writable_dir, load_config
-from pipelines.disk import apply_retention
+from pipelines.disk import apply_retention, finalize
 from pipelines.errors import UserError
 
 
@@ -34,19 +35,35 @@ def add_parser(sub) -> None:
 def build_train_config(args: argparse.Namespace):
     cfg = load_config(args.config, args.cfg_options, args.data_root)
     cfg.work_dir = str(ensure_writable_dir(args.work_dir))
+    check_schedule(cfg)
     cfg.resume, cfg.load_from = choose_start(cfg.work_dir, cfg.get("load_from"))
     apply_retention(cfg)  # keep the last and the best checkpoint, not every one (disk.py)
     hooks = list(cfg.get("custom_hooks", []) or [])
-    wanted = ["StopOnNonFiniteLossHook"] + ([] if args.no_progress else ["ProgressBarHook"])
-    for name in wanted:
-        if not any(h.get("type") == name for h in hooks):
-            hooks.append(dict(type=name))
+    wanted = [dict(type="ExactResumeHook", resume=cfg.resume),  # pipelines/resume.py
+              dict(type="StopOnNonFiniteLossHook")]
+    if not args.no_progress:
+        wanted.append(dict(type="ProgressBarHook"))
+    for hook in wanted:
+        if not any(h.get("type") == hook["type"] for h in hooks):
+            hooks.append(hook)
     cfg.custom_hooks = hooks
     loaders = ["train_dataloader"]
     if cfg.get("val_cfg") and cfg.get("val_dataloader"):
         loaders.append("val_dataloader")
     check_dataset(cfg, loaders)
     return cfg
+
+
+def check_schedule(cfg) -> None:
+    """Refuse a schedule that trains nothing (``train_cfg.max_iters=-5`` ran 0 iterations and
+    exited 0) in one line."""
+    train_cfg = cfg.get("train_cfg") or {}
+    for key in ("max_iters", "max_epochs", "val_interval"):
+        if key not in train_cfg:
+            continue
+        value = train_cfg[key]
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise UserError(f"train_cfg.{key} must be a whole number >= 1, got {value!r}")
 
 
 def own_last_checkpoint(work_dir) -> str | None:
@@ -85,6 +102,7 @@ def choose_start(work_dir, load_from: str | None) -> tuple[bool, str | None]:
 def train(cfg):
     """Run training; returns the runner (its ``iter`` and ``work_dir`` tell what happened)."""
     import pipelines.hooks  # noqa: F401
+    import pipelines.resume  # noqa: F401
     from pipelines.runner import build_runner, run_loop
 
     from pipelines.hooks import NonFiniteLossError
@@ -92,6 +110,13 @@ def train(cfg):
     runner = build_runner(cfg)
     try:
         run_loop(runner, "train")
+    except AssertionError as err:
+        # mmcv's LoadImageFromFile asserts on a file it cannot decode (also from a data worker)
+        unreadable = re.search(r"failed to load image: (\S+)", str(err))
+        if unreadable is None:
+            raise
+        raise UserError(f"cannot read image {unreadable.group(1)}: not an image file (or a "
+                        "corrupt one); remove or replace it in the dataset") from None
     except ValueError as err:
         # mmdet's HungarianAssigner (Mask2Former's matcher) is where NaN/inf predictions of a
         # diverged model surface first, before any loss exists: name the cause
@@ -145,12 +170,12 @@ def _run(args: argparse.Namespace) -> int:
     start = time.perf_counter()
     runner = train(cfg)
     elapsed = time.perf_counter() - start
+    # done: keep the weights (and the best), not the resume checkpoints (pipelines/disk.py)
+    checkpoint = str(finalize(runner)) if main else ""
     if args.done_file and main:
         from pipelines import provenance
         from pipelines.config import write_json_atomic
 
-        last = work_dir / "last_checkpoint"
-        checkpoint = last.read_text().strip() if last.is_file() else ""
         write_json_atomic(args.done_file, {
             "config": str(args.config), "work_dir": str(work_dir), "checkpoint": checkpoint,
             "iters": int(runner.iter), "max_iters": int(runner.max_iters),

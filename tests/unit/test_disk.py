@@ -5,7 +5,7 @@ import json
 
 from mmengine.config import Config
 
-from pipelines.disk import apply_retention, checkpoints_kept, training_bytes
+from pipelines.disk import apply_retention, checkpoints_kept, running_bytes, training_bytes
 from tests.conftest import TINY_CONFIG, run_cli
 
 
@@ -15,13 +15,17 @@ def _cfg(**hook):
                        optim_wrapper=dict(optimizer=dict(type="AdamW", lr=1e-4))))
 
 
-def test_unbounded_retention_keeps_the_last_and_the_best():
+def test_unbounded_retention_keeps_the_last_two_and_the_best():
     cfg = _cfg(interval=5000, save_best="mIoU")  # MMSeg's R50 recipe: 32 checkpoints a run
-    assert apply_retention(cfg) == 1
-    assert cfg.default_hooks.checkpoint.max_keep_ckpts == 1
-    assert checkpoints_kept(cfg) == (1, 1)
-    # 1 resume checkpoint (weights + Adam's 2 moments) + the best (weights only)
-    assert training_bytes(1000, cfg) == 1000 * 4 * 3 + 1000 * 4
+    assert apply_retention(cfg) == 2
+    assert cfg.default_hooks.checkpoint.max_keep_ckpts == 2
+    assert checkpoints_kept(cfg) == (2, 1)
+    # done: the final weights + the best (weights only)
+    assert training_bytes(1000, cfg) == 1000 * 4 * 2
+    # running: 2 resume checkpoints (weights + Adam's 2 moments) + the best + the final written
+    assert running_bytes(1000, cfg) == 2 * 1000 * 4 * 3 + 1000 * 4 * 2
+    # one would leave none while mmengine writes the next (it deletes the oldest first)
+    assert apply_retention(_cfg(interval=50, max_keep_ckpts=1)) == 2
 
 
 def test_a_bound_the_config_sets_is_kept():
@@ -41,7 +45,9 @@ def test_estimate_from_the_real_model_and_refusal_in_one_line(tmp_path):
     params = doc["trainings"]["baseline-seed0"]["params"]
     assert list(doc["trainings"]) == ["baseline-seed0"]
     assert params > 1_000_000  # the real tiny Mask2Former, counted
-    assert doc["total_bytes"] == 2 * params * 4 * 3  # max_keep_ckpts=2 in the tiny config
+    # kept when done: its weights; while running also max_keep_ckpts=2 resume checkpoints
+    assert doc["trainings"]["baseline-seed0"]["bytes"] == params * 4
+    assert doc["total_bytes"] == params * 4 + 2 * params * 4 * 3
 
     run_json = tmp_path / "run.json"
     run_json.write_text(json.dumps(run))
@@ -60,7 +66,10 @@ def test_estimate_from_the_real_model_and_refusal_in_one_line(tmp_path):
     assert ok.returncode == 0, ok.stderr
     written = json.loads((tmp_path / "estimate.json").read_text())
     assert sorted(written["trainings"]) == ["b", "baseline-seed0"]
-    assert written["total_bytes"] == 2 * doc["total_bytes"]
+    # both keep their weights; one runs at a time (--jobs 1) with its resume checkpoints
+    assert written["total_bytes"] == 2 * params * 4 + 2 * params * 4 * 3
+    assert estimate([run, {**run, "run_id": "b", "train_id": "b"}], jobs=2)["total_bytes"] \
+        == 2 * doc["total_bytes"]
 
 
 def test_already_written_counts_only_the_listed_trainings(tmp_path):

@@ -1,4 +1,6 @@
-"""Train for real, SIGKILL mid-run, run the same command again: it resumes; then evaluate."""
+"""Train for real, SIGKILL mid-run, run the same command again: it resumes, bit-identically to an
+uninterrupted training (pipelines/resume.py); then evaluate; a finished training keeps weights
+only (pipelines/disk.py)."""
 from __future__ import annotations
 
 import json
@@ -17,31 +19,113 @@ pytestmark = pytest.mark.slow
 MAX_ITERS = 8
 
 
-def _train_cmd(work_dir, data_root, *extra, max_iters=MAX_ITERS):
+def _train_cmd(work, data_root, *extra, max_iters=MAX_ITERS, val_interval=None):
     return [sys.executable, "-m", "pipelines", "train", str(TINY_CONFIG), "--work-dir",
-            str(work_dir), "--data-root", str(data_root), "--no-progress", "--cfg-options",
+            str(work), "--data-root", str(data_root), "--no-progress", "--cfg-options",
             *TINY_OPTIONS, "val_dataloader.dataset.pipeline.1.scale=(64,64)",
-            f"train_cfg.max_iters={max_iters}", f"train_cfg.val_interval={max_iters}",
+            f"train_cfg.max_iters={max_iters}",
+            f"train_cfg.val_interval={val_interval or max_iters}",
             "default_hooks.checkpoint.interval=2", "default_hooks.logger.interval=1", *extra]
 
 
 def _start_and_kill(cmd, work, log_path, env, at="iter_4.pth"):
-    """Start a training, SIGKILL it once ``work/at`` is written; returns the resume point."""
+    """Start a training, SIGKILL it once ``work/at`` is complete (``last_checkpoint`` names
+    it: mmengine writes the marker after the file); returns the resume point."""
     log = open(log_path, "w")
     proc = subprocess.Popen(cmd, cwd=REPO, stdout=log, stderr=subprocess.STDOUT, env=env)
-    deadline = time.monotonic() + 300
+    marker = work / "last_checkpoint"
+    deadline = time.monotonic() + 900
     try:
-        while not (work / at).exists():
+        while not (marker.is_file() and marker.read_text().strip() == str(work / at)):
             assert proc.poll() is None, log_path.read_text()[-3000:]
-            assert time.monotonic() < deadline, "no checkpoint after 300 s"
-            time.sleep(0.2)
-        time.sleep(0.5)  # let mmengine finish writing `last_checkpoint`
+            assert time.monotonic() < deadline, f"no {at} after 900 s"
+            time.sleep(0.1)
     finally:
         proc.send_signal(signal.SIGKILL)
         proc.wait(timeout=60)
         log.close()
-    assert not (work / f"iter_{MAX_ITERS}.pth").exists(), "killed too late to test resuming"
-    return (work / "last_checkpoint").read_text().strip()
+    assert proc.returncode == -signal.SIGKILL, "it finished before the kill"
+    return marker.read_text().strip()
+
+
+def _logged(work) -> dict:
+    """``(step, "train"|"val") -> [values]`` of every invocation's ``scalars.json`` in ``work``
+    (timings dropped); a step logged by a killed and by a resumed invocation has two entries."""
+    out: dict = {}
+    for path in sorted(work.glob("*/vis_data/scalars.json")):
+        for line in path.read_text().splitlines():
+            values = json.loads(line)
+            for timing in ("time", "data_time", "memory", "eta"):
+                values.pop(timing, None)
+            key = (values.pop("step"), "val" if "mIoU" in values else "train")
+            out.setdefault(key, []).append(values)
+    return out
+
+
+def _checkpoint(path):
+    import torch
+
+    from pipelines import compat
+
+    compat.apply()
+    return torch.load(path, map_location="cpu", weights_only=True)
+
+
+def test_killed_twice_and_resumed_equals_uninterrupted(tmp_path, synthetic_root):
+    """SIGKILL after the checkpoint of iteration 2, resume, SIGKILL after the one of iteration 4
+    (a validation iteration too), resume: the final weights, every logged loss and learning
+    rate, and the validation metrics are bit-identical to an uninterrupted training."""
+    import torch
+
+    iters = 6
+    env = dict(os.environ, PYTHONWARNINGS="ignore")
+    straight, broken = tmp_path / "straight", tmp_path / "broken"
+
+    def cmd(work):
+        return _train_cmd(work, synthetic_root, max_iters=iters, val_interval=2)
+
+    done = subprocess.run(cmd(straight), cwd=REPO, capture_output=True, text=True, env=env,
+                          timeout=1800)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+
+    points = [_start_and_kill(cmd(broken), broken, tmp_path / f"kill-{at}.log", env, at=at)
+              for at in ("iter_2.pth", "iter_4.pth")]
+    assert points == [str(broken / "iter_2.pth"), str(broken / "iter_4.pth")]
+    assert "restored the random states of iteration 2" in \
+        (tmp_path / "kill-iter_4.pth.log").read_text()
+    last = subprocess.run(cmd(broken), cwd=REPO, capture_output=True, text=True, env=env,
+                          timeout=1800)
+    assert last.returncode == 0, last.stdout[-3000:] + last.stderr[-3000:]
+    assert "restored the random states of iteration 4" in last.stdout + last.stderr
+    assert "validating again at iteration 4" in last.stdout + last.stderr
+
+    want, got = _logged(straight), _logged(broken)
+    assert sorted(want) == sorted(got)  # the validations the kills cut short were done again
+    assert {k: v[0] for k, v in want.items()} == {k: v[0] for k, v in got.items()}
+    assert all(v == [v[0]] * len(v) for v in got.values())  # killed and resumed agree too
+    assert sorted(k for k in want if k[1] == "val") == [(2, "val"), (4, "val"), (6, "val")]
+
+    a, b = (_checkpoint(w / f"iter_{iters}.pth")["state_dict"] for w in (straight, broken))
+    assert a.keys() == b.keys()
+    differ = [k for k in a if not torch.equal(a[k], b[k])]
+    assert differ == [], f"resumed weights differ: {differ[:5]}"
+
+    # done: the weights alone are kept (pipelines/disk.py), under the last checkpoint's name
+    assert sorted(p.name for p in broken.glob("*.pth")) == [f"iter_{iters}.pth"]
+    final = _checkpoint(broken / f"iter_{iters}.pth")
+    assert final["meta"]["final"] is True and final["meta"]["iter"] == iters
+    assert not {"optimizer", "param_schedulers", "rng_state"} & set(final)
+    # the same command again trains nothing; a longer schedule cannot continue without the
+    # optimizer state: one line
+    again = subprocess.run(cmd(broken), cwd=REPO, capture_output=True, text=True, env=env,
+                           timeout=900)
+    assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
+    assert "Iter(train)" not in again.stdout + again.stderr
+    longer = subprocess.run(_train_cmd(broken, synthetic_root, max_iters=iters + 2), cwd=REPO,
+                            capture_output=True, text=True, env=env, timeout=900)
+    assert longer.returncode == 2, longer.stdout[-3000:] + longer.stderr[-3000:]
+    assert f"finished at iteration {iters}" in longer.stderr
+    assert len(longer.stderr.strip().splitlines()) == 1
 
 
 def test_sigkill_then_resume_then_evaluate(tmp_path, synthetic_root):
