@@ -141,7 +141,7 @@ def get_all_run_outputs(wildcards=None):
 
 
 def get_final_outputs():
-    """What `rule all` asks for: every run's own outputs (each in its recipe's folder: a changed
+    """The targets of the default target (all): every run's own outputs (each in its recipe's folder: a changed
     recipe is a missing target, so it is built whatever the rerun triggers, and the jobs below it
     see updated input) and the ablation-wide ones."""
     return [

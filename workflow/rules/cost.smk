@@ -40,7 +40,7 @@ rule benchmark_ablation:
     log:
         f"{RESULTS}/logs/{ABLATION}/benchmark_ablation.log",
     params:
-        results=RESULTS,
+        results=lambda wildcards, output: Path(output.paired).parents[3],
         ablation=ABLATION,
         shape=config["benchmark"]["shape"],
         device=config["benchmark"]["device"],

@@ -37,7 +37,7 @@ rule ingest_results:
         f"{RESULTS}/logs/{ABLATION}/ingest_results.log",
     params:
         ablation=ABLATION,
-        results=RESULTS,
+        results=lambda wildcards, output: Path(output.ingested).parents[3],
         tracking_uri=config["mlflow"]["tracking_uri"],
         artifacts=config["mlflow"]["artifact_location"],
         description=config["description"],
@@ -66,7 +66,7 @@ rule write_report:
         f"{RESULTS}/logs/{ABLATION}/write_report.log",
     params:
         ablation=ABLATION,
-        results=RESULTS,
+        results=lambda wildcards, output: Path(output.report).parents[2],
         tracking_uri=config["mlflow"]["tracking_uri"],
     conda:
         CONDA_ENV
