@@ -7,11 +7,17 @@
 # stamp plus a real import of the compiled mmcv ops), it returns in seconds.
 # mmcv 2.1.0 exists only as a source distribution. When ../shared/wheels holds a
 # prebuilt wheel for this torch/Python it is used as a find-links cache; otherwise mmcv
-# is compiled here (~25 min on 2 cores). Set FORCE_CUDA=1 (and TORCH_CUDA_ARCH_LIST)
-# on a GPU node to compile its CUDA kernels.
+# is compiled here (~25 min on 2 cores). On a GPU node, FORCE_CUDA=1 builds mmcv with its
+# CUDA ops instead, through workflow/scripts/build_mmcv_cuda.sh (PyPI sdist + the reviewed
+# workflow/patches/mmcv-2.1.0-torch2.patch; TORCH_CUDA_ARCH_LIST defaults to the GPUs that
+# nvidia-smi lists). Without nvcc, FORCE_CUDA=1 stops at once, before anything is installed.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 ROOT=$(pwd)
+FORCE_CUDA=${FORCE_CUDA:-0}
+if [ "$FORCE_CUDA" = 1 ]; then
+    bash workflow/scripts/cuda_preflight.sh || exit 1
+fi
 VENV="$ROOT/.venv"
 PY=${PYTHON:-python3.11}
 command -v "$PY" >/dev/null 2>&1 || PY=python3
@@ -26,8 +32,17 @@ bash workflow/scripts/install_profile.sh
 stamp_of() { cat pyproject.toml workflow/scripts/install.sh | sha256sum | cut -c1-16; }
 STAMP="$VENV/.pipelines-installed"
 want=$(stamp_of)
-if [ -f "$STAMP" ] && [ "$(cat "$STAMP")" = "$want" ] \
-   && "$VENV/bin/python" -c 'import mmcv.ops, mmseg, mmdet, pipelines' 2>/dev/null; then
+# mmcv as this run wants it: its compiled ops import, and with FORCE_CUDA=1 they include CUDA
+mmcv_ok() {
+    "$VENV/bin/python" -c '
+import sys, mmcv, mmcv.ops
+from mmcv.ops import get_compiling_cuda_version
+sys.exit(mmcv.__version__ != "2.1.0"
+         or (sys.argv[1] == "1" and get_compiling_cuda_version() == "not available"))' \
+        "$FORCE_CUDA" 2>/dev/null
+}
+if [ -f "$STAMP" ] && [ "$(cat "$STAMP")" = "$want" ] && mmcv_ok \
+   && "$VENV/bin/python" -c 'import mmseg, mmdet, pipelines' 2>/dev/null; then
     echo "install.sh: .venv is up to date"
     exit 0
 fi
@@ -45,16 +60,18 @@ quiet() { "$@" 2> >(grep -v "is ignored: it is neither" >&2); }
 # torch 2.13 wants setuptools >= 77.0.3 and mmengine imports pkg_resources (gone in 81): 80.9.0.
 quiet "${PIP[@]}" install -q "pip>=23" wheel ninja "setuptools==80.9.0" \
     "torch==2.13.0" "numpy==2.4.6" "mmengine==0.10.7"
-if ! "$VENV/bin/python" -c 'import mmcv.ops' 2>/dev/null \
-   || [ "$("$VENV/bin/python" -c 'import mmcv; print(mmcv.__version__)' 2>/dev/null)" != "2.1.0" ]; then
+if [ "$FORCE_CUDA" = 1 ] && ! mmcv_ok; then
+    # CUDA ops: the patched sdist (THC headers are gone from torch 2.13), see the script
+    bash workflow/scripts/build_mmcv_cuda.sh "$VENV/bin/python"
+elif ! mmcv_ok; then
     echo "install.sh: installing mmcv 2.1.0 with compiled ops (a source build takes ~25 min on 2 cores)"
-    if [ "${FORCE_CUDA:-0}" = 0 ] && compgen -G "$ROOT/../shared/wheels/mmcv-2.1.0-cp311-*.whl" >/dev/null; then
+    if compgen -G "$ROOT/../shared/wheels/mmcv-2.1.0-cp311-*.whl" >/dev/null; then
         quiet "${PIP[@]}" install -q "${find_links[@]}" --no-build-isolation "mmcv==2.1.0"
     else
         # mmcv's setup.py needs an old setuptools (the recipe in ../shared/wheels/README.md);
         # pip warns that torch wants a newer one: the runtime pin is put back right after.
         quiet "${PIP[@]}" install -q "setuptools<70"
-        MAX_JOBS=${MAX_JOBS:-2} MMCV_WITH_OPS=1 FORCE_CUDA=${FORCE_CUDA:-0} \
+        MAX_JOBS=${MAX_JOBS:-2} MMCV_WITH_OPS=1 FORCE_CUDA=0 \
             quiet "${PIP[@]}" install --no-build-isolation --no-binary mmcv "mmcv==2.1.0"
         quiet "${PIP[@]}" install -q "setuptools==80.9.0"
     fi
