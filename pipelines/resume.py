@@ -147,6 +147,8 @@ class ExactResumeHook(Hook):
                 # a finished training run again: nothing to train, nothing to fast-forward
                 loop.dataloader_iterator = itertools.repeat(None)
             return
+        if isinstance(loop, IterBasedTrainLoop):
+            redo_interrupted_validation(runner, loop)
         reason = None
         if state is None:
             reason = "the checkpoint holds no random states (written before they were saved)"
@@ -158,7 +160,6 @@ class ExactResumeHook(Hook):
             runner.logger.warning(f"resume is not bit-exact: {reason}")
             return
         if isinstance(loop, IterBasedTrainLoop):
-            redo_interrupted_validation(runner, loop)
             # mmengine draws `iter` batches next to fast-forward; restore after them
             loop.dataloader_iterator = _RestoreAfterFastForward(loop, runner.iter, state)
         else:  # epoch-based: the epoch's data iterator is created after this hook
