@@ -43,10 +43,10 @@ onstart:
 
     hold_results_lock()
 
-    plan = print_plan(config, TRAININGS, get_final_outputs(),
-                      getattr(workflow, "cores", None) or workflow.resource_settings.cores)
+    cores = getattr(workflow, "cores", None) or workflow.resource_settings.cores
+    plan = print_plan(config, TRAININGS, get_final_outputs(), cores)
     if plan.trainings_pending:
-        check_disk_before_training()
+        check_disk_before_training(cores)
 
 
 # After the last job: the failed runs, each with its stage and reason, and exit status 3 when

@@ -154,7 +154,7 @@ def get_final_outputs():
     ]
 
 
-def check_disk_before_training():
+def check_disk_before_training(cores):
     """The checkpoint disk every training of the ablation keeps, against the results folder's
     free space (``python -m pipelines disk``, in its own process: it builds each model). Run by
     the Snakefile's ``onstart`` hook; exits the workflow with the one-line reason."""
@@ -163,11 +163,13 @@ def check_disk_before_training():
     folder = Path(RESULTS) / "disk" / ABLATION
     folder.mkdir(parents=True, exist_ok=True)
     runs = folder / f"runs-{os.getpid()}.json"  # one per head: search workers share a folder
+    # trainings running at once, each with its resume checkpoints until it finishes
+    jobs = min(len(TRAININGS), max(1, int(cores or 1) // max(1, get_threads("train"))))
     runs.write_text(json.dumps([r.to_dict() for r in TRAININGS.values()], sort_keys=True))
     try:
         done = subprocess.run([sys.executable, "-m", "pipelines", "disk", "--runs", str(runs),
                                "--results", str(RESULTS), "--ablation", ABLATION,
-                               "--out", str(folder / "estimate.json")],
+                               "--out", str(folder / "estimate.json"), "--jobs", str(jobs)],
                               env=dict(os.environ, PYTHONWARNINGS="ignore"))  # as the rules
     finally:
         runs.unlink(missing_ok=True)
