@@ -26,6 +26,7 @@ RECIPE_TAG = "pipelines.recipe"
 ABLATION_TAG = "pipelines.ablation"
 AXES_TAG = "pipelines.axes"            # JSON list of the run's axis names (its param names)
 METHODS_TAG = "pipelines.methods"      # comma-separated methods the config builds
+BASELINE_TAG = "pipelines.baseline"    # "true" on the runs of the ablation's baseline variant
 INGEST_HASH_TAG = "pipelines.ingest_hash"  # fingerprint of the files an ingest read
 FAILURE_TAG = "pipelines.failure"      # why a run failed (status FAILED)
 PARENT_TAG = "mlflow.parentRunId"

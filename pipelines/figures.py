@@ -18,28 +18,20 @@ from __future__ import annotations
 import argparse
 import json
 import os
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
 import pandas as pd
 
 from pipelines import contract
-from pipelines.analysis.settings import (INTERVAL_NAME, ONE_SEED, TEST_NAME, Analysis,
-                                         analyse)
+from pipelines.analysis.data import METHODS_COLUMN
+from pipelines.analysis.roles import uses
+from pipelines.analysis.settings import INTERVAL_NAME, ONE_SEED, TEST_NAME, Analysis, analyse
 from pipelines.data.synthetic import SMALL_CLASSES
 from pipelines.errors import UserError
-from pipelines.figures_eco_m2f import fig_eco_m2f_tradeoff
+from pipelines.figure_base import Skip, grid_points
+from pipelines.figures_eco_m2f import fig_eco_m2f_exits, fig_eco_m2f_tradeoff
 
-#: display order, colour and marker of each variant (same everywhere)
-VARIANTS = {
-    "baseline": ("Mask2Former (baseline)", "#4d4d4d", "o"),
-    "pro_scale": ("PRO-SCALE", "#1f77b4", "s"),
-    "eco_m2f": ("ECO-M2F", "#d62728", "^"),
-    "ailurus": ("AiluRus", "#2ca02c", "D"),
-    "ats": ("ATS", "#9467bd", "v"),
-}
-OTHER_STYLE = ("other", "#8c564b", "P")
 FORMATS = ("pdf", "png")
 PNG_DPI = 150
 
@@ -62,60 +54,8 @@ METADATA = {
 }
 
 
-def variant_style(variant: str) -> tuple[str, str, str]:
-    return VARIANTS.get(variant, (variant or OTHER_STYLE[0], OTHER_STYLE[1], OTHER_STYLE[2]))
-
-
-def ordered_variants(values) -> list[str]:
-    present = sorted({str(v) for v in values})
-    return [v for v in VARIANTS if v in present] + [v for v in present if v not in VARIANTS]
-
-
-def run_label(row) -> str:
-    """Short human label of a run's setting (used next to points and in tables).
-
-    Every axis of the run but the seed, in the run's own order: a flag by its name when true,
-    ``3-3-3`` for a PRO-SCALE schedule, ``name=value`` otherwise.
-    """
-    from pipelines import axes as ax
-    from pipelines.analysis.settings import row_axis_names
-
-    variant = str(row["variant"])
-    names = row_axis_names(row)
-    declared = {}
-    for method in ax.method_files():
-        declared.update(ax.method_axes(method))
-    parts = []
-    for name in names:
-        value = row.get(name, pd.NA)
-        if name == "seed" or value is None or value is pd.NA or (
-                not isinstance(value, str) and pd.isna(value)) or value == "":
-            continue
-        axis = declared.get(name)
-        if axis is not None and axis.id == "flag":
-            if bool(value):
-                parts.append(name.upper() if len(name) <= 3 else name)
-        elif name == "schedule":
-            parts.append(str(value))
-        elif name == "beta":
-            parts.append(f"β={float(value):g}")
-        else:
-            short = ax.short_name(name)
-            parts.append(f"{short}={value:g}" if isinstance(value, float) else f"{short}={value}")
-    return " ".join(parts) if parts else variant
-
-
-@dataclass
-class Skip:
-    """A figure that cannot be drawn yet (its runs do not exist)."""
-
-    reason: str
-
-
 # --------------------------------------------------------------------------- figures
-def _points(df: pd.DataFrame) -> pd.DataFrame:
-    """The grid runs (the Optuna trials have their own figure)."""
-    return df[df["role"] == "run"]
+_points = grid_points
 
 
 #: short marks of the overall front's verdicts on the accuracy figure
@@ -155,10 +95,10 @@ def fig_accuracy_vs_gflops(a: Analysis, plt):
     fronts = a.fronts
     fig, ax = plt.subplots(figsize=(6.8, 4.6), layout="constrained")
     annotate = len(settings) <= 10
-    for variant in ordered_variants(settings["variant"]):
-        name, color, marker = variant_style(variant)
-        pts = settings[settings["variant"] == variant]
-        front = fronts[fronts["front"] == variant]
+    for name in a.ordered_series(settings["series"]):
+        color, marker = a.style(name)
+        pts = settings[settings["series"] == name]
+        front = fronts[fronts["front"] == name]
         ax.plot(front["gflops_total"], front["miou"], color=color, lw=1.2, alpha=0.8,
                 drawstyle="steps-post", zorder=2)
         _errorbars(ax, pts, "gflops_total", "miou", color, marker,
@@ -191,7 +131,7 @@ def fig_accuracy_vs_gflops(a: Analysis, plt):
 
 def fig_accuracy_vs_gflops_by(a: Analysis, plt, axis: str):
     """Settings coloured by the values of any axis (``figures --color-by AXIS``), markers by
-    variant: e.g. how ``model.decode_head.num_queries`` or the seed-pooled schedule moves a
+    series: e.g. how ``model.decode_head.num_queries`` or the seed-pooled schedule moves a
     setting in the accuracy/compute plane."""
     settings = a.settings.dropna(subset=["miou", "gflops_total"]) if len(a.settings) else \
         a.settings
@@ -211,10 +151,10 @@ def fig_accuracy_vs_gflops_by(a: Analysis, plt, axis: str):
     short = ax_mod.short_name(axis)
     for value in values:
         pts = settings[settings[axis].astype(str) == value]
-        for variant in ordered_variants(pts["variant"]):
-            _, _, marker = variant_style(variant)
-            _errorbars(ax, pts[pts["variant"] == variant], "gflops_total", "miou",
-                       colors[value], marker, label=f"{short}={value} ({variant})",
+        for name in a.ordered_series(pts["series"]):
+            _, marker = a.style(name)
+            _errorbars(ax, pts[pts["series"] == name], "gflops_total", "miou",
+                       colors[value], marker, label=f"{short}={value} ({name})",
                        annotate=False)
     ax.set_xlabel("total GFLOPs per image")
     ax.set_ylabel("mIoU (%), mean over seeds (95 % CI)")
@@ -242,15 +182,17 @@ def _stage_columns(df: pd.DataFrame) -> list[str]:
 
 def fig_encoder_gflops_by_schedule(a: Analysis, plt):
     runs = _points(a.runs)
-    pro = runs[(runs["variant"] == "pro_scale")].dropna(subset=["gflops_encoder"])
+    # the schedule's own effect: runs that build PRO-SCALE and no other method
+    pro = runs[uses(runs, "pro_scale", only=True)].dropna(subset=["gflops_encoder"])
     if pro.empty:
         return Skip("no PRO-SCALE runs with a tracked gflops_encoder yet")
-    base = runs[runs["variant"] == "baseline"].dropna(subset=["gflops_encoder"])
+    base = runs[runs["baseline"].fillna(False).astype(bool)].dropna(subset=["gflops_encoder"])
     stages = _stage_columns(pro)
     cols = ["gflops_encoder", *stages]
     rows = []
     if len(base):
-        rows.append(("baseline (6 layers)", base[cols].mean(), len(base), "baseline"))
+        rows.append(("baseline (6 layers)", base[cols].mean(), len(base),
+                     str(base["series"].iloc[0])))
     keyed = pro.assign(_trc=pro["trc"].fillna(False).astype(bool))
 
     def schedule_key(s: str):
@@ -259,7 +201,7 @@ def fig_encoder_gflops_by_schedule(a: Analysis, plt):
     for (schedule, trc), grp in sorted(keyed.groupby(["schedule", "_trc"]),
                                        key=lambda kv: (schedule_key(kv[0][0]), kv[0][1])):
         label = (schedule or "?") + (" +TRC" if trc else "")
-        rows.append((label, grp[cols].mean(), len(grp), "pro_scale"))
+        rows.append((label, grp[cols].mean(), len(grp), str(grp["series"].iloc[0])))
     fig, ax = plt.subplots(figsize=(6.4, 3.8), layout="constrained")
     x = list(range(len(rows)))
     labels = [r[0] for r in rows]
@@ -274,7 +216,7 @@ def fig_encoder_gflops_by_schedule(a: Analysis, plt):
         ax.legend(loc="upper right")
         title = "Encoder GFLOPs by stage per PRO-SCALE schedule (tracked)"
     else:
-        colors = [variant_style(r[3])[1] for r in rows]
+        colors = [a.style(r[3])[0] for r in rows]
         ax.bar(x, [float(r[1]["gflops_encoder"]) for r in rows], color=colors)
         title = "Encoder GFLOPs per PRO-SCALE schedule (tracked, no per-stage split logged)"
     for xi, r in zip(x, rows):
@@ -285,51 +227,6 @@ def fig_encoder_gflops_by_schedule(a: Analysis, plt):
     ax.set_ylabel("encoder GFLOPs per image")
     ax.set_title(title)
     ax.margins(y=0.12)
-    return fig
-
-
-def fig_eco_m2f_exits(a: Analysis, plt):
-    from pipelines.analysis.data import exit_histogram
-
-    runs = _points(a.runs)
-    eco = runs[runs["variant"] == "eco_m2f"]
-    hists = [(row, exit_histogram(row)) for _, row in eco.iterrows()]
-    hists = [(row, h) for row, h in hists if h]
-    if eco.empty or (not hists and eco["mean_exit"].isna().all()):
-        return Skip("no ECO-M2F runs with an exit histogram or mean_exit yet")
-    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(7.6, 3.4), layout="constrained")
-    hists.sort(key=lambda rh: (rh[0]["beta"] if pd.notna(rh[0]["beta"]) else -1,
-                               str(rh[0]["run_id"])))
-    layers = sorted({k for _, h in hists for k in h})
-    width = 0.8 / max(1, len(hists))
-    cmap = plt.get_cmap("Reds")
-    for i, (row, h) in enumerate(hists):
-        total = sum(h.values()) or 1
-        xs = [layer - 0.4 + width * (i + 0.5) for layer in layers]
-        ax1.bar(xs, [100.0 * h.get(layer, 0) / total for layer in layers], width=width,
-                color=cmap(0.35 + 0.6 * i / max(1, len(hists) - 1)),
-                label=f"β={row['beta']:g}" if pd.notna(row["beta"]) else str(row["run_id"]))
-    if hists:
-        ax1.set_xticks(layers)
-        top = max(100.0 * v / (sum(h.values()) or 1) for _, h in hists for v in h.values())
-        ax1.set_ylim(0, top * 1.3 + 1)  # headroom: the legend sits above the bars
-        ax1.legend(loc="upper center", ncols=min(3, len(hists)), columnspacing=0.8,
-                   handlelength=1.2)
-    ax1.set_xlabel("exit after encoder layer")
-    ax1.set_ylabel("images (%)")
-    ax1.set_title("Exit histogram per β")
-    pts = eco.dropna(subset=["beta", "mean_exit"]).sort_values(["beta", "run_id"])
-    if len(pts):
-        agg = pts.groupby("beta", sort=True)["mean_exit"].mean()
-        ax2.plot(agg.index.astype(float), agg.to_numpy(), color=VARIANTS["eco_m2f"][1],
-                 marker="^")
-        # symlog: β = 0 (always the deepest exit, the gate's reference) stays on the axis,
-        # which a log scale would drop
-        positive = agg.index.astype(float)[agg.index.astype(float) > 0]
-        ax2.set_xscale("symlog", linthresh=float(positive.min()) if len(positive) else 1e-3)
-    ax2.set_xlabel("β (trade-off weight per layer; symlog: linear near 0)")
-    ax2.set_ylabel("mean encoder layers per image")
-    ax2.set_title("Mean exit layer vs β")
     return fig
 
 
@@ -348,9 +245,9 @@ def fig_accuracy_vs_cluster_fraction(a: Analysis, plt):
         return skip
     settings = settings.assign(**{CLUSTER_AXIS: settings[CLUSTER_AXIS].astype(float)})
     fig, ax = plt.subplots(figsize=(5.2, 3.6), layout="constrained")
-    for variant in ordered_variants(settings["variant"]):
-        name, color, marker = variant_style(variant)
-        pts = settings[settings["variant"] == variant].sort_values([CLUSTER_AXIS, "setting"])
+    for name in a.ordered_series(settings["series"]):
+        color, marker = a.style(name)
+        pts = settings[settings["series"] == name].sort_values([CLUSTER_AXIS, "setting"])
         ax.plot(pts[CLUSTER_AXIS], pts["miou"], color=color, lw=1.0, alpha=0.7)
         _errorbars(ax, pts, CLUSTER_AXIS, "miou", color, marker,
                    label=f"{name} (mean, 95 % CI)")
@@ -369,9 +266,9 @@ def fig_latency_vs_gflops(a: Analysis, plt):
     if settings.empty:
         return Skip("no runs with both latency_ms and gflops_total yet")
     fig, ax = plt.subplots(figsize=(5.6, 4.0), layout="constrained")
-    for variant in ordered_variants(settings["variant"]):
-        name, color, marker = variant_style(variant)
-        _errorbars(ax, settings[settings["variant"] == variant], "gflops_total", "latency_ms",
+    for name in a.ordered_series(settings["series"]):
+        color, marker = a.style(name)
+        _errorbars(ax, settings[settings["series"] == name], "gflops_total", "latency_ms",
                    color, marker, label=name, annotate=False)
     title = "Does wall clock follow FLOPs?"
     if len(settings) >= 3:
@@ -431,7 +328,7 @@ FIGURES: dict[str, Callable] = {
 
 
 # --------------------------------------------------------------------------- tables
-TABLE_COLUMNS = ("front", "knee", "setting", "variant", "n_seeds", "seeds", "miou", "miou_lo",
+TABLE_COLUMNS = ("front", "knee", "setting", "variant", "series", "n_seeds", "seeds", "miou", "miou_lo",
                  "miou_hi",
                  *(f"iou.{c}{s}" for c in SMALL_CLASSES for s in ("", "_lo", "_hi")),
                  "gflops_total", "latency_ms", "train_hours", "verdict", "vs_baseline",
@@ -448,11 +345,14 @@ def points_table(data) -> pd.DataFrame:
     a = _analysis(data)
     runs = _points(a.runs)
     fronts = a.fronts
-    cols = ["run_id", "mlflow_run_id", "experiment_id", "variant", "setting", "schedule", "trc",
-            "lpe", "cluster_fraction", "beta", "seed", "miou",
+    from pipelines.analysis.data import axis_names
+
+    axes = [n for n in axis_names(runs) if n != contract.SEED]
+    cols = ["run_id", "mlflow_run_id", "experiment_id", "variant", "series", METHODS_COLUMN,
+            "baseline", "setting", *axes, contract.SEED, "miou",
             *(f"iou.{c}" for c in SMALL_CLASSES), "gflops_total", "gflops_encoder",
             "gflops_pixel_decoder", "latency_ms", "train_time_s"]
-    out = runs.reindex(columns=cols).copy()
+    out = runs.reindex(columns=list(dict.fromkeys(cols))).copy()
     variant_fronts = set(fronts.loc[fronts["front"] != "overall", "setting"]) if len(fronts) \
         else set()
     overall = fronts[fronts["front"] == "overall"] if len(fronts) else fronts
@@ -460,7 +360,7 @@ def points_table(data) -> pd.DataFrame:
     out["pareto_overall"] = out["setting"].isin(set(overall["setting"]) if len(overall) else [])
     knees = set(overall.loc[overall["knee"], "setting"]) if len(overall) else set()
     out["knee_overall"] = out["setting"].isin(knees)
-    return out.sort_values(["variant", "gflops_total", "setting", "seed", "run_id"],
+    return out.sort_values(["series", "gflops_total", "setting", "seed", "run_id"],
                            kind="stable", na_position="last").reset_index(drop=True)
 
 
@@ -473,7 +373,7 @@ def pareto_table(data) -> pd.DataFrame:
     fronts = fronts.merge(a.verdicts, on="setting", how="left")
     other = fronts["front"] != "overall"
     fronts.loc[other, ["verdict", "vs_baseline", "not_distinct_from"]] = ""
-    order = {name: i for i, name in enumerate(["overall", *VARIANTS])}
+    order = {name: i for i, name in enumerate(["overall", *a.series["series"]])}
     fronts = fronts.assign(_o=fronts["front"].map(lambda f: order.get(f, len(order))))
     fronts = fronts.sort_values(["_o", "front", "gflops_total", "setting"], kind="stable")
     return fronts.reindex(columns=list(TABLE_COLUMNS)).reset_index(drop=True)

@@ -42,7 +42,7 @@ import json
 import os
 import pickle
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Iterable, Mapping
 
@@ -77,6 +77,7 @@ class Run:
         train_id, train_recipe: the same without the axes of later stages.
         methods: the methods (``pipelines/models/<method>.py``) the config builds.
         stages: axis name -> its stage, for axes that are not part of training.
+        baseline: a run of the ablation's baseline variant (:func:`baseline_variant`).
     """
 
     run_id: str
@@ -92,6 +93,7 @@ class Run:
     train_recipe: str
     methods: tuple[str, ...] = ()
     stages: Mapping[str, str] = field(default_factory=dict)
+    baseline: bool = False
 
     @property
     def recipe_hash(self) -> str:
@@ -111,7 +113,7 @@ class Run:
                     max_iters=self.max_iters, cfg_options=list(self.cfg_options),
                     data_root=self.data_root, recipe=self.recipe, train_id=self.train_id,
                     train_recipe=self.train_recipe, methods=list(self.methods),
-                    stages=dict(self.stages), params=self.params())
+                    stages=dict(self.stages), baseline=self.baseline, params=self.params())
 
 
 def param_text(value: Any) -> str:
@@ -453,6 +455,7 @@ def expand_grid(ablation: Mapping[str, Any], repo: str | Path = ".") -> list[Run
     """
     grid = dict(ablation.get("grid") or {})
     variants = grid.pop("variants", None) or {}
+    baseline = grid.pop("baseline", None)
     if not variants:
         raise UserError("grid.variants: no variant given")
     global_axes = {name: _as_list(values, f"grid.{name}") for name, values in grid.items()}
@@ -501,7 +504,21 @@ def expand_grid(ablation: Mapping[str, Any], repo: str | Path = ".") -> list[Run
                     raise UserError(f"grid: two different settings share the id "
                                     f"{run.run_id!r}")
                 runs[run.run_id] = run
-    return sorted(runs.values(), key=lambda r: r.run_id)
+    base = baseline_variant(baseline, {r.variant: r.methods for r in runs.values()})
+    return sorted((replace(r, baseline=r.variant == base) for r in runs.values()),
+                  key=lambda r: r.run_id)
+
+
+def baseline_variant(declared: str | None, methods: Mapping[str, tuple[str, ...]]) -> str | None:
+    """The ablation's baseline variant: ``grid.baseline`` when given, else the one variant whose
+    config builds no method (None when there is no such variant, or more than one)."""
+    if declared is not None:
+        if declared not in methods:
+            raise UserError(f"grid.baseline: {declared!r} is not a variant "
+                            f"({', '.join(sorted(methods))})")
+        return declared
+    plain = [v for v, m in methods.items() if not m]
+    return plain[0] if len(plain) == 1 else None
 
 
 def _check_bounds(variant: _Variant, settings: Mapping[str, Any], axes_of: Mapping[str, Axis],

@@ -253,6 +253,7 @@ def child_record(results: str, ablation: str, run: dict, tmp: Path):
     settings = run.get("settings") or {}
     tags = {c.AXES_TAG: json_tag(list(settings)),
             c.METHODS_TAG: ",".join(run.get("methods") or []),
+            c.BASELINE_TAG: "true" if run.get("baseline") else "false",
             **provenance_tags(done.get("provenance"))}
     record = ChildRecord(
         run_id=run["run_id"], recipe=run.get("recipe", ""), params=run["params"],

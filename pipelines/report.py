@@ -37,7 +37,7 @@ def _runs_table(ablation: str, results: str, runs: list[tuple[dict, dict]]):
     """The runs as the tidy table of :mod:`pipelines.analysis.data` (no MLflow ids)."""
     import pandas as pd
 
-    from pipelines.analysis.data import AXES_COLUMN, tidy_runs
+    from pipelines.analysis.data import AXES_COLUMN, BASELINE_COLUMN, METHODS_COLUMN, tidy_runs
 
     rows = []
     for run, metrics in runs:
@@ -46,7 +46,10 @@ def _runs_table(ablation: str, results: str, runs: list[tuple[dict, dict]]):
         row = {"run_id": run["run_id"], "mlflow_run_id": "", "experiment_id": "",
                "experiment": ablation, "role": "run", "ablation": ablation, "status": "",
                **{k: v for k, v in params.items()}, **settings,
-               AXES_COLUMN: json.dumps(list(settings)), **metrics}
+               AXES_COLUMN: json.dumps(list(settings)), **metrics,
+               # the roles the grid recorded (pipelines.methods / pipelines.baseline)
+               METHODS_COLUMN: ",".join(run["methods"]) if "methods" in run else pd.NA,
+               BASELINE_COLUMN: run.get("baseline", pd.NA)}
         rows.append({k: (str(v) if isinstance(v, (list, tuple, dict)) else v)
                      for k, v in row.items()})
     return tidy_runs(pd.DataFrame(rows))

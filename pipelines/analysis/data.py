@@ -59,6 +59,9 @@ ID_COLUMNS = ("run_id", "mlflow_run_id", "experiment_id", "experiment", "role", 
               "status")
 ID_DTYPES = {c: "string" for c in ID_COLUMNS}
 AXES_COLUMN = "axes"  # JSON list of a run's axis names (its `pipelines.axes` tag)
+METHODS_COLUMN = "methods"  # comma-joined methods its config builds (`pipelines.methods`)
+BASELINE_COLUMN = "baseline"  # a run of the ablation's baseline variant (`pipelines.baseline`)
+ROLE_COLUMNS = (AXES_COLUMN, METHODS_COLUMN, BASELINE_COLUMN)
 
 
 def _as_bool(value):
@@ -80,7 +83,7 @@ def tidy_runs(df: pd.DataFrame) -> pd.DataFrame:
     ``exit_histogram`` (JSON text with sorted integer keys, empty when absent).
     """
     df = df.copy()
-    for col in (*ID_COLUMNS, *PARAMS, *METRICS, "exit_histogram", AXES_COLUMN):
+    for col in (*ID_COLUMNS, *PARAMS, *METRICS, "exit_histogram", *ROLE_COLUMNS):
         if col not in df.columns:
             df[col] = pd.NA
     params = dict(PARAMS)
@@ -91,6 +94,8 @@ def tidy_runs(df: pd.DataFrame) -> pd.DataFrame:
     for col in ID_COLUMNS:
         df[col] = df[col].astype("string")
     df[AXES_COLUMN] = df[AXES_COLUMN].astype("string").fillna("")
+    df[METHODS_COLUMN] = df[METHODS_COLUMN].astype("string")  # NA: not recorded
+    df[BASELINE_COLUMN] = df[BASELINE_COLUMN].map(_as_bool).astype("boolean")
     for col, dtype in params.items():
         if dtype == "boolean":
             df[col] = df[col].map(_as_bool).astype("boolean")
@@ -99,12 +104,12 @@ def tidy_runs(df: pd.DataFrame) -> pd.DataFrame:
         else:
             df[col] = pd.to_numeric(df[col], errors="coerce").astype(dtype)
     df["exit_histogram"] = df["exit_histogram"].map(_normalise_histogram).astype("string")
-    known = {*ID_COLUMNS, *params, *METRICS, "exit_histogram", AXES_COLUMN}
+    known = {*ID_COLUMNS, *params, *METRICS, "exit_histogram", *ROLE_COLUMNS}
     extra = sorted(c for c in df.columns if c not in known and not c.startswith("iou."))
     iou = sorted(c for c in df.columns if c.startswith("iou."))
     for col in (*METRICS, *extra, *iou):
         df[col] = pd.to_numeric(df[col], errors="coerce").astype("float64")
-    df = df[[*ID_COLUMNS, *params, *METRICS, *extra, *iou, "exit_histogram", AXES_COLUMN]]
+    df = df[[*ID_COLUMNS, *params, *METRICS, *extra, *iou, "exit_histogram", *ROLE_COLUMNS]]
     df = df.sort_values(["role", "variant", "run_id", "mlflow_run_id"], kind="stable",
                         na_position="last")
     return df.reset_index(drop=True)
@@ -216,6 +221,8 @@ def load_runs(tracking_uri: str, experiment: str, roles=POINT_ROLES) -> pd.DataF
             }
             axes = json.loads(tags.get(contract.AXES_TAG, "[]") or "[]")
             row[AXES_COLUMN] = json.dumps(axes)
+            row[METHODS_COLUMN] = tags.get(contract.METHODS_TAG, pd.NA)
+            row[BASELINE_COLUMN] = tags.get(contract.BASELINE_TAG, pd.NA)
             row.update({k: v for k, v in run.data.params.items() if k in PARAMS or k in axes})
             row.update({k: v for k, v in run.data.metrics.items()
                         if not k.startswith(contract.CURVE_PREFIXES)})
@@ -243,7 +250,7 @@ def read_runs_csv(path: str | os.PathLike) -> pd.DataFrame:
         raise UserError(f"runs table not found: {path}")
     strings = [p for p, dtype in PARAMS.items() if dtype == "string"]
     df = pd.read_csv(path, dtype={c: "string" for c in (*ID_COLUMNS, *strings, "exit_histogram",
-                                                        AXES_COLUMN)},
+                                                        AXES_COLUMN, METHODS_COLUMN)},
                      keep_default_na=True)
     return tidy_runs(df)
 

@@ -14,10 +14,16 @@ The analysis is one way (``docs/architecture.md``): the tidy runs table of
 * ``fronts``: the Pareto fronts (per variant and overall) computed **once, on the means**
   (:func:`pipelines.pareto.fronts_by`);
 * ``verdicts``: for every point of the overall front, paired tests of its mIoU against the
-  baseline setting and against every other front point (:data:`TEST_NAME`).
+  baseline setting and against every other front point (:data:`TEST_NAME`);
+* ``series``: one row per variant, its series name, methods, baseline flag and style
+  (:mod:`pipelines.analysis.roles`: roles come from the recorded methods and baseline, never
+  from a variant's name);
+* ``ladder``: ECO-M2F's fixed exits and oracle gate per gated run, one row each
+  (:mod:`pipelines.analysis.ladder`).
 
-Every figure, table and report is drawn from one :class:`Analysis`; none loads runs or computes a
-front again.
+Every figure, table and report is drawn from one :class:`Analysis`, saved once by
+``python -m pipelines analyse`` (:mod:`pipelines.analyse`); none loads runs or computes a front
+again.
 """
 from __future__ import annotations
 
@@ -29,7 +35,8 @@ import numpy as np
 import pandas as pd
 
 from pipelines import contract
-from pipelines.analysis.data import AXES_COLUMN
+from pipelines.analysis.data import AXES_COLUMN, BASELINE_COLUMN, METHODS_COLUMN
+from pipelines.analysis.roles import row_axis_names
 
 CONFIDENCE = 0.95
 ALPHA = 0.05
@@ -37,7 +44,6 @@ INTERVAL_NAME = "95 % confidence interval of the mean, Student t with n - 1 degr
 TEST_NAME = ("paired t-test on mIoU across seeds (scipy.stats.ttest_rel, two-sided, "
              f"alpha = {ALPHA:g}, runs paired by seed, no multiple-comparison correction)")
 ONE_SEED = "1 seed, no interval"
-BASELINE = "baseline"
 
 DISTINCT, NOT_DISTINCT, NOT_TESTABLE = "distinguishable", "not distinguishable", "not testable"
 
@@ -51,18 +57,6 @@ DETERMINISM = (
     "attention backward, scatter/index_add) make trainings differ in the last bits unless "
     "randomness.deterministic=True is set, which costs speed and still leaves mmcv's CUDA "
     "deformable-attention backward non-deterministic; treat GPU replicates as seeds that differ.")
-
-
-def row_axis_names(row) -> list[str]:
-    """A run's axis names (its ``axes`` column; for a table recorded before runs listed their
-    axes, every declared param with a value but the fixed ones)."""
-    from pipelines.analysis.data import PARAMS
-
-    names = json.loads(str(row.get(AXES_COLUMN) or "[]") or "[]")
-    if names:
-        return names
-    fixed = {*contract.FIXED_PARAMS, contract.SEED}
-    return [n for n in PARAMS if n not in fixed and n in row and not _missing(row[n])]
 
 
 def _missing(value) -> bool:
@@ -115,10 +109,9 @@ def interval(values) -> tuple[float, float, float, float, int]:
     return (mean, std, mean - half, mean + half, n)
 
 
-def summarise_settings(runs: pd.DataFrame) -> pd.DataFrame:
-    """One row per setting of the grid runs in ``runs`` (which carry a ``setting`` column)."""
-    from pipelines.figures import ordered_variants
-
+def summarise_settings(runs: pd.DataFrame, series: pd.DataFrame) -> pd.DataFrame:
+    """One row per setting of the grid runs in ``runs`` (which carry ``setting`` and ``series``
+    columns), in ``series`` order."""
     grid = runs[runs["role"] == contract.ROLE_RUN]
     metrics = metric_columns(grid)
     axis_cols = [c for c in _axis_columns(grid) if c != contract.SEED]
@@ -128,6 +121,8 @@ def summarise_settings(runs: pd.DataFrame) -> pd.DataFrame:
         first = group.iloc[0]
         seeds = [int(s) for s in group[contract.SEED].dropna()]
         row = {"setting": first["setting"], "variant": first["variant"],
+               "series": first["series"], METHODS_COLUMN: first[METHODS_COLUMN],
+               BASELINE_COLUMN: bool(first[BASELINE_COLUMN]),
                "setting_key": key, "n_seeds": int(len(group)),
                "seeds": " ".join(str(s) for s in seeds),
                "run_ids": json.dumps(list(group["run_id"])),
@@ -144,10 +139,11 @@ def summarise_settings(runs: pd.DataFrame) -> pd.DataFrame:
         rows.append(row)
     out = pd.DataFrame(rows)
     if out.empty:
-        return pd.DataFrame(columns=["setting", "variant", "setting_key", "n_seeds", "miou",
+        return pd.DataFrame(columns=["setting", "variant", "series", METHODS_COLUMN,
+                                     BASELINE_COLUMN, "setting_key", "n_seeds", "miou",
                                      "gflops_total", "train_hours"])
-    order = {v: i for i, v in enumerate(ordered_variants(out["variant"]))}
-    out = out.assign(_o=out["variant"].map(order))
+    order = {v: i for i, v in enumerate(series["series"])}
+    out = out.assign(_o=out["series"].map(order))
     sort = ["_o"] + (["gflops_total"] if "gflops_total" in out else []) + ["setting"]
     return out.sort_values(sort, kind="stable", na_position="last").drop(
         columns="_o").reset_index(drop=True)
@@ -217,7 +213,8 @@ def front_verdicts(runs: pd.DataFrame, settings: pd.DataFrame,
     """
     overall = fronts[fronts["front"] == "overall"] if len(fronts) else fronts
     names = list(overall["setting"]) if len(overall) else []
-    baselines = settings.loc[settings["variant"] == BASELINE, "setting"].tolist()
+    baselines = settings.loc[settings[BASELINE_COLUMN].fillna(False).astype(bool),
+                             "setting"].tolist() if len(settings) else []
     base = baselines[0] if baselines else None
     rows = []
     for name in names:
@@ -251,6 +248,20 @@ class Analysis:
     settings: pd.DataFrame
     fronts: pd.DataFrame
     verdicts: pd.DataFrame
+    series: pd.DataFrame
+    ladder: pd.DataFrame
+
+    def style(self, series: str) -> tuple[str, str]:
+        """(colour, marker) of a series."""
+        hit = self.series[self.series["series"] == series]
+        return (str(hit["color"].iloc[0]), str(hit["marker"].iloc[0])) if len(hit) else \
+            ("#8c564b", "P")
+
+    def ordered_series(self, values) -> list[str]:
+        """The series among ``values``, in the analysis's order."""
+        present = {str(v) for v in values}
+        return [s for s in dict.fromkeys(self.series["series"]) if s in present] + sorted(
+            present - set(self.series["series"]))
 
     def label(self, setting: str) -> str:
         """The setting's front verdict (empty when it is not on the overall front)."""
@@ -258,17 +269,19 @@ class Analysis:
         return str(hit.iloc[0]) if len(hit) else ""
 
 
-def analyse(df: pd.DataFrame) -> Analysis:
-    """The tidy runs table -> settings (mean, interval, n seeds) -> fronts on means -> tests."""
+def analyse(df: pd.DataFrame, baseline: str | None = None) -> Analysis:
+    """The tidy runs table -> roles -> settings (mean, interval, n seeds) -> fronts on means ->
+    tests. ``baseline``: a variant name overriding the recorded (or default) baseline."""
     from pipelines.analysis.data import tidy_runs
-    from pipelines.figures import run_label
+    from pipelines.analysis.ladder import split_ladder
+    from pipelines.analysis.roles import assign_roles, run_label, series_table
     from pipelines.pareto import fronts_by
 
-    runs = tidy_runs(df)
+    runs, ladder = split_ladder(assign_roles(tidy_runs(df), baseline))
+    series = series_table(runs)
     keys = [setting_key(r) for _, r in runs.iterrows()]
     labels = [run_label(r) for _, r in runs.iterrows()]
-    names = [label if label == str(v) else f"{v} {label}"
-             for label, v in zip(labels, runs["variant"])]
+    names = [f"{s} {label}" if label else str(s) for label, s in zip(labels, runs["series"])]
     by_name: dict[str, list[str]] = {}
     for key, name in zip(keys, names):
         if key not in by_name.setdefault(name, []):
@@ -277,16 +290,19 @@ def analyse(df: pd.DataFrame) -> Analysis:
              for key, name in zip(keys, names)]
     runs = runs.assign(setting=pd.Series(names, index=runs.index, dtype="string"),
                        _setting_key=keys)
-    settings = summarise_settings(runs)
+    settings = summarise_settings(runs, series)
     runs = runs.drop(columns="_setting_key")
+    ladder = ladder.merge(runs[["run_id", "setting", "series"]], on="run_id", how="left")
     if settings.empty or "miou" not in settings or "gflops_total" not in settings:
         measured = settings.iloc[0:0]
     else:
         measured = settings.dropna(subset=["miou", "gflops_total"])
-    fronts = fronts_by(measured.assign(run_id=measured["setting"])) if len(measured) else \
+    fronts = fronts_by(measured.assign(run_id=measured["setting"]), by="series") \
+        if len(measured) else \
         measured.assign(front=pd.Series(dtype="string"), knee=pd.Series(dtype=bool))
     verdicts = front_verdicts(runs, settings, fronts)
-    return Analysis(runs=runs, settings=settings, fronts=fronts, verdicts=verdicts)
+    return Analysis(runs=runs, settings=settings, fronts=fronts, verdicts=verdicts,
+                    series=series, ladder=ladder)
 
 
 def ranking_stability(runs: pd.DataFrame, metric: str = contract.MIOU) -> pd.DataFrame:

@@ -68,7 +68,7 @@ def test_every_pareto_point_traceable_to_its_runs(rendered, runs):
     knees = {p["setting"] for p in points if p["knee_overall"] == "True"}
     assert on_front and len(knees) == 1
     table = figures.pareto_table(runs)
-    assert set(table["front"]) == {"overall", *runs.loc[runs["role"] == "run", "variant"]}
+    assert set(table["front"]) == {"overall", *figures.analyse(runs).series["series"]}
     members = [i for text in table["mlflow_run_ids"] for i in json.loads(text)]
     assert set(members) <= ids and table["setting"].str.len().gt(0).all()
     md = (rendered[0] / "pareto_points.md").read_text()
