@@ -20,6 +20,7 @@ COMMAND_MODULES = (
     "pipelines.grid",
     "pipelines.ingest",
     "pipelines.report",
+    "pipelines.analyse",
     "pipelines.flops",
     "pipelines.benchmark",
     "pipelines.disk",

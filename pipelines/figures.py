@@ -1,6 +1,8 @@
 """``python -m pipelines figures``: every paper figure and the Pareto table, from tracked runs.
 
-One call redraws everything from the MLflow store (or a recorded runs CSV) into one folder:
+One call redraws everything from the analysis saved by ``python -m pipelines analyse``
+(``--analysis``; or, for a one-off call, from the MLflow store or a recorded runs CSV) into one
+folder:
 
 * ``<figure>.pdf`` + ``<figure>.png`` for each entry of :data:`FIGURES`; a figure whose runs do
   not exist yet (variant or search not run) is skipped with a one-line note, and its old files
@@ -328,8 +330,8 @@ FIGURES: dict[str, Callable] = {
 
 
 # --------------------------------------------------------------------------- tables
-TABLE_COLUMNS = ("front", "knee", "setting", "variant", "series", "n_seeds", "seeds", "miou", "miou_lo",
-                 "miou_hi",
+TABLE_COLUMNS = ("front", "knee", "setting", "variant", "series", "n_seeds", "seeds", "miou",
+                 "miou_lo", "miou_hi",
                  *(f"iou.{c}{s}" for c in SMALL_CLASSES for s in ("", "_lo", "_hi")),
                  "gflops_total", "latency_ms", "train_hours", "verdict", "vs_baseline",
                  "not_distinct_from", "run_ids", "mlflow_run_ids", "experiment_id")
@@ -371,8 +373,6 @@ def pareto_table(data) -> pd.DataFrame:
         return pd.DataFrame(columns=list(TABLE_COLUMNS))
     fronts = a.fronts[["front", "knee", "setting"]].merge(a.settings, on="setting", how="left")
     fronts = fronts.merge(a.verdicts, on="setting", how="left")
-    other = fronts["front"] != "overall"
-    fronts.loc[other, ["verdict", "vs_baseline", "not_distinct_from"]] = ""
     order = {name: i for i, name in enumerate(["overall", *a.series["series"]])}
     fronts = fronts.assign(_o=fronts["front"].map(lambda f: order.get(f, len(order))))
     fronts = fronts.sort_values(["_o", "front", "gflops_total", "setting"], kind="stable")
@@ -568,16 +568,14 @@ def render_all(df, out: str | os.PathLike, log=print, color_by=()) -> dict:
 
 
 # --------------------------------------------------------------------------- CLI
-def add_source_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--tracking-uri", help="MLflow tracking URI (e.g. sqlite:///results/mlflow.db)")
-    p.add_argument("--experiment", help="MLflow experiment = ablation (or search) name")
-    p.add_argument("--runs-csv", help="a recorded runs table (runs.csv) instead of MLflow")
-
-
 def add_parser(sub) -> None:
+    from pipelines.analyse import add_source_arguments
+
     p = sub.add_parser("figures", help="redraw every paper figure + the Pareto table from the "
-                       "tracked runs", description=__doc__,
+                       "saved analysis (or the tracked runs)", description=__doc__,
                        formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--analysis", help="a folder saved by `python -m pipelines analyse` (the "
+                   "workflow's results/analysis/<ablation>); else the runs are read from:")
     add_source_arguments(p)
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--color-by", nargs="+", default=[], metavar="AXIS",
@@ -587,30 +585,16 @@ def add_parser(sub) -> None:
 
 
 def read_runs(args: argparse.Namespace):
-    """The runs table of ``--tracking-uri``/``--experiment`` or ``--runs-csv``; a store that
-    cannot be read (unknown scheme, missing SQLite file: reading never creates one) is one
-    line."""
-    from mlflow.exceptions import MlflowException
+    """The runs table of ``--tracking-uri``/``--experiment`` or ``--runs-csv``
+    (:func:`pipelines.analyse.read_runs`)."""
+    from pipelines.analyse import read_runs as read
 
-    from pipelines.analysis.data import read_source
-
-    uri = args.tracking_uri or ""
-    if uri.startswith("sqlite:///") and not args.runs_csv:
-        db = Path(uri.removeprefix("sqlite:///").split("?", 1)[0])
-        if not db.is_file():
-            raise UserError(f"--tracking-uri {uri}: no such SQLite file {db} (nothing tracked "
-                            "there yet?)")
-    try:
-        return read_source(args.tracking_uri, args.experiment, args.runs_csv)
-    except MlflowException as err:
-        message = " ".join(str(getattr(err, "message", err)).split())
-        raise UserError(f"cannot read MLflow store {uri}: {message[:300]}") from None
+    return read(args)
 
 
 def run(args: argparse.Namespace) -> int:
-    df = read_runs(args)
-    if df.empty:
-        raise UserError("no runs to plot (the experiment has no runs tagged pipelines.role=run "
-                        "or trial)")
-    render_all(df, args.out, color_by=args.color_by)
+    from pipelines.analyse import analysis_of
+
+    a, _ = analysis_of(args, "plot")
+    render_all(a, args.out, color_by=args.color_by)
     return 0

@@ -2,10 +2,14 @@
 
 (``python -m pipelines report`` is the DAG's markdown report, ``pipelines/report.py``.)
 
-The page (``<out>/index.html``) shows every figure of ``python -m pipelines figures`` (drawn into
-``<out>/figures/``), the Pareto table, the settings and metrics of every run and, for each run, a
-link to it in the MLflow UI (``<ui>/#/experiments/<experiment id>/runs/<MLflow run id>``). Like
-the figures, the page depends only on the runs: same runs, same bytes.
+The page (``<out>/index.html``) reads the analysis saved by ``python -m pipelines analyse``
+(``--analysis``) and links the figures ``python -m pipelines figures`` drew (``--figures``): it
+draws nothing and computes no front. It shows the Pareto table, the settings and metrics of every
+run and, for each run, a link to it in the MLflow UI
+(``<ui>/#/experiments/<experiment id>/runs/<MLflow run id>``; ``--mlflow-ui``: the address the
+user's ``mlflow ui`` answers on). Without ``--analysis`` (a one-off call on a runs source) it
+analyses the runs itself and draws the figures into ``<out>/figures/``. Like the figures, the page
+depends only on the runs: same runs, same bytes.
 """
 from __future__ import annotations
 
@@ -117,30 +121,52 @@ def _stability_text(taus: pd.DataFrame) -> str:
             f"{known['tau'].max():.2f}; 1 = the same order every time).")
 
 
-def build_report(df: pd.DataFrame, out: str | os.PathLike, ui: str = DEFAULT_UI,
-                 title: str | None = None, log=print) -> Path:
-    """Draw the figures into ``out/figures`` and write ``out/index.html``; returns the page.
+def build_report(data, out: str | os.PathLike, ui: str = DEFAULT_UI,
+                 title: str | None = None, log=print,
+                 figures_dir: str | os.PathLike | None = None) -> Path:
+    """Write ``out/index.html`` from an analysis; returns the page.
 
-    The runs are grouped into settings once (:func:`pipelines.analysis.settings.analyse`); the
-    page lists settings (mean and interval over seeds, one MLflow link per seed), not runs, so
-    it stays readable with thousands of runs; MLflow holds the per-run detail.
+    Args:
+        data: an :class:`~pipelines.analysis.settings.Analysis` (saved by ``analyse``), or a
+            runs table analysed here once.
+        figures_dir: the folder ``python -m pipelines figures`` wrote (its ``figures.json``
+            says what is there); the page links those files by a relative path. None: the
+            figures are drawn into ``out/figures``.
+
+    The page lists settings (mean and interval over seeds, one MLflow link per seed), not runs,
+    so it stays readable with thousands of runs; MLflow holds the per-run detail.
     """
+    import json
+
     from pipelines.analysis.settings import (DETERMINISM, INTERVAL_NAME, ONE_SEED, TEST_NAME,
-                                             analyse, ranking_stability)
+                                             Analysis, analyse, ranking_stability)
     from pipelines.config import ensure_writable_dir
     from pipelines.figures import FIGURES, pareto_table, render_all
 
     out = ensure_writable_dir(out, "report folder")
-    a = analyse(df)
-    manifest = render_all(a, out / "figures", log=log)
+    a = data if isinstance(data, Analysis) else analyse(data)
+    if figures_dir is None:
+        manifest = render_all(a, out / "figures", log=log)
+        rel = "figures"
+    else:
+        figures_dir = Path(figures_dir)
+        try:
+            manifest = json.loads((figures_dir / "figures.json").read_text())
+        except (OSError, ValueError) as err:
+            raise UserError(f"--figures {figures_dir}: no readable figures.json there "
+                            f"({' '.join(str(err).split())[:200]}); run `python -m pipelines "
+                            "figures` first") from None
+        rel = Path(os.path.relpath(figures_dir.resolve(), out.resolve())).as_posix()
     runs = a.runs
-    name = title or (str(runs["experiment"].dropna().iloc[0]) if runs["experiment"].notna().any()
-                     else "ablation")
+    experiment = str(runs["experiment"].dropna().iloc[0]) if runs["experiment"].notna().any() \
+        else ""
+    name = title or experiment or "ablation"
     pareto = pareto_table(a)
     grid = runs[runs["role"] == "run"]
-    exp_ids = sorted({str(e) for e in runs["experiment_id"].dropna()})
+    exp_ids = sorted({str(e) for e in runs["experiment_id"].dropna() if str(e)})
     exp_links = ", ".join(f'<a href="{html.escape(ui.rstrip("/"))}/#/experiments/{html.escape(e)}">'
-                          f"experiment {html.escape(e)}</a>" for e in exp_ids)
+                          f"experiment {html.escape(experiment)} (id {html.escape(e)})</a>"
+                          for e in exp_ids)
     overall = set(a.fronts.loc[a.fronts["front"] == "overall", "setting"]) if len(a.fronts) \
         else set()
     hours = a.settings["train_hours"].sum() if "train_hours" in a.settings else float("nan")
@@ -162,17 +188,21 @@ def build_report(df: pd.DataFrame, out: str | os.PathLike, ui: str = DEFAULT_UI,
             f"<p>{_stability_text(ranking_stability(runs))}</p>",
             f"<p>{html.escape(DETERMINISM)}</p>",
             "<p>Tables: "
-            '<a href="figures/pareto_points.md">Markdown</a>, '
-            '<a href="figures/pareto_points.tex">LaTeX</a>, '
-            '<a href="figures/settings.csv">settings (CSV)</a>, '
-            '<a href="figures/points.csv">all runs (CSV)</a>'
+            f'<a href="{rel}/pareto_points.md">Markdown</a>, '
+            f'<a href="{rel}/pareto_points.tex">LaTeX</a>, '
+            f'<a href="{rel}/settings.csv">settings (CSV)</a>, '
+            f'<a href="{rel}/points.csv">all runs (CSV)</a>'
             + (f"; every run in MLflow: {exp_links}" if exp_links else "") + ".</p>",
+            f"<p>MLflow links point at <code>{html.escape(ui.rstrip('/'))}</code>: start the "
+            "UI there "
+            "(<code>mlflow ui --backend-store-uri STORE --port PORT</code>) or rewrite the page "
+            "with <code>--mlflow-ui http://HOST:PORT</code>.</p>",
             "<h2>Figures</h2>"]
     for fig in FIGURES:
         if fig in manifest["figures"]:
-            body.append(f'<figure><a href="figures/{fig}.pdf"><img src="figures/{fig}.png" '
+            body.append(f'<figure><a href="{rel}/{fig}.pdf"><img src="{rel}/{fig}.png" '
                         f'alt="{fig}"></a><figcaption><code>{fig}</code> '
-                        f'(<a href="figures/{fig}.pdf">PDF</a>)</figcaption></figure>')
+                        f'(<a href="{rel}/{fig}.pdf">PDF</a>)</figcaption></figure>')
         else:
             reason = html.escape(manifest["skipped"].get(fig, ""))
             body.append(f'<p class="skip">Skipped <code>{fig}</code>: {reason}.</p>')
@@ -198,12 +228,16 @@ def build_report(df: pd.DataFrame, out: str | os.PathLike, ui: str = DEFAULT_UI,
 
 
 def add_parser(sub) -> None:
-    from pipelines.figures import add_source_arguments
+    from pipelines.analyse import add_source_arguments
 
     p = sub.add_parser("html-report", help="HTML report of an ablation: figures, Pareto table, "
                        "settings, links to the MLflow runs", description=__doc__)
+    p.add_argument("--analysis", help="a folder saved by `python -m pipelines analyse`; else "
+                   "the runs are read from:")
     add_source_arguments(p)
-    p.add_argument("--out", required=True, help="output folder (index.html + figures/)")
+    p.add_argument("--figures", help="the folder `python -m pipelines figures` wrote (linked, "
+                   "not redrawn); default: draw them into OUT/figures")
+    p.add_argument("--out", required=True, help="output folder (index.html [+ figures/])")
     p.add_argument("--mlflow-ui", help="MLflow UI base URL for run links (default: the tracking "
                    f"URI when it is http(s), else {DEFAULT_UI})")
     p.add_argument("--title", help="page title (default: the experiment name)")
@@ -211,11 +245,10 @@ def add_parser(sub) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from pipelines.figures import read_runs
+    from pipelines.analyse import analysis_of
 
-    df = read_runs(args)
-    if df.empty:
-        raise UserError("no runs to report")
-    build_report(df, args.out, ui=args.mlflow_ui or default_ui(args.tracking_uri),
-                 title=args.title)
+    a, meta = analysis_of(args, "report")
+    uri = args.tracking_uri or meta.get("tracking_uri") or ""
+    build_report(a, args.out, ui=args.mlflow_ui or default_ui(uri), title=args.title,
+                 figures_dir=args.figures)
     return 0

@@ -1,7 +1,10 @@
 """``python -m pipelines report``: one markdown table of an ablation's runs (quality and cost).
 
-The workflow's last step (``write_report``); it reads the same per-run files as ``ingest``, so it
-needs no MLflow. The HTML report with figures is ``python -m pipelines html-report``.
+The workflow's last step (``write_report``); the per-run table reads the same per-run files as
+``ingest``, so it needs no MLflow; the settings, fronts and verdicts under it are the analysis
+saved by ``python -m pipelines analyse`` (``--analysis``; without it, for a one-off call, they
+are computed from those files). The HTML report with figures is
+``python -m pipelines html-report``.
 """
 from __future__ import annotations
 
@@ -29,6 +32,8 @@ def add_parser(sub) -> None:
     p.add_argument("--runs", nargs="+", required=True, metavar="RUN_JSON",
                    help="run.json of every run")
     p.add_argument("--tracking-uri", default="", help="MLflow store, mentioned in the report")
+    p.add_argument("--analysis", help="the folder `python -m pipelines analyse` saved (settings, "
+                   "fronts, verdicts); default: computed from the run files")
     p.add_argument("--out", required=True, help="markdown file to write")
     p.set_defaults(func=run)
 
@@ -88,7 +93,9 @@ def _settings_markdown(analysis) -> list[str]:
 
 
 def build_report(ablation: str, results: str, run_jsons: list[str],
-                 tracking_uri: str = "") -> str:
+                 tracking_uri: str = "", analysis=None) -> str:
+    """The markdown report; ``analysis``: a saved
+    :class:`~pipelines.analysis.settings.Analysis` (else one is built from the run files)."""
     from pipelines.analysis.settings import analyse
 
     lines = [f"# Ablation `{ablation}`", "",
@@ -117,7 +124,9 @@ def build_report(ablation: str, results: str, run_jsons: list[str],
     if loaded and not failed and not any(metrics for _, metrics in loaded):
         raise UserError(f"no results of any of the {len(loaded)} runs under {results} for "
                         f"ablation {ablation!r} (wrong --results or --ablation?)")
-    if loaded:
+    if analysis is not None:
+        lines += [""] + _settings_markdown(analysis)
+    elif loaded:
         lines += [""] + _settings_markdown(analyse(_runs_table(ablation, results, loaded)))
     if gated:
         lines += ["", "## ECO-M2F: exit histogram, ladder and oracle", "", *gated]
@@ -157,7 +166,12 @@ def run(args: argparse.Namespace) -> int:
     out = Path(args.out)
     if out.is_dir():
         raise UserError(f"--out {out} is a folder; give the markdown file to write")
-    text = build_report(args.ablation, args.results, args.runs, args.tracking_uri)
+    analysis = None
+    if args.analysis:
+        from pipelines.analyse import load_analysis
+
+        analysis, _ = load_analysis(args.analysis)
+    text = build_report(args.ablation, args.results, args.runs, args.tracking_uri, analysis)
     write_lines_atomic(out, text.splitlines())
     print(text)
     return 0

@@ -46,6 +46,8 @@ TEST_NAME = ("paired t-test on mIoU across seeds (scipy.stats.ttest_rel, two-sid
 ONE_SEED = "1 seed, no interval"
 
 DISTINCT, NOT_DISTINCT, NOT_TESTABLE = "distinguishable", "not distinguishable", "not testable"
+#: the verdict of a point on its series' front only (compared with the baseline alone)
+OFF_OVERALL = "off the overall front"
 
 #: what is bit-for-bit reproducible for one seed (shown in the reports)
 DETERMINISM = (
@@ -142,6 +144,8 @@ def summarise_settings(runs: pd.DataFrame, series: pd.DataFrame) -> pd.DataFrame
         return pd.DataFrame(columns=["setting", "variant", "series", METHODS_COLUMN,
                                      BASELINE_COLUMN, "setting_key", "n_seeds", "miou",
                                      "gflops_total", "train_hours"])
+    for col in axis_cols:  # an axis keeps its column's dtype (the tidy table's)
+        out[col] = out[col].astype(grid[col].dtype)
     order = {v: i for i, v in enumerate(series["series"])}
     out = out.assign(_o=out["series"].map(order))
     sort = ["_o"] + (["gflops_total"] if "gflops_total" in out else []) + ["setting"]
@@ -204,7 +208,8 @@ def paired_test(runs: pd.DataFrame, a: str, b: str, metric: str = contract.MIOU)
 
 def front_verdicts(runs: pd.DataFrame, settings: pd.DataFrame,
                    fronts: pd.DataFrame) -> pd.DataFrame:
-    """Per point of the overall front: tests against the baseline and the other front points.
+    """Per point of the overall front: tests against the baseline and the other front points;
+    per point on a series' front only: :data:`OFF_OVERALL` and its test against the baseline.
 
     Columns: ``setting``, ``vs_baseline`` (text), ``not_distinct_from`` /
     ``not_testable_with`` (settings, ``; ``-joined) and ``verdict``: :data:`DISTINCT` when every
@@ -236,6 +241,15 @@ def front_verdicts(runs: pd.DataFrame, settings: pd.DataFrame,
             verdict = DISTINCT
         rows.append({"setting": name, "verdict": verdict, "vs_baseline": vs_base,
                      "not_distinct_from": "; ".join(nd), "not_testable_with": "; ".join(nt)})
+    # points of a series' front only: tested against the baseline, so every front row has a
+    # filled (or explained) verdict
+    others = [] if not len(fronts) else list(dict.fromkeys(
+        fronts.loc[~fronts["setting"].isin(names), "setting"]))
+    for name in others:
+        vs_base = (paired_test(runs, name, base).text() if base is not None and name != base
+                   else "is the baseline" if name == base else "no baseline run")
+        rows.append({"setting": name, "verdict": OFF_OVERALL, "vs_baseline": vs_base,
+                     "not_distinct_from": "", "not_testable_with": ""})
     return pd.DataFrame(rows, columns=["setting", "verdict", "vs_baseline",
                                        "not_distinct_from", "not_testable_with"])
 

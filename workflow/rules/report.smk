@@ -1,6 +1,9 @@
 # Single writer of the MLflow store (a local rule: never many jobs writing one SQLite file),
 # then a markdown report of the ablation.
 
+# the saved analysis of the ingested runs (figures.smk: analyse_runs), read by every report
+ANALYSIS = f"{RESULTS}/analysis/{ABLATION}/analysis.json"
+
 
 localrules:
     list_runs,
@@ -60,6 +63,7 @@ rule write_report:
         get_all_run_outputs,
         manifest=MANIFEST,
         ingested=INGESTED,
+        analysis=ANALYSIS,
     output:
         report=f"{RESULTS}/report/{ABLATION}/report.md",
     log:
@@ -68,9 +72,10 @@ rule write_report:
         ablation=ABLATION,
         results=lambda wildcards, output: Path(output.report).parents[2],
         tracking_uri=config["mlflow"]["tracking_uri"],
+        analysis=lambda wildcards, input: Path(input.analysis).parent,
     conda:
         CONDA_ENV
     shell:
         "python -m pipelines report --ablation {params.ablation:q} --results {params.results:q} "
         "--out {output.report:q} --tracking-uri {params.tracking_uri:q} "
-        "--runs @{input.manifest:q} > {log:q} 2>&1"
+        "--analysis {params.analysis:q} --runs @{input.manifest:q} > {log:q} 2>&1"
