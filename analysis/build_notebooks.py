@@ -15,8 +15,10 @@ from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook
 HERE = Path(__file__).resolve().parent
 
 PARAMETERS = '''\
-# Parameters (papermill: -p NAME VALUE). Give a tracking URI + experiment, or a runs CSV
+# Parameters (papermill: -p NAME VALUE). Give the saved analysis (`python -m pipelines analyse`,
+# the workflow's results/analysis/<ablation>), or a tracking URI + experiment, or a runs CSV
 # (a `runs.csv` written by `python -m pipelines figures`, or the recorded test table).
+analysis_dir = ""          # e.g. "../results/analysis/demo"; used first
 tracking_uri = ""          # e.g. "sqlite:///../results/mlflow.db"
 experiment = "demo"        # MLflow experiment = ablation (or search) name
 runs_csv = "../tests/data/runs_small.csv"  # used when tracking_uri is empty
@@ -33,22 +35,29 @@ sys.path.insert(0, str(root))
 import pandas as pd
 from IPython.display import Image, display
 
+from pipelines.analyse import load_analysis
 from pipelines.analysis.data import read_source
+from pipelines.analysis.settings import analyse
 from pipelines.figures import Skip, draw, png_bytes
 
-if tracking_uri:
-    runs = read_source(tracking_uri, experiment)
+# the analysis the figures and reports read: the saved one, else built here once
+if analysis_dir:
+    a, _ = load_analysis(analysis_dir)
+elif tracking_uri:
+    a = analyse(read_source(tracking_uri, experiment))
 else:
     csv = Path(runs_csv)
-    runs = read_source(runs_csv=csv if csv.is_absolute() or csv.exists() else root / csv.name)
+    a = analyse(read_source(runs_csv=csv if csv.is_absolute() or csv.exists()
+                            else root / csv.name))
+runs = a.runs
 grid = runs[runs["role"] == "run"]
 print(f"{len(grid)} grid runs, {int((runs['role'] == 'trial').sum())} search trials; "
-      f"variants: {', '.join(sorted(grid['variant'].unique()))}")
+      f"series: {', '.join(a.series['series'])}")
 
 
 def show(name):
     """Draw one paper figure (the same code as `python -m pipelines figures`)."""
-    fig = draw(name, runs)
+    fig = draw(name, a)
     if isinstance(fig, Skip):
         print(f"skipped {name}: {fig.reason}")
     else:
@@ -64,27 +73,27 @@ def pareto_notebook():
                           "its docstring for the definitions."),
         new_code_cell(PARAMETERS, metadata={"tags": ["parameters"]}),
         new_code_cell(SETUP),
-        new_markdown_cell("## Pareto fronts: per variant and overall"),
+        new_markdown_cell("## Pareto fronts: per series and overall (settings, on the means)"),
         new_code_cell('''\
-from pipelines.pareto import fronts_by
-
-fronts = fronts_by(grid.dropna(subset=["miou", "gflops_total"]))
-cols = ["front", "knee", "run_id", "mlflow_run_id", "miou", "gflops_total", "latency_ms"]
-fronts[cols]'''),
-        new_markdown_cell("## Hypervolume per variant (one reference point for all)"),
+# computed once by the analysis (seeds pooled into settings, fronts on the means)
+fronts = a.fronts.merge(a.verdicts, on="setting", how="left")
+cols = ["front", "knee", "setting", "n_seeds", "miou", "gflops_total", "latency_ms", "verdict"]
+fronts[[c for c in cols if c in fronts]]'''),
+        new_markdown_cell("## Hypervolume per series (one reference point for all)"),
         new_code_cell('''\
 from pipelines.pareto import hypervolume, reference_point
 
-ref = reference_point(grid)
-hv = pd.Series({v: hypervolume(g, ref) for v, g in grid.groupby("variant", sort=True)},
-               name="hypervolume")
-hv["overall"] = hypervolume(grid, ref)
+settings = a.settings
+ref = reference_point(settings)
+hv = pd.Series({s: hypervolume(settings[settings["series"] == s], ref)
+                for s in a.series["series"]}, name="hypervolume")
+hv["overall"] = hypervolume(settings, ref)
 print(f"reference point: {ref[0]:.3f} GFLOPs, {ref[1]:g} mIoU")
 hv.to_frame()'''),
         new_markdown_cell("## Knee point of the overall front"),
         new_code_cell('''\
 knee = fronts[(fronts["front"] == "overall") & fronts["knee"]]
-knee[cols]'''),
+knee[[c for c in cols if c in knee]]'''),
         new_markdown_cell("## Figures"),
         new_code_cell('show("accuracy_vs_gflops")'),
         new_code_cell('show("search_hypervolume")'),
@@ -104,14 +113,12 @@ def ablation_notebook():
         new_code_cell('''\
 from pipelines.figures import points_table
 
-points_table(runs)'''),
+points_table(a)'''),
         new_markdown_cell("## Settings: seeds pooled (mean and 95 % CI)"),
         new_code_cell('''\
 # runs that differ only by seed, pooled into one setting: the same analysis the figures and
 # the report read (mean, std and Student-t 95 % CI per metric; axes from the runs' own tags)
-from pipelines.analysis.settings import analyse
-
-settings = analyse(runs).settings
+settings = a.settings
 cols = ["setting", "n_seeds", *(f"{m}{s}" for m in ("miou", "gflops_total", "latency_ms")
                                 for s in ("", "_lo", "_hi") if f"{m}{s}" in settings)]
 settings[cols].round(3)'''),

@@ -104,3 +104,18 @@ def test_missing_saved_analysis_is_one_line(tmp_path):
     with pytest.raises(UserError, match="no readable figures.json"):
         html_report.build_report(analyse(read_runs_csv(RUNS_CSV)), tmp_path / "h",
                                  figures_dir=tmp_path / "nope", log=lambda *_: None)
+
+
+def test_notebook_reads_the_saved_analysis(saved, tmp_path):
+    import nbformat
+    import papermill
+
+    analysis = Path(__file__).resolve().parents[2] / "analysis"
+    out = tmp_path / "pareto.ipynb"
+    papermill.execute_notebook(str(analysis / "pareto.ipynb"), str(out), cwd=str(analysis),
+                               parameters={"analysis_dir": str(saved), "runs_csv": "none.csv"},
+                               kernel_name="python3", progress_bar=False)
+    nb = nbformat.read(out, as_version=4)
+    outputs = [o for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", [])]
+    assert not [o for o in outputs if o.output_type == "error"]
+    assert "15 grid runs, 6 search trials" in "".join(o.get("text", "") for o in outputs)
