@@ -36,6 +36,7 @@ typos included: ``postional_encoding``).
 from __future__ import annotations
 
 import copy
+import functools
 from numbers import Integral
 from typing import List, Sequence, Tuple
 
@@ -50,6 +51,7 @@ from mmengine.model import ModuleList
 from torch import Tensor
 
 from pipelines.axes import Axis
+from pipelines.models.deform_attn import tag_shapes
 
 # Ablation axes (read by pipelines.axes without importing this module): alias -> config key.
 AXES = {
@@ -164,6 +166,23 @@ class MaxPool3x3(nn.MaxPool2d):
         return max_pool_3x3(x)
 
 
+@functools.lru_cache(maxsize=64)
+def level_tensors(shapes: Tuple[Tuple[int, int], ...], device: torch.device
+                  ) -> Tuple[Tensor, Tensor]:
+    """``(spatial_shapes, level_start_index)`` of ``shapes``, built once per input size and
+    device (no host-to-device copy per layer), ``spatial_shapes`` tagged with the sizes as ints
+    (:func:`~pipelines.models.deform_attn.tag_shapes`: the deformable layers read no tensor
+    back). Shared: never modify them in place. Built outside inference mode, so that a later
+    training step may save them for its backward."""
+    starts = [0]
+    for h, w in shapes[:-1]:
+        starts.append(starts[-1] + h * w)
+    with torch.inference_mode(False):
+        spatial_shapes = torch.tensor(shapes, dtype=torch.long, device=device)
+        return tag_shapes(spatial_shapes, shapes), torch.tensor(starts, dtype=torch.long,
+                                                                device=device)
+
+
 def stage_inputs(num_levels: int, shapes: Sequence[Tuple[int, int]], pos: Tensor,
                  ref: Tensor, device) -> dict:
     """Keyword arguments of an encoder layer that attends to the ``num_levels`` coarsest maps.
@@ -171,12 +190,10 @@ def stage_inputs(num_levels: int, shapes: Sequence[Tuple[int, int]], pos: Tensor
     ``pos`` (``(B, N, C)``) and ``ref`` (``(N, 2)``) are the baseline's, over all levels; they are
     sliced to the prefix of tokens the stage sees.
     """
-    shapes = list(shapes[:num_levels])
+    shapes = tuple((int(h), int(w)) for h, w in shapes[:num_levels])
     n = sum(h * w for h, w in shapes)
     batch = pos.shape[0]
-    spatial_shapes = torch.tensor(shapes, dtype=torch.long, device=device)
-    level_start_index = torch.cat((spatial_shapes.new_zeros((1,)),
-                                   spatial_shapes.prod(1).cumsum(0)[:-1]))
+    spatial_shapes, level_start_index = level_tensors(shapes, torch.device(device))
     reference_points = ref[None, :n, None].expand(batch, n, num_levels, 2)
     return dict(query_pos=pos[:, :n], key_padding_mask=None, spatial_shapes=spatial_shapes,
                 level_start_index=level_start_index, reference_points=reference_points,

@@ -209,11 +209,13 @@ def assign_clusters(anchors: Tensor, sq: Tensor, index: Tensor, radius: int,
     return torch.where(has, index[own, best], own)
 
 
-def merge_tokens(x: Tensor, rep: Tensor):
+def merge_tokens(x: Tensor, rep: Tensor, m: Optional[int] = None):
     """Compact ``[B, N, C]`` tokens into their clusters (mean of members).
 
     Args:
         x: patch tokens ``[B, N, C]``; rep: ``[B, N]`` representative grid index of each token.
+        m: the batch's largest cluster count when the caller has it on the host already (else
+            read here: one host sync).
 
     Returns:
         ``(merged [B, M, C], size [B, M], valid [B, M], slot [B, N])``: clusters in increasing
@@ -225,7 +227,8 @@ def merge_tokens(x: Tensor, rep: Tensor):
     rank = keep.long().cumsum(1) - 1  # slot of each representative
     slot = torch.gather(rank, 1, rep)
     counts = keep.sum(1)
-    m = int(counts.max())  # python int: the traced graph records this image's size
+    if m is None:
+        m = int(counts.max())  # python int: the traced graph records this image's size
     size = torch.zeros(b, m, dtype=x.dtype, device=x.device).scatter_add_(
         1, slot, torch.ones_like(rep, dtype=x.dtype))
     summed = torch.zeros(b, m, c, dtype=x.dtype, device=x.device).scatter_add(
@@ -342,11 +345,15 @@ class ClusterViT(VisionTransformer):
             self.last_token_counts = [patches.shape[1]] * patches.shape[0]
             return x, None, None
         anchors, rep = c(patches, hw)
-        if bool(anchors.all()):
-            self.last_token_counts = [patches.shape[1]] * patches.shape[0]
+        n = patches.shape[1]
+        # the one host sync of the clustering: clusters per image and "all anchors", read together
+        counts = (rep == torch.arange(n, device=rep.device)).sum(1)
+        host = torch.cat((counts, anchors.all().long()[None])).tolist()
+        if host[-1]:
+            self.last_token_counts = [n] * patches.shape[0]
             return x, None, None
-        merged, size, valid, slot = merge_tokens(patches, rep)
-        self.last_token_counts = valid.sum(1).tolist()
+        merged, size, valid, slot = merge_tokens(patches, rep, max(host[:-1]))
+        self.last_token_counts = host[:-1]
         bias = padding_bias(valid, x.dtype)
         if self.proportional_attn:
             bias = bias + size.clamp_min(1).log()

@@ -113,6 +113,67 @@ def inverse_transform_sample(scores: Tensor, levels: int, budget: Optional[int] 
     return torch.sort(kept).values
 
 
+def _linspace(start: Tensor, levels: int) -> Tensor:
+    """``torch.linspace(start[b], 1, levels)`` for every row ``b`` at once ``[B, levels]``, by
+    the formula of ATen's scalar kernel (first half from ``start``, second half from 1)."""
+    if levels == 1:
+        return start[:, None].clone()
+    step = (1 - start[:, None]) / (levels - 1)
+    i = torch.arange(levels, device=start.device, dtype=start.dtype)[None]
+    return torch.where(i < levels // 2, start[:, None] + step * i,
+                       1 - step * (levels - 1 - i))
+
+
+def inverse_transform_sample_batch(scores: Tensor, counts: Tensor, levels: int,
+                                   budget: Optional[int] = None, grid: str = "nonzero"
+                                   ) -> Tuple[Tensor, Tensor]:
+    """:func:`inverse_transform_sample` of every image of a batch at once, without a host sync.
+
+    Args:
+        scores: ``[B, M]`` significance; image ``b``'s tokens are its first ``counts[b]``
+            (padding after them; its values are ignored).
+        counts: ``[B]`` real tokens per image.
+
+    Returns:
+        ``(kept [B, M], kcount [B])``: image ``b``'s kept positions ascending in
+        ``kept[b, :kcount[b]]`` (the rest is padding), the same positions as
+        :func:`inverse_transform_sample` of ``scores[b, :counts[b]]``.
+    """
+    if grid not in GRIDS:
+        raise ValueError(f"ATS grid must be one of {GRIDS}, got {grid!r}")
+    b, m = scores.shape
+    pos = torch.arange(m, device=scores.device)[None]
+    pad = pos >= counts[:, None]
+    values = scores.masked_fill(pad, 0)
+    order = torch.sort(scores.masked_fill(pad, float("inf")), dim=1, stable=True).indices
+    ranked = torch.gather(values, 1, order)  # ascending, padding (0) after the real ones
+    cdf = ranked.cumsum(1)
+    last = torch.gather(cdf, 1, (counts - 1).clamp_min(0)[:, None])
+    span = last - cdf[:, :1]
+    cdf = torch.where(span > 0, (cdf - cdf[:, :1]) / torch.where(span > 0, span, 1),
+                      torch.zeros_like(cdf))
+    cdf = torch.where(pad, cdf.max(dim=1, keepdim=True).values, cdf)  # sorted over padding too
+    start = torch.zeros(b, dtype=cdf.dtype, device=cdf.device)
+    if grid == "nonzero":
+        positive = cdf.masked_fill((cdf <= 0) | pad, float("inf")).min(dim=1).values
+        start = torch.where(torch.isinf(positive), start, positive)
+    targets = _linspace(start, levels)
+    hi = torch.minimum(torch.searchsorted(cdf.contiguous(), targets.contiguous()),
+                       (counts - 1).clamp_min(0)[:, None])
+    lo = (hi - 1).clamp_min(0)
+    near_lo = (targets - torch.gather(cdf, 1, lo)).abs() <= (torch.gather(cdf, 1, hi)
+                                                             - targets).abs()
+    pick = torch.where(near_lo, lo, hi)
+    chosen = torch.zeros(b, m, dtype=torch.bool, device=scores.device).scatter(1, pick, True)
+    if budget is not None and budget < m:  # the `budget` best picks (ties: lower rank)
+        key = (-ranked).masked_fill(~chosen, float("inf"))
+        best = torch.sort(key, dim=1, stable=True).indices[:, :budget]
+        chosen = chosen & torch.zeros_like(chosen).scatter(1, best, True)
+    at_pos = torch.zeros_like(chosen).scatter(1, order, chosen)
+    kept = torch.sort((~at_pos).to(torch.uint8), dim=1, stable=True).indices
+    return kept, at_pos.sum(1)
+
+
 def check_knobs(ats_layers: Sequence[int], budget: Optional[int], levels: Optional[int],
                 depth: int, grid: str = "nonzero") -> Tuple[int, ...]:
     """Validate the ATS knobs; returns the sorted, unique ATS blocks. ``ValueError`` (one line)."""
@@ -194,19 +255,19 @@ class SampleViT(VisionTransformer):
         attn, v = attend(layer, x, None if state is None else padding_bias(valid, x.dtype))
         with torch.no_grad():
             sig = significance(attn, v, valid)
-            counts = valid[:, 1:].sum(1).tolist()
-            kept = [inverse_transform_sample(sig[j, :counts[j]], self.levels or n, self.budget,
-                                             self.grid)
-                    for j in range(b)]
-        r = max(k.numel() for k in kept)
+            kept, kcount = inverse_transform_sample_batch(sig, valid[:, 1:].sum(1),
+                                                          self.levels or n, self.budget,
+                                                          self.grid)
+            counts = kcount.tolist()  # the one host sync of an ATS block: the kept counts
+        r = max(counts)
+        kept = kept[:, :r]
+        real = torch.arange(r, device=x.device)[None] < kcount[:, None]
         rows = torch.zeros(b, r + 1, dtype=torch.long, device=x.device)  # padding rows: CLS
-        new_index = torch.full((b, r), n, dtype=torch.long, device=x.device)
-        for j, k in enumerate(kept):
-            rows[j, 1:k.numel() + 1] = k + 1
-            new_index[j, :k.numel()] = index[j, k]
+        rows[:, 1:] = torch.where(real, kept + 1, 0)
+        new_index = torch.where(real, torch.gather(index, 1, kept), n)
         new_valid = torch.ones(b, r + 1, dtype=torch.bool, device=x.device)
-        new_valid[:, 1:] = new_index < n
-        self.last_token_counts.append([k.numel() for k in kept])
+        new_valid[:, 1:] = real
+        self.last_token_counts.append(counts)
         y = finish_layer(layer, x, attn, v, rows)
         return y, (new_index, new_valid, last)
 
