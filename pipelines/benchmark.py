@@ -17,6 +17,18 @@ device. The document names the host, CPU and GPU model, torch threads and librar
 and each run also gets its own ``benchmark.json`` (``results.candidate`` = the run,
 ``results.baseline`` = the baseline run), the file ``ingest`` reads ``latency_ms`` from. A run
 whose model cannot be built gets a failure record there instead (pipelines/failures.py).
+
+GPU settings (``--device cuda``; issue 19): besides the batch-1 fp32 timing above (the keys
+``results.<name>.{model,pixel_decoder}`` ingest has always read), every model is timed at batch
+1 and at a throughput batch (``--batch``, default 32) in each of ``--precisions`` (default fp32
+and fp16; bf16 optional: autocast, weights kept fp32), with CUDA events after the warm-up, the
+calls of all models interleaved per setting. Each setting also records the forward's peak
+memory: ``torch.cuda.max_memory_allocated`` over one whole-model call after a reset, minus what
+was allocated before it (activations and workspace; the weights are ``weights_mb``). These go
+under ``results.<name>.settings["<precision>_b<batch>"]`` and, for a paired run, as ratios under
+``settings_ratios``; ingest logs them under the names of ``pipelines.contract.GPU_METRIC``.
+On the CPU the settings are off unless ``--batch`` or ``--precisions`` is given (then timed with
+``perf_counter``, no memory figure): today's CPU behaviour is unchanged.
 """
 from __future__ import annotations
 
@@ -31,6 +43,10 @@ from pipelines.errors import UserError
 from pipelines.flops import build_model, inference_forward, input_shape
 
 PARTS = ("pixel_decoder", "model")
+PRECISIONS = ("fp32", "fp16", "bf16")
+AUTOCAST = {"fp16": "float16", "bf16": "bfloat16"}  # fp32: no autocast
+DEFAULT_GPU_BATCH = 32
+DEFAULT_GPU_PRECISIONS = ("fp32", "fp16")
 
 
 #: why the paired benchmark leaves a gated ECO-M2F run without a latency
@@ -59,6 +75,11 @@ def add_parser(sub) -> None:
     p.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
     p.add_argument("--repeats", type=int, default=20, help="timed calls per part (default 20)")
     p.add_argument("--warmup", type=int, default=3, help="untimed calls first (default 3)")
+    p.add_argument("--batch", type=int, metavar="N", help="throughput batch timed besides batch "
+                   f"1 (default on cuda: {DEFAULT_GPU_BATCH}; on cpu: none)")
+    p.add_argument("--precisions", nargs="+", choices=PRECISIONS, metavar="P",
+                   help="fp32, fp16, bf16 (autocast) settings at batch 1 and --batch (default "
+                   "on cuda: fp32 fp16; on cpu: none)")
     p.add_argument("--cfg-options", nargs="+", metavar="KEY=VALUE", default=[],
                    help="applied to CONFIG and to --baseline")
     p.add_argument("--json", metavar="OUT", help="write the result as JSON here")
@@ -103,6 +124,18 @@ def make_timer(device: str) -> Callable[[Callable[[], object]], float]:
     import torch
 
     cuda = device == "cuda"
+    if cuda:
+        def timed_events(fn) -> float:
+            """GPU time from before the first launch to after the last kernel, in ms."""
+            start = torch.cuda.Event(enable_timing=True)
+            end = torch.cuda.Event(enable_timing=True)
+            start.record()
+            fn()
+            end.record()
+            end.synchronize()
+            return start.elapsed_time(end)
+
+        return timed_events
 
     def timed(fn) -> float:
         if cuda:
@@ -132,34 +165,128 @@ def interleaved(calls: Dict[str, Callable[[], object]], repeats: int, warmup: in
 
 
 # ----------------------------------------------------------------------------- measuring
-def model_calls(model, image_hw: Tuple[int, int], device: str) -> Dict[str, Callable]:
-    """``{'pixel_decoder': fn, 'model': fn}`` for a built model on ``device`` (inputs fixed)."""
+def autocast_context(device: str, precision: str = "fp32"):
+    """``torch.autocast`` for ``fp16`` / ``bf16`` on ``device``; a null context for fp32."""
+    import contextlib
+
+    import torch
+
+    if precision not in PRECISIONS:
+        raise UserError(f"precision must be one of {PRECISIONS}, got {precision!r}")
+    if precision == "fp32":
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=device, dtype=getattr(torch, AUTOCAST[precision]))
+
+
+def model_calls(model, image_hw: Tuple[int, int], device: str, batch: int = 1,
+                precision: str = "fp32") -> Dict[str, Callable]:
+    """``{'pixel_decoder': fn, 'model': fn}`` for a built model on ``device`` (inputs fixed:
+    ``batch`` random images; the pixel decoder's input features computed once, under the same
+    autocast as its calls)."""
     import torch
 
     model = model.to(device).eval()
     forward = inference_forward(model, image_hw)
-    img = torch.randn(1, 3, *image_hw, device=device)
-    with torch.no_grad():
+    img = torch.randn(batch, 3, *image_hw, device=device)
+    with torch.no_grad(), autocast_context(device, precision):
         feats = [f.detach() for f in model.extract_feat(img)]
     pixel_decoder = model.decode_head.pixel_decoder
-    return {"pixel_decoder": lambda: pixel_decoder(feats), "model": lambda: forward(img)}
+    if precision == "fp32":
+        return {"pixel_decoder": lambda: pixel_decoder(feats), "model": lambda: forward(img)}
+
+    def in_autocast(fn):
+        def call():
+            with autocast_context(device, precision):
+                return fn()
+        return call
+
+    return {"pixel_decoder": in_autocast(lambda: pixel_decoder(feats)),
+            "model": in_autocast(lambda: forward(img))}
 
 
 def measure_models(models: Dict[str, object], image_hw: Tuple[int, int], device: str = "cpu",
-                   repeats: int = 20, warmup: int = 3, parts: Sequence[str] = PARTS) -> dict:
+                   repeats: int = 20, warmup: int = 3, parts: Sequence[str] = PARTS,
+                   batch: int = 1, precision: str = "fp32") -> dict:
     """Time ``parts`` of every built model (``{name: model}``), all calls interleaved in one
     loop; returns ``{name: {part: summary}}`` (see :func:`summarize`)."""
     import torch
 
     calls = {}
     for name, model in models.items():
-        for part, fn in model_calls(model, image_hw, device).items():
+        for part, fn in model_calls(model, image_hw, device, batch, precision).items():
             if part in parts:
                 calls[f"{name}/{part}"] = fn
     with torch.no_grad():
         times = interleaved(calls, repeats, warmup, make_timer(device))
     return {name: {part: summarize(times[f"{name}/{part}"]) for part in parts}
             for name in models}
+
+
+def setting_key(precision: str, batch: int) -> str:
+    """``fp16_b32``: the key of one GPU setting."""
+    return f"{precision}_b{batch}"
+
+
+def peak_memory(model, image_hw: Tuple[int, int], device: str, batch: int,
+                precision: str) -> dict:
+    """``{'peak_mem_mb', 'weights_mb'}`` of one whole-model call (CUDA only; None on the CPU):
+    ``max_memory_allocated`` after a reset, minus what was allocated before the call."""
+    import torch
+
+    weights = sum(p.numel() * p.element_size() for p in model.parameters()) / 2 ** 20
+    if device != "cuda":
+        return {"peak_mem_mb": None, "weights_mb": weights}
+    fn = model_calls(model, image_hw, device, batch, precision)["model"]
+    with torch.no_grad():
+        fn()
+        torch.cuda.synchronize()
+        torch.cuda.empty_cache()
+        before = torch.cuda.memory_allocated()
+        torch.cuda.reset_peak_memory_stats()
+        fn()
+        torch.cuda.synchronize()
+        peak = torch.cuda.max_memory_allocated() - before
+    return {"peak_mem_mb": peak / 2 ** 20, "weights_mb": weights}
+
+
+def gpu_settings(device: str, batch: int | None, precisions: Sequence[str] | None
+                 ) -> List[Tuple[str, int]]:
+    """``[(precision, batch), ...]`` to time besides the batch-1 fp32 default: on cuda
+    defaults to batch 1 and 32 in fp32 and fp16; on cpu nothing unless asked for."""
+    if batch is not None and batch < 1:
+        raise UserError(f"--batch must be >= 1, got {batch}")
+    if device != "cuda" and batch is None and not precisions:
+        return []
+    batch = batch if batch is not None else (DEFAULT_GPU_BATCH if device == "cuda" else 1)
+    precisions = list(precisions or (DEFAULT_GPU_PRECISIONS if device == "cuda" else ["fp32"]))
+    for p in precisions:
+        if p not in PRECISIONS:
+            raise UserError(f"precision must be one of {PRECISIONS}, got {p!r}")
+    batches = sorted({1, batch})
+    return [(p, b) for p in precisions for b in batches]
+
+
+def measure_settings(models: Dict[str, object], image_hw: Tuple[int, int], device: str,
+                     settings: Sequence[Tuple[str, int]], repeats: int, warmup: int) -> dict:
+    """``{name: {setting_key: {part: summary, 'peak_mem_mb', 'weights_mb', 'batch',
+    'precision', 'images_per_s'}}}``: every setting timed with the models interleaved."""
+    out: Dict[str, dict] = {name: {} for name in models}
+    for precision, batch in settings:
+        timings = measure_models(models, image_hw, device, repeats, warmup, PARTS, batch,
+                                 precision)
+        for name, model in models.items():
+            entry = {"batch": batch, "precision": precision, **timings[name],
+                     **peak_memory(model, image_hw, device, batch, precision)}
+            entry["images_per_s"] = 1e3 * batch / entry["model"]["median_ms"]
+            out[name][setting_key(precision, batch)] = entry
+    return out
+
+
+def settings_ratios(candidate: dict, baseline: dict) -> dict:
+    """``{setting: {part: paired median ratio candidate / baseline}}``."""
+    return {key: {part: paired_ratio(entry[part]["times_ms"], baseline[key][part]["times_ms"])
+                  for part in PARTS}
+            for key, entry in candidate.items() if key in baseline}
 
 
 def check_device(device: str, repeats: int, warmup: int) -> str:
@@ -174,15 +301,21 @@ def check_device(device: str, repeats: int, warmup: int) -> str:
 
 
 def benchmark(configs: Dict[str, object], image_hw: Tuple[int, int], device: str = "cpu",
-              repeats: int = 20, warmup: int = 3) -> dict:
+              repeats: int = 20, warmup: int = 3, batch: int | None = None,
+              precisions: Sequence[str] | None = None) -> dict:
     """Measure ``{'candidate': cfg[, 'baseline': cfg]}`` side by side; the JSON document."""
     import torch
 
     from pipelines.flops import describe_pixel_decoder
 
     backend = check_device(device, repeats, warmup)
+    settings = gpu_settings(device, batch, precisions)
     models = {name: build_model(cfg) for name, cfg in configs.items()}
     timings = measure_models(models, image_hw, device, repeats, warmup)
+    if settings:
+        for name, per in measure_settings(models, image_hw, device, settings, repeats,
+                                          warmup).items():
+            timings[name]["settings"] = per
     results = {name: dict(config=str(cfg.filename),
                           pixel_decoder_type=describe_pixel_decoder(models[name]),
                           **timings[name])
@@ -194,6 +327,11 @@ def benchmark(configs: Dict[str, object], image_hw: Tuple[int, int], device: str
         doc["ratios"] = {part: results["candidate"][part]["median_ms"]
                          / results["baseline"][part]["median_ms"] for part in PARTS}
         doc["latency_reduction"] = {part: 1 - r for part, r in doc["ratios"].items()}
+        if settings:
+            doc["settings_ratios"] = settings_ratios(results["candidate"]["settings"],
+                                                     results["baseline"]["settings"])
+    if settings:
+        doc["settings"] = [setting_key(p, b) for p, b in settings]
     return doc
 
 
@@ -210,7 +348,23 @@ def format_table(doc: dict) -> str:
     for part, ratio in doc.get("ratios", {}).items():
         lines.append(f"ratio candidate/baseline {part:<14} {ratio:.3f}  "
                      f"(reduction {100 * (1 - ratio):.1f}%)")
-    return "\n".join(lines)
+    return "\n".join(lines + format_settings(doc["results"], doc.get("settings_ratios")))
+
+
+def format_settings(results: dict, ratios: dict | None = None) -> List[str]:
+    """Lines of the per-setting medians (and paired ratios) of a document's results."""
+    lines = []
+    for name, res in results.items():
+        for key, entry in (res.get("settings") or {}).items():
+            mem = entry.get("peak_mem_mb")
+            lines.append(f"{name:<11}{key:<10}model {entry['model']['median_ms']:9.2f} ms  "
+                         f"pix.dec {entry['pixel_decoder']['median_ms']:9.2f} ms  "
+                         f"{entry['images_per_s']:8.1f} img/s  peak "
+                         + ("-" if mem is None else f"{mem:.0f} MiB"))
+    for key, parts in (ratios or {}).items():
+        lines.append(f"ratio candidate/baseline {key:<10} model {parts['model']:.3f}  "
+                     f"pixel_decoder {parts['pixel_decoder']:.3f}")
+    return lines
 
 
 # ----------------------------------------------------------------------------- paired ablation
@@ -246,7 +400,8 @@ def host_info(device: str) -> dict:
 
 
 def benchmark_runs(runs: List[dict], image_hw: Tuple[int, int] | None, device: str = "cpu",
-                   repeats: int = 20, warmup: int = 3, baseline_variant: str = "baseline"
+                   repeats: int = 20, warmup: int = 3, baseline_variant: str = "baseline",
+                   batch: int | None = None, precisions: Sequence[str] | None = None
                    ) -> Tuple[dict, Dict[str, dict]]:
     """Time every run's model interleaved in this process (see the module doc).
 
@@ -267,6 +422,7 @@ def benchmark_runs(runs: List[dict], image_hw: Tuple[int, int] | None, device: s
     from pipelines.eco_m2f import is_gated
 
     backend = check_device(device, repeats, warmup)
+    settings = gpu_settings(device, batch, precisions)
     models, configs, per_run = {}, {}, {}
     for run in runs:
         if is_gated(run):
@@ -289,6 +445,10 @@ def benchmark_runs(runs: List[dict], image_hw: Tuple[int, int] | None, device: s
     first = next(iter(configs.values()))
     image_hw = tuple(image_hw) if image_hw else input_shape(first, None)
     timings = measure_models(models, image_hw, device, repeats, warmup)
+    if settings:
+        for name, per in measure_settings(models, image_hw, device, settings, repeats,
+                                          warmup).items():
+            timings[name]["settings"] = per
     baseline = next((r["run_id"] for r in runs if r.get("variant") == baseline_variant
                      and r["run_id"] in timings), None)
     host = host_info(device)
@@ -296,6 +456,8 @@ def benchmark_runs(runs: List[dict], image_hw: Tuple[int, int] | None, device: s
               "deform_attn_backend": backend, "torch_threads": host["torch_threads"],
               "repeats": repeats, "warmup": warmup, "host": host, "paired": True,
               "baseline_run": baseline}
+    if settings:
+        common["settings"] = [setting_key(p, b) for p, b in settings]
     results = {}
     for run_id, timing in timings.items():
         results[run_id] = dict(config=str(configs[run_id].filename),
@@ -311,6 +473,8 @@ def benchmark_runs(runs: List[dict], image_hw: Tuple[int, int] | None, device: s
             own["results"]["baseline"] = base
             own["ratios"] = {part: paired_ratio(res[part]["times_ms"],
                                                 base[part]["times_ms"]) for part in PARTS}
+            if settings:
+                own["settings_ratios"] = settings_ratios(res["settings"], base["settings"])
         per_run[run_id] = copy.deepcopy(own)
     return doc, per_run
 
@@ -330,7 +494,7 @@ def format_runs_table(doc: dict) -> str:
                      f"{res['pixel_decoder']['median_ms']:12.1f}")
     for run_id, reason in doc["failed"].items():
         lines.append(f"{run_id:<40} FAILED: {reason}")
-    return "\n".join(lines + not_timed)
+    return "\n".join(lines + not_timed + format_settings(doc["results"]))
 
 
 def run_ablation(args: argparse.Namespace) -> int:
@@ -341,7 +505,7 @@ def run_ablation(args: argparse.Namespace) -> int:
         raise UserError("--runs needs --ablation and --json")
     runs = read_run_files(args.runs)
     doc, per_run = benchmark_runs(runs, args.shape, args.device, args.repeats, args.warmup,
-                                  args.baseline_variant)
+                                  args.baseline_variant, args.batch, args.precisions)
     for run in runs:
         write_json_atomic(RunPaths.of(args.results, args.ablation, run).benchmark,
                           per_run[run["run_id"]])
@@ -363,7 +527,8 @@ def run(args: argparse.Namespace) -> int:
     if args.baseline:
         configs["baseline"] = load_config(args.baseline, args.cfg_options)
     image_hw = input_shape(cfg, args.shape)
-    doc = benchmark(configs, image_hw, args.device, args.repeats, args.warmup)
+    doc = benchmark(configs, image_hw, args.device, args.repeats, args.warmup, args.batch,
+                    args.precisions)
     print(format_table(doc))
     if args.json:
         write_json_atomic(args.json, doc)

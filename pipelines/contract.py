@@ -60,6 +60,14 @@ GFLOPS_PARTS = ("backbone", "cluster", "encoder", "pixel_decoder", "transformer_
 GFLOPS = tuple(f"gflops_{p}" for p in GFLOPS_PARTS)
 GFLOPS_STAGE_PREFIX = "gflops_encoder_"  # + stage<k>: traced encoder GFLOPs per stage
 LATENCY_MS, LATENCY_MS_PIXEL_DECODER = "latency_ms", "latency_ms_pixel_decoder"
+# the benchmark's settings (batch 1 and a throughput batch, fp32 / fp16 / bf16; issue 19), by
+# ``.format(device=..., precision=..., batch=..., metric=...)``, e.g. cuda_fp16_b32_latency_ms;
+# metric one of SETTING_METRICS (peak_mem_mb: the forward's peak above what was allocated
+# before it, torch.cuda.max_memory_allocated; CUDA only)
+SETTING_METRIC = "{device}_{precision}_b{batch}_{metric}"
+SETTING_METRICS = ("latency_ms", "latency_ms_pixel_decoder", "images_per_s", "peak_mem_mb",
+                   "latency_ratio", "latency_ratio_pixel_decoder")
+PRECISIONS = ("fp32", "fp16", "bf16")
 TRAIN_TIME_S = "train_time_s"
 MEAN_EXIT = "mean_exit"                # ECO-M2F: mean encoder exit layer over the images
 # ECO-M2F's gated run also logs every fixed exit k (the ladder) and the oracle gate, by

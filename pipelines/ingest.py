@@ -143,10 +143,33 @@ def collect_metrics(paths: RunPaths) -> dict[str, float]:
         metrics[c.LATENCY_MS] = _number(bench, "results.candidate.model.median_ms")
         metrics[c.LATENCY_MS_PIXEL_DECODER] = _number(
             bench, "results.candidate.pixel_decoder.median_ms")
+        metrics.update(_setting_metrics(bench))
     done = _read_json(paths.train_done)
     if done:
         metrics[c.TRAIN_TIME_S] = _number(done, c.TRAIN_TIME_S)
     return {k: v for k, v in metrics.items() if v is not None}
+
+
+def _setting_metrics(bench: dict) -> dict:
+    """The benchmark's per-setting figures (batch, precision; ``--device cuda``) under
+    :data:`pipelines.contract.SETTING_METRIC` names, ratios to the paired baseline included."""
+    out = {}
+    device = bench.get("device", "cpu")
+    settings = ((bench.get("results") or {}).get("candidate") or {}).get("settings") or {}
+    ratios = bench.get("settings_ratios") or {}
+    for key, entry in settings.items():
+        if not isinstance(entry, dict):
+            continue
+        values = {"latency_ms": _number(entry, "model.median_ms"),
+                  "latency_ms_pixel_decoder": _number(entry, "pixel_decoder.median_ms"),
+                  "images_per_s": _number(entry, "images_per_s"),
+                  "peak_mem_mb": _number(entry, "peak_mem_mb"),
+                  "latency_ratio": _number(ratios, f"{key}.model"),
+                  "latency_ratio_pixel_decoder": _number(ratios, f"{key}.pixel_decoder")}
+        out.update({c.SETTING_METRIC.format(device=device, precision=entry.get("precision"),
+                                            batch=entry.get("batch"), metric=m): v
+                    for m, v in values.items() if v is not None})
+    return out
 
 
 # mmengine's scalar-log keys that are bookkeeping, not curves

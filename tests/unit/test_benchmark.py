@@ -147,3 +147,49 @@ def test_gated_runs_are_not_timed_as_their_deepest_exit():
     assert "not timed" in format_runs_table(doc)
     only, _ = benchmark_runs(gated, (64, 64), "cpu", repeats=1, warmup=0)
     assert only["results"] == {} and "no run timed" in format_runs_table(only)
+
+
+def test_settings_batch_and_precision_on_the_cpu_dry_path():
+    """The GPU settings path (issue 19) run on the CPU: batch 1 and a throughput batch under
+    bf16 autocast (the deformable sampling included), figures per setting, ingest's names."""
+    from pipelines.benchmark import benchmark, format_table, gpu_settings
+    from pipelines.config import load_config
+    from pipelines.ingest import _setting_metrics
+
+    assert gpu_settings("cpu", None, None) == []  # today's CPU behaviour: no settings
+    assert gpu_settings("cuda", None, None) == [("fp32", 1), ("fp32", 32), ("fp16", 1),
+                                                ("fp16", 32)]
+    doc = benchmark({"candidate": load_config(PROSCALE_TINY)}, (64, 64), "cpu", repeats=1,
+                    warmup=0, batch=2, precisions=["bf16"])
+    assert doc["settings"] == ["bf16_b1", "bf16_b2"]
+    entry = doc["results"]["candidate"]["settings"]["bf16_b2"]
+    assert entry["batch"] == 2 and entry["precision"] == "bf16"
+    assert entry["model"]["n"] == 1 and entry["pixel_decoder"]["median_ms"] > 0
+    assert entry["peak_mem_mb"] is None and entry["weights_mb"] > 0  # memory: CUDA only
+    assert entry["images_per_s"] == pytest.approx(2e3 / entry["model"]["median_ms"])
+    assert "bf16_b2" in format_table(doc)
+    metrics = _setting_metrics(doc)
+    assert metrics["cpu_bf16_b2_latency_ms"] == entry["model"]["median_ms"]
+    assert "cpu_bf16_b2_peak_mem_mb" not in metrics
+
+
+def test_settings_ratios_are_paired_and_logged():
+    from pipelines.benchmark import settings_ratios
+    from pipelines.ingest import _setting_metrics
+
+    def entry(ms):
+        return {"batch": 32, "precision": "fp16", "images_per_s": 32e3 / ms[0],
+                "peak_mem_mb": 100.0, "model": {"median_ms": ms[0], "times_ms": ms},
+                "pixel_decoder": {"median_ms": ms[0] / 2, "times_ms": [m / 2 for m in ms]}}
+
+    cand, base = {"fp16_b32": entry([8.0, 9.0, 10.0])}, {"fp16_b32": entry([10.0, 10.0, 10.0])}
+    ratios = settings_ratios(cand, base)
+    assert ratios == {"fp16_b32": {"pixel_decoder": 0.9, "model": 0.9}}
+    doc = {"device": "cuda", "results": {"candidate": {"settings": cand}},
+           "settings_ratios": ratios}
+    m = _setting_metrics(doc)
+    assert m["cuda_fp16_b32_latency_ratio"] == 0.9 and m["cuda_fp16_b32_peak_mem_mb"] == 100.0
+    from pipelines.contract import SETTING_METRIC, SETTING_METRICS
+
+    assert set(m) == {SETTING_METRIC.format(device="cuda", precision="fp16", batch=32, metric=k)
+                      for k in SETTING_METRICS}

@@ -46,6 +46,12 @@ rule benchmark_ablation:
         device=config["benchmark"]["device"],
         repeats=config["benchmark"]["repeats"],
         warmup=config["benchmark"]["warmup"],
+        # GPU settings (issue 19): throughput batch and precisions, when the config sets them
+        settings=lambda wildcards: (
+            (["--batch", str(config["benchmark"]["batch"])] if config["benchmark"].get("batch")
+             else [])
+            + (["--precisions", *config["benchmark"]["precisions"]]
+               if config["benchmark"].get("precisions") else [])),
     threads: get_threads("benchmark")
     resources:
         **get_resources("benchmark"),
@@ -56,5 +62,5 @@ rule benchmark_ablation:
         "OMP_NUM_THREADS={threads} PYTHONWARNINGS=ignore "
         "python -m pipelines benchmark --runs @{input.manifest:q} --results {params.results:q} "
         "--ablation {params.ablation:q} --shape {params.shape} --device {params.device} "
-        "--repeats {params.repeats} --warmup {params.warmup} "
+        "--repeats {params.repeats} --warmup {params.warmup} {params.settings:q} "
         "--json {output.paired:q} > {log:q} 2>&1"
