@@ -44,7 +44,9 @@ onstart:
     hold_results_lock()
 
     cores = getattr(workflow, "cores", None) or workflow.resource_settings.cores
-    plan = print_plan(config, TRAININGS, get_final_outputs(), cores)
+    # the DAG's own count of the other jobs (the `all` target included, as Snakemake counts)
+    other = sum(1 for job in workflow.dag.needrun_jobs() if job.rule.name != "train_model")
+    plan = print_plan(config, TRAININGS, get_final_outputs(), cores, other_jobs=other)
     if plan.trainings_pending:
         check_disk_before_training(cores)
 

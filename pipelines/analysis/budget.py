@@ -141,11 +141,13 @@ def make_plan(config: dict, trainings: dict, pending_outputs: int, cores: int | 
 
 
 def print_plan(config: dict, trainings: dict, outputs: list[str], cores: int | None,
-               log=print) -> Plan:
-    """Print :func:`make_plan` for the Snakefile's ``onstart`` (``outputs``: every non-training
-    output of the DAG; the missing ones count as jobs)."""
-    missing = sum(1 for o in outputs if not Path(o).exists()
-                  and not str(o).endswith("train_done.json"))
+               log=print, other_jobs: int | None = None) -> Plan:
+    """Print :func:`make_plan` for the Snakefile's ``onstart``. ``other_jobs``: the DAG's own
+    count of the non-training jobs that will run (what Snakemake's job table lists); without it,
+    each missing non-training file of ``outputs`` counts as one job (an overcount when a job
+    writes several)."""
+    missing = other_jobs if other_jobs is not None else sum(
+        1 for o in outputs if not Path(o).exists() and not str(o).endswith("train_done.json"))
     plan = make_plan(config, trainings, missing, cores)
     log(plan.text())
     return plan
