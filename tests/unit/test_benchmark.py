@@ -193,3 +193,16 @@ def test_settings_ratios_are_paired_and_logged():
 
     assert set(m) == {SETTING_METRIC.format(device="cuda", precision="fp16", batch=32, metric=k)
                       for k in SETTING_METRICS}
+
+
+@pytest.mark.slow  # two tiny models, 3 settings, on the CPU: ~1-3 min on a loaded 2-core machine
+def test_gpu_table_dry_run(tmp_path):
+    """The one-call GPU table script, its CPU dry path (tiny configs, 64x64, batch 2)."""
+    from pipelines.benchmarks.gpu_table import main
+
+    assert main(["--dry-run", "--only", "pro_scale_r50", "--precisions", "bf16",
+                 "--out", str(tmp_path)]) == 0
+    doc = json.loads((tmp_path / "gpu_table.json").read_text())
+    assert doc["dry_run"] and set(doc["comparisons"]) == {"pro_scale_r50"}
+    table = (tmp_path / "gpu_table.md").read_text()
+    assert "| pro_scale_r50 | bf16_b1 |" in table and "| pro_scale_r50 | bf16_b2 |" in table
