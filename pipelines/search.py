@@ -1,34 +1,43 @@
 """``python -m pipelines search SPACE.yaml``: multi-objective Optuna search, cost first, trials as DAG jobs.
 
 The study has two objectives, validation ``miou`` (maximise) and ``gflops_total`` (minimise),
-named with ``study.set_metric_names`` so that optuna-dashboard labels its axes. The search runs in
-**generations**: ask a batch of trials, cost each proposed setting with the real FLOPs counter
-(:class:`pipelines.search_runs.FlopsCache`, no training), train and evaluate the feasible ones
-as the grid's own Snakemake jobs (an ablation YAML listing exactly those settings as ``points``,
-so run ids, folders and recipes are the grid's), read their ``metrics.json``, tell.
+named with ``study.set_metric_names`` so that optuna-dashboard labels them. The search runs in
+**generations**: ask trials, price each proposed setting with the real FLOPs counter
+(:class:`pipelines.search_runs.FlopsCache`, no training), train and evaluate the new feasible
+ones as the grid's own Snakemake jobs (an ablation YAML listing exactly those settings as
+``points``, so run ids, folders and recipes are the grid's; the targets are each run's
+``metrics.json`` and ``flops.json``, so its MLflow run has every metric a grid run has), tell.
 
-Cost first. A setting over ``budget.gflops_total`` is never trained: it is told COMPLETE with
-the penalty values ``(infeasible_miou, its real GFLOPs)`` and a positive constraint
-``gflops_total - budget`` through Optuna 5's :meth:`optuna.trial.Trial.set_constraint`. Every
-sampler then learns the region is infeasible: TPE ranks trials with a positive constraint below
-every feasible one (it would also read PRUNED infeasible trials, but NSGA-II and the GP sampler
-read COMPLETE trials only, hence COMPLETE for all three); NSGA-II's constrained domination puts
-any feasible trial above any infeasible one; the GP sampler fits a GP to the constraint value and
-weights its acquisition by the probability of feasibility. optuna-dashboard 0.21 reads only
-the pre-5.0 ``constraints`` list attribute, so the same value is also written there (Optuna then
-lists the constraint twice, as ``gflops_over_budget`` and ``0``; both are the same number).
-
-Reuse. A setting whose run already has a ``metrics.json`` under the base ablation's name (the
-grid trained it, or an earlier trial did) is told from it without training (same run id).
-``warm_start`` ablations load their finished runs into the study as completed trials.
+The budget is in **trainings** (``budget.trainings``): one trial per proposed setting, but a
+setting already known costs no training. A setting over ``budget.gflops_total`` is refused: its
+trial gets the constraint ``gflops_total - budget`` (Optuna 5's ``Trial.set_constraint``, which
+every sampler reads; the samplers' ``constraints_func`` is deprecated since 5.0) and is told
+COMPLETE with its real GFLOPs and the study's mIoU floor (the lowest mIoU measured so far,
+marked ``miou_told=floor``; PRUNED while nothing is measured): the samplers rank it by its
+constraint (TPE and NSGA-II below every feasible trial; the GP sampler weights its acquisition
+by the probability of feasibility), and optuna-dashboard draws it as infeasible at the bottom
+edge of the measured points, not at mIoU 0 squeezing the feasible front. A setting
+with a result (the grid or a warm start trained it: its ``metrics.json`` under the base
+ablation's name; or an earlier trial of the study) is told that result. Two trials of one
+generation that propose the same new setting share one training. The search stops when the
+training budget is spent, when every setting of a finite space is known, or at the trial cap
+``budget.trials`` (a safety net: set it well above the training budget). One progress line per
+proposed setting (trial, setting, priced GFLOPs, train / reused / refused) and per finished
+training (mIoU, elapsed, trainings left, estimated time left), on stdout. The summary's Pareto
+front (printed, and saved as ``<results>/search/<name>/summary.json``) lists each setting once.
 
 Resume and dead jobs. Trials are told by number, so a new head process picks up the study where
 the old one died: at start-up and after every generation, each RUNNING trial is settled: its
 result exists -> told; it was submitted by a process of this host that is gone -> trained again
 (Snakemake resumes from its last checkpoint); its deadline (submission time + the train and
 evaluate jobs' declared runtime x attempts + ``failed.grace_minutes``) has passed -> FAIL, and
-asked again as a new trial up to ``failed.retries`` times. Nothing is left RUNNING. The search
-counts its own budget (``budget.trials`` asked trials, ``budget.trainings`` distinct trainings).
+asked again as a new trial up to ``failed.retries`` times. Nothing is left RUNNING.
+
+Optuna's public API is used where it has one (``study.ask``/``tell``/``enqueue_trial``,
+``Trial.set_user_attr``/``set_constraint``, ``create_trial``). Two things have none and go
+through the study's storage (``study._storage``, ``trial._trial_id``): writing an attribute of a
+RUNNING trial that another process asked (settling, following another worker's training), and
+the pre-5.0 ``constraints`` list that optuna-dashboard 0.21 reads.
 """
 from __future__ import annotations
 
@@ -43,6 +52,7 @@ from pathlib import Path
 from typing import Any, Callable, Mapping
 
 from pipelines.errors import UserError
+from pipelines.search_runs import point_ablation, read_result, result_paths
 
 OBJECTIVES = ("miou", "gflops_total")
 CONSTRAINT = "gflops_over_budget"
@@ -129,16 +139,19 @@ def open_study(spec, storage):
 
 
 def constraint_attrs(gflops: float, budget: float) -> dict:
-    """System attributes of the GFLOPs constraint: Optuna 5's per-key format and the list
-    optuna-dashboard reads."""
-    from optuna.study._constrained_optimization import _CONSTRAINTS_KEY
-
-    value = float(gflops) - float(budget)
-    return {f"{_CONSTRAINTS_KEY}:{CONSTRAINT}": value, DASHBOARD_CONSTRAINTS_ATTR: [value]}
+    """System attributes of the GFLOPs constraint for a trial built with ``create_trial`` (warm
+    start): the list optuna-dashboard 0.21 reads (``constraints``, the format Optuna wrote before
+    5.0 and still reads). Optuna 5's own per-key value is added with the public
+    ``FrozenTrial.set_constraint``."""
+    return {DASHBOARD_CONSTRAINTS_ATTR: [float(gflops) - float(budget)]}
 
 
 def set_gflops_constraint(study, trial, gflops: float, budget: float) -> None:
-    """``trial.set_constraint`` plus the dashboard's copy."""
+    """``trial.set_constraint`` (Optuna 5's API, which every sampler reads; the samplers'
+    ``constraints_func`` is deprecated since 5.0) plus the list optuna-dashboard 0.21 reads.
+
+    Optuna 5 has no public writer of a trial's system attribute, so the dashboard's copy goes
+    through the study's storage (``study._storage``, ``trial._trial_id``)."""
     value = float(gflops) - float(budget)
     trial.set_constraint(CONSTRAINT, value)
     study._storage.set_trial_system_attr(trial._trial_id, DASHBOARD_CONSTRAINTS_ATTR, [value])
@@ -176,8 +189,6 @@ class SnakemakeExecutor:
                             shared=True, what=f"search {self.spec.name!r}")
 
     def existing(self, run) -> dict | None:
-        from pipelines.search_runs import read_result
-
         return read_result(self.spec.ablation, run)
 
     def job_minutes(self) -> float:
@@ -188,10 +199,21 @@ class SnakemakeExecutor:
                                                                                    "evaluate"))
         return per_attempt * attempts * (attempts + 1) / 2  # runtime grows with the attempt
 
-    def train(self, runs, generation: int) -> dict[str, dict | None]:
-        import yaml
+    def targets(self, ablation, run) -> list[str]:
+        """What a generation builds for one run: what the grid builds for it (``metrics.json``;
+        ``flops.json`` always, so that its MLflow run has ``gflops_total`` like a grid run's;
+        ``benchmark.json`` when the base ablation benchmarks its runs)."""
+        paths = result_paths(ablation, run)
+        out = [paths.metrics, paths.flops]
+        if (ablation.get("stages") or {}).get("benchmark"):
+            out.append(paths.benchmark)
+        return [str(p) for p in out]
 
-        from pipelines.search_runs import point_ablation, result_paths
+    def train(self, runs, generation: int, on_result: Callable | None = None,
+              poll_s: float = 5.0) -> dict[str, dict | None]:
+        """Train and evaluate ``runs`` in one Snakemake call; ``on_result(run, metrics)`` as
+        soon as a run's ``metrics.json`` appears (progress), then ``{run id: metrics or None}``."""
+        import yaml
 
         if not runs:
             return {}
@@ -202,7 +224,7 @@ class SnakemakeExecutor:
         folder.mkdir(parents=True, exist_ok=True)
         configfile = folder / f"generation-{generation:03d}.yaml"
         configfile.write_text(yaml.safe_dump(ablation, sort_keys=False))
-        targets = [str(result_paths(ablation, r).metrics) for r in runs]
+        targets = [t for r in runs for t in self.targets(ablation, r)]
         bin_dir = Path(sys.executable).parent
         snakemake = bin_dir / "snakemake"
         cmd = [str(snakemake if snakemake.exists() else "snakemake"),
@@ -220,9 +242,31 @@ class SnakemakeExecutor:
         if fds:
             env = child_env(self.lock_fd, env)
         log = folder / f"generation-{generation:03d}.log"
+        reported: set[str] = set()
+
+        def report() -> None:
+            for r in runs:
+                if r.run_id not in reported and on_result is not None:
+                    result = self.existing(r)
+                    if result is not None:
+                        reported.add(r.run_id)
+                        on_result(r, result)
+
         with open(log, "a") as fh:
-            subprocess.run(cmd, stdout=fh, stderr=subprocess.STDOUT, env=env,
-                           cwd=self.workdir, pass_fds=fds, preexec_fn=die_with_parent)
+            proc = subprocess.Popen(cmd, stdout=fh, stderr=subprocess.STDOUT, env=env,
+                                    cwd=self.workdir, pass_fds=fds, preexec_fn=die_with_parent)
+            try:
+                while True:
+                    try:
+                        proc.wait(timeout=poll_s)
+                        break
+                    except subprocess.TimeoutExpired:
+                        report()
+            except BaseException:  # interrupted: the generation's jobs stop with it
+                proc.kill()
+                proc.wait()
+                raise
+        report()
         return {r.run_id: self.existing(r) for r in runs}
 
 
@@ -252,7 +296,8 @@ class ReplayExecutor:
     def job_minutes(self) -> float:
         return 1.0
 
-    def train(self, runs, generation: int) -> dict[str, dict | None]:
+    def train(self, runs, generation: int, on_result: Callable | None = None
+              ) -> dict[str, dict | None]:
         out = {}
         for run in runs:
             if run.run_id not in self.table:
@@ -264,6 +309,8 @@ class ReplayExecutor:
                 from pipelines.config import write_json_atomic
 
                 write_json_atomic(self.results / f"{run.run_id}.json", out[run.run_id])
+            if on_result is not None:
+                on_result(run, out[run.run_id])
         return out
 
 
@@ -290,8 +337,32 @@ def _worker_gone(worker: str | None) -> bool:
     return False
 
 
+def _say(message: str) -> None:
+    """A progress line on stdout, at once (the search runs for hours)."""
+    print(message, flush=True)
+
+
+def _duration(seconds: float) -> str:
+    seconds = int(round(max(0.0, seconds)))
+    hours, rest = divmod(seconds, 3600)
+    return f"{hours}h{rest // 60:02d}m" if hours else f"{rest // 60}m{rest % 60:02d}s"
+
+
+def describe(variant: str, settings: Mapping[str, Any]) -> str:
+    """``pro_scale schedule=2-2-2 trc=true lpe=false``: a setting in one short line."""
+    def text(v):
+        return json.dumps(v) if isinstance(v, bool) else str(v)
+    return " ".join([variant] + [f"{k}={text(v)}" for k, v in settings.items()])
+
+
 class Search:
     """One search: the study, the setting -> run mapping, the cost and the executor.
+
+    The budget is in trainings: a proposed setting that is already known (trained by the grid,
+    a warm start or an earlier trial, or refused by its cost) is answered from what is known in
+    the same trial, at no training; a setting is trained once at most; the search stops when
+    ``spec.max_trainings`` trainings were launched, when every setting of a finite space is
+    known, or at the trial cap ``spec.max_trials`` (a safety net well above the training budget).
 
     Args:
         spec: the validated search space (:class:`pipelines.search_space.SearchSpec`).
@@ -299,12 +370,12 @@ class Search:
         executor: :class:`SnakemakeExecutor` or :class:`ReplayExecutor`.
         cost: run -> GFLOPs (``total``), e.g. ``FlopsCache.gflops``.
         make_run: ``(variant, settings) -> Run`` (cached per setting).
-        log: one-line progress messages.
+        log: progress lines (one per proposed setting, one per finished training); stdout.
         tracker: called with ``(study, told trial numbers)`` after each generation (MLflow).
     """
 
     def __init__(self, *, spec, study, executor, cost: Callable, make_run: Callable | None = None,
-                 log: Callable[[str], None] = print, tracker: Callable | None = None) -> None:
+                 log: Callable[[str], None] = _say, tracker: Callable | None = None) -> None:
         from pipelines.search_runs import make_run as grid_run
 
         self.spec, self.study, self.executor, self.cost = spec, study, executor, cost
@@ -313,6 +384,10 @@ class Search:
         self.log, self.tracker = log, tracker
         self.worker = _worker()
         self.told: list[int] = []
+        self.stopped = ""  # why the last run() stopped
+        self._train_s = 0.0  # wall time of this process's generations, for the estimate
+        self._trained_here = 0  # trainings this process saw finish
+        self._deferred: list = []  # refused trials waiting for a first measured mIoU
 
     # -- helpers
     def run_of(self, variant: str, settings: Mapping[str, Any]):
@@ -322,7 +397,8 @@ class Search:
         return self._runs[key]
 
     def _attr(self, trial, key: str):
-        """A user attribute as stored now (a live Trial caches its attributes)."""
+        """A user attribute as stored now (a live Trial caches its attributes; another worker
+        may have changed it: read through the storage, Optuna has no public per-trial read)."""
         return self.study._storage.get_trial(trial._trial_id).user_attrs.get(key)
 
     def _trials(self, states=None):
@@ -336,6 +412,50 @@ class Search:
         """Run ids this search launched a training for."""
         return {t.user_attrs[RUN_ID] for t in self._trials()
                 if t.user_attrs.get("trained_by_search") and RUN_ID in t.user_attrs}
+
+    def known(self) -> tuple[dict[str, tuple[dict, int]], dict[str, tuple[float, int]]]:
+        """What the study knows: ``{run id: (metrics, trial number)}`` of settings with a result
+        (trained, reused, warm start) and ``{run id: (GFLOPs, trial number)}`` of settings
+        refused by cost."""
+        results: dict[str, tuple[dict, int]] = {}
+        refused: dict[str, tuple[float, int]] = {}
+        for t in self._trials():
+            run_id, status = t.user_attrs.get(RUN_ID), t.user_attrs.get(STATUS)
+            if run_id is None:
+                continue
+            if status == "infeasible" and t.state.name != "FAIL":
+                refused.setdefault(run_id, (float(t.user_attrs["gflops_total"]), t.number))
+            elif (t.state.name == "COMPLETE" and status in ("trained", "reused", "warm_start")
+                  and t.values):
+                results.setdefault(run_id, ({"miou": t.values[0]}, t.number))
+        return results, refused
+
+    def space_ids(self) -> set[str] | None:
+        """Run ids of every setting of a space whose axes are all lists, up to 5000 settings
+        (``None``: a range axis, or more settings)."""
+        if not hasattr(self, "_space_ids"):
+            from pipelines.search_runs import space_points
+
+            size = 0
+            for axes in self.spec.variants.values():
+                if any(a.choices is None for a in axes):
+                    size = None
+                    break
+                n = 1
+                for a in axes:
+                    n *= len(a.choices)
+                size += n
+            self._space_ids = (None if size is None or size > 5000 else
+                               {self.run_of(v, s).run_id for v, s in space_points(self.spec)})
+        return self._space_ids
+
+    def _exhausted(self, busy: set[str]) -> bool:
+        """Every setting of a finite space is known (told, refused) or being trained."""
+        ids = self.space_ids()
+        if ids is None:
+            return False
+        results, refused = self.known()
+        return ids <= set(results) | set(refused) | busy
 
     def _finish(self, number: int, values=None, state: str = "COMPLETE") -> bool:
         """Tell a trial; False when another worker finished it first (the storage locks the
@@ -392,6 +512,10 @@ class Search:
             if RUN_ID not in t.user_attrs:  # its head died while costing it
                 self._fail(t, "not costed")
                 continue
+            if t.user_attrs.get(STATUS) == "infeasible":  # refused, waiting for a floor
+                self._refuse(t, float(t.user_attrs["gflops_total"]), self.known()[0],
+                             final=True)
+                continue
             run = self.run_of(t.user_attrs["variant"], json.loads(t.user_attrs["settings"]))
             result = self.executor.existing(run)
             if result is not None:
@@ -443,6 +567,7 @@ class Search:
                                 "settings": json.dumps(dict(run.settings), sort_keys=True,
                                                        default=str), "ablation": path},
                     system_attrs=constraint_attrs(gflops, self.spec.gflops_budget))
+                trial.set_constraint(CONSTRAINT, float(gflops) - self.spec.gflops_budget)
                 self.study.add_trial(trial)
                 known.add(run.run_id)
                 added += 1
@@ -453,47 +578,103 @@ class Search:
 
     # -- the generation loop
     def run(self) -> dict:
-        """Ask, cost, train, tell until the trial (or training) budget is spent."""
+        """Ask, cost, train, tell until the training budget is spent (or every setting of a
+        finite space is known, or the trial cap is reached)."""
         self.study.set_user_attr("search_spec", self.spec.path)
         again = self.settle_running()
         if self.spec.warm_start:
             self.warm_start()
         generation = 0
+        self.stopped = ""
         while True:
             generation += 1
-            batch = list(again)  # (trial, run): trials adopted from a dead head first
-            again = []
-            n_asked = self.counted_trials()
             launched = self.trainings()
-            pending = {run.run_id for _, run in batch}
-            while (len(batch) < self.spec.batch and n_asked < self.spec.max_trials
-                   and not self._trainings_spent(launched | pending)):
-                item = self._ask_one(launched | pending)
-                n_asked = self.counted_trials()  # other workers ask too: count the study
+            batch: list = []  # (trial, run, in-batch leader number or None)
+            pending: dict[str, int] = {}  # run id -> the trial of this batch that trains it
+            for trial, run in again:  # trials adopted from a dead head first
+                leader = pending.get(run.run_id)
+                batch.append((trial, run, leader))
+                pending.setdefault(run.run_id, trial.number)
+            again = []
+            while len(pending) < self.spec.batch:
+                busy = launched | set(pending)
+                if self._trainings_spent(busy):
+                    self.stopped = (f"training budget spent ({len(busy)} of "
+                                    f"{self.spec.max_trainings} trainings)")
+                    break
+                if self.counted_trials() >= self.spec.max_trials:
+                    self.stopped = f"trial cap reached ({self.spec.max_trials} trials)"
+                    break
+                if self._exhausted(busy):
+                    self.stopped = "every setting of the space is known"
+                    break
+                item = self._ask_one(pending)
                 if item is not None:
                     batch.append(item)
-                    pending.add(item[1].run_id)
+                    pending.setdefault(item[1].run_id, item[0].number)
             if not batch:
                 break
-            followers = [(t, r) for t, r in batch if self._attr(t, STATUS) == "follows"
-                         or self._leader_of(t, r) is not None]
-            batch = [item for item in batch if item not in followers]
+            followers = [(t, r) for t, r, leader in batch if leader is None
+                         and (self._attr(t, STATUS) == "follows"
+                              or self._leader_of(t, r) is not None)]
+            same = [(t, r) for t, r, leader in batch if leader is not None]
+            batch = [(t, r) for t, r, leader in batch if leader is None
+                     and (t, r) not in followers]
             runs = list({run.run_id: run for _, run in batch}.values())
-            self.log(f"generation {generation}: training {len(runs)} run(s): "
-                     f"{', '.join(r.run_id for r in runs)}")
-            results = self.executor.train(runs, generation)
+            trial_of = {run.run_id: trial.number for trial, run in batch}
+            started = time.time()
+            if runs:
+                self.log(f"generation {generation}: training {len(runs)} run(s): "
+                         f"{', '.join(r.run_id for r in runs)}")
+
+            done: list[str] = []
+
+            def finished(run, result, started=started, n_runs=len(runs), done=done):
+                done.append(run.run_id)
+                self._trained_here += 1
+                self.log(self._finished_line(run, result, trial_of.get(run.run_id),
+                                             time.time() - started, n_runs - len(done)))
+
+            results = self.executor.train(runs, generation, on_result=finished) if runs else {}
+            self._train_s += time.time() - started
             for trial, run in batch:
                 result = results.get(run.run_id)
                 if result is None:
                     self._fail(trial, f"{run.run_id}: the job ended without a result")
                 elif self._set(trial, STATUS, "trained"):
                     self._tell(trial.number, result, self._attr(trial, "gflops_total"))
+            for trial, run in same:  # the same setting twice in one batch: trained once
+                result = results.get(run.run_id)
+                if result is None:
+                    self._fail(trial, f"{run.run_id}: the job ended without a result")
+                elif self._set(trial, STATUS, "reused"):
+                    self._tell(trial.number, result, self._attr(trial, "gflops_total"))
             for trial, run in followers:
                 self._follow(trial, run)
+            self._tell_deferred(final=False)
             again = self.settle_running()
             if self.tracker is not None:
                 self.tracker(self.study, list(self.told))
-        return self.summary()
+        self._tell_deferred()
+        summary = self.summary()
+        self.log(f"search {self.study.study_name}: stopped, {self.stopped or 'nothing to do'}; "
+                 f"{summary['trials']} trials, {summary['trainings']} trainings, "
+                 f"{len(summary['pareto_front'])} settings on the Pareto front")
+        return summary
+
+    def _finished_line(self, run, result, number, elapsed: float, in_flight: int) -> str:
+        """``trial 7 trained pro_scale-...: mIoU 23.41 in 1m12s | 4 trainings, 2 left of 6 |
+        about 2m24s left``; the estimate is this process's pace so far (wall time of its
+        generations, parallel jobs included, per finished training)."""
+        used = len(self.trainings())
+        line = (f"trial {number} trained {run.run_id}: mIoU {float(result['miou']):.2f} in "
+                f"{_duration(elapsed)}")
+        if self.spec.max_trainings is None:
+            return line + f" | {used} trainings (no training budget)"
+        left = max(0, self.spec.max_trainings - used) + in_flight
+        pace = (self._train_s + elapsed) / max(1, self._trained_here)
+        return (line + f" | {used - in_flight} trainings done, {left} left of "
+                f"{self.spec.max_trainings} | about {_duration(pace * left)} left")
 
     def _leader_of(self, trial, run):
         """Another worker's trial that trains (or trained) the same run, submitted first: this
@@ -542,61 +723,115 @@ class Search:
                 return  # settled by another worker
             time.sleep(poll_s)
 
+    def _refuse(self, trial, gflops: float, results: Mapping[str, tuple[dict, int]],
+                final: bool = False) -> None:
+        """Tell a setting over the GFLOPs budget (its constraint is set): COMPLETE with its real
+        GFLOPs and, for mIoU, the floor of the study (the lowest mIoU measured so far, marked
+        ``miou_told=floor``), so that NSGA-II and the GP sampler, which read COMPLETE trials
+        only, learn the constraint, and optuna-dashboard draws it as infeasible at the bottom
+        edge of the measured points instead of squeezing them against mIoU 0. Samplers rank it
+        by its constraint, not by this value. Before any mIoU is measured there is no floor:
+        the trial stays RUNNING until the generation's trainings are in (``final``: PRUNED if
+        there is still none; TPE reads the constraint of a PRUNED trial too)."""
+        floor = min((float(r[0]["miou"]) for r in results.values()), default=None)
+        if floor is None and not final:
+            self._deferred.append((trial, float(gflops)))  # told after this generation
+            return
+        if floor is None:
+            self._finish(trial.number, state="PRUNED")
+            return
+        self._set(trial, "miou_told", "floor")
+        self._finish(trial.number, [floor, float(gflops)])
+
+    def _tell_deferred(self, final: bool = True) -> None:
+        """Tell the refused trials kept RUNNING while no mIoU was measured yet."""
+        deferred, self._deferred = self._deferred, []
+        if deferred:
+            results, _ = self.known()
+            for trial, gflops in deferred:
+                self._refuse(trial, gflops, results, final=final)
+
     def _trainings_spent(self, launched: set[str]) -> bool:
         return self.spec.max_trainings is not None and len(launched) >= self.spec.max_trainings
 
-    def _ask_one(self, launched: set[str]):
-        """Ask one trial and cost it; infeasible and already-trained settings are told at once.
-        Returns ``(trial, run)`` when it must be trained, else ``None``."""
-        study, storage = self.study, self.study._storage
+    def _ask_one(self, pending: Mapping[str, int]):
+        """Ask one trial and answer it from what is known when possible: a setting over the
+        GFLOPs budget is refused (PRUNED with its constraint, never trained), one with a result
+        (results folder, or an earlier trial of the study) is told that result. Returns
+        ``(trial, run, None)`` when it must be trained, ``(trial, run, leader)`` when another
+        trial of this batch trains the same setting, else ``None``. One progress line."""
+        study = self.study
         trial = study.ask()
-        storage.set_trial_user_attr(trial._trial_id, "worker", self.worker)
+        trial.set_user_attr("worker", self.worker)
         deadline = time.time() + 60 * (self.executor.job_minutes() + self.spec.grace_minutes)
-        storage.set_trial_user_attr(trial._trial_id, "deadline", deadline)
+        trial.set_user_attr("deadline", deadline)
         variant, settings = self.spec.suggest(trial)
         try:
             run = self.run_of(variant, settings)
         except UserError as err:
             self._fail(trial, f"setting refused by the grid: {err}")
             return None
-        gflops = float(self.cost(run))
+        results, refused = self.known()
+        if run.run_id in refused:  # priced before: the same model, the same GFLOPs
+            gflops = refused[run.run_id][0]
+        else:
+            gflops = float(self.cost(run))
         for key, value in {"variant": variant, "gflops_total": gflops,  # run id last: a
                            "settings": json.dumps(dict(run.settings), sort_keys=True,
                                                   default=str),  # trial with it is complete
                            RUN_ID: run.run_id}.items():
-            storage.set_trial_user_attr(trial._trial_id, key, value)
+            trial.set_user_attr(key, value)
         set_gflops_constraint(study, trial, gflops, self.spec.gflops_budget)
+        head = f"trial {trial.number}: {describe(variant, settings)} | {gflops:.3f} GFLOPs | "
         if gflops > self.spec.gflops_budget:
-            storage.set_trial_user_attr(trial._trial_id, STATUS, "infeasible")
-            self._tell(trial.number, {"miou": self.spec.infeasible_miou}, gflops)
-            self.log(f"trial {trial.number}: {run.run_id} {gflops:.3f} GFLOPs > budget "
-                     f"{self.spec.gflops_budget}: infeasible, not trained")
+            trial.set_user_attr(STATUS, "infeasible")
+            self._refuse(trial, gflops, results)
+            again = (f" (as in trial {refused[run.run_id][1]})" if run.run_id in refused
+                     else "")
+            self.log(head + f"refused: over the budget of {self.spec.gflops_budget} "
+                     f"GFLOPs{again}, not trained")
             return None
-        result = self.executor.existing(run)
+        result, source = self.executor.existing(run), "its results on disk"
+        if result is None and run.run_id in results:
+            result, source = results[run.run_id][0], f"trial {results[run.run_id][1]}"
         if result is not None:
-            storage.set_trial_user_attr(trial._trial_id, STATUS, "reused")
+            trial.set_user_attr(STATUS, "reused")
+            trial.set_user_attr("reused_from", source)
             self._tell(trial.number, result, gflops)
-            self.log(f"trial {trial.number}: {run.run_id} already trained: result reused")
+            self.log(head + f"reused: mIoU {float(result['miou']):.2f} from {source}, "
+                     "not trained")
             return None
-        if run.run_id not in launched and self._trainings_spent(launched):
-            self._fail(trial, "training budget spent")
-            return None
+        if run.run_id in pending:
+            trial.set_user_attr(STATUS, "follows")
+            trial.set_user_attr("follows", pending[run.run_id])
+            self.log(head + f"reused: trial {pending[run.run_id]} of this generation trains it")
+            return trial, run, pending[run.run_id]
         deadline = time.time() + 60 * (self.executor.job_minutes() + self.spec.grace_minutes)
         for key, value in {"deadline": deadline, "submitted_at": time.time(),
                            "trained_by_search": True, STATUS: "submitted"}.items():
-            storage.set_trial_user_attr(trial._trial_id, key, value)
-        return trial, run
+            trial.set_user_attr(key, value)
+        self.log(head + "train")
+        return trial, run, None
 
     def summary(self) -> dict:
-        trials = self._trials()
+        """Trials by status, trainings, and the feasible Pareto front, each setting once (its
+        first trial)."""
+        trials = self._trials(states=None)
         states: dict[str, int] = {}
         for t in trials:
             key = t.user_attrs.get(STATUS, t.state.name.lower())
             states[key] = states.get(key, 0) + 1
-        front = [t for t in self.study.best_trials]
+        front, seen = [], set()
+        for t in sorted(self.study.best_trials, key=lambda t: t.number):
+            run_id = t.user_attrs.get(RUN_ID)
+            if run_id in seen:
+                continue
+            seen.add(run_id)
+            front.append(t)
         return {"study": self.study.study_name, "trials": len(trials), "by_status": states,
-                "trainings": len(self.trainings()),
+                "trainings": len(self.trainings()), "stopped": self.stopped,
                 "pareto_front": [{"number": t.number, "run_id": t.user_attrs.get(RUN_ID),
+                                  "status": t.user_attrs.get(STATUS),
                                   "miou": t.values[0], "gflops_total": t.values[1]}
                                  for t in sorted(front, key=lambda t: t.values[1])]}
 
@@ -624,8 +859,10 @@ def add_parser(sub) -> None:
     p.add_argument("--sampler", choices=("tpe", "nsga2", "gp"), help="default: the space's "
                    "sampler.name (tpe)")
     p.add_argument("--seed", type=int, help="sampler seed (default: the space's sampler.seed)")
-    p.add_argument("--trials", type=int, dest="max_trials", help="trial budget")
-    p.add_argument("--trainings", type=int, dest="max_trainings", help="training budget")
+    p.add_argument("--trials", type=int, dest="max_trials", help="trial cap, a safety net "
+                   "well above the training budget (known settings cost a trial, no training)")
+    p.add_argument("--trainings", type=int, dest="max_trainings", help="training budget: the "
+                   "search stops once it launched this many distinct trainings")
     p.add_argument("--batch", type=int, help="trials per generation")
     p.add_argument("--profile", help="Snakemake profile for the jobs (e.g. slurm)")
     p.add_argument("--cores", type=int, default=2, help="local executor cores (default 2)")
@@ -647,8 +884,10 @@ def run_cli(args) -> int:
                              batch=args.batch)
     check_warm_start(spec)
     n = sum(len(a) for a in spec.variants.values())
+    trainings = ("no training budget" if spec.max_trainings is None
+                 else f"{spec.max_trainings} trainings")
     print(f"{spec.name}: search space OK ({len(spec.variants)} variants, {n} axes, GFLOPs "
-          f"budget {spec.gflops_budget}, {spec.max_trials} trials)")
+          f"budget {spec.gflops_budget}, {trainings}, trial cap {spec.max_trials})", flush=True)
     if args.check:
         return 0
     from pipelines.config import ensure_writable_dir
@@ -670,5 +909,9 @@ def run_cli(args) -> int:
     summary = search.run()
     if tracker is not None:
         tracker(study, search.told)
+    from pipelines.config import write_json_atomic
+
+    write_json_atomic(folder / "summary.json", summary)  # the front, each setting once
     print(json.dumps(summary, indent=2))
+    print(f"saved: {folder / 'summary.json'}", flush=True)
     return 0

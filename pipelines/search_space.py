@@ -5,7 +5,7 @@ configs come from there) and, per variant, the axes the sampler chooses over::
 
     name: search_demo
     ablation: configs/ablations/demo.yaml
-    budget: {gflops_total: 1.6, trials: 12, trainings: 6}
+    budget: {gflops_total: 1.6, trainings: 6, trials: 100}   # trials: a safety net
     batch: 4
     space:
       seed: [0]                          # top-level axes apply to every variant
@@ -119,8 +119,10 @@ class SearchSpec:
         ablation_path: where the base ablation was read from.
         variants: variant -> its axes (:class:`AxisSpace`, in file order), top-level axes included.
         gflops_budget: a setting over this many GFLOPs (``gflops_total``) is infeasible.
-        max_trials: the search's own trial budget (every trial, infeasible and reused included).
-        max_trainings: at most this many distinct trainings launched (``None``: no limit).
+        max_trials: the trial cap (every trial, refused and reused included): a safety net
+            set well above the training budget, which is the stopping rule.
+        max_trainings: the training budget: at most this many distinct trainings launched
+            (``None``: no limit; the trial cap then stops the search).
         batch: trials asked per generation.
         sampler: ``tpe``, ``nsga2`` or ``gp``.
         seed: the sampler's seed.
@@ -128,7 +130,8 @@ class SearchSpec:
         grace_minutes: extra minutes over the jobs' declared runtime before a RUNNING trial
             whose result never came is declared dead.
         warm_start: ablation configs whose finished runs are loaded as completed trials.
-        infeasible_miou: the penalty value told as mIoU for an infeasible trial.
+        infeasible_miou: no longer told (an infeasible trial is PRUNED with its constraint,
+            with no mIoU); read for old search spaces that set it.
     """
 
     name: str

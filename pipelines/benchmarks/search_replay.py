@@ -6,7 +6,9 @@ record_grid_tiny.py``). The search (:class:`pipelines.search.Search`, the same c
 ``python -m pipelines search``) runs on ``configs/search/grid_tiny.yaml`` with a
 :class:`pipelines.search.ReplayExecutor`: a training returns the recorded result, and every
 training the search asks for is counted. An infeasible trial (over the GFLOPs budget) costs
-nothing, nor does a setting trained before.
+nothing, nor does a setting trained before (a search never trains a setting twice, and stops
+when its training budget is spent; ``trained twice`` counts any training of a setting already
+trained, over all seeds).
 
 Hypervolume (pymoo) of the feasible front in (mIoU up, GFLOPs down), against a reference point
 fixed by the problem, not by the data: mIoU 0 % and GFLOPs = the budget. The grid trains every
@@ -151,7 +153,8 @@ def main(argv=None) -> int:
     out = {"grid": {"trainings": n_grid, "hv": grid_hv, "budget": spec.gflops_budget},
            "samplers": {}}
     header = (f"{'sampler':<8}{'HV ratio median':>16}{'min':>7}{'q1':>7}{'q3':>7}{'max':>7}"
-              f"{'trainings median':>18}{'% of grid':>10}{'over budget trained':>21}{'s/seed':>8}")
+              f"{'trainings median':>18}{'% of grid':>10}{'trained twice':>15}"
+              f"{'over budget trained':>21}{'trials median':>15}{'s/seed':>8}")
     print(header)
     for sampler in args.samplers:
         rows = []
@@ -163,9 +166,11 @@ def main(argv=None) -> int:
         trainings = [r["trainings"] for r in rows]
         lo, q1, med, q3, hi = quartiles(ratios)
         med_t = statistics.median(trainings)
+        twice = sum(r["trainings"] - r["distinct"] for r in rows)
         print(f"{sampler:<8}{med:16.3f}{lo:7.3f}{q1:7.3f}{q3:7.3f}{hi:7.3f}{med_t:18.1f}"
-              f"{100 * med_t / n_grid:10.0f}{sum(r['over_budget_trained'] for r in rows):21d}"
-              f"{elapsed:8.1f}")
+              f"{100 * med_t / n_grid:10.0f}{twice:15d}"
+              f"{sum(r['over_budget_trained'] for r in rows):21d}"
+              f"{statistics.median(r['trials'] for r in rows):15.1f}{elapsed:8.1f}", flush=True)
         out["samplers"][sampler] = {"runs": rows, "hv_ratio_median": med,
                                     "trainings_median": med_t}
     if args.json:

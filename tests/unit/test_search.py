@@ -88,8 +88,25 @@ def test_no_trial_over_budget_ever_trains(spec, sampler):
     over = {r for r, v in TABLE.items() if v["gflops_total"] > spec.gflops_budget}
     assert over and not over & set(executor.launched)
     infeasible = [t for t in search.study.trials if t.user_attrs["status"] == "infeasible"]
-    assert infeasible and all(t.state.name == "COMPLETE" and t.constraints[CONSTRAINT] > 0
-                              for t in infeasible)
+    assert infeasible and all(t.constraints[CONSTRAINT] > 0
+                              and t.system_attrs["constraints"][0] > 0 for t in infeasible)
+    _check_refused(search.study)
+
+
+def _check_refused(study):
+    """A refused trial is told its real GFLOPs and the mIoU floor measured before it (never
+    mIoU 0, which squeezed the dashboard's front), PRUNED while nothing was measured."""
+    measured = []
+    for t in sorted(study.trials, key=lambda t: (t.datetime_complete, t.number)):
+        if t.user_attrs.get("status") == "infeasible":
+            if not measured:
+                assert t.state.name == "PRUNED" and t.values is None
+            else:
+                assert t.state.name == "COMPLETE" and t.user_attrs["miou_told"] == "floor"
+                assert t.values == [min(measured), pytest.approx(t.user_attrs["gflops_total"])]
+        elif t.state.name == "COMPLETE":
+            measured.append(t.values[0])
+    assert not [t for t in study.trials if t.values and t.values[0] == 0]
 
 
 @pytest.mark.slow
@@ -115,13 +132,14 @@ def test_no_trial_over_budget_ever_trains_real_flops(spec):
         assert set(executor.launched) <= {rid(schedule="1-1-1")}
         assert len(executor.launched) == len(set(executor.launched))  # trained once at most
         for t in search.study.trials:
-            assert t.state.name == "COMPLETE"
             g = t.user_attrs["gflops_total"]
             assert t.constraints[CONSTRAINT] == pytest.approx(g - small.gflops_budget)
             assert t.system_attrs["constraints"] == [pytest.approx(g - small.gflops_budget)]
             if g > small.gflops_budget:
                 assert t.user_attrs["status"] == "infeasible"
-                assert t.values == [small.infeasible_miou, pytest.approx(g)]
+            else:
+                assert t.state.name == "COMPLETE"
+        _check_refused(search.study)
     assert cache.traced == len(traced) == 2  # cached: each model traced once for all samplers
 
 
@@ -145,7 +163,8 @@ def test_budgets_reuse_and_feasible_front(spec):
     assert len(executor.launched) == len(set(executor.launched)) <= 5
     assert rid(schedule="1-1-1") not in executor.launched  # reused, never trained
     trials = search.study.trials
-    assert len(trials) <= 30 and all(t.state.name in ("COMPLETE", "FAIL") for t in trials)
+    assert len(trials) <= 30 and all(t.state.name in ("COMPLETE", "PRUNED", "FAIL")
+                                     for t in trials)
     for t in trials:
         if t.user_attrs.get("status") in ("trained", "reused"):
             assert t.values[0] == TABLE[t.user_attrs["run_id"]]["miou"]
@@ -235,4 +254,138 @@ def test_journal_file_resume_trains_nothing_twice(spec, tmp_path):
     search.run()
     assert len(search.study.trials) == 16
     assert not set(first.launched) & set(second.launched)
-    assert all(t.state.name == "COMPLETE" for t in search.study.trials)
+    assert all(t.state.name in ("COMPLETE", "PRUNED") for t in search.study.trials)
+
+
+# ----------------------------------------------------------------------------- issue 21
+@pytest.mark.parametrize("sampler", ["tpe", "nsga2", "gp"])
+def test_no_setting_trained_twice_and_known_ones_cost_nothing(spec, sampler):
+    """Whatever the sampler proposes again (a setting the grid trained, an earlier trial's, one
+    refused by cost) is answered from what is known: no training, no second pricing."""
+    grid = rid(schedule="1-1-1")
+    executor = ReplayExecutor(table=TABLE, pretrained=(grid,))
+    priced = []
+
+    def cost(run):
+        priced.append(run.run_id)
+        return TABLE[run.run_id]["gflops_total"]
+
+    search = _search(spec, executor, cost=cost, sampler=sampler, max_trials=80,
+                     max_trainings=8, batch=3)
+    search.run()
+    assert len(executor.launched) == len(set(executor.launched))  # never trained twice
+    assert grid not in executor.launched  # the grid's run is reused
+    over = {r for r, v in TABLE.items() if v["gflops_total"] > spec.gflops_budget}
+    refused_priced = [r for r in priced if r in over]
+    assert len(refused_priced) == len(set(refused_priced))  # a refusal is priced once
+    trials = search.study.trials
+    by_run: dict[str, list] = {}
+    for t in trials:
+        by_run.setdefault(t.user_attrs["run_id"], []).append(t)
+    assert any(len(ts) > 1 for ts in by_run.values())  # the samplers did propose again
+    for run_id, ts in by_run.items():
+        trained = [t for t in ts if t.user_attrs["status"] == "trained"]
+        assert len(trained) <= 1, run_id
+        for t in ts:
+            if t.user_attrs["status"] == "reused":
+                assert t.values[0] == TABLE[run_id]["miou"] and t.state.name == "COMPLETE"
+    _check_refused(search.study)
+
+
+def test_earlier_trials_answer_a_later_head_without_results_on_disk(spec):
+    """A second head on the same study, whose executor has no result on disk, tells a setting
+    an earlier trial trained from that trial's values (no training)."""
+    storage = optuna.storages.InMemoryStorage()
+    first = ReplayExecutor(table=TABLE)
+    _search(spec, first, storage=storage, max_trials=40, max_trainings=4, batch=2).run()
+    second = ReplayExecutor(table=TABLE)  # knows nothing
+    search = _search(spec, second, storage=storage, max_trials=80, max_trainings=7, batch=2)
+    summary = search.run()
+    assert len(first.launched) == 4 and not set(first.launched) & set(second.launched)
+    assert summary["trainings"] == 7 and len(second.launched) == 3
+    reused = [t for t in search.study.trials if t.user_attrs.get("reused_from", "")
+              .startswith("trial")]
+    for t in reused:
+        assert t.user_attrs["run_id"] in first.launched
+        assert t.values[0] == TABLE[t.user_attrs["run_id"]]["miou"]
+
+
+def test_training_budget_stops_the_search(spec):
+    """The trial cap is a safety net: with a cap far above, the search stops at exactly the
+    training budget."""
+    executor = ReplayExecutor(table=TABLE)
+    search = _search(spec, executor, max_trials=500, max_trainings=6, batch=4)
+    summary = search.run()
+    assert len(executor.launched) == 6 == summary["trainings"]
+    assert "training budget" in summary["stopped"]
+    assert summary["trials"] < 500
+
+
+def test_a_finite_space_stops_when_every_setting_is_known(spec):
+    small = _variant(spec, schedule=["1-1-1", "2-2-2"], trc=[False], lpe=[False, True])
+    executor = ReplayExecutor(table=TABLE)
+    search = _search(small, executor, max_trials=500, max_trainings=None, batch=2)
+    summary = search.run()
+    feasible = {rid(schedule=s, lpe=lpe) for s in ("1-1-1", "2-2-2") for lpe in (False, True)}
+    assert set(executor.launched) == feasible and len(executor.launched) == 4
+    assert summary["stopped"] == "every setting of the space is known"
+    assert summary["trials"] < 500
+
+
+def test_front_lists_each_setting_once(spec):
+    """Reused trials repeat a trained setting's values: Optuna's best trials then hold the same
+    setting more than once, the search's front once."""
+    executor = ReplayExecutor(table=TABLE)
+    search = _search(spec, executor, max_trials=200, max_trainings=10, batch=2)
+    summary = search.run()
+    ids = [p["run_id"] for p in summary["pareto_front"]]
+    assert ids and len(ids) == len(set(ids))
+    best = [t.user_attrs["run_id"] for t in search.study.best_trials]
+    assert set(ids) == set(best)
+    assert len(best) > len(ids)  # the duplicates the front drops (seed 0 proposes again)
+    points = [(TABLE[r]["miou"], TABLE[r]["gflops_total"]) for r in set(executor.launched)]
+    for p in summary["pareto_front"]:  # nothing trained dominates a point of the front
+        assert not any(m >= p["miou"] and g <= p["gflops_total"] and (m, g) !=
+                       (p["miou"], p["gflops_total"]) for m, g in points)
+
+
+def test_progress_lines_on_stdout(spec, capsys):
+    """One line per proposed setting (trial, setting, GFLOPs, train / reused / refused) and
+    one per finished training (mIoU, elapsed, trainings left, time left), printed at once."""
+    executor = ReplayExecutor(table=TABLE, pretrained=(rid(schedule="1-1-1"),))
+    spec = dataclasses.replace(spec, seed=0, max_trials=60, max_trainings=4, batch=2)
+    study = open_study(spec, optuna.storages.InMemoryStorage())
+    search = Search(spec=spec, study=study, executor=executor, make_run=MAKE_RUN,
+                    cost=lambda run: TABLE[run.run_id]["gflops_total"])  # default log: stdout
+    search.run()
+    lines = capsys.readouterr().out.splitlines()
+    proposed = [line for line in lines if re_match(r"trial \d+: (baseline|pro_scale)", line)]
+    assert len(proposed) == len(study.trials)
+    for line in proposed:
+        assert " GFLOPs | " in line
+        assert line.rsplit(" | ", 1)[1].split(":")[0].split()[0] in ("train", "reused",
+                                                                     "refused")
+    assert any(" | refused: over the budget of 0.65 GFLOPs" in line for line in proposed)
+    finished = [line for line in lines if re_match(r"trial \d+ trained ", line)]
+    assert len(finished) == 4
+    assert all("mIoU" in line and " left of 4 | about " in line for line in finished)
+    assert finished[-1].split(" | ")[1].endswith("0 left of 4")
+    assert lines[-1].startswith("search ") and "training budget spent" in lines[-1]
+
+
+def re_match(pattern: str, line: str) -> bool:
+    import re
+
+    return re.match(pattern, line) is not None
+
+
+def test_generation_targets_flops_json(spec):
+    """A generation builds each run's flops.json beside its metrics.json (its MLflow run then
+    has gflops_total, like a grid run's)."""
+    from pipelines.search_runs import result_paths
+
+    run = make_run(spec, "pro_scale", {"schedule": "1-1-1", "trc": False, "lpe": False})
+    ablation = point_ablation(spec.ablation, [("pro_scale", dict(run.settings))])
+    targets = SnakemakeExecutor(spec=spec).targets(ablation, run)
+    paths = result_paths(ablation, run)
+    assert targets[:2] == [str(paths.metrics), str(paths.flops)]
