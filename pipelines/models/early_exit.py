@@ -55,7 +55,10 @@ from pipelines.axes import Axis
 
 AXES = {
     "min_layers": Axis("model.decode_head.pixel_decoder.min_layers", type="int", minimum=1,
-                       id="min{}", help="shallowest exit: exits are min_layers..encoder depth"),
+                       id="min{}", help="shallowest exit: exits are min_layers..encoder depth",
+                       # the encoder's depth: a PRO-SCALE schedule's sum, else num_layers
+                       maximum_key=("model.decode_head.pixel_decoder.schedule",
+                                    "model.decode_head.pixel_decoder.encoder.num_layers")),
     "exit_weighting": Axis("model.decode_head.pixel_decoder.loss_weighting", type="str",
                            choices=("normalised", "release"), id="w_{}",
                            help="exit loss weight k / E[k] (normalised) or k + 2 (release)"),
