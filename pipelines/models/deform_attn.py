@@ -51,6 +51,8 @@ def host_shapes(spatial_shapes: Tensor) -> HostShapes:
     tagged = getattr(spatial_shapes, "_host_shapes", None)
     if tagged is not None:
         return tagged
+    if torch.jit.is_tracing():  # the FLOPs trace: per-element reads, as mmcv's own code does
+        return tuple((int(h), int(w)) for h, w in spatial_shapes)
     return tuple((int(h), int(w)) for h, w in spatial_shapes.tolist())
 
 

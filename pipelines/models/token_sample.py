@@ -158,17 +158,19 @@ def inverse_transform_sample_batch(scores: Tensor, counts: Tensor, levels: int,
         positive = cdf.masked_fill((cdf <= 0) | pad, float("inf")).min(dim=1).values
         start = torch.where(torch.isinf(positive), start, positive)
     targets = _linspace(start, levels)
-    hi = torch.minimum(torch.searchsorted(cdf.contiguous(), targets.contiguous()),
-                       (counts - 1).clamp_min(0)[:, None])
+    hi = torch.clamp(torch.searchsorted(cdf.contiguous(), targets.contiguous()),
+                     max=(counts - 1).clamp_min(0)[:, None])
     lo = (hi - 1).clamp_min(0)
     near_lo = (targets - torch.gather(cdf, 1, lo)).abs() <= (torch.gather(cdf, 1, hi)
                                                              - targets).abs()
     pick = torch.where(near_lo, lo, hi)
-    chosen = torch.zeros(b, m, dtype=torch.bool, device=scores.device).scatter(1, pick, True)
+    chosen = torch.zeros(b, m, dtype=torch.bool, device=scores.device).scatter(
+        1, pick, torch.ones_like(pick, dtype=torch.bool))  # a tensor source: jit.trace takes it
     if budget is not None and budget < m:  # the `budget` best picks (ties: lower rank)
         key = (-ranked).masked_fill(~chosen, float("inf"))
         best = torch.sort(key, dim=1, stable=True).indices[:, :budget]
-        chosen = chosen & torch.zeros_like(chosen).scatter(1, best, True)
+        chosen = chosen & torch.zeros_like(chosen).scatter(
+            1, best, torch.ones_like(best, dtype=torch.bool))
     at_pos = torch.zeros_like(chosen).scatter(1, order, chosen)
     kept = torch.sort((~at_pos).to(torch.uint8), dim=1, stable=True).indices
     return kept, at_pos.sum(1)
@@ -258,7 +260,8 @@ class SampleViT(VisionTransformer):
             kept, kcount = inverse_transform_sample_batch(sig, valid[:, 1:].sum(1),
                                                           self.levels or n, self.budget,
                                                           self.grid)
-            counts = kcount.tolist()  # the one host sync of an ATS block: the kept counts
+            # the one host sync of an ATS block: the kept counts (element reads in a trace)
+            counts = ([int(k) for k in kcount] if torch.jit.is_tracing() else kcount.tolist())
         r = max(counts)
         kept = kept[:, :r]
         real = torch.arange(r, device=x.device)[None] < kcount[:, None]
