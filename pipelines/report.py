@@ -133,7 +133,7 @@ def build_report(ablation: str, results: str, run_jsons: list[str],
     if failed:
         lines += ["", "## Failed runs", "", "| run | reason |", "|---|---|"]
         lines += [f"| `{run_id}` | {reason.replace('|', '/')} |" for run_id, reason in failed]
-    lines += ["", f"Results: `{results}/<stage>/{ablation}/<run-id>/`."]
+    lines += ["", f"Results: `{results}/<stage>/{ablation}/<run-id>/<recipe>/`."]
     if tracking_uri:
         lines.append(f"MLflow: `mlflow ui --backend-store-uri {tracking_uri}` "
                      f"(experiment `{ablation}`).")
