@@ -9,6 +9,9 @@ import pytest
 
 from pipelines.analysis import settings as st
 
+#: the baseline setting's name (issue 18: settings are named by method, not by variant)
+BASE = "Mask2Former (baseline)"
+
 
 def runs_table(rows):
     """(variant, schedule or None, seed, miou, gflops) -> a runs table shaped like load_runs'."""
@@ -41,15 +44,15 @@ def test_runs_differing_only_by_seed_form_one_setting():
         ("pro_scale", "1-1-4", 0, 9.0, 2.0), ("pro_scale", "1-1-4", 1, 11.0, 2.0),
         ("pro_scale", "3-3-3", 0, 13.0, 2.5)]))
     s = a.settings.set_index("setting")
-    assert list(a.settings["setting"]) == ["baseline", "pro_scale 1-1-4", "pro_scale 3-3-3"]
-    assert s.loc["baseline", "n_seeds"] == 3 and s.loc["baseline", "seeds"] == "0 1 2"
-    assert s.loc["baseline", "miou"] == 12.0 and s.loc["baseline", "miou_std"] == 2.0
-    assert s.loc["baseline", "iou.small_blob"] == 6.0  # every metric, per-class IoU too
-    assert s.loc["baseline", "iou.small_blob_hi"] > 6.0
-    assert s.loc["baseline", "train_hours"] == pytest.approx(0.3)
-    assert s.loc["pro_scale 3-3-3", "n_seeds"] == 1
-    assert math.isnan(s.loc["pro_scale 3-3-3", "miou_lo"])
-    assert json.loads(s.loc["pro_scale 1-1-4", "mlflow_run_ids"]) == ["m003", "m004"]
+    assert list(a.settings["setting"]) == [BASE, "PRO-SCALE 1-1-4", "PRO-SCALE 3-3-3"]
+    assert s.loc[BASE, "n_seeds"] == 3 and s.loc[BASE, "seeds"] == "0 1 2"
+    assert s.loc[BASE, "miou"] == 12.0 and s.loc[BASE, "miou_std"] == 2.0
+    assert s.loc[BASE, "iou.small_blob"] == 6.0  # every metric, per-class IoU too
+    assert s.loc[BASE, "iou.small_blob_hi"] > 6.0
+    assert s.loc[BASE, "train_hours"] == pytest.approx(0.3)
+    assert s.loc["PRO-SCALE 3-3-3", "n_seeds"] == 1
+    assert math.isnan(s.loc["PRO-SCALE 3-3-3", "miou_lo"])
+    assert json.loads(s.loc["PRO-SCALE 1-1-4", "mlflow_run_ids"]) == ["m003", "m004"]
 
 
 def test_front_is_computed_on_means_not_on_single_runs():
@@ -61,7 +64,7 @@ def test_front_is_computed_on_means_not_on_single_runs():
         ("pro_scale", "1-1-4", 0, 2.0, 2.0), ("pro_scale", "1-1-4", 1, 20.0, 2.0),
         ("pro_scale", "3-3-3", 0, 10.0, 2.5), ("pro_scale", "3-3-3", 1, 10.5, 2.5)]))
     overall = a.fronts[a.fronts["front"] == "overall"]
-    assert list(overall["setting"]) == ["pro_scale 1-1-4", "baseline"]
+    assert list(overall["setting"]) == ["PRO-SCALE 1-1-4", BASE]
     assert list(overall["miou"]) == [11.0, 12.0]
 
 
@@ -76,17 +79,17 @@ def test_paired_test_pairs_by_seed_and_names_its_verdict():
         ("pro_scale", "3-3-3", 2, 35.0, 2.5),
         ("pro_scale", "2-2-2", 5, 1.0, 2.2)])
     a = st.analyse(table)
-    t = st.paired_test(a.runs, "pro_scale 1-1-4", "baseline")
+    t = st.paired_test(a.runs, "PRO-SCALE 1-1-4", BASE)
     assert t.n_pairs == 3 and t.mean_diff == pytest.approx(2.0)
     assert t.p_value == pytest.approx(0.07418, abs=1e-4) and t.verdict == st.NOT_DISTINCT
     # an unpaired test would see two overlapping samples; the pairing makes +5 on every seed
     # certain
-    same_shift = st.paired_test(a.runs, "pro_scale 3-3-3", "baseline")
+    same_shift = st.paired_test(a.runs, "PRO-SCALE 3-3-3", BASE)
     assert same_shift.verdict == st.DISTINCT and same_shift.p_value == 0.0
     # seed 5 has no partner in the baseline
-    lone = st.paired_test(a.runs, "pro_scale 2-2-2", "baseline")
+    lone = st.paired_test(a.runs, "PRO-SCALE 2-2-2", BASE)
     assert lone.verdict == st.NOT_TESTABLE and lone.text() == "not testable (0 paired seeds)"
-    assert st.paired_test(a.runs, "baseline", "baseline").p_value == 1.0
+    assert st.paired_test(a.runs, BASE, BASE).p_value == 1.0
 
 
 def test_every_front_point_gets_a_verdict():
@@ -98,15 +101,15 @@ def test_every_front_point_gets_a_verdict():
         ("pro_scale", "3-3-3", 0, 11.0, 2.5), ("pro_scale", "3-3-3", 1, 11.5, 2.5),
         ("pro_scale", "3-3-3", 2, 14.0, 2.5)]))
     v = a.verdicts.set_index("setting")
-    assert set(v.index) == {"baseline", "pro_scale 1-1-4", "pro_scale 3-3-3"}
+    assert set(v.index) == {BASE, "PRO-SCALE 1-1-4", "PRO-SCALE 3-3-3"}
     # 1-1-4 loses 6, 6.5 and 7 points to the baseline, 7, 6, 6 to 3-3-3: differs from both
-    assert v.loc["pro_scale 1-1-4", "verdict"] == st.DISTINCT
-    assert v.loc["pro_scale 1-1-4", "vs_baseline"].startswith("distinguishable (Δ -6.50")
+    assert v.loc["PRO-SCALE 1-1-4", "verdict"] == st.DISTINCT
+    assert v.loc["PRO-SCALE 1-1-4", "vs_baseline"].startswith("distinguishable (Δ -6.50")
     # 3-3-3 vs baseline: differences 1, -0.5, -1: not distinguishable
-    assert v.loc["pro_scale 3-3-3", "verdict"] == st.NOT_DISTINCT
-    assert v.loc["pro_scale 3-3-3", "not_distinct_from"] == "baseline"
-    assert v.loc["baseline", "vs_baseline"] == "is the baseline"
-    assert a.label("pro_scale 1-1-4") == st.DISTINCT and a.label("nope") == ""
+    assert v.loc["PRO-SCALE 3-3-3", "verdict"] == st.NOT_DISTINCT
+    assert v.loc["PRO-SCALE 3-3-3", "not_distinct_from"] == BASE
+    assert v.loc[BASE, "vs_baseline"] == "is the baseline"
+    assert a.label("PRO-SCALE 1-1-4") == st.DISTINCT and a.label("nope") == ""
 
 
 def test_one_seed_settings_are_not_testable():

@@ -14,7 +14,8 @@ from tests.workflow.conftest import snakemake, tiny_ablation, write_config
 # params that are not paths: numbers, enums, or already shell-quoted one by one (options)
 NOT_PATHS = {"threads", "resources.last_attempt", "params.options", "params.shape",
              "params.device", "params.repeats", "params.warmup", "params.nproc",
-             "params.beta", "params.spec[train]", "params.spec[val]", "params.spec[size]", "params.spec[seed]"}
+             "params.beta", "params.spec[train]", "params.spec[val]", "params.spec[size]", "params.spec[seed]",
+             "params.ui"}  # `--mlflow-ui URL`, the URL shell-quoted (figures.smk)
 FIELD = re.compile(r"\{([A-Za-z_][A-Za-z0-9_.\[\]]*)(:[^}]*)?\}")
 
 
