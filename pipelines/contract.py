@@ -34,6 +34,14 @@ NOTE_TAG = "mlflow.note.content"
 GIT_COMMIT_TAG = "mlflow.source.git.commit"  # MLflow's own name: the UI shows it
 GIT_DIRTY_TAG = "pipelines.git_dirty"
 VERSION_TAG_PREFIX = "pipelines.version."     # + torch, mmcv, mmengine, mmseg, mmdet
+#: the CPU a training ran on (``provenance["cpu"]``): same-seed CPU trainings are bit-exact on one
+#: CPU class only, so every result names its CPU model, the ATen level it dispatched to, the
+#: instruction sets and the threads (issue 17 item 4)
+CPU_MODEL_TAG = "pipelines.cpu.model"
+CPU_ATEN_TAG = "pipelines.cpu.aten_capability"
+CPU_FLAGS_TAG = "pipelines.cpu.flags"
+CPU_THREADS_TAG = "pipelines.cpu.threads"
+CPU_ENV_TAG = "pipelines.cpu.env"
 EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
 EXPERIMENT_KIND = "custom_model_development"  # MLflow 3's UI: open on the runs table
 SEARCH_TAG = "pipelines.search"        # the search (study) a trial run or search parent is of

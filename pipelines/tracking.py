@@ -520,6 +520,16 @@ def provenance_tags(provenance: Mapping | None) -> dict[str, str]:
     for lib, version in (provenance.get("versions") or {}).items():
         if version:
             out[c.VERSION_TAG_PREFIX + lib] = str(version)
+    cpu = provenance.get("cpu") or {}
+    for tag, key in ((c.CPU_MODEL_TAG, "model"), (c.CPU_ATEN_TAG, "aten_capability"),
+                     (c.CPU_THREADS_TAG, "threads")):
+        if cpu.get(key) is not None:
+            out[tag] = str(cpu[key])
+    if cpu.get("flags"):
+        out[c.CPU_FLAGS_TAG] = " ".join(cpu["flags"]) if isinstance(cpu["flags"], list) \
+            else str(cpu["flags"])
+    if cpu.get("env"):
+        out[c.CPU_ENV_TAG] = json_tag(cpu["env"])
     return out
 
 

@@ -105,3 +105,16 @@ def test_capability_spread_of_one_class():
     assert summary["spread"] == {"baseline/seed0": 3.5}
     assert "mean small_blob" in capability_spread.markdown(
         rows, summary, ["native", "avx2"], ["baseline"], [0], "h", "small_blob")
+
+
+def test_the_cpu_reaches_mlflow_tags():
+    from pipelines import contract as c
+    from pipelines.provenance import collect
+    from pipelines.tracking import provenance_tags
+
+    tags = provenance_tags(collect())
+    assert tags[c.CPU_ATEN_TAG] and tags[c.CPU_MODEL_TAG] and int(tags[c.CPU_THREADS_TAG]) >= 1
+    assert provenance_tags({"cpu": {"model": "X", "aten_capability": "AVX2", "threads": 1,
+                                    "flags": ["avx2"], "env": {"ATEN_CPU_CAPABILITY": "avx2"}}}) \
+        == {c.CPU_MODEL_TAG: "X", c.CPU_ATEN_TAG: "AVX2", c.CPU_THREADS_TAG: "1",
+            c.CPU_FLAGS_TAG: "avx2", c.CPU_ENV_TAG: '{"ATEN_CPU_CAPABILITY": "avx2"}'}
