@@ -64,12 +64,14 @@ def test_a_changed_run_set_still_trains_what_is_missing(tmp_path):
 
     # a third setting added: only it trains; nothing finished is trained or evaluated again
     evaluated = os.stat(_metrics(both, "2-2-2")).st_mtime_ns
-    three = write_config(tmp_path / "three.yaml", _points(tmp_path, ["1-1-1", "2-2-2", "3-3-3"]))
-    result = snakemake(tmp_path, three, *(_metrics(both, s) for s in ("1-1-1", "2-2-2", "3-3-3")))
+    all_three = _points(tmp_path, ["1-1-1", "2-2-2", "3-3-3"])
+    three = write_config(tmp_path / "three.yaml", all_three)
+    result = snakemake(tmp_path, three,
+                       *(_metrics(all_three, s) for s in ("1-1-1", "2-2-2", "3-3-3")))
     assert result.returncode == 0, result.stderr[-3000:]
     assert trained.stat().st_mtime_ns == mtime
     assert os.stat(_metrics(both, "2-2-2")).st_mtime_ns == evaluated
-    assert "miou" in json.loads(Path(_metrics(both, "3-3-3")).read_text())
+    assert "miou" in json.loads(Path(_metrics(all_three, "3-3-3")).read_text())
 
 
 def test_a_results_folder_too_small_stops_before_any_job(tmp_path):
