@@ -9,7 +9,7 @@ no browser download) opens:
 * the MLflow runs table of the experiment, with its metric columns;
 * a run's training loss curve (``train/loss``, one point per logged iteration).
 
-Screenshots are kept under ``$BROWSER_SCREENSHOTS`` (default ``results/screenshots/``) as CI
+Screenshots are kept under ``$BROWSER_SCREENSHOTS`` (default ``.test-artifacts/screenshots/``) as CI
 artefacts.
 """
 from __future__ import annotations
@@ -33,7 +33,8 @@ from tests.workflow.conftest import snakemake, tiny_ablation, write_config
 
 pytestmark = [pytest.mark.services, pytest.mark.slow]
 
-SHOTS = Path(os.environ.get("BROWSER_SCREENSHOTS", REPO / "results" / "screenshots"))
+# never the checkout's results/ (the demo's; tests/conftest.py fails a run that changes it)
+SHOTS = Path(os.environ.get("BROWSER_SCREENSHOTS", REPO / ".test-artifacts" / "screenshots"))
 
 
 def chromium() -> str | None:
