@@ -3,7 +3,7 @@
 PY := .venv/bin/python
 STAMP := .venv/.pipelines-installed
 
-.PHONY: setup demo test test-slow bench clean
+.PHONY: setup demo test test-slow bench ui clean
 setup:
 	@bash workflow/scripts/install.sh
 
@@ -16,7 +16,7 @@ demo: setup
 	@echo "results:  results/<stage>/demo/<run-id>/<recipe>/  (metrics JSON; checkpoints in results/train/demo/)"
 	@echo "report:   results/report/demo/report.md  and  results/report/demo/html/index.html"
 	@echo "figures:  results/figures/demo/  (snakemake figures redraws them from MLflow)"
-	@echo "MLflow:   sqlite:///results/mlflow.db  ->  .venv/bin/mlflow ui --backend-store-uri sqlite:///results/mlflow.db"
+	@echo "MLflow:   sqlite:///results/mlflow.db  ->  make ui  (starts mlflow ui, prints the link to the demo's runs table)"
 
 # `make test`: everything but the slow end-to-end tests (under 10 minutes on 2 cores);
 # `make test-slow`: real DAG runs, SIGKILL/resume, SLURM (CI runs both, see .ci/run).
@@ -25,6 +25,11 @@ test: setup
 
 test-slow: setup
 	$(PY) -m pytest -q -m slow
+
+# mlflow ui on the demo's store, with the link that opens its runs table (metric columns shown);
+# UI_ARGS: --experiment NAME --tracking-uri URI --port N for another ablation or port
+ui:
+	$(PY) -m pipelines ui $(UI_ARGS)
 
 bench: setup
 	$(PY) -m pipelines.benchmarks.train_tiny

@@ -28,6 +28,7 @@ COMMAND_MODULES = (
     "pipelines.figures",
     "pipelines.html_report",
     "pipelines.search",
+    "pipelines.mlflow_ui",
 )
 
 

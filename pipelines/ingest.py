@@ -328,10 +328,13 @@ def ingest(ablation: str, results: str, run_jsons: list[str], tracking_uri: str,
 
 def _ingest(client, ablation, results, runs, artifact_location, description, progress, role,
             tqdm) -> dict[str, Any]:
-    from pipelines import tracking
+    from pipelines import mlflow_ui, tracking
 
     experiment_id = tracking.get_or_create_experiment(client, ablation, artifact_location)
     parent = tracking.get_or_create_parent(client, experiment_id, ablation, description)
+    # the runs-table view `python -m pipelines ui` links to (its columns: these runs' axes)
+    mlflow_ui.share_view(client, experiment_id,
+                         [axis for run in runs for axis in run.get("settings", {})])
     pending = tracking.drop_pending(client, experiment_id)
     existing = tracking.children_by_run_id(client, experiment_id)
     summary: dict[str, Any] = {"ablation": ablation, "experiment_id": experiment_id,

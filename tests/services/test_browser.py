@@ -254,6 +254,38 @@ def test_mlflow_runs_table_shows_metric_columns(ablation, mlflow_ui, browser):
         browser.call("Emulation.clearDeviceMetricsOverride")
 
 
+def test_the_printed_mlflow_link_lands_on_the_runs_with_metric_columns(ablation, mlflow_ui,
+                                                                        tmp_path):
+    """A person's first visit: a fresh browser profile, the link `make ui` prints, no clicks."""
+    root, config = ablation
+    port = mlflow_ui.rsplit(":", 1)[1]
+    out = subprocess.run([sys.executable, "-m", "pipelines", "ui", "--link-only", "--tracking-uri",
+                          config["mlflow"]["tracking_uri"], "--experiment", "browser",
+                          "--port", port], cwd=root, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    link = out.stdout.strip().split(" open ", 1)[1]
+    assert link.startswith(f"{mlflow_ui}/#/experiments/{_experiment_id(mlflow_ui)}/runs?")
+    fresh = Browser(chromium(), tmp_path / "fresh-profile")
+    try:
+        fresh.call("Emulation.setDeviceMetricsOverride", width=1600, height=900,
+                   deviceScaleFactor=1, mobile=False)
+        fresh.open(link)
+        headers = "[...document.querySelectorAll('[role=columnheader]')].map(e => e.innerText)"
+        fresh.wait(f"document.body && {headers}.includes('miou') && "
+                   f"{headers}.includes('gflops_total')", timeout=240)
+        fresh.wait("document.body.innerText.includes('baseline-seed1')")
+        fresh.screenshot("mlflow_landing")
+        text = fresh.text()
+        # the grid runs, flat (no parent row to expand), and the model-training sidebar
+        assert "4 matching runs" in text
+        assert "Model registry" in text and "Judges" not in text and "Detect Issues" not in text
+        cells = fresh.js("[...document.querySelectorAll('[role=gridcell]')].map(e => "
+                         "e.innerText)")
+        assert any(c.replace(".", "", 1).isdigit() for c in cells)
+    finally:
+        fresh.close()
+
+
 LOSS_CHART = """(() => {
   const title = [...document.querySelectorAll('*')].filter(e => e.children.length === 0 &&
       e.innerText === 'loss')[0];
