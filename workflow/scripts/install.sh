@@ -64,10 +64,11 @@ if [ "$FORCE_CUDA" = 1 ] && ! mmcv_ok; then
     # CUDA ops: the patched sdist (THC headers are gone from torch 2.13), see the script
     bash workflow/scripts/build_mmcv_cuda.sh "$VENV/bin/python"
 elif ! mmcv_ok; then
-    echo "install.sh: installing mmcv 2.1.0 with compiled ops (a source build takes ~25 min on 2 cores)"
     if compgen -G "$ROOT/../shared/wheels/mmcv-2.1.0-cp311-*.whl" >/dev/null; then
+        echo "install.sh: installing mmcv 2.1.0 from the wheel cache ../shared/wheels (about a minute)"
         quiet "${PIP[@]}" install -q "${find_links[@]}" --no-build-isolation "mmcv==2.1.0"
     else
+        echo "install.sh: building mmcv 2.1.0 with compiled ops from source (no cached wheel in ../shared/wheels: ~20-25 min on 2 cores)"
         # mmcv's setup.py needs an old setuptools (the recipe in ../shared/wheels/README.md);
         # pip warns that torch wants a newer one: the runtime pin is put back right after.
         quiet "${PIP[@]}" install -q "setuptools<70"
