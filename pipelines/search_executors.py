@@ -1,0 +1,173 @@
+"""How a search's trials are trained: as the grid's own Snakemake jobs, or replayed from a table.
+
+An executor has ``existing(run)`` (the run's result when it is known: ``metrics.json`` on disk,
+or the replayed record), ``job_minutes()`` (the declared runtime of one run's jobs, for the
+trials' deadlines) and ``train(runs, generation, on_result)``.
+"""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Callable, Mapping
+
+from pipelines.errors import UserError
+from pipelines.search_runs import point_ablation, read_result, result_paths
+
+
+class SnakemakeExecutor:
+    """Trains and evaluates runs as the grid's own jobs: writes an ablation listing exactly the
+    batch's settings as ``points`` and runs ``snakemake`` on their ``metrics.json``.
+
+    Args:
+        spec: the search.
+        workdir: where Snakemake runs (relative paths of the base ablation are relative to it).
+        cores: ``--cores`` for the local executor.
+        profile: ``--profile`` (e.g. ``slurm``); jobs then go through that executor.
+        snakemake_args: further arguments passed through.
+    """
+
+    def __init__(self, *, spec, workdir: str | Path = ".", cores: int = 2,
+                 profile: str | None = None, snakemake_args: tuple[str, ...] = ()) -> None:
+        self.spec = spec
+        self.workdir = Path(workdir)
+        self.cores = cores
+        self.profile = profile
+        self.snakemake_args = tuple(snakemake_args)
+        self.launched: list[str] = []
+        self.lock_fd: int | None = None  # the head's shared lock on the results folder
+
+    def hold_results(self) -> None:
+        """Share the results folder with the study's other workers only (pipelines/lock.py)."""
+        from pipelines.lock import hold
+
+        results = Path(self.spec.ablation.get("results", "results"))
+        self.lock_fd = hold(results if results.is_absolute() else self.workdir / results,
+                            shared=True, what=f"search {self.spec.name!r}")
+
+    def existing(self, run) -> dict | None:
+        return read_result(self.spec.ablation, run)
+
+    def job_minutes(self) -> float:
+        """Declared runtime of one run's train + evaluate jobs, over every attempt."""
+        res = self.spec.ablation.get("resources") or {}
+        attempts = int(self.spec.ablation.get("retries", 0)) + 1
+        per_attempt = sum(float((res.get(s) or {}).get("runtime", 60)) for s in ("train",
+                                                                                   "evaluate"))
+        return per_attempt * attempts * (attempts + 1) / 2  # runtime grows with the attempt
+
+    def targets(self, ablation, run) -> list[str]:
+        """What a generation builds for one run: what the grid builds for it (``metrics.json``;
+        ``flops.json`` always, so that its MLflow run has ``gflops_total`` like a grid run's;
+        ``benchmark.json`` when the base ablation benchmarks its runs)."""
+        paths = result_paths(ablation, run)
+        out = [paths.metrics, paths.flops]
+        if (ablation.get("stages") or {}).get("benchmark"):
+            out.append(paths.benchmark)
+        return [str(p) for p in out]
+
+    def train(self, runs, generation: int, on_result: Callable | None = None,
+              poll_s: float = 5.0) -> dict[str, dict | None]:
+        """Train and evaluate ``runs`` in one Snakemake call; ``on_result(run, metrics)`` as
+        soon as a run's ``metrics.json`` appears (progress), then ``{run id: metrics or None}``."""
+        import yaml
+
+        if not runs:
+            return {}
+        ablation = point_ablation(self.spec.ablation,
+                                  [(r.variant, dict(r.settings)) for r in runs])
+        folder = Path(self.spec.ablation.get("results", "results")) / "search" / self.spec.name
+        folder = folder if folder.is_absolute() else self.workdir / folder
+        folder.mkdir(parents=True, exist_ok=True)
+        configfile = folder / f"generation-{generation:03d}.yaml"
+        configfile.write_text(yaml.safe_dump(ablation, sort_keys=False))
+        targets = [t for r in runs for t in self.targets(ablation, r)]
+        bin_dir = Path(sys.executable).parent
+        snakemake = bin_dir / "snakemake"
+        cmd = [str(snakemake if snakemake.exists() else "snakemake"),
+               "--snakefile", str(Path(__file__).resolve().parents[1] / "Snakefile"),
+               "--configfile", str(configfile.resolve()), "--directory", str(self.workdir),
+               "--rerun-incomplete", "--keep-going", "--nolock"]
+        cmd += ["--profile", self.profile] if self.profile else ["--cores", str(self.cores)]
+        cmd += [*self.snakemake_args, *targets]
+        self.launched += [r.run_id for r in runs]
+        env = dict(os.environ, PATH=f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '')}")
+        # the generation's Snakemake works under the head's lock and dies with the head
+        from pipelines.lock import child_env, die_with_parent
+
+        fds = () if self.lock_fd is None else (self.lock_fd,)
+        if fds:
+            env = child_env(self.lock_fd, env)
+        log = folder / f"generation-{generation:03d}.log"
+        reported: set[str] = set()
+
+        def report() -> None:
+            for r in runs:
+                if r.run_id not in reported and on_result is not None:
+                    result = self.existing(r)
+                    if result is not None:
+                        reported.add(r.run_id)
+                        on_result(r, result)
+
+        with open(log, "a") as fh:
+            proc = subprocess.Popen(cmd, stdout=fh, stderr=subprocess.STDOUT, env=env,
+                                    cwd=self.workdir, pass_fds=fds, preexec_fn=die_with_parent)
+            try:
+                while True:
+                    try:
+                        proc.wait(timeout=poll_s)
+                        break
+                    except subprocess.TimeoutExpired:
+                        report()
+            except BaseException:  # interrupted: the generation's jobs stop with it
+                proc.kill()
+                proc.wait()
+                raise
+        report()
+        return {r.run_id: self.existing(r) for r in runs}
+
+
+class ReplayExecutor:
+    """Replays a recorded grid: a run's result is the recorded one (``tests/data/grid_tiny.csv``).
+
+    Used by the efficiency benchmark, which compares samplers on the same recorded trainings.
+    ``launched`` lists every training the search asked for.
+
+    Args:
+        table: run id -> ``{"miou": ..., "gflops_total": ...}``.
+        pretrained: run ids counted as already trained (the grid's, for reuse).
+    """
+
+    def __init__(self, *, table: Mapping[str, Mapping[str, float]],
+                 pretrained: tuple[str, ...] = (), results: str | Path | None = None) -> None:
+        self.table = dict(table)
+        self.trained = set(pretrained)
+        self.results = Path(results) if results else None
+        self.launched: list[str] = []
+
+    def existing(self, run) -> dict | None:
+        if self.results is not None and (self.results / f"{run.run_id}.json").is_file():
+            return json.loads((self.results / f"{run.run_id}.json").read_text())
+        return dict(self.table[run.run_id]) if run.run_id in self.trained else None
+
+    def job_minutes(self) -> float:
+        return 1.0
+
+    def train(self, runs, generation: int, on_result: Callable | None = None
+              ) -> dict[str, dict | None]:
+        out = {}
+        for run in runs:
+            if run.run_id not in self.table:
+                raise UserError(f"{run.run_id}: not in the recorded table")
+            self.launched.append(run.run_id)
+            self.trained.add(run.run_id)
+            out[run.run_id] = dict(self.table[run.run_id])
+            if self.results is not None:  # a results folder shared by several workers
+                from pipelines.config import write_json_atomic
+
+                write_json_atomic(self.results / f"{run.run_id}.json", out[run.run_id])
+            if on_result is not None:
+                on_result(run, out[run.run_id])
+        return out
