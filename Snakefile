@@ -4,7 +4,7 @@
 #   snakemake --cores 2 --configfile configs/ablations/ade20k.yaml --config data='{root: /data/ade}'
 #   snakemake --profile slurm --configfile configs/ablations/ade20k.yaml     (see workflow/README.md)
 #
-# Everything worth testing lives in pipelines/ (grid expansion: pipelines/grid.py); the rules
+# Everything worth testing lives in pipelines/ (grid expansion: pipelines/grid/); the rules
 # only call `python -m pipelines <stage>`.
 from snakemake.utils import min_version
 

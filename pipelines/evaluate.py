@@ -81,17 +81,10 @@ def check_finite(result: dict) -> dict:
 
 
 def run(args: argparse.Namespace) -> int:
-    from pipelines.failures import read_failure, recording_failures, upstream_failure
+    from pipelines.failures import run_stage
 
-    if args.train_done:
-        upstream = read_failure(args.train_done)
-        if upstream is not None:
-            write_json_atomic(args.out, upstream_failure("evaluate", upstream))
-            print(f"not evaluated: training failed ({upstream.get('reason')})")
-            return 0
-    with recording_failures(args.out, "evaluate", bool(args.record_failure)):
-        return _run(args)
-    return 0
+    return run_stage("evaluate", _run, args, outs=[args.out], upstreams=[args.train_done],
+                     record=bool(args.record_failure))
 
 
 def _checkpoint(args: argparse.Namespace) -> Path:

@@ -2,9 +2,10 @@
 
 A Snakemake job that exits non-zero blocks every job downstream of it, and with them the
 ablation's ingest, report and figures, even under ``--keep-going``. So the per-run stages
-(``train``, ``evaluate``) take ``--record-failure 1``, which the rules pass on a job's *last*
-attempt only: an earlier attempt fails as usual (Snakemake marks the job failed and retries
-it); the last attempt writes its declared output as a failure record instead
+(``train``, ``evaluate``, ECO-M2F's ``derive-exits``, ``train-gate`` and ``evaluate-gated``,
+all through :func:`run_stage`; ``flops``) take ``--record-failure 1``, which the rules pass on a
+job's *last* attempt only: an earlier attempt fails as usual (Snakemake marks the job failed
+and retries it); the last attempt writes its declared output as a failure record instead
 
     {"status": "failed", "stage": "train", "reason": "NonFiniteLossError: loss is nan ..."}
 
@@ -20,7 +21,7 @@ import contextlib
 import json
 import traceback
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterator, Sequence
 
 FAILED = "failed"
 
@@ -74,6 +75,40 @@ def recording_failures(out: str | Path | None, stage: str, record: bool) -> Iter
         print(data["traceback"], file=sys.stderr)
         write_json_atomic(out, data)
         print(f"{stage} failed: {data['reason']} (recorded in {out})", file=sys.stderr)
+
+
+def run_stage(stage: str, fn, args, *, outs: Sequence = (), upstreams: Sequence = (),
+              record: bool = False) -> int:
+    """Run ``fn(args)`` as the workflow stage ``stage`` over its JSON outputs ``outs``.
+
+    The one wrapper every stage CLI that writes a failure record goes through (``train``,
+    ``evaluate``, ``derive-exits``, ``train-gate``, ``evaluate-gated``):
+
+    * a failure record among ``upstreams`` (the previous stage's JSON) is passed on to every
+      output and nothing runs (exit status 0);
+    * with ``record`` (the rule's last attempt), a failure of ``fn`` is written to every output
+      (:func:`recording_failures`) and the exit status is 0; without it, it propagates.
+
+    Empty entries of ``outs`` and ``upstreams`` (an option not given) are skipped.
+    """
+    import shutil
+
+    from pipelines.config import write_json_atomic
+
+    outs = [Path(o) for o in outs if o]
+    for path in (u for u in upstreams if u):
+        failure = read_failure(path)
+        if failure is not None:
+            for out in outs:
+                write_json_atomic(out, upstream_failure(stage, failure))
+            print(f"{stage}: not run, {failure.get('stage', 'upstream')} failed "
+                  f"({failure.get('reason')})")
+            return 0
+    with recording_failures(outs[0] if outs else None, stage, record):
+        return fn(args)
+    for out in outs[1:]:  # only reached when the failure was recorded in outs[0]
+        shutil.copy(outs[0], out)
+    return 0
 
 
 #: exit status of a workflow that finished but in which some runs failed (their records are

@@ -130,28 +130,34 @@ def train(cfg):
 
 def run(args: argparse.Namespace) -> int:
     from pipelines import launch
-    from pipelines.failures import read_failure, recording_failures
+    from pipelines.failures import run_stage
 
     if args.nproc < 1:
         raise UserError(f"--nproc must be >= 1, got {args.nproc}")
-    launching = args.nproc > 1 and launch.world_size() == 1
     # in a launch, rank 0 alone records a failure; the other ranks fail and torchrun stops
     record = bool(args.record_failure) and launch.is_main_process()
-    with recording_failures(args.done_file, "train", record):
-        if not launching:
-            return _run(args)
-        import sys
+    return run_stage("train", _run_or_launch, args, outs=[args.done_file], record=record)
 
-        argv = sys.argv[1:]
-        if not argv or argv[0] != "train":
-            raise UserError("--nproc > 1 works from the command line (python -m pipelines "
-                            "train ...) only")
-        status = launch.launch(args.nproc, argv)
-        if status == 0 or (record and read_failure(args.done_file or "") is not None):
-            return 0  # done, or rank 0 recorded why it failed
-        raise RuntimeError(f"distributed training failed (torchrun exit status {status}); "
-                           "the ranks' errors are in the log above")
-    return 0  # the failure was recorded
+
+def _run_or_launch(args: argparse.Namespace) -> int:
+    """Train in this process, or (``--nproc`` > 1 outside a launch) through torchrun."""
+    from pipelines import launch
+    from pipelines.failures import read_failure
+
+    if not (args.nproc > 1 and launch.world_size() == 1):
+        return _run(args)
+    import sys
+
+    argv = sys.argv[1:]
+    if not argv or argv[0] != "train":
+        raise UserError("--nproc > 1 works from the command line (python -m pipelines "
+                        "train ...) only")
+    status = launch.launch(args.nproc, argv)
+    record = bool(args.record_failure) and launch.is_main_process()
+    if status == 0 or (record and read_failure(args.done_file or "") is not None):
+        return 0  # done, or rank 0 recorded why it failed
+    raise RuntimeError(f"distributed training failed (torchrun exit status {status}); "
+                       "the ranks' errors are in the log above")
 
 
 def _run(args: argparse.Namespace) -> int:

@@ -11,7 +11,8 @@ import torch
 
 import pipelines.registry  # noqa: F401
 from pipelines.cli import main
-from pipelines.eco_m2f import histogram, per_image_quality, read_table
+from pipelines.eco_m2f.model import histogram, per_image_quality
+from pipelines.eco_m2f.table import read_table
 from tests.conftest import REPO, TINY_OPTIONS
 
 ECO_TINY = REPO / "configs/models/mask2former_r18_ecom2f_synthetic-128x128.py"
@@ -170,7 +171,8 @@ def test_gated_gflops_agree_with_flops_data(derived, tmp_path):
     import argparse
 
     from pipelines.config import load_config
-    from pipelines.eco_m2f import load_exit_model, load_gate
+    from pipelines.eco_m2f.gate import load_gate
+    from pipelines.eco_m2f.model import load_exit_model
     from pipelines.flops import count_flops, dataset_inputs, per_image_report
 
     gate = tmp_path / "gate.pth"

@@ -70,7 +70,7 @@ def test_cityscapes_config_is_schema_valid():
 
 
 # The one lint we keep on purpose: rules name no conda environment, because `--sdm conda` cannot
-# build mmcv 2.1.0 against the installed torch/CUDA (workflow/rules/common.smk, CONDA_ENV).
+# build mmcv 2.1.0 against the installed torch/CUDA (the comment in workflow/rules/common.smk).
 ACCEPTED_LINT = "Specify a conda environment or container for each rule."
 
 

@@ -1,5 +1,5 @@
 # Validation of the ablation config and the small helpers the rules share.
-# Grid expansion, run ids and the result layout live in pipelines/grid.py (unit-tested).
+# Grid expansion, run ids and the result layout live in pipelines/grid/ (unit-tested).
 import json
 import os
 from pathlib import Path
@@ -43,12 +43,12 @@ CONTENT = content_key(RUNS.values(), config["mlflow"]["tracking_uri"],
                       config["mlflow"]["artifact_location"], config["description"])
 MANIFEST = f"{RESULTS}/runs/{ABLATION}/{CONTENT}/runs.txt"
 INGESTED = f"{RESULTS}/ingest/{ABLATION}/{CONTENT}/ingested.json"
-# Jobs run in the environment snakemake itself runs in (the local .venv, or on a cluster
-# the conda env built from environment.yml plus its one mmcv build step (README, "On a GPU
-# cluster")). `--sdm conda` is not offered (issue 9): mmcv 2.1.0 has no wheel for torch 2.13
-# and must be compiled against the installed torch and CUDA, which an environment Snakemake
-# creates from environment.yml alone cannot do. The `conda:` directives stay None.
-CONDA_ENV = None
+# Rules name no conda environment (no `conda` directive). Jobs run in the environment snakemake
+# itself runs in (the local .venv, or on a cluster the conda env built from environment.yml plus
+# its one mmcv build step (README, "On a GPU cluster")). `--sdm conda` is not offered (issue 9):
+# mmcv 2.1.0 has no wheel for torch 2.13 and must be compiled against the installed torch and
+# CUDA, which an environment Snakemake creates from environment.yml alone cannot do. (So `--lint`
+# asks for a conda environment on every rule: the one accepted finding.)
 
 
 # ids are checked by pipelines.grid; a generic pattern keeps the DAG build linear in runs
@@ -122,6 +122,29 @@ def last_attempt(wildcards, attempt):
     `--record-failure 1` writes its output as a failure record instead of failing, so
     one failed run does not block the ablation's ingest, report and figures)."""
     return int(attempt > config["retries"])
+
+
+# The per-run stage jobs (train_model, evaluate_model, count_flops and ECO-M2F's
+# derive_exit_quality, train_gate, evaluate_gated) share one shape, built by the two helpers
+# below: `resources: **stage_resources(stage)` (the stage's resources plus `last_attempt`) and
+# `shell: stage_shell(...)`. (Snakemake's rule inheritance, `use rule` with a `with` block,
+# cannot change a rule's shell, and the shell is what differs between them.)
+def stage_resources(stage):
+    """resources: of a per-run stage job: :func:`get_resources` plus `last_attempt`."""
+    return dict(get_resources(stage), last_attempt=last_attempt)
+
+
+def stage_shell(command, options=True, stderr_to_terminal=False):
+    """shell: of a per-run stage job: `python -m pipelines <command>` with {threads} OpenMP
+    threads, `--record-failure` on the last attempt (pipelines/failures.py), the run's
+    `--cfg-options` ({params.options}) unless `options` is False, and its output in the log
+    (stderr also on the terminal with `stderr_to_terminal`). Every path is quoted ({x:q})."""
+    return (
+        "OMP_NUM_THREADS={threads} PYTHONWARNINGS=ignore "
+        f"python -m pipelines {command} --record-failure {{resources.last_attempt}}"
+        + (" --cfg-options {params.options}" if options else "")
+        + (" > {log:q} 2> >(tee -a {log:q} >&2)" if stderr_to_terminal else " > {log:q} 2>&1")
+    )
 
 
 def get_run_outputs(run_id):

@@ -15,16 +15,10 @@ rule count_flops:
         options=get_options,
     threads: get_threads("flops")
     resources:
-        **get_resources("flops"),
-        last_attempt=last_attempt,
+        **stage_resources("flops"),
     retries: config["retries"]
-    conda:
-        CONDA_ENV
     shell:
-        "OMP_NUM_THREADS={threads} PYTHONWARNINGS=ignore "
-        "python -m pipelines flops {params.config:q} --shape {params.shape} "
-        "--json {output.flops:q} --record-failure {resources.last_attempt} "
-        "--cfg-options {params.options} > {log:q} 2>&1"
+        stage_shell("flops {params.config:q} --shape {params.shape} --json {output.flops:q}")
 
 
 rule benchmark_ablation:
@@ -56,8 +50,6 @@ rule benchmark_ablation:
     resources:
         **get_resources("benchmark"),
     retries: config["retries"]
-    conda:
-        CONDA_ENV
     shell:
         "OMP_NUM_THREADS={threads} PYTHONWARNINGS=ignore "
         "python -m pipelines benchmark --runs @{input.manifest:q} --results {params.results:q} "

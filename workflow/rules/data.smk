@@ -19,8 +19,6 @@ if config["data"]["synthetic"] is not None:
         resources:
             mem_mb=2000,
             runtime=30,
-        conda:
-            CONDA_ENV
         shell:
             "python -m pipelines data synthetic --out {params.root:q} --train {params.spec[train]} "
             "--val {params.spec[val]} --size {params.spec[size]} --seed {params.spec[seed]} "

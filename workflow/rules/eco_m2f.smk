@@ -14,7 +14,7 @@
 # evaluation run (and ingest/report after them). The JSON outputs may be failure records
 # (pipelines/failures.py); the Parquet tables and the gate weights are never declared, like
 # checkpoints, so a retry overwrites them atomically instead of deleting them first.
-from pipelines.eco_m2f import id_pattern, is_gated, stage_files  # noqa: E402
+from pipelines.eco_m2f.layout import id_pattern, is_gated, stage_files  # noqa: E402
 
 
 GATED_RUNS = {run_id: run for run_id, run in RUNS.items() if is_gated(run)}
@@ -53,17 +53,13 @@ rule derive_exit_quality:
         options=get_options,
     threads: get_threads("evaluate")
     resources:
-        **get_resources("evaluate"),
-        last_attempt=last_attempt,
+        **stage_resources("evaluate"),
     retries: config["retries"]
-    conda:
-        CONDA_ENV
     shell:
-        "OMP_NUM_THREADS={threads} PYTHONWARNINGS=ignore "
-        "python -m pipelines derive-exits {params.config:q} --train-done {input.done:q} "
-        "--out {params.table:q} --summary {output.summary:q} "
-        "--data-root {params.data_root:q} --record-failure {resources.last_attempt} "
-        "--cfg-options {params.options} > {log:q} 2>&1"
+        stage_shell(
+            "derive-exits {params.config:q} --train-done {input.done:q} --out {params.table:q} "
+            "--summary {output.summary:q} --data-root {params.data_root:q}"
+        )
 
 
 rule train_gate:
@@ -82,17 +78,14 @@ rule train_gate:
         gate=lambda wildcards: ECO_FILES[wildcards.run_id]["gate_weights"],
     threads: 1
     resources:
-        **get_resources("evaluate"),
-        last_attempt=last_attempt,
+        **stage_resources("evaluate"),
     retries: config["retries"]
-    conda:
-        CONDA_ENV
     shell:
-        "OMP_NUM_THREADS={threads} PYTHONWARNINGS=ignore "
-        "python -m pipelines train-gate --table {params.table:q} --beta {params.beta} "
-        "--config {params.config:q} --out {params.gate:q} --json {output.summary:q} "
-        "--upstream {input.derived:q} --record-failure {resources.last_attempt} "
-        "> {log:q} 2>&1"
+        stage_shell(
+            "train-gate --table {params.table:q} --beta {params.beta} --config {params.config:q} "
+            "--out {params.gate:q} --json {output.summary:q} --upstream {input.derived:q}",
+            options=False,
+        )
 
 
 rule evaluate_gated:
@@ -115,15 +108,11 @@ rule evaluate_gated:
         options=get_options,
     threads: get_threads("evaluate")
     resources:
-        **get_resources("evaluate"),
-        last_attempt=last_attempt,
+        **stage_resources("evaluate"),
     retries: config["retries"]
-    conda:
-        CONDA_ENV
     shell:
-        "OMP_NUM_THREADS={threads} PYTHONWARNINGS=ignore "
-        "python -m pipelines evaluate-gated {params.config:q} --train-done {input.done:q} "
-        "--gate {params.gate:q} --table {params.table:q} --upstream {input.gate:q} "
-        "--out {output.metrics:q} --flops-json {output.flops:q} "
-        "--data-root {params.data_root:q} --record-failure {resources.last_attempt} "
-        "--cfg-options {params.options} > {log:q} 2>&1"
+        stage_shell(
+            "evaluate-gated {params.config:q} --train-done {input.done:q} --gate {params.gate:q} "
+            "--table {params.table:q} --upstream {input.gate:q} --out {output.metrics:q} "
+            "--flops-json {output.flops:q} --data-root {params.data_root:q}"
+        )

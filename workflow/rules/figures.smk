@@ -1,6 +1,6 @@
 # The analysis (runs loaded once -> settings -> fronts -> verdicts, saved), then the paper
 # figures, Pareto tables and the HTML report, all read from that saved analysis.
-# Needs common.smk (RESULTS, ABLATION, CONDA_ENV, INGESTED) included first.
+# Needs common.smk (RESULTS, ABLATION, INGESTED) included first.
 #
 #   snakemake --cores 1 figures
 
@@ -26,8 +26,6 @@ rule analyse_runs:
     resources:
         cpus=1,
         mem_mb=2000,
-    conda:
-        CONDA_ENV
     shell:
         "python -m pipelines analyse --tracking-uri {params.tracking_uri:q} "
         "--experiment {params.ablation:q} --out {params.out:q} > {log:q} 2>&1"
@@ -49,8 +47,6 @@ rule plot_pareto:
     resources:
         cpus=1,
         mem_mb=2000,
-    conda:
-        CONDA_ENV
     shell:
         "python -m pipelines figures --analysis {params.analysis:q} --out {params.out:q} "
         "> {log:q} 2>&1"
@@ -74,8 +70,6 @@ rule write_html_report:
     resources:
         cpus=1,
         mem_mb=2000,
-    conda:
-        CONDA_ENV
     shell:
         "python -m pipelines html-report --analysis {params.analysis:q} "
         "--figures {params.figures:q} {params.ui} --out {params.out:q} > {log:q} 2>&1"

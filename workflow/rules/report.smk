@@ -46,8 +46,6 @@ rule ingest_results:
         description=config["description"],
         records=lambda wildcards, output: Path(output.ingested).parent.parent,
         key=CONTENT,
-    conda:
-        CONDA_ENV
     shell:
         "PYTHONWARNINGS=ignore python -m pipelines ingest --ablation {params.ablation:q} "
         "--results {params.results:q} "
@@ -73,8 +71,6 @@ rule write_report:
         results=lambda wildcards, output: Path(output.report).parents[2],
         tracking_uri=config["mlflow"]["tracking_uri"],
         analysis=lambda wildcards, input: Path(input.analysis).parent,
-    conda:
-        CONDA_ENV
     shell:
         "python -m pipelines report --ablation {params.ablation:q} --results {params.results:q} "
         "--out {output.report:q} --tracking-uri {params.tracking_uri:q} "

@@ -2,7 +2,7 @@
 # evaluation. Every output lives in its recipe's folder (pipelines.grid.RunPaths): run.json and
 # metrics.json in results/<stage>/<ablation>/<run-id>/<recipe>/. Checkpoints live in results/train/<ablation>/<train-id>/work-<train recipe>/ and
 # are never declared outputs: a retry or `--rerun-incomplete` resumes from the last one. The
-# recipe is content (resolved config, data, code: pipelines/grid.py), so a changed config, base
+# recipe is content (resolved config, data, code: pipelines/grid/), so a changed config, base
 # file or method file gives a new work folder and a new training, for the runs that use it only.
 #
 # Failures stay local (pipelines/failures.py): on a job's last attempt (`last_attempt`), a
@@ -23,8 +23,6 @@ rule describe_run:
         f"{RESULTS}/logs/{ABLATION}/{{run_id}}/describe_run-{{recipe}}.log",
     params:
         run=lambda wildcards: json.dumps(get_run(wildcards).to_dict(), sort_keys=True),
-    conda:
-        CONDA_ENV
     shell:
         "python -m pipelines grid --run {params.run:q} --out {output.run:q} > {log:q} 2>&1"
 
@@ -47,19 +45,16 @@ rule train_model:
         nproc=max(1, config["resources"]["train"]["gpus"]),
     threads: get_threads("train")
     resources:
-        **get_resources("train"),
-        last_attempt=last_attempt,
+        **stage_resources("train"),
     retries: config["retries"]
     # stdout (mmengine's log) goes to the log; stderr (the progress bar) to the log and the
     # terminal, so `make demo` shows training progress next to snakemake's own.
-    conda:
-        CONDA_ENV
     shell:
-        "OMP_NUM_THREADS={threads} PYTHONWARNINGS=ignore "
-        "python -m pipelines train {params.config:q} --work-dir {params.work_dir:q} "
-        "--data-root {params.data_root:q} --done-file {output.done:q} "
-        "--record-failure {resources.last_attempt} --nproc {params.nproc} "
-        "--cfg-options {params.options} > {log:q} 2> >(tee -a {log:q} >&2)"
+        stage_shell(
+            "train {params.config:q} --work-dir {params.work_dir:q} "
+            "--data-root {params.data_root:q} --done-file {output.done:q} --nproc {params.nproc}",
+            stderr_to_terminal=True,
+        )
 
 
 rule evaluate_model:
@@ -77,14 +72,10 @@ rule evaluate_model:
         options=get_options,
     threads: get_threads("evaluate")
     resources:
-        **get_resources("evaluate"),
-        last_attempt=last_attempt,
+        **stage_resources("evaluate"),
     retries: config["retries"]
-    conda:
-        CONDA_ENV
     shell:
-        "OMP_NUM_THREADS={threads} PYTHONWARNINGS=ignore "
-        "python -m pipelines evaluate {params.config:q} --train-done {input.done:q} "
-        "--out {output.metrics:q} --work-dir {params.work_dir:q} "
-        "--data-root {params.data_root:q} --record-failure {resources.last_attempt} "
-        "--cfg-options {params.options} > {log:q} 2>&1"
+        stage_shell(
+            "evaluate {params.config:q} --train-done {input.done:q} --out {output.metrics:q} "
+            "--work-dir {params.work_dir:q} --data-root {params.data_root:q}"
+        )
