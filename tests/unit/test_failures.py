@@ -5,7 +5,7 @@ import json
 
 import pytest
 
-from pipelines.failures import read_failure, recording_failures, upstream_failure
+from pipelines.failures import read_failure, recording_failures, run_stage, upstream_failure
 
 
 def test_recording_writes_the_reason_and_swallows_only_when_asked(tmp_path):
@@ -32,6 +32,30 @@ def test_a_normal_output_is_not_a_failure(tmp_path):
     assert read_failure(tmp_path / "missing.json") is None
     skipped = upstream_failure("evaluate", {"stage": "train", "reason": "x"})
     assert skipped["stage"] == "train" and skipped["skipped"] == "evaluate"
+
+
+def test_run_stage_passes_an_upstream_failure_on_and_records_its_own(tmp_path):
+    """The one wrapper of the stage CLIs: an upstream record reaches every output without
+    running the stage; the stage's own failure is recorded in every output on the last attempt
+    (and propagates on the others); a stage that works returns its status."""
+    outs = [tmp_path / "a.json", None, tmp_path / "b.json"]  # None: an option not given
+    upstream = tmp_path / "up.json"
+    upstream.write_text(json.dumps({"status": "failed", "stage": "train", "reason": "nan"}))
+    ran = []
+    assert run_stage("evaluate", ran.append, "args", outs=outs, upstreams=[None, upstream]) == 0
+    assert not ran
+    for out in (outs[0], outs[2]):
+        assert read_failure(out) == {"status": "failed", "stage": "train", "reason": "nan",
+                                     "skipped": "evaluate"}
+
+    def fail(args):
+        raise ValueError(f"boom {args}")
+
+    with pytest.raises(ValueError):
+        run_stage("gate", fail, 1, outs=outs, record=False)
+    assert run_stage("gate", fail, 1, outs=outs, record=True) == 0
+    assert [read_failure(o)["reason"] for o in (outs[0], outs[2])] == ["ValueError: boom 1"] * 2
+    assert run_stage("gate", lambda args: 7, None, outs=outs, record=True) == 7
 
 
 def test_nan_loss_stops_a_real_mmengine_training_at_once(tmp_path):
