@@ -156,6 +156,14 @@ def build_report(data, out: str | os.PathLike, ui: str = DEFAULT_UI,
             raise UserError(f"--figures {figures_dir}: no readable figures.json there "
                             f"({' '.join(str(err).split())[:200]}); run `python -m pipelines "
                             "figures` first") from None
+        drawn = (manifest.get("runs"), manifest.get("settings"))
+        if drawn != (None, None) and drawn != (len(a.runs), len(a.settings)):
+            # figures of another analysis (e.g. drawn before a search added its runs): the page
+            # would count the runs of one and show the figures, or skip notes, of the other
+            raise UserError(f"--figures {figures_dir}: drawn from another analysis ({drawn[0]} "
+                            f"runs, {drawn[1]} settings; this one has {len(a.runs)} runs, "
+                            f"{len(a.settings)} settings): run `python -m pipelines figures` "
+                            "on this analysis first")
         rel = Path(os.path.relpath(figures_dir.resolve(), out.resolve())).as_posix()
     runs = a.runs
     experiment = str(runs["experiment"].dropna().iloc[0]) if runs["experiment"].notna().any() \

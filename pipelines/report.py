@@ -92,6 +92,32 @@ def _settings_markdown(analysis) -> list[str]:
     return lines
 
 
+def _search_markdown(analysis) -> list[str]:
+    """The searched runs (``pipelines.role=trial``: trained by ``python -m pipelines search``
+    on this ablation), each with its trial number and objectives; none: no lines. The settings
+    and fronts above pool the grid's runs only; the trials are drawn in ``search_hypervolume``
+    (against the grid's hypervolume)."""
+    runs = analysis.runs
+    trials = runs[runs["role"] == "trial"] if "role" in runs else runs.iloc[:0]
+    if trials.empty:
+        return []
+
+    def num(row, key, fmt):
+        value = row.get(key)
+        return fmt.format(float(value)) if value is not None and value == value else "-"
+
+    lines = ["## Search", "",
+             f"{len(trials)} search trials: runs trained by `python -m pipelines search` on this "
+             "ablation (`pipelines.role=trial` in MLflow, with every metric of a grid run). The "
+             "settings and fronts above are the grid's; the figure `search_hypervolume` draws "
+             "the trials' hypervolume against the grid's.", "",
+             "| run | trial | mIoU | GFLOPs total |", "|---|---|---|---|"]
+    for _, r in trials.sort_values("run_id").iterrows():
+        lines.append(f"| `{r['run_id']}` | {num(r, 'trial_number', '{:.0f}')} | "
+                     f"{num(r, 'miou', '{:.2f}')} | {num(r, 'gflops_total', '{:.3f}')} |")
+    return lines
+
+
 def build_report(ablation: str, results: str, run_jsons: list[str],
                  tracking_uri: str = "", analysis=None) -> str:
     """The markdown report; ``analysis``: a saved
@@ -126,6 +152,8 @@ def build_report(ablation: str, results: str, run_jsons: list[str],
                         f"ablation {ablation!r} (wrong --results or --ablation?)")
     if analysis is not None:
         lines += [""] + _settings_markdown(analysis)
+        search = _search_markdown(analysis)
+        lines += [""] + search if search else []
     elif loaded:
         lines += [""] + _settings_markdown(analyse(_runs_table(ablation, results, loaded)))
     if gated:

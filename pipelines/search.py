@@ -91,7 +91,10 @@ def add_parser(sub) -> None:
     p.add_argument("--profile", help="Snakemake profile for the jobs (e.g. slurm)")
     p.add_argument("--cores", type=int, default=2, help="local executor cores (default 2)")
     p.add_argument("--check", action="store_true", help="only check the space and exit")
-    p.add_argument("--no-mlflow", action="store_true", help="do not log trials to MLflow")
+    p.add_argument("--no-mlflow", action="store_true", help="do not log trials to MLflow (nor "
+                   "update the base ablation's reports)")
+    p.add_argument("--no-report", action="store_true", help="do not bring the base ablation's "
+                   "analysis, figures and reports up to date at the end")
     p.set_defaults(func=run_cli)
 
 
@@ -131,11 +134,16 @@ def run_cli(args) -> int:
     search = Search(spec=spec, study=study, executor=executor,
                     cost=lambda run: cache.gflops(run)["total"], tracker=tracker)
     summary = search.run()
-    if tracker is not None:
-        tracker(study, search.told)
+    tracked = tracker(study, search.told) if tracker is not None else None
     from pipelines.config import write_json_atomic
 
     write_json_atomic(folder / "summary.json", summary)  # the front, each setting once
     print(json.dumps(summary, indent=2))
     print(f"saved: {folder / 'summary.json'}", flush=True)
+    if tracked is not None and not args.no_report:
+        # the last step: the ablation's analysis, figures and reports show the searched runs
+        from pipelines.search_tracking import write_trials_record
+
+        changed = write_trials_record(spec, study, tracked)
+        print(executor.update_reports(force=changed), flush=True)
     return 0

@@ -68,6 +68,49 @@ class SnakemakeExecutor:
             out.append(paths.benchmark)
         return [str(p) for p in out]
 
+    def folder(self) -> Path:
+        """The search's folder: ``<results>/search/<name>`` (its generations, logs, records)."""
+        folder = Path(self.spec.ablation.get("results", "results")) / "search" / self.spec.name
+        folder = folder if folder.is_absolute() else self.workdir / folder
+        folder.mkdir(parents=True, exist_ok=True)
+        return folder
+
+    def snakemake(self, configfile: Path, targets: list[str], log: Path,
+                  args: tuple[str, ...] = (), poll: Callable[[], None] | None = None,
+                  poll_s: float = 5.0) -> int:
+        """Run the pipeline's Snakefile on ``configfile`` for ``targets`` (output to ``log``),
+        under the head's lock, dying with the head; ``poll()`` every ``poll_s`` seconds while it
+        runs. Returns Snakemake's exit status."""
+        bin_dir = Path(sys.executable).parent
+        snakemake = bin_dir / "snakemake"
+        cmd = [str(snakemake if snakemake.exists() else "snakemake"),
+               "--snakefile", str(Path(__file__).resolve().parents[1] / "Snakefile"),
+               "--configfile", str(Path(configfile).resolve()), "--directory", str(self.workdir),
+               "--rerun-incomplete", "--keep-going", "--nolock"]
+        cmd += ["--profile", self.profile] if self.profile else ["--cores", str(self.cores)]
+        cmd += [*self.snakemake_args, *args, *targets]
+        env = dict(os.environ, PATH=f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '')}")
+        # the Snakemake call works under the head's lock and dies with the head
+        from pipelines.lock import child_env, die_with_parent
+
+        fds = () if self.lock_fd is None else (self.lock_fd,)
+        if fds:
+            env = child_env(self.lock_fd, env)
+        with open(log, "a") as fh:
+            proc = subprocess.Popen(cmd, stdout=fh, stderr=subprocess.STDOUT, env=env,
+                                    cwd=self.workdir, pass_fds=fds, preexec_fn=die_with_parent)
+            try:
+                while True:
+                    try:
+                        return proc.wait(timeout=poll_s)
+                    except subprocess.TimeoutExpired:
+                        if poll is not None:
+                            poll()
+            except BaseException:  # interrupted: the call's jobs stop with it
+                proc.kill()
+                proc.wait()
+                raise
+
     def train(self, runs, generation: int, on_result: Callable | None = None,
               poll_s: float = 5.0) -> dict[str, dict | None]:
         """Train and evaluate ``runs`` in one Snakemake call; ``on_result(run, metrics)`` as
@@ -78,29 +121,11 @@ class SnakemakeExecutor:
             return {}
         ablation = point_ablation(self.spec.ablation,
                                   [(r.variant, dict(r.settings)) for r in runs])
-        folder = Path(self.spec.ablation.get("results", "results")) / "search" / self.spec.name
-        folder = folder if folder.is_absolute() else self.workdir / folder
-        folder.mkdir(parents=True, exist_ok=True)
+        folder = self.folder()
         configfile = folder / f"generation-{generation:03d}.yaml"
         configfile.write_text(yaml.safe_dump(ablation, sort_keys=False))
         targets = [t for r in runs for t in self.targets(ablation, r)]
-        bin_dir = Path(sys.executable).parent
-        snakemake = bin_dir / "snakemake"
-        cmd = [str(snakemake if snakemake.exists() else "snakemake"),
-               "--snakefile", str(Path(__file__).resolve().parents[1] / "Snakefile"),
-               "--configfile", str(configfile.resolve()), "--directory", str(self.workdir),
-               "--rerun-incomplete", "--keep-going", "--nolock"]
-        cmd += ["--profile", self.profile] if self.profile else ["--cores", str(self.cores)]
-        cmd += [*self.snakemake_args, *targets]
         self.launched += [r.run_id for r in runs]
-        env = dict(os.environ, PATH=f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '')}")
-        # the generation's Snakemake works under the head's lock and dies with the head
-        from pipelines.lock import child_env, die_with_parent
-
-        fds = () if self.lock_fd is None else (self.lock_fd,)
-        if fds:
-            env = child_env(self.lock_fd, env)
-        log = folder / f"generation-{generation:03d}.log"
         reported: set[str] = set()
 
         def report() -> None:
@@ -111,22 +136,34 @@ class SnakemakeExecutor:
                         reported.add(r.run_id)
                         on_result(r, result)
 
-        with open(log, "a") as fh:
-            proc = subprocess.Popen(cmd, stdout=fh, stderr=subprocess.STDOUT, env=env,
-                                    cwd=self.workdir, pass_fds=fds, preexec_fn=die_with_parent)
-            try:
-                while True:
-                    try:
-                        proc.wait(timeout=poll_s)
-                        break
-                    except subprocess.TimeoutExpired:
-                        report()
-            except BaseException:  # interrupted: the generation's jobs stop with it
-                proc.kill()
-                proc.wait()
-                raise
+        self.snakemake(configfile, targets, folder / f"generation-{generation:03d}.log",
+                       poll=report, poll_s=poll_s)
         report()
         return {r.run_id: self.existing(r) for r in runs}
+
+    def update_reports(self, force: bool) -> str:
+        """Bring the base ablation's analysis, figures, tables and reports up to date with the
+        searched runs in MLflow: the ablation's own Snakemake targets (``figures`` and
+        ``write_report``, the rules that make them and nothing else: no training, no ingest),
+        ``analyse_runs`` forced when ``force`` (the study's record of its searched runs changed,
+        :func:`pipelines.search_tracking.write_trials_record`). Returns a line saying what was
+        done; a base ablation whose grid was never run and ingested is left as it is."""
+        log = self.folder() / "reports.log"
+        rules = ("analyse_runs", "plot_pareto", "write_html_report", "write_report", "figures")
+        args = ("--allowed-rules", *rules) + (("--forcerun", "analyse_runs") if force else ())
+        code = self.snakemake(Path(self.spec.ablation_path), ["figures", "write_report"], log,
+                              args=args)
+        name = self.spec.ablation["name"]
+        if code == 0:
+            return (f"ablation {name}: analysis, figures and reports brought up to date "
+                    f"({'with' if force else 'no change in'} the searched runs; log {log})")
+        tail = log.read_text(errors="replace")[-20000:]
+        if "MissingInputException" in tail or "Missing input files" in tail:
+            return (f"ablation {name}: no report brought up to date: its grid has not been run "
+                    f"and ingested yet (`snakemake --configfile {self.spec.ablation_path}` "
+                    f"reports the grid and the searched runs together; log {log})")
+        raise UserError(f"ablation {name}: bringing its analysis and reports up to date "
+                        f"failed (Snakemake exit {code}); see {log}")
 
 
 class ReplayExecutor:

@@ -1,4 +1,5 @@
-"""Search trials in MLflow: the trained trials' runs, under a parent run of the search.
+"""Search trials in MLflow (the trained trials' runs, under a parent run of the search), and the
+study's record of them that keeps the ablation's analysis and reports current.
 
 Each run a search trained is ingested by :func:`pipelines.ingest.ingest` with role ``trial`` into
 the base ablation's experiment (so reports and figures show searched points next to grid points,
@@ -6,6 +7,11 @@ marked by ``pipelines.role=trial``), then tagged with its trial number(s) and mo
 search's own parent run (tag ``pipelines.role=search``, named after the study). Trials that reused
 a grid run, warm-start trials and infeasible trials (never trained) stay in Optuna only: a reused
 grid run already is a point in MLflow, and an infeasible setting has no result.
+
+The record (:func:`write_trials_record`, ``<results>/search/<name>/trials.json``) lists the
+searched runs now in the ablation's experiment, keyed by that content: it is rewritten only when
+the content changed, so its modification time is that of the last change, and the search's last
+step reruns the ablation's analysis (and so its figures and reports) exactly then.
 """
 from __future__ import annotations
 
@@ -73,4 +79,56 @@ def track_trials(spec, study, progress: bool = False) -> dict:
         client.log_metric(mlflow_id, c.TRIAL_NUMBER, float(numbers[0]))
         client.log_metric(mlflow_id, c.SEARCH_GFLOPS_BUDGET, float(spec.gflops_budget))
         out[run_id] = mlflow_id
+    return out
+
+
+RECORD = "trials.json"
+
+
+def record_path(spec) -> Path:
+    """``<results>/search/<name>/trials.json``."""
+    return Path(spec.ablation.get("results", "results")) / "search" / spec.name / RECORD
+
+
+def write_trials_record(spec, study, tracked: dict[str, str]) -> bool:
+    """Write the record of the searched runs in the ablation's experiment (``tracked``: run id
+    -> MLflow run id, :func:`track_trials`), with their trial numbers and objectives, when its
+    content changed; returns whether it did. ``key``: a hash of that content."""
+    import hashlib
+
+    from pipelines.config import write_json_atomic
+
+    trials: dict[str, dict] = {}
+    for t in study.get_trials(deepcopy=False):
+        run_id = t.user_attrs.get("run_id")
+        if (run_id in tracked and t.state.name == "COMPLETE"
+                and t.user_attrs.get("status") == "trained"):
+            entry = trials.setdefault(run_id, {"mlflow_run_id": tracked[run_id], "trials": [],
+                                               "miou": t.values[0],
+                                               "gflops_total": t.values[1]})
+            entry["trials"].append(t.number)
+    content = {"search": spec.name, "study": study.study_name,
+               "ablation": str(spec.ablation["name"]), "runs": dict(sorted(trials.items()))}
+    key = hashlib.sha256(json.dumps(content, sort_keys=True).encode()).hexdigest()[:16]
+    path = record_path(spec)
+    try:
+        if json.loads(path.read_text()).get("key") == key:
+            return False
+    except (OSError, ValueError):
+        pass
+    path.parent.mkdir(parents=True, exist_ok=True)
+    write_json_atomic(path, {"key": key, **content})
+    return True
+
+
+def search_records(results: str | Path, ablation: str) -> list[str]:
+    """The records of every search whose base ablation is ``ablation`` (for a rule's input:
+    the ablation's analysis then reruns when a search changed the runs it reads)."""
+    out = []
+    for path in sorted(Path(results).glob(f"search/*/{RECORD}")):
+        try:
+            if json.loads(path.read_text()).get("ablation") == ablation:
+                out.append(str(path))
+        except (OSError, ValueError):
+            continue
     return out
