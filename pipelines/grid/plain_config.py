@@ -14,7 +14,9 @@ from pipelines.axes import Axis
 from pipelines.errors import UserError
 
 
-def load_plain(path: str) -> dict:
+def _load_plain(path: str) -> dict:
+    """The config file read by mmengine (no custom imports), as a plain dict with the runner
+    defaults filled in; a broken file is one line."""
     from pipelines.config import add_runner_defaults, quiet_import_warnings
 
     quiet_import_warnings()
@@ -39,9 +41,9 @@ def resolved_base(path: str | Path, cache: dict | None = None) -> dict:
     """
     path = str(path)
     if cache is None:
-        return load_plain(path)
+        return _load_plain(path)
     if path not in cache:
-        cache[path] = load_plain(path)
+        cache[path] = _load_plain(path)
     return copy.deepcopy(cache[path])
 
 
