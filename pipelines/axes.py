@@ -20,7 +20,9 @@ config uses a method when one of its ``type=`` values is a class of that method'
 The same scan gives a run's *code identity* (:func:`code_hash`): the bytes of every project file
 that defines a type the resolved config builds, plus the project modules those files import.
 Editing ``pipelines/models/pro_scale.py`` therefore changes the recipe of exactly the runs whose
-config builds a PRO-SCALE class; a CLI or analysis change changes no recipe.
+config builds a PRO-SCALE class; a CLI or analysis change changes no recipe. Left out: a model
+file's method declaration (its label, style and hooks, :mod:`pipelines.methods`) and this module
+itself (:data:`NOT_CODE_IMPORTS`): neither is part of what a run trains.
 
 Pure Python (no torch): the Snakefile imports it.
 """
@@ -75,7 +77,8 @@ class Axis:
             ``"flag"`` (the alias when true, ``no<alias>`` when false), or None (``<name>{}``).
         stage: ``train`` (part of the training recipe) or the later stage whose result alone
             depends on it (ECO-M2F's ``beta``: ``gate``), so that changing it never retrains.
-        help: one line for the docs and ``python -m pipelines grid --axes``.
+        help: one line for the docs and ``python -m pipelines grid --axes`` (also what a
+            ``pattern`` mismatch is explained by).
     """
 
     key: str
@@ -233,12 +236,25 @@ def cap_id(text: str, identity: str) -> str:
 
 
 # ----------------------------------------------------------------------------- discovery
-def _register_decorated(node: ast.ClassDef) -> bool:
+#: the registry of method declarations (:mod:`pipelines.methods`): its classes are no model types
+METHOD_REGISTRY = "METHODS"
+
+
+def decorated_by(node: ast.ClassDef, registry: str | None = None) -> bool:
+    """Whether a class statement is decorated with ``@<registry>.register_module(...)`` (any
+    registry when ``registry`` is None)."""
     for deco in node.decorator_list:
         call = deco.func if isinstance(deco, ast.Call) else deco
-        if isinstance(call, ast.Attribute) and call.attr == "register_module":
+        if isinstance(call, ast.Attribute) and call.attr == "register_module" and (
+                registry is None or (isinstance(call.value, ast.Name)
+                                     and call.value.id == registry)):
             return True
     return False
+
+
+def _register_decorated(node: ast.ClassDef) -> bool:
+    """A model type: registered in a model registry (not a method declaration)."""
+    return decorated_by(node) and not decorated_by(node, METHOD_REGISTRY)
 
 
 @functools.lru_cache(maxsize=None)
@@ -246,8 +262,12 @@ def _parsed(path: Path, mtime_ns: int) -> ast.Module:
     return ast.parse(path.read_text(), filename=str(path))
 
 
-def _ast(path: Path) -> ast.Module:
+def parsed(path: Path) -> ast.Module:
+    """The parsed module of ``path`` (cached while the file is unchanged)."""
     return _parsed(path, path.stat().st_mtime_ns)
+
+
+_ast = parsed
 
 
 def _project_files() -> list[Path]:
@@ -264,10 +284,21 @@ def registered_types() -> dict[str, Path]:
     return out
 
 
+def _declares_method(path: Path) -> bool:
+    return any(isinstance(n, ast.ClassDef) and decorated_by(n, METHOD_REGISTRY)
+               for n in _ast(path).body)
+
+
+def declaration_files() -> list[Path]:
+    """The files under ``pipelines/models/`` that register a method declaration."""
+    return [p for p in sorted(MODELS_DIR.glob("*.py")) if _declares_method(p)]
+
+
 def method_files() -> dict[str, Path]:
-    """Method name -> file, for every ``pipelines/models/<method>.py`` with an ``AXES`` dict."""
+    """Method name -> file, for every ``pipelines/models/<method>.py`` with an ``AXES`` dict or
+    a method declaration (:mod:`pipelines.methods`)."""
     return {p.stem: p for p in sorted(MODELS_DIR.glob("*.py"))
-            if _axes_node(p) is not None}
+            if _axes_node(p) is not None or _declares_method(p)}
 
 
 def _axes_node(path: Path) -> ast.expr | None:
@@ -293,6 +324,23 @@ def method_axes(method: str) -> dict[str, Axis]:
     if not isinstance(axes, dict) or not all(isinstance(a, Axis) for a in axes.values()):
         raise UserError(f"{path}: AXES must be a dict of name -> Axis(...)")
     return axes
+
+
+def declared_axes() -> dict[str, Axis]:
+    """Every method's declared axes by alias, in file order then each ``AXES`` order."""
+    out: dict[str, Axis] = {}
+    for method in method_files():
+        out.update(method_axes(method))
+    return out
+
+
+def pattern_message(name: str, value: Any) -> str | None:
+    """Why ``value`` is no value of the declared axis ``name`` when it fails the axis'
+    ``pattern`` (its ``help``), or None when no method declares a pattern for ``name``."""
+    axis = declared_axes().get(name)
+    if axis is None or axis.pattern is None:
+        return None
+    return f"{value!r} is no valid {name}: {axis.help or axis.pattern}"
 
 
 def config_types(cfg: Any) -> set[str]:
@@ -321,8 +369,15 @@ def methods_of_config(cfg: Mapping) -> list[str]:
     return [m for m, path in method_files().items() if path in used_files]
 
 
+#: imports that are no part of what a run trains: the plug-in aggregator, the method
+#: declarations' registry (a declaration is left out of the code identity: :func:`recipe_bytes`)
+#: and this module (a model file imports it for :class:`Axis`, whose effect on a run is its
+#: resolved config, hashed on its own)
+NOT_CODE_IMPORTS = ("pipelines.registry", "pipelines.methods", "pipelines.axes")
+
+
 def _imported_project_files(path: Path) -> frozenset[Path]:
-    """Project modules imported by ``path`` (``pipelines.registry``, the aggregator, left out)."""
+    """Project modules imported by ``path`` (:data:`NOT_CODE_IMPORTS` left out)."""
     return _imports(path, path.stat().st_mtime_ns)
 
 
@@ -334,7 +389,7 @@ def _imports(path: Path, mtime_ns: int) -> frozenset[Path]:
                  else [node.module] if isinstance(node, ast.ImportFrom) and node.module
                  and node.level == 0 else [])
         for name in names:
-            if not name.startswith("pipelines.") or name == "pipelines.registry":
+            if not name.startswith("pipelines.") or name in NOT_CODE_IMPORTS:
                 continue
             rel = Path(*name.split(".")[1:])
             for cand in (PACKAGE / rel.with_suffix(".py"), PACKAGE / rel / "__init__.py"):
@@ -357,8 +412,37 @@ def code_files(cfg: Mapping) -> list[Path]:
     return sorted(seen)
 
 
+def _declaration_lines(path: Path) -> set[int]:
+    """0-based lines of ``path``'s method declarations and of its ``pipelines.methods`` import,
+    with the blank and comment lines right above each."""
+    lines = path.read_text().splitlines()
+    drop: set[int] = set()
+    for node in _ast(path).body:
+        declared = isinstance(node, ast.ClassDef) and decorated_by(node, METHOD_REGISTRY)
+        imports = isinstance(node, ast.ImportFrom) and node.module == "pipelines.methods"
+        if not (declared or imports):
+            continue
+        first = min([node.lineno, *(d.lineno for d in getattr(node, "decorator_list", []))]) - 1
+        while first > 0 and (not lines[first - 1].strip()
+                             or lines[first - 1].lstrip().startswith("#")):
+            first -= 1
+        drop.update(range(first, node.end_lineno))
+    return drop
+
+
+def recipe_bytes(path: Path) -> bytes:
+    """What of ``path`` belongs to a run's code identity: the file without its method
+    declaration (labels, styles and hooks train nothing), byte for byte the rest."""
+    drop = _declaration_lines(path)
+    if not drop:
+        return path.read_bytes()
+    kept = [line for i, line in enumerate(path.read_text().splitlines(keepends=True))
+            if i not in drop]
+    return ("".join(kept).rstrip("\n") + "\n").encode()
+
+
 def code_hash(files: Iterable[Path]) -> str:
     h = hashlib.sha256()
     for path in sorted(files):
-        h.update(str(path.relative_to(PACKAGE)).encode() + b"\0" + path.read_bytes() + b"\0")
+        h.update(str(path.relative_to(PACKAGE)).encode() + b"\0" + recipe_bytes(path) + b"\0")
     return h.hexdigest()[:16]

@@ -49,13 +49,6 @@ DEFAULT_GPU_BATCH = 32
 DEFAULT_GPU_PRECISIONS = ("fp32", "fp16")
 
 
-#: why the paired benchmark leaves a gated ECO-M2F run without a latency
-GATED_NOT_TIMED = ("gated ECO-M2F run: its latency follows the exit its trained gate picks per "
-                   "image, so the paired benchmark of untrained models does not time it "
-                   "(python -m pipelines.benchmarks.early_exit_latency times mixed exits "
-                   "against the fixed exits)")
-
-
 def add_parser(sub) -> None:
     p = sub.add_parser("benchmark", help="measure pixel-decoder and whole-model latency "
                        "(median, IQR), optionally side by side with a baseline",
@@ -418,17 +411,17 @@ def benchmark_runs(runs: List[dict], image_hw: Tuple[int, int] | None, device: s
 
     from pipelines.failures import failure_record
     from pipelines.flops import describe_pixel_decoder
-
-    from pipelines.eco_m2f import is_gated
+    from pipelines.methods import not_timed_reason
 
     backend = check_device(device, repeats, warmup)
     settings = gpu_settings(device, batch, precisions)
     models, configs, per_run = {}, {}, {}
     for run in runs:
-        if is_gated(run):
-            # its latency depends on the exit the trained gate picks per image; timing the
-            # untrained model here would time the deepest exit, a number the run never has
-            per_run[run["run_id"]] = {"not_timed": GATED_NOT_TIMED, "paired": False}
+        reason = not_timed_reason(run)
+        if reason is not None:
+            # a later stage of its method completes its model (ECO-M2F's gate picks the exit
+            # per image): timing the trained model here would time a number the run never has
+            per_run[run["run_id"]] = {"not_timed": reason, "paired": False}
             continue
         try:
             cfg = load_config(run["config"], run.get("cfg_options") or [])
@@ -480,8 +473,8 @@ def benchmark_runs(runs: List[dict], image_hw: Tuple[int, int] | None, device: s
 
 
 def format_runs_table(doc: dict) -> str:
-    not_timed = [f"{run_id:<40} not timed: gated ECO-M2F run (latency per image follows its "
-                 "gate)" for run_id in doc.get("not_timed", [])]
+    not_timed = [f"{run_id:<40} not timed: a later stage completes its model "
+                 "(its benchmark.json says why)" for run_id in doc.get("not_timed", [])]
     if not doc["results"]:
         return "\n".join(["paired latency: no run timed"] + not_timed)
     host = doc["host"]

@@ -63,9 +63,12 @@ SEED = "seed"
 # ----------------------------------------------------------------------------- metrics
 MIOU, AACC, MACC = "miou", "aacc", "macc"
 IOU_PREFIX = "iou."                    # + class name: per-class IoU (percent)
-GFLOPS_PARTS = ("backbone", "cluster", "encoder", "pixel_decoder", "transformer_decoder",
-                "total")
-GFLOPS = tuple(f"gflops_{p}" for p in GFLOPS_PARTS)
+#: the parts every model has; a method adds its own (its declaration's ``parts``,
+#: :mod:`pipelines.methods`: AiluRus' ``cluster``), so :data:`GFLOPS_PARTS` (these, each method
+#: part after the part it lies in, then ``total``), :data:`GFLOPS` (``gflops_<part>``) and
+#: :data:`METRICS` are read from the method registry when first asked for (``__getattr__``)
+BASE_GFLOPS_PARTS = ("backbone", "encoder", "pixel_decoder", "transformer_decoder")
+TOTAL_PART = "total"
 GFLOPS_STAGE_PREFIX = "gflops_encoder_"  # + stage<k>: traced encoder GFLOPs per stage
 LATENCY_MS, LATENCY_MS_PIXEL_DECODER = "latency_ms", "latency_ms_pixel_decoder"
 # the benchmark's settings (batch 1 and a throughput batch, fp32 / fp16 / bf16; issue 19), by
@@ -85,11 +88,32 @@ ORACLE_METRIC = "oracle.{metric}"
 TRIAL_NUMBER = "trial_number"          # Optuna search trials
 #: a search trial's GFLOPs budget: the hypervolume's reference point, fixed before any run
 SEARCH_GFLOPS_BUDGET = "search_gflops_budget"
-METRICS = (MIOU, AACC, MACC, *GFLOPS, LATENCY_MS, LATENCY_MS_PIXEL_DECODER, TRAIN_TIME_S,
-           MEAN_EXIT, TRIAL_NUMBER)
 CURVE_PREFIXES = ("train/", "val/")    # training curves, one point per logged iteration
 
 # ----------------------------------------------------------------------------- artifacts
 CONFIG_ARTIFACT = "config.py"          # the resolved config mmengine dumped
 EXIT_HISTOGRAM_ARTIFACT = "exit_histogram.json"
 PROVENANCE_LIBRARIES = ("torch", "mmcv", "mmengine", "mmseg", "mmdet")
+
+
+# ----------------------------------------------------------------------------- from the methods
+def _gflops_parts() -> tuple:
+    from pipelines.methods import gflops_parts
+
+    return gflops_parts(BASE_GFLOPS_PARTS, TOTAL_PART)
+
+
+def __getattr__(name: str):
+    """``GFLOPS_PARTS``, ``GFLOPS`` and ``METRICS``: they name the methods' own parts, read from
+    the method registry on first use (so importing this module stays free)."""
+    if name == "GFLOPS_PARTS":
+        value = _gflops_parts()
+    elif name == "GFLOPS":
+        value = tuple(f"gflops_{p}" for p in _gflops_parts())
+    elif name == "METRICS":
+        value = (MIOU, AACC, MACC, *__getattr__("GFLOPS"), LATENCY_MS, LATENCY_MS_PIXEL_DECODER,
+                 TRAIN_TIME_S, MEAN_EXIT, TRIAL_NUMBER)
+    else:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    globals()[name] = value
+    return value

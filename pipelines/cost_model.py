@@ -86,35 +86,65 @@ def pixel_decoder_flops(image_hw: Tuple[int, int], in_channels: Sequence[int],
                 pixel_decoder=enc + input_proj + trc_flops + fpn)
 
 
+def _spec_from_cfg(cfg) -> EncoderSpec:
+    layer = cfg['encoder']['layer_cfg']
+    levels = layer['self_attn_cfg'].get('num_levels', 3)
+    if levels != 3:
+        raise ValueError('the cost model assumes 3 encoder levels over 4 input maps')
+    return EncoderSpec(dims=layer['self_attn_cfg'].get('embed_dims', 256),
+                       heads=layer['self_attn_cfg'].get('num_heads', 8),
+                       points=layer['self_attn_cfg'].get('num_points', 4),
+                       ffn=layer['ffn_cfg'].get('feedforward_channels', 1024))
+
+
+def _schedule_from_cfg(cfg) -> Tuple[int, ...]:
+    if cfg.get('schedule') is not None:
+        return tuple(cfg['schedule'])
+    levels = cfg['encoder']['layer_cfg']['self_attn_cfg'].get('num_levels', 3)
+    return (0,) * (levels - 1) + (cfg['encoder']['num_layers'],)
+
+
 def pixel_decoder_flops_from_cfg(pixel_decoder_cfg, image_hw: Tuple[int, int],
                                  count_sampling: bool = False) -> dict:
     """:func:`pixel_decoder_flops` for a config dict of ``MSDeformAttnPixelDecoder`` or
     ``ProScalePixelDecoder`` (as found at ``model.decode_head.pixel_decoder``, with
-    ``in_channels`` filled in by the head)."""
+    ``in_channels`` filled in by the head); a pixel decoder whose method declares a cost model of
+    its own (:attr:`pipelines.methods.Method.cost_model`: ECO-M2F's fixed exit) is counted by
+    that one."""
+    from pipelines.methods import cost_model_of
+
+    own = cost_model_of(str(pixel_decoder_cfg.get('type') or ''))
+    if own is not None:
+        return own(pixel_decoder_cfg, image_hw, count_sampling)
+    return plain_pixel_decoder_flops_from_cfg(pixel_decoder_cfg, image_hw, count_sampling)
+
+
+def plain_pixel_decoder_flops_from_cfg(pixel_decoder_cfg, image_hw: Tuple[int, int],
+                                       count_sampling: bool = False) -> dict:
+    """:func:`pixel_decoder_flops` of a pixel decoder config (no method's own cost model)."""
     cfg = pixel_decoder_cfg
-    layer = cfg['encoder']['layer_cfg']
-    spec = EncoderSpec(dims=layer['self_attn_cfg'].get('embed_dims', 256),
-                       heads=layer['self_attn_cfg'].get('num_heads', 8),
-                       points=layer['self_attn_cfg'].get('num_points', 4),
-                       ffn=layer['ffn_cfg'].get('feedforward_channels', 1024))
-    levels = layer['self_attn_cfg'].get('num_levels', 3)
-    if levels != 3:
-        raise ValueError('the cost model assumes 3 encoder levels over 4 input maps')
-    if cfg.get('schedule') is not None:
-        schedule = tuple(cfg['schedule'])
-    else:
-        schedule = (0,) * (levels - 1) + (cfg['encoder']['num_layers'],)
-    exit_layer = cfg.get('test_exit')
-    if isinstance(exit_layer, int) and not isinstance(exit_layer, bool):  # ECO-M2F fixed exit
-        return early_exit_pixel_decoder_flops(
-            image_hw, cfg['in_channels'], exit_layer, schedule, trc=bool(cfg.get('trc', False)),
-            lpe=bool(cfg.get('lpe', False)), feat_channels=cfg.get('feat_channels', 256),
-            out_channels=cfg.get('out_channels', 256), spec=spec, count_sampling=count_sampling)
-    return pixel_decoder_flops(image_hw, cfg['in_channels'], schedule,
+    spec = _spec_from_cfg(cfg)
+    return pixel_decoder_flops(image_hw, cfg['in_channels'], _schedule_from_cfg(cfg),
                                trc=bool(cfg.get('trc', False)), lpe=bool(cfg.get('lpe', False)),
                                feat_channels=cfg.get('feat_channels', 256),
                                out_channels=cfg.get('out_channels', 256), spec=spec,
                                count_sampling=count_sampling)
+
+
+def early_exit_pixel_decoder_flops_from_cfg(pixel_decoder_cfg, image_hw: Tuple[int, int],
+                                            count_sampling: bool = False) -> dict:
+    """ECO-M2F's cost model (declared in ``pipelines/models/early_exit.py``): with a fixed
+    ``test_exit`` the layers after it are skipped (:func:`early_exit_pixel_decoder_flops`);
+    without one, the plain count (every layer)."""
+    cfg = pixel_decoder_cfg
+    exit_layer = cfg.get('test_exit')
+    if not isinstance(exit_layer, int) or isinstance(exit_layer, bool):
+        return plain_pixel_decoder_flops_from_cfg(cfg, image_hw, count_sampling)
+    return early_exit_pixel_decoder_flops(
+        image_hw, cfg['in_channels'], exit_layer, _schedule_from_cfg(cfg),
+        trc=bool(cfg.get('trc', False)), lpe=bool(cfg.get('lpe', False)),
+        feat_channels=cfg.get('feat_channels', 256), out_channels=cfg.get('out_channels', 256),
+        spec=_spec_from_cfg(cfg), count_sampling=count_sampling)
 
 
 def exit_schedule(schedule: Sequence[int], exit_layer: int) -> Tuple[Tuple[int, ...], int]:

@@ -25,14 +25,12 @@ from typing import Callable
 
 import pandas as pd
 
-from pipelines import contract
+from pipelines import contract, methods
 from pipelines.analysis.data import METHODS_COLUMN
-from pipelines.analysis.roles import uses
 from pipelines.analysis.settings import INTERVAL_NAME, ONE_SEED, TEST_NAME, Analysis, analyse
 from pipelines.data.synthetic import SMALL_CLASSES
 from pipelines.errors import UserError
-from pipelines.figure_base import Skip, grid_points
-from pipelines.figures_eco_m2f import fig_eco_m2f_exits, fig_eco_m2f_tradeoff
+from pipelines.figure_base import Skip, errorbars, grid_points, stage_columns
 
 FORMATS = ("pdf", "png")
 PNG_DPI = 150
@@ -65,30 +63,6 @@ VERDICT_MARKS = {"distinguishable": "sig.", "not distinguishable": "n.d.",
                  "not testable": "n.t."}
 
 
-def _errorbars(ax, pts: pd.DataFrame, x: str, y: str, color: str, marker: str,
-               label: str | None = None, annotate: bool = True) -> None:
-    """Setting means with their 95 % intervals; a one-seed setting as a hollow marker, labelled."""
-    many = pts[pts["n_seeds"] >= 2]
-    one = pts[pts["n_seeds"] < 2]
-    if len(many):
-        yerr = [(many[y] - many[f"{y}_lo"]).fillna(0).clip(lower=0),
-                (many[f"{y}_hi"] - many[y]).fillna(0).clip(lower=0)]
-        xerr = None
-        if f"{x}_lo" in many and many[f"{x}_lo"].notna().any():
-            xerr = [(many[x] - many[f"{x}_lo"]).fillna(0).clip(lower=0),
-                    (many[f"{x}_hi"] - many[x]).fillna(0).clip(lower=0)]
-        ax.errorbar(many[x], many[y], yerr=yerr, xerr=xerr, fmt=marker, color=color, ms=6,
-                    capsize=3, elinewidth=1.0, label=label, zorder=3)
-        label = None
-    if len(one):
-        ax.scatter(one[x], one[y], marker=marker, s=40, facecolors="white", edgecolors=color,
-                   linewidths=1.2, label=label, zorder=3)
-        if annotate:
-            for _, r in one.iterrows():
-                ax.annotate(ONE_SEED, (r[x], r[y]), xytext=(4, -9), textcoords="offset points",
-                            fontsize=6, color=color)
-
-
 def fig_accuracy_vs_gflops(a: Analysis, plt):
     settings = a.settings.dropna(subset=["miou", "gflops_total"]) if len(a.settings) else \
         a.settings
@@ -103,7 +77,7 @@ def fig_accuracy_vs_gflops(a: Analysis, plt):
         front = fronts[fronts["front"] == name]
         ax.plot(front["gflops_total"], front["miou"], color=color, lw=1.2, alpha=0.8,
                 drawstyle="steps-post", zorder=2)
-        _errorbars(ax, pts, "gflops_total", "miou", color, marker,
+        errorbars(ax, pts, "gflops_total", "miou", color, marker,
                    label=f"{name} (mean, 95 % CI; line: front)", annotate=annotate)
     overall = fronts[fronts["front"] == "overall"]
     ax.plot(overall["gflops_total"], overall["miou"], color="black", lw=1.0, ls="--",
@@ -155,7 +129,7 @@ def fig_accuracy_vs_gflops_by(a: Analysis, plt, axis: str):
         pts = settings[settings[axis].astype(str) == value]
         for name in a.ordered_series(pts["series"]):
             _, marker = a.style(name)
-            _errorbars(ax, pts[pts["series"] == name], "gflops_total", "miou",
+            errorbars(ax, pts[pts["series"] == name], "gflops_total", "miou",
                        colors[value], marker, label=f"{short}={value} ({name})",
                        annotate=False)
     ax.set_xlabel("total GFLOPs per image")
@@ -172,94 +146,6 @@ def _natural_key(text: str):
         return (1, 0.0, text)
 
 
-def _stage_columns(df: pd.DataFrame) -> list[str]:
-    """Tracked per-stage encoder GFLOPs, e.g. ``gflops_encoder_stage1`` (when the flops stage
-    logs them)."""
-    import re
-
-    pat = re.compile(r"^gflops_encoder[._]stage(\d+)$")
-    cols = [c for c in df.columns if pat.match(c) and df[c].notna().any()]
-    return sorted(cols, key=lambda c: int(pat.match(c).group(1)))
-
-
-def fig_encoder_gflops_by_schedule(a: Analysis, plt):
-    runs = _points(a.runs)
-    # the schedule's own effect: runs that build PRO-SCALE and no other method
-    pro = runs[uses(runs, "pro_scale", only=True)].dropna(subset=["gflops_encoder"])
-    if pro.empty:
-        return Skip("no PRO-SCALE runs with a tracked gflops_encoder yet")
-    base = runs[runs["baseline"].fillna(False).astype(bool)].dropna(subset=["gflops_encoder"])
-    stages = _stage_columns(pro)
-    cols = ["gflops_encoder", *stages]
-    rows = []
-    if len(base):
-        rows.append(("baseline (6 layers)", base[cols].mean(), len(base),
-                     str(base["series"].iloc[0])))
-    keyed = pro.assign(_trc=pro["trc"].fillna(False).astype(bool))
-
-    def schedule_key(s: str):
-        return tuple(int(p) if p.isdigit() else 0 for p in str(s).split("-"))
-
-    for (schedule, trc), grp in sorted(keyed.groupby(["schedule", "_trc"]),
-                                       key=lambda kv: (schedule_key(kv[0][0]), kv[0][1])):
-        label = (schedule or "?") + (" +TRC" if trc else "")
-        rows.append((label, grp[cols].mean(), len(grp), str(grp["series"].iloc[0])))
-    fig, ax = plt.subplots(figsize=(6.4, 3.8), layout="constrained")
-    x = list(range(len(rows)))
-    labels = [r[0] for r in rows]
-    if stages:
-        bottom = [0.0] * len(rows)
-        cmap = plt.get_cmap("Blues")
-        for i, col in enumerate(stages):
-            vals = [float(r[1][col]) if pd.notna(r[1][col]) else 0.0 for r in rows]
-            ax.bar(x, vals, bottom=bottom, color=cmap(0.35 + 0.6 * i / max(1, len(stages) - 1)),
-                   edgecolor="white", label=f"stage {i + 1}")
-            bottom = [b + v for b, v in zip(bottom, vals)]
-        ax.legend(loc="upper right")
-        title = "Encoder GFLOPs by stage per PRO-SCALE schedule (tracked)"
-    else:
-        colors = [a.style(r[3])[0] for r in rows]
-        ax.bar(x, [float(r[1]["gflops_encoder"]) for r in rows], color=colors)
-        title = "Encoder GFLOPs per PRO-SCALE schedule (tracked, no per-stage split logged)"
-    for xi, r in zip(x, rows):
-        ax.annotate(f"{float(r[1]['gflops_encoder']):.2f}", (xi, float(r[1]["gflops_encoder"])),
-                    xytext=(0, 2), textcoords="offset points", ha="center", fontsize=7)
-    ax.set_xticks(x, labels, rotation=30, ha="right")
-    ax.set_xlabel("encoder layers per stage (p1-p2-p3)")
-    ax.set_ylabel("encoder GFLOPs per image")
-    ax.set_title(title)
-    ax.margins(y=0.12)
-    return fig
-
-
-#: the clustering threshold that the AiluRus figure sweeps: the fraction of tokens kept as
-#: cluster anchors, under the alias ``pipelines/models/token_cluster.py`` declares in its AXES
-CLUSTER_AXIS = "anchors"
-
-
-def fig_accuracy_vs_cluster_fraction(a: Analysis, plt):
-    settings = a.settings
-    skip = Skip(f"no runs with a {CLUSTER_AXIS} setting (AiluRus clustering fraction) yet")
-    if CLUSTER_AXIS not in settings or settings.empty:
-        return skip
-    settings = settings.dropna(subset=[CLUSTER_AXIS, "miou"])
-    if settings.empty:
-        return skip
-    settings = settings.assign(**{CLUSTER_AXIS: settings[CLUSTER_AXIS].astype(float)})
-    fig, ax = plt.subplots(figsize=(5.2, 3.6), layout="constrained")
-    for name in a.ordered_series(settings["series"]):
-        color, marker = a.style(name)
-        pts = settings[settings["series"] == name].sort_values([CLUSTER_AXIS, "setting"])
-        ax.plot(pts[CLUSTER_AXIS], pts["miou"], color=color, lw=1.0, alpha=0.7)
-        _errorbars(ax, pts, CLUSTER_AXIS, "miou", color, marker,
-                   label=f"{name} (mean, 95 % CI)")
-    ax.set_xlabel(f"cluster anchors as a fraction of tokens ({CLUSTER_AXIS})")
-    ax.set_ylabel("mIoU (%), mean over seeds")
-    ax.set_title("Accuracy vs clustering fraction")
-    ax.legend(loc="lower right")
-    return fig
-
-
 def fig_latency_vs_gflops(a: Analysis, plt):
     settings = a.settings
     if settings.empty or "latency_ms" not in settings:
@@ -270,7 +156,7 @@ def fig_latency_vs_gflops(a: Analysis, plt):
     fig, ax = plt.subplots(figsize=(5.6, 4.0), layout="constrained")
     for name in a.ordered_series(settings["series"]):
         color, marker = a.style(name)
-        _errorbars(ax, settings[settings["series"] == name], "gflops_total", "latency_ms",
+        errorbars(ax, settings[settings["series"] == name], "gflops_total", "latency_ms",
                    color, marker, label=name, annotate=False)
     title = "Does wall clock follow FLOPs?"
     if len(settings) >= 3:
@@ -317,13 +203,15 @@ def fig_search_hypervolume(a: Analysis, plt):
     return fig
 
 
-#: name -> drawing function (returns a Figure or a Skip); the paper's figure order
+_stage_columns = stage_columns  # (tested under this name)
+
+#: name -> drawing function (returns a Figure or a Skip); the paper's figure order: the
+#: accuracy/compute plane, each method's own figures (its declaration's ``figures``, in method
+#: order: PRO-SCALE's encoder stages, ECO-M2F's exits, AiluRus' clustering fraction), then
+#: latency and the search
 FIGURES: dict[str, Callable] = {
     "accuracy_vs_gflops": fig_accuracy_vs_gflops,
-    "encoder_gflops_by_schedule": fig_encoder_gflops_by_schedule,
-    "eco_m2f_exits": fig_eco_m2f_exits,
-    "eco_m2f_tradeoff": fig_eco_m2f_tradeoff,
-    "accuracy_vs_cluster_fraction": fig_accuracy_vs_cluster_fraction,
+    **methods.figures(),
     "latency_vs_gflops": fig_latency_vs_gflops,
     "search_hypervolume": fig_search_hypervolume,
 }

@@ -142,3 +142,8 @@ def fig_eco_m2f_exits(a, plt):
     ax2.set_ylabel("mean encoder layers per image")
     ax2.set_title("Mean exit layer vs β")
     return fig
+
+
+#: name -> drawing function, drawn by ``python -m pipelines figures`` (the declaration in
+#: ``pipelines/models/early_exit.py`` names it)
+FIGURES = {"eco_m2f_exits": fig_eco_m2f_exits, "eco_m2f_tradeoff": fig_eco_m2f_tradeoff}

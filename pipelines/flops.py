@@ -20,14 +20,13 @@ from typing import Sequence, Tuple
 from pipelines.config import load_config, write_json_atomic
 from pipelines.errors import UserError
 
-# part name -> module path inside the segmentor
-PARTS = {
+# part name -> module path inside the segmentor, for every model; a method adds its own parts
+# (its declaration's ``parts``, pipelines/methods.py: AiluRus' ``cluster``), 0 for other models
+BASE_PARTS = {
     "backbone": "backbone",
     "encoder": "decode_head.pixel_decoder.encoder",
     "pixel_decoder": "decode_head.pixel_decoder",
     "transformer_decoder": "decode_head.transformer_decoder",
-    # AiluRus' token clustering step inside the backbone (0 for other models)
-    "cluster": "backbone.clusterer",
 }
 SAMPLING_OP = "aten::grid_sampler"
 
@@ -140,14 +139,6 @@ def inference_forward(model, image_hw: Tuple[int, int]):
     return InferenceForward()
 
 
-def pixel_decoder_inputs(model, image_hw: Tuple[int, int], batch: int = 1):
-    """Random backbone-shaped features for the pixel decoder alone."""
-    import torch
-
-    with torch.no_grad():
-        return [f.detach() for f in model.extract_feat(torch.randn(batch, 3, *image_hw))]
-
-
 def describe_pixel_decoder(model) -> str:
     pd = model.decode_head.pixel_decoder
     name = type(pd).__name__
@@ -157,6 +148,13 @@ def describe_pixel_decoder(model) -> str:
 
 
 # ----------------------------------------------------------------------------- counting
+def parts() -> dict:
+    """Every counted part, name -> module path: :data:`BASE_PARTS`, then the methods' own."""
+    from pipelines.methods import parts as method_parts
+
+    return {**BASE_PARTS, **method_parts()}
+
+
 def count_flops(model, image_hw: Tuple[int, int], count_sampling: bool = False,
                 img=None) -> dict:
     """Trace ``model``'s inference on one image; FLOPs and parameters per part.
@@ -187,14 +185,15 @@ def count_flops(model, image_hw: Tuple[int, int], count_sampling: bool = False,
     with torch.no_grad():
         by_module = analyzer.by_module()
         total = analyzer.total()
-    flops = {part: int(by_module.get(f"model.{path}", 0)) for part, path in PARTS.items()}
+    counted = parts()
+    flops = {part: int(by_module.get(f"model.{path}", 0)) for part, path in counted.items()}
     flops["total"] = int(total)
-    stages = {f"stage{k}": int(sum(by_module.get(f"model.{PARTS['encoder']}.layers.{i}", 0)
+    stages = {f"stage{k}": int(sum(by_module.get(f"model.{counted['encoder']}.layers.{i}", 0)
                                    for i in layer_ids))
               for k, layer_ids in encoder_stage_layers(model).items()}
     modules = dict(model.named_modules())
     params = {part: sum(p.numel() for p in modules[path].parameters()) if path in modules else 0
-              for part, path in PARTS.items()}
+              for part, path in counted.items()}
     params["total"] = sum(p.numel() for p in model.parameters())
     return {"flops": flops, "params": params, "encoder_stages": stages}
 

@@ -7,9 +7,12 @@
   ``pipelines.baseline`` tag, the ``baseline`` column); without a recorded one, the one variant
   whose config builds no method;
 * a variant's **series** is what a reader sees: its methods' labels (``PRO-SCALE``,
-  ``ECO-M2F + PRO-SCALE``, ``Mask2Former (baseline)``), with the variant name added only when
+  ``PRO-SCALE + ECO-M2F``, ``Mask2Former (baseline)``), with the variant name added only when
   two variants would otherwise read the same. Colours, markers, figure order and setting names
   come from the series, so renaming a variant changes nothing a figure or a verdict shows.
+
+A method's label, style and rank are its own declaration's (:mod:`pipelines.methods`, in its
+model file); nothing here names a method.
 """
 from __future__ import annotations
 
@@ -19,27 +22,20 @@ import math
 import pandas as pd
 
 from pipelines import contract
+from pipelines import methods as registry
 from pipelines.analysis.data import AXES_COLUMN, METHODS_COLUMN, BASELINE_COLUMN
 
-#: method (module name under pipelines/models/) -> (label, colour, marker); no method: the model
-METHOD_STYLES = {
-    "pro_scale": ("PRO-SCALE", "#1f77b4", "s"),
-    "early_exit": ("ECO-M2F", "#d62728", "^"),
-    "token_cluster": ("AiluRus", "#2ca02c", "D"),
-    "token_sample": ("ATS", "#9467bd", "v"),
-    "cluster_pixel_decoder": ("PD clustering", "#ff7f0e", "X"),
-}
+#: no method: the model's own (label, colour, marker)
 PLAIN_STYLE = ("Mask2Former", "#4d4d4d", "o")
-#: styles for combinations and methods without an entry above, handed out in series order
+#: styles for combinations and methods that declare none, handed out in series order
 SPARE_STYLES = (("#8c564b", "P"), ("#e377c2", "*"), ("#17becf", "h"), ("#bcbd22", "p"),
                 ("#7f7f7f", "<"), ("#aec7e8", ">"), ("#98df8a", "d"), ("#ff9896", "8"))
 BASELINE_SUFFIX = " (baseline)"
 #: tables recorded before runs carried ``pipelines.methods`` (no ``methods`` value in any row):
-#: the methods of the variant names this project's ablations used then. Never consulted when a
-#: table records its methods; other variant names fall back to the methods whose axes they list.
-RECORDED_BEFORE_METHODS_TAG = {"baseline": (), "pro_scale": ("pro_scale",),
-                               "eco_m2f": ("early_exit",), "ailurus": ("token_cluster",),
-                               "ats": ("token_sample",)}
+#: the variant names this project's ablations used then for the plain model; a method's own old
+#: names are its declaration's ``recorded_as``. Never consulted when a table records its
+#: methods; other variant names fall back to the methods whose axes they list.
+PLAIN_VARIANTS_BEFORE_METHODS_TAG = ("baseline",)
 SERIES_COLUMNS = ["variant", "series", "methods", "baseline", "color", "marker", "order"]
 
 
@@ -52,10 +48,13 @@ def declared_axes() -> dict:
     """Every method's declared axes, by alias (``pipelines/models/*.py``: ``AXES``)."""
     from pipelines import axes as ax
 
-    out = {}
-    for method in ax.method_files():
-        out.update(ax.method_axes(method))
-    return out
+    return ax.declared_axes()
+
+
+def recorded_before_methods_tag() -> dict:
+    """Variant name -> methods, for tables recorded before runs carried ``pipelines.methods``."""
+    return {**{v: () for v in PLAIN_VARIANTS_BEFORE_METHODS_TAG},
+            **registry.recorded_before_tag()}
 
 
 def row_axis_names(row) -> list[str]:
@@ -81,12 +80,11 @@ def _inferred_methods(row) -> list[str]:
 def run_methods(row, recorded: bool = True) -> tuple[str, ...]:
     """The run's methods, in the registry's order (recorded, else inferred from its axes;
     ``recorded`` False: the table records no methods at all, see
-    :data:`RECORDED_BEFORE_METHODS_TAG`)."""
-    from pipelines import axes as ax
-
+    :func:`recorded_before_methods_tag`)."""
     text = row.get(METHODS_COLUMN, pd.NA)
-    if not recorded and str(row["variant"]) in RECORDED_BEFORE_METHODS_TAG:
-        found = list(RECORDED_BEFORE_METHODS_TAG[str(row["variant"])])
+    before = recorded_before_methods_tag() if not recorded else {}
+    if str(row["variant"]) in before:
+        found = list(before[str(row["variant"])])
     elif text is None or text is pd.NA or (isinstance(text, float) and math.isnan(text)):
         found = _inferred_methods(row)
     else:
@@ -96,10 +94,8 @@ def run_methods(row, recorded: bool = True) -> tuple[str, ...]:
 
 
 def method_order() -> dict[str, int]:
-    """Rank of each method: those with a style first (in :data:`METHOD_STYLES` order)."""
-    from pipelines import axes as ax
-
-    return {m: i for i, m in enumerate(dict.fromkeys([*METHOD_STYLES, *ax.method_files()]))}
+    """Rank of each method: the declared ones by their ``rank`` (then name), then the rest."""
+    return registry.order()
 
 
 def assign_roles(runs: pd.DataFrame, baseline: str | None = None) -> pd.DataFrame:
@@ -132,14 +128,12 @@ def assign_roles(runs: pd.DataFrame, baseline: str | None = None) -> pd.DataFram
 def _label(methods: tuple[str, ...]) -> str:
     if not methods:
         return PLAIN_STYLE[0]
-    return " + ".join(METHOD_STYLES.get(m, (m,))[0] for m in methods)
+    return " + ".join(registry.label(m) for m in methods)
 
 
 def series_table(runs: pd.DataFrame) -> pd.DataFrame:
     """One row per variant: its series name, methods, baseline flag, colour, marker and order
     (baseline first, then by the methods' registry order, then by name)."""
-    from pipelines import axes as ax
-
     if runs.empty:
         return pd.DataFrame(columns=SERIES_COLUMNS)
     registry = method_order()
@@ -162,8 +156,8 @@ def series_table(runs: pd.DataFrame) -> pd.DataFrame:
         methods = tuple(m for m in r["methods"].split(",") if m)
         if not methods:
             style = PLAIN_STYLE[1:]
-        elif len(methods) == 1 and methods[0] in METHOD_STYLES:
-            style = METHOD_STYLES[methods[0]][1:]
+        elif len(methods) == 1 and _declared_style(methods[0]) is not None:
+            style = _declared_style(methods[0])
         else:
             style = next(spare)
         while style in used:  # two series never share colour and marker
@@ -171,6 +165,11 @@ def series_table(runs: pd.DataFrame) -> pd.DataFrame:
         used.add(style)
         r.update(color=style[0], marker=style[1], order=i)
     return pd.DataFrame(rows)[SERIES_COLUMNS]
+
+
+def _declared_style(method: str) -> tuple | None:
+    found = registry.get(method)
+    return found.style() if found is not None else None
 
 
 def uses(frame: pd.DataFrame, method: str, only: bool = False) -> pd.Series:
@@ -183,8 +182,9 @@ def uses(frame: pd.DataFrame, method: str, only: bool = False) -> pd.Series:
 
 def run_label(row) -> str:
     """Short label of a run's setting: every axis but the seed, in the run's own order: a flag
-    by its name when true (upper case up to 3 letters), ``3-3-3`` for a PRO-SCALE schedule,
-    ``β=0.5`` for ECO-M2F's beta, ``name=value`` otherwise. Empty for no axes."""
+    by its name when true (upper case up to 3 letters), as its method's ``axis_labels`` writes
+    it (``3-3-3`` for a PRO-SCALE schedule, ``β=0.5`` for ECO-M2F's beta), ``name=value``
+    otherwise. Empty for no axes."""
     from pipelines import axes as ax
 
     declared = declared_axes()
@@ -197,13 +197,12 @@ def run_label(row) -> str:
                 not isinstance(value, str) and pd.isna(value)) or value == "":
             continue
         axis = declared.get(name)
+        own = registry.axis_label(name, value) if axis is not None else None
         if axis is not None and axis.id == "flag":
             if bool(value):
                 parts.append(name.upper() if len(name) <= 3 else name)
-        elif name == "schedule":
-            parts.append(str(value))
-        elif name == "beta":
-            parts.append(f"β={float(value):g}")
+        elif own is not None:
+            parts.append(own)
         else:
             short = ax.short_name(name)
             parts.append(f"{short}={value:g}" if isinstance(value, float) else f"{short}={value}")

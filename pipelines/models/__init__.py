@@ -1,9 +1,14 @@
-"""MMSeg / MMDet plug-ins for the efficient-encoder methods, one file per method."""
+"""MMSeg / MMDet plug-ins for the efficient-encoder methods, one file per method.
+
+Every module of this package is imported (found with :mod:`pkgutil`, so a new method file needs
+no edit here): importing one runs its ``@MODELS.register_module()`` decorators.
+"""
+import importlib
+import pkgutil
+
 from pipelines.models import deform_attn
-from pipelines.models.pro_scale import ProScalePixelDecoder  # noqa: F401  (registers it)
-from pipelines.models.early_exit import EarlyExitPixelDecoder  # noqa: F401  (registers it)
-from pipelines.models.token_cluster import ClusterViT  # noqa: F401  (registers it)
-from pipelines.models.token_sample import SampleViT  # noqa: F401  (registers it)
-from pipelines.models.cluster_pixel_decoder import ClusterPixelDecoder  # noqa: F401  (registers it)
+
+for _module in pkgutil.iter_modules(__path__):
+    importlib.import_module(f"{__name__}.{_module.name}")
 
 deform_attn.install()  # mmdet's deformable layers: no host syncs, bfloat16-safe (deform_attn.py)
