@@ -12,8 +12,8 @@ import argparse
 import json
 from pathlib import Path
 
+from pipelines import methods
 from pipelines.contract import SEED
-from pipelines.eco_m2f import report_lines
 from pipelines.errors import UserError
 from pipelines.grid import RunPaths
 from pipelines.ingest import collect_metrics, run_failure
@@ -129,7 +129,7 @@ def build_report(ablation: str, results: str, run_jsons: list[str],
              + " | ".join(c[1] for c in COLUMNS) + " |",
              "|" + "---|" * (6 + len(COLUMNS))]
     failed = []  # (run id, reason): listed under the table (issue 9: failures stay local)
-    gated = []  # ECO-M2F: histogram, ladder and oracle of every gated run, under the table
+    sections = {}  # method -> its own report lines (its declaration's report hook), under the table
     loaded = []  # (run, metrics): pooled into settings under the table (issue 13)
     if not Path(results).is_dir():
         raise UserError(f"results folder not found: {results} (give --results)")
@@ -146,7 +146,9 @@ def build_report(ablation: str, results: str, run_jsons: list[str],
                  params.get(SEED, "-"), params["max_iters"], f"`{params.get('recipe', '')}`"]
         cells += [fmt.format(metrics[key]) if key in metrics else "-" for key, _, fmt in COLUMNS]
         lines.append("| " + " | ".join(cells) + " |")
-        gated += report_lines(run["run_id"], RunPaths.of(results, ablation, run).metrics)
+        for name, more in methods.run_report_lines(
+                run, RunPaths.of(results, ablation, run).metrics).items():
+            sections.setdefault(name, []).extend(more)
     if loaded and not failed and not any(metrics for _, metrics in loaded):
         raise UserError(f"no results of any of the {len(loaded)} runs under {results} for "
                         f"ablation {ablation!r} (wrong --results or --ablation?)")
@@ -156,8 +158,7 @@ def build_report(ablation: str, results: str, run_jsons: list[str],
         lines += [""] + search if search else []
     elif loaded:
         lines += [""] + _settings_markdown(analyse(_runs_table(ablation, results, loaded)))
-    if gated:
-        lines += ["", "## ECO-M2F: exit histogram, ladder and oracle", "", *gated]
+    lines += methods.report_markdown(sections)
     if failed:
         lines += ["", "## Failed runs", "", "| run | reason |", "|---|---|"]
         lines += [f"| `{run_id}` | {reason.replace('|', '/')} |" for run_id, reason in failed]

@@ -151,9 +151,6 @@ def test_a_fifth_method_is_one_file(toy_run):
     assert "Token drop" in html
 
 
-@pytest.mark.xfail(strict=True, reason="pipelines/report.py still calls pipelines.eco_m2f."
-                   "report_lines instead of the methods' report hooks (pipelines.methods."
-                   "run_report_lines / report_markdown)")
 def test_its_report_section_is_its_own(toy_run):
     results, _ = toy_run
     report = (results / "report" / "tiny" / "report.md").read_text()
