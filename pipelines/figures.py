@@ -26,6 +26,7 @@ from typing import Callable
 import pandas as pd
 
 from pipelines import contract, methods
+from pipelines.contract import ROLE_TRIAL
 from pipelines.analysis.data import METHODS_COLUMN
 from pipelines.analysis.settings import INTERVAL_NAME, ONE_SEED, TEST_NAME, Analysis, analyse
 from pipelines.data.synthetic import SMALL_CLASSES
@@ -94,6 +95,11 @@ def fig_accuracy_vs_gflops(a: Analysis, plt):
     if (settings["n_seeds"] < 2).any():
         ax.scatter([], [], marker="o", facecolors="white", edgecolors="grey",
                    label=f"hollow: {ONE_SEED}")
+    trials = searched_points(a)
+    if len(trials):  # the search's own runs, beside the grid's settings (not in the fronts)
+        ax.scatter(trials["gflops_total"], trials["miou"], marker="D", s=22,
+                   facecolors="none", edgecolors="black", linewidths=0.8, zorder=4,
+                   label=f"searched: {len(trials)} Optuna trial run(s), one seed each")
     ax.set_xlabel("total GFLOPs per image\n"
                   "front points: sig. / n.d. / n.t. = distinguishable / not distinguishable / "
                   "not testable\n(paired t-test on mIoU across seeds, α = 0.05, vs the baseline "
@@ -103,6 +109,14 @@ def fig_accuracy_vs_gflops(a: Analysis, plt):
     ax.legend(loc="best", frameon=True, fontsize=7)
     return fig
 
+
+
+def searched_points(a: Analysis):
+    """The runs an Optuna search trained (``pipelines.role=trial``) with mIoU and GFLOPs."""
+    runs = a.runs
+    if runs.empty or "role" not in runs or "miou" not in runs or "gflops_total" not in runs:
+        return runs.iloc[0:0]
+    return runs[runs["role"] == ROLE_TRIAL].dropna(subset=["miou", "gflops_total"])
 
 
 def fig_accuracy_vs_gflops_by(a: Analysis, plt, axis: str):

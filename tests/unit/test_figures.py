@@ -202,3 +202,27 @@ def test_search_hypervolume_uses_the_searchs_own_budget_as_reference(runs):
     assert "reference: 7.25 GFLOPs, 0 mIoU" in budgeted.axes[0].get_title()
     assert "7.25" not in inferred.axes[0].get_title()
     assert "budget" in " ".join(t.get_text() for t in budgeted.axes[0].texts)
+
+
+def test_searched_runs_are_drawn_beside_the_grid(runs):
+    """Issue 21 item 3: the Optuna trial runs are points of the accuracy figure (not of its
+    fronts, which pool the grid's settings)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from pipelines.analysis.settings import analyse
+
+    a = analyse(runs)
+    trials = figures.searched_points(a)
+    assert len(trials) == (runs["role"] == "trial").sum() > 0
+    fig = figures.fig_accuracy_vs_gflops(a, plt)
+    labels = fig.axes[0].get_legend_handles_labels()[1]
+    assert f"searched: {len(trials)} Optuna trial run(s), one seed each" in labels
+    plt.close(fig)
+    grid_only = analyse(runs[runs["role"] != "trial"])
+    fig = figures.fig_accuracy_vs_gflops(grid_only, plt)
+    assert not any(lab.startswith("searched") for lab in
+                   fig.axes[0].get_legend_handles_labels()[1])
+    plt.close(fig)
