@@ -42,8 +42,7 @@ from __future__ import annotations
 
 import argparse
 
-# imported from here by pipelines/benchmark.py (is_gated) and pipelines/report.py (report_lines)
-from pipelines.eco_m2f.layout import is_gated  # noqa: F401
+# the report hook early_exit's declaration names ("pipelines.eco_m2f:report_lines")
 from pipelines.eco_m2f.markdown import report_lines  # noqa: F401
 
 
