@@ -124,7 +124,8 @@ class Axis:
         if self.choices is not None and value not in self.choices:
             raise UserError(f"{where}: {value!r} is not one of {list(self.choices)}")
         if self.pattern is not None and not re.fullmatch(self.pattern, value):
-            raise UserError(f"{where}: {value!r} does not match {self.pattern!r}")
+            why = f" ({self.help})" if self.help else ""
+            raise UserError(f"{where}: {value!r} does not match {self.pattern!r}{why}")
         numbers = value if kind == "int_list" else [value] if kind in ("int", "float") else []
         for x in numbers:
             if isinstance(x, float) and not math.isfinite(x):
@@ -332,15 +333,6 @@ def declared_axes() -> dict[str, Axis]:
     for method in method_files():
         out.update(method_axes(method))
     return out
-
-
-def pattern_message(name: str, value: Any) -> str | None:
-    """Why ``value`` is no value of the declared axis ``name`` when it fails the axis'
-    ``pattern`` (its ``help``), or None when no method declares a pattern for ``name``."""
-    axis = declared_axes().get(name)
-    if axis is None or axis.pattern is None:
-        return None
-    return f"{value!r} is no valid {name}: {axis.help or axis.pattern}"
 
 
 def config_types(cfg: Any) -> set[str]:

@@ -46,7 +46,7 @@ def quiet_import_warnings() -> None:
     warnings.filterwarnings("ignore", message="pkg_resources is deprecated")
 
 
-def _check_key(cfg: dict, key: str) -> None:
+def check_key(cfg: dict, key: str) -> None:
     """``cfg``: the config as a plain dict (``Config.to_dict()``)."""
     node: Any = cfg
     walked = []
@@ -82,7 +82,7 @@ def load_config(path: str | os.PathLike, cfg_options: Iterable[str] | None = Non
     add_runner_defaults(cfg)
     plain = cfg.to_dict()
     for key in options:
-        _check_key(plain, key)
+        check_key(plain, key)
     cfg.merge_from_dict(options)
     if data_root is not None:
         set_data_root(cfg, data_root)

@@ -1,8 +1,8 @@
 """The naming contract: every tag, param, metric and artifact name, defined once.
 
 The stages write their JSON under these names, ``ingest`` passes them to MLflow unchanged and
-the analysis reads them back; nothing else spells them. A test holds each name to what the real
-producer writes (``tests/unit/test_contract.py``).
+the analysis reads them back; nothing else spells them. Tests hold the names to what the real
+producers write (``tests/unit/test_tracking.py``: a real ingest's params, metrics and tags).
 
 MLflow layout of one ablation (experiment = ablation name, kind "model training"):
 

@@ -340,11 +340,10 @@ def run(args: argparse.Namespace) -> int:
         raise UserError("--max-images needs --data")
     if args.max_images is not None and args.max_images < 1:
         raise UserError(f"--max-images must be at least 1, got {args.max_images}")
-    from pipelines.failures import recording_failures
+    from pipelines.failures import run_stage
 
-    with recording_failures(args.json, "flops", bool(getattr(args, "record_failure", 0))):
-        return _count(args)
-    return 0
+    return run_stage("flops", _count, args, outs=[args.json],
+                     record=bool(getattr(args, "record_failure", 0)))
 
 
 def _count(args: argparse.Namespace) -> int:

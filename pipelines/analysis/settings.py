@@ -1,6 +1,6 @@
 """Seeds -> settings: replicate statistics, fronts on means and paired tests, computed once.
 
-The analysis is one way (``docs/architecture.md``): the tidy runs table of
+The analysis is one way (``../shared/docs/architecture.md``; ``workflow/README.md``): the tidy runs table of
 :mod:`pipelines.analysis.data` -> :func:`analyse` -> an :class:`Analysis` holding
 
 * ``runs``: the tidy table with a ``setting`` column added (grid runs and search trials);

@@ -42,8 +42,6 @@ from __future__ import annotations
 
 import argparse
 
-# the report hook early_exit's declaration names ("pipelines.eco_m2f:report_lines")
-from pipelines.eco_m2f.markdown import report_lines  # noqa: F401
 
 
 def add_parser(sub) -> None:

@@ -49,10 +49,10 @@ def resolved_base(path: str | Path, cache: dict | None = None) -> dict:
 
 def _walk(cfg: Any, key: str, where: str):
     """(parent, last part) of a dotted key in a plain config; one-line error when it is absent."""
-    from pipelines.config import _check_key
+    from pipelines.config import check_key
 
     try:
-        _check_key(cfg, key)
+        check_key(cfg, key)
     except UserError as err:
         raise UserError(f"{where}: {str(err).replace('--cfg-options key', 'config key')}") from None
     node = cfg

@@ -134,9 +134,6 @@ def describe_schema_error(error) -> str:
         if extra:
             path = ".".join(p for p in (path, extra[0]) if p)
             message = "unknown key"
-    elif error.validator == "pattern" and ".schedule." in f".{path}.":
-        message = (f"{error.instance!r} is not a schedule: 3 stages of encoder layers like "
-                   f"'3-3-3' (res5, res4, res3; the last stage needs at least one layer)")
     elif error.validator == "enum":
         message = f"{error.instance!r} is not one of {error.validator_value}"
     return f"ablation config key {path or '(top level)'!r}: {message}"

@@ -1,7 +1,8 @@
 """ECO-M2F: early exit from the pixel decoder's encoder, the exit chosen per image by a gate.
 
 Paper: *Efficient Transformer Encoders for Mask2Former-style models* (arXiv 2404.15244). Written
-from ``docs/methods.md``, not from the public code, which cannot run as shipped (see below).
+from the method notes (``../shared/docs/methods.md``; summarised in
+``pipelines/models/README.md``), not from the public code, which cannot run as shipped (see below).
 
 The encoder may stop after layer ``k`` for ``k`` in ``min_layers..depth`` (the *exits*; the
 released configs use 2..6 of a 6-layer encoder, five exits). The recipe has three steps, and only
@@ -358,7 +359,7 @@ class EarlyExitMethod(Method):
     label, color, marker = "ECO-M2F", "#d62728", "^"  # its series in figures and tables
     rank = 20
     figures = "pipelines.figures_eco_m2f:FIGURES"
-    report = "pipelines.eco_m2f:report_lines"
+    report = "pipelines.eco_m2f.markdown:report_lines"
     report_title = "ECO-M2F: exit histogram, ladder and oracle"
     cost_model = "pipelines.cost_model:early_exit_pixel_decoder_flops_from_cfg"
     finished_by = "gate"  # a run with a beta is completed by its gate

@@ -1,7 +1,8 @@
 """PRO-SCALE: progressive token length scaling in the pixel decoder's encoder.
 
 Paper: *Progressive Token Length Scaling in Transformer Encoders for Efficient Universal
-Segmentation* (arXiv 2404.14657). Written from ``docs/methods.md``, not from the public code.
+Segmentation* (arXiv 2404.14657). Written from the method notes (``../shared/docs/methods.md``;
+summarised in ``pipelines/models/README.md``), not from the public code.
 
 The baseline encoder runs every layer over all tokens of the three coarse maps, ordered coarsest
 first (res5 = 1/32, res4 = 1/16, res3 = 1/8). PRO-SCALE splits the layers into stages: stage ``s``

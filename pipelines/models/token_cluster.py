@@ -1,7 +1,8 @@
 """AiluRus: spatially windowed density-peak token clustering inside a plain ViT.
 
 Paper: *AiluRus: A Scalable ViT Framework for Dense Prediction* (NeurIPS 2023, arXiv 2311.01197).
-No public code exists; written from ``docs/methods.md``.
+No public code exists; written from the method notes (``../shared/docs/methods.md``; summarised in
+``pipelines/models/README.md``).
 
 After block ``cluster_layer`` of the ViT, the patch tokens ``[B, N, C]`` (grid ``h x w``) are
 clustered by DPC-KNN restricted to a spatial window of radius ``window`` around each token

@@ -1,8 +1,8 @@
 """ATS: adaptive token sampling inside a plain ViT, for dense prediction.
 
-Paper: *Adaptive Token Sampling for Efficient Vision Transformers* (ECCV 2022, arXiv
-2111.15667). Written from ``docs/methods.md``; the released code (classification only) is not
-used.
+Paper: *Adaptive Token Sampling for Efficient Vision Transformers* (ECCV 2022, arXiv 2111.15667).
+Written from the method notes (``../shared/docs/methods.md``; summarised in
+``pipelines/models/README.md``); the released code (classification only) is not used.
 
 In each block listed in ``ats_layers`` (0-based; released: 3..11 of DeiT-S):
 
