@@ -119,16 +119,3 @@ def write_trials_record(spec, study, tracked: dict[str, str]) -> bool:
     path.parent.mkdir(parents=True, exist_ok=True)
     write_json_atomic(path, {"key": key, **content})
     return True
-
-
-def search_records(results: str | Path, ablation: str) -> list[str]:
-    """The records of every search whose base ablation is ``ablation`` (for a rule's input:
-    the ablation's analysis then reruns when a search changed the runs it reads)."""
-    out = []
-    for path in sorted(Path(results).glob(f"search/*/{RECORD}")):
-        try:
-            if json.loads(path.read_text()).get("ablation") == ablation:
-                out.append(str(path))
-        except (OSError, ValueError):
-            continue
-    return out

@@ -4,8 +4,6 @@
 #
 #   snakemake --cores 1 figures
 
-from pipelines.search_tracking import search_records
-
 
 localrules:
     analyse_runs,
@@ -17,9 +15,6 @@ localrules:
 rule analyse_runs:
     input:
         ingested=INGESTED,
-        # the records of the searches over this ablation (results/search/<name>/trials.json):
-        # a search that adds trial runs to MLflow reruns the analysis, even with --no-report
-        searches=lambda wildcards: search_records(RESULTS, ABLATION),
     output:
         analysis=ANALYSIS,
     log:
