@@ -19,14 +19,26 @@ NOT_PATHS = {"threads", "resources.last_attempt", "params.options", "params.shap
 FIELD = re.compile(r"\{([A-Za-z_][A-Za-z0-9_.\[\]]*)(:[^}]*)?\}")
 
 
+STRING = re.compile(r'"((?:[^"\\\n]|\\.)*)"')
+
+
 def _shell_fields():
-    """(file, field, format spec) of every {field} in the rules' shell strings."""
+    """(file, field, format spec) of every {field} in the rules' shell strings: the string
+    literals of each ``shell:`` block (plain strings, or the arguments of ``stage_shell(...)``),
+    and the strings ``stage_shell`` itself adds (common.smk)."""
     for smk in sorted((REPO / "workflow" / "rules").glob("*.smk")):
         text = smk.read_text()
-        for block in re.findall(r"shell:\n((?:\s+\".*\"\n)+)", text):
-            block = block.replace("{{", "").replace("}}", "")  # literal braces
-            for field, spec in FIELD.findall(block):
-                yield smk.name, field, spec
+        for block in re.findall(r"shell:\n((?:(?:        .*)?\n)+)", text):
+            for string in STRING.findall(block):
+                string = string.replace("{{", "").replace("}}", "")  # literal braces
+                for field, spec in FIELD.findall(string):
+                    yield smk.name, field, spec
+        helper = re.search(r"\ndef stage_shell\(.*?\n(?=\S)", text, re.S)
+        if helper:  # an f-string: {{x}} is the rule's field x, {command} the helper's argument
+            for string in STRING.findall(helper.group(0).split('"""')[-1]):
+                for field, spec in FIELD.findall(string):
+                    if field != "command":
+                        yield smk.name, field, spec
 
 
 def test_every_path_in_a_rule_is_quoted():
