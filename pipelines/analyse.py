@@ -114,12 +114,13 @@ def read_runs(args: argparse.Namespace):
 
     from pipelines.analysis.data import read_source
 
+    from pipelines.tracking import missing_sqlite_file
+
     uri = args.tracking_uri or ""
-    if uri.startswith("sqlite:///") and not args.runs_csv:
-        db = Path(uri.removeprefix("sqlite:///").split("?", 1)[0])
-        if not db.is_file():
-            raise UserError(f"--tracking-uri {uri}: no such SQLite file {db} (nothing tracked "
-                            "there yet?)")
+    db = None if args.runs_csv else missing_sqlite_file(uri)
+    if db is not None:
+        raise UserError(f"--tracking-uri {uri}: no such SQLite file {db} (nothing tracked "
+                        "there yet?)")
     try:
         return read_source(args.tracking_uri, args.experiment, args.runs_csv)
     except MlflowException as err:

@@ -79,12 +79,10 @@ def runs_link(ui: str, experiment_id: str) -> str:
 
 def experiment_id_of(tracking_uri: str, experiment: str) -> str:
     """The id of an ablation's experiment; one line if the store or the experiment is missing."""
-    from mlflow import MlflowClient
-
     from pipelines import tracking
 
     with tracking.store_errors(tracking_uri, ""):
-        exp = MlflowClient(tracking_uri=tracking_uri).get_experiment_by_name(experiment)
+        exp = tracking.open_client(tracking_uri).get_experiment_by_name(experiment)
     if exp is None:
         raise UserError(f"{tracking_uri}: no experiment {experiment!r} (run the ablation first: "
                         "make demo, or snakemake --configfile <ablation>)")
@@ -105,11 +103,11 @@ def add_parser(sub) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    if args.tracking_uri.startswith("sqlite:///"):
-        path = args.tracking_uri[len("sqlite:///"):]
-        if not os.path.isfile(path):
-            raise UserError(f"{args.tracking_uri}: no such store (run the ablation first: make "
-                            "demo)")
+    from pipelines.tracking import missing_sqlite_file
+
+    if missing_sqlite_file(args.tracking_uri) is not None:
+        raise UserError(f"{args.tracking_uri}: no such store (run the ablation first: make "
+                        "demo)")
     experiment_id = experiment_id_of(args.tracking_uri, args.experiment)
     link = runs_link(f"http://{args.host}:{args.port}", experiment_id)
     print(f"{args.experiment}: open {link}", flush=True)

@@ -94,6 +94,15 @@ def check_writable(folder: Path, what: str) -> None:
         raise UserError(f"{what} {folder} is not writable ({err.strerror or err})") from None
 
 
+def missing_sqlite_file(uri: str) -> Path | None:
+    """The file of a ``sqlite:///FILE`` store when it does not exist (a reader must refuse it:
+    opening it with MLflow would create an empty store), else None."""
+    if not (uri or "").startswith("sqlite:///"):
+        return None
+    path = Path(uri[len("sqlite:///"):].split("?", 1)[0])
+    return None if path.is_file() else path
+
+
 def check_store(uri: str) -> None:
     """Refuse, before anything is written, a store ingest cannot write: an SQLite file that is
     not a database or not writable, or a server (MLflow, PostgreSQL) that does not answer."""

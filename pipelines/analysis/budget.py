@@ -72,9 +72,10 @@ def history_s_per_iter(tracking_uri: str | None, experiment: str) -> dict[str, f
     """Median ``train_time_s / max_iters`` per config of the experiment's finished runs."""
     if not tracking_uri:
         return {}
-    if tracking_uri.startswith("sqlite:///"):
-        if not Path(tracking_uri[len("sqlite:///"):]).is_file():
-            return {}
+    from pipelines.tracking import missing_sqlite_file
+
+    if missing_sqlite_file(tracking_uri) is not None:
+        return {}
     from pipelines.analysis.data import load_runs
     from pipelines.errors import UserError
 

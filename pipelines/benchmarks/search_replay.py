@@ -70,8 +70,6 @@ def load_table(path: Path = TABLE, spec=None) -> dict[str, dict]:
     the current grid's id of the setting at seed 0 (the search's own), so the table outlives
     changes in how ids are spelled; ``recorded_run_id`` keeps the first recorded one.
     """
-    import json as _json
-
     from pipelines.search_runs import make_runs
     from pipelines.search_space import load_search_space
 
@@ -81,7 +79,7 @@ def load_table(path: Path = TABLE, spec=None) -> dict[str, dict]:
     pooled: dict[str, dict] = {}
     for row in rows:
         variant, settings = row_setting(row)
-        key = _json.dumps([variant, settings], sort_keys=True, default=str)
+        key = json.dumps([variant, settings], sort_keys=True, default=str)
         entry = pooled.setdefault(key, {"point": (variant, settings), "mious": [], "row": row})
         entry["mious"].append(float(row["miou"]))
     entries = list(pooled.values())
