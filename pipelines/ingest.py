@@ -52,6 +52,9 @@ def add_parser(sub) -> None:
     p.add_argument("--artifact-location", default="results/mlartifacts",
                    help="artifact root of a new experiment (default results/mlartifacts)")
     p.add_argument("--description", default="", help="note on the parent run")
+    p.add_argument("--baseline-variant", metavar="VARIANT",
+                   help="the ablation's baseline variant now (the workflow passes it): its runs "
+                   "are tagged pipelines.baseline; without it, each run.json's own flag")
     p.add_argument("--out", help="summary JSON to write (MLflow ids per run)")
     p.set_defaults(func=run)
 
@@ -227,8 +230,8 @@ def _resolved_config(work_dir: Path) -> Path | None:
     return dumped[-1] if dumped else None
 
 
-def _fingerprint(files) -> str:
-    h = hashlib.sha256()
+def _fingerprint(files, role: str = "") -> str:
+    h = hashlib.sha256(role.encode() + b"\0")
     for path in files:
         h.update(str(path).encode() + b"\0")
         h.update(path.read_bytes() if path.is_file() else b"-")
@@ -245,12 +248,15 @@ def _scalar_logs(work_dir: Path) -> list[Path]:
 
 def run_fingerprint(results: str, ablation: str, run: dict) -> str:
     """The fingerprint :func:`child_record` gives a run, from its files alone (no record built):
-    re-ingest compares it with the child's first and skips an unchanged run at this cost."""
+    re-ingest compares it with the child's first and skips an unchanged run at this cost. The
+    run's baseline role is part of it: the role is the ablation's (``grid.baseline``), not the
+    run's recipe, so a changed baseline re-records runs whose files did not change."""
     paths = RunPaths.of(results, ablation, run)
     done = _read_json(paths.train_done) or {}
     work_dir = Path(done.get("work_dir", "") or "/nonexistent")
     return _fingerprint([paths.run_json, paths.train_done, paths.metrics, paths.flops,
-                         paths.benchmark] + _scalar_logs(work_dir))
+                         paths.benchmark] + _scalar_logs(work_dir),
+                        role=f"baseline={bool(run.get('baseline'))}")
 
 
 def child_record(results: str, ablation: str, run: dict, tmp: Path):
@@ -313,12 +319,17 @@ def mark_failure(record, reason: str | None):
 
 def ingest(ablation: str, results: str, run_jsons: list[str], tracking_uri: str,
            artifact_location: str | None, description: str = "", progress: bool = True,
-           role: str = c.ROLE_RUN) -> dict[str, Any]:
+           role: str = c.ROLE_RUN, baseline_variant: str | None = None) -> dict[str, Any]:
+    """Record the runs of ``run_jsons``. ``baseline_variant`` (the workflow passes the
+    ablation's current one) decides each run's baseline role; a run.json's own flag was written
+    with the run and can be older than a changed ``grid.baseline``."""
     from tqdm import tqdm
 
     from pipelines import tracking
 
     runs = read_runs(results, ablation, run_jsons)  # bad input: refused before the store opens
+    if baseline_variant is not None:
+        runs = [{**run, "baseline": run.get("variant") == baseline_variant} for run in runs]
     client = tracking.open_writer(tracking_uri)
     with tracking.store_errors(tracking_uri, "; the store keeps the records it held (a re-ingest "
                                "repairs what this one left)"):
@@ -376,7 +387,8 @@ def run(args: argparse.Namespace) -> int:
     from pipelines.config import write_json_atomic
 
     summary = ingest(args.ablation, args.results, args.runs, args.tracking_uri,
-                     args.artifact_location, args.description)
+                     args.artifact_location, args.description,
+                     baseline_variant=args.baseline_variant)
     summary["tracking_uri"] = args.tracking_uri
     if args.out:
         write_json_atomic(args.out, summary)

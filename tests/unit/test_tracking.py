@@ -221,3 +221,29 @@ def test_ingest_of_a_real_tiny_training_has_curves_times_and_provenance(tmp_path
     # re-ingest of unchanged files writes nothing
     again = ingest("real", str(results), [str(paths.run_json)], uri, None, progress=False)
     assert again["runs"][run.run_id]["action"] == "unchanged"
+
+
+def test_a_changed_baseline_is_recorded_without_new_files(tmp_path):
+    """The baseline role is the ablation's (grid.baseline), not the run's recipe: told a new
+    baseline variant, a re-ingest re-tags runs whose files did not change (a run.json's own flag
+    can be older than the ablation's choice), and changes nothing when told the same again."""
+    from pipelines.tracking import open_client
+
+    results, jsons = write_results(tmp_path)
+    uri, art = f"sqlite:///{tmp_path / 'mlflow.db'}", str(tmp_path / "artifacts")
+
+    def roles():
+        exp = open_client(uri).get_experiment_by_name("abl")
+        runs = open_client(uri).search_runs(
+            [exp.experiment_id], f"tags.`{contract.ROLE_TAG}` = '{contract.ROLE_RUN}'")
+        return {r.info.run_name: r.data.tags[contract.BASELINE_TAG] for r in runs}
+
+    ingest("abl", str(results), jsons, uri, art, baseline_variant="baseline")
+    assert roles() == {"baseline-seed0": "true", "pro_scale-s3-3-3-trc-nolpe-seed0": "false",
+                       "pro_scale-s2-2-5-trc-nolpe-seed0": "false"}
+    moved = ingest("abl", str(results), jsons, uri, art, baseline_variant="pro_scale")
+    assert {v["action"] for v in moved["runs"].values()} == {"replaced"}
+    assert roles() == {"baseline-seed0": "false", "pro_scale-s3-3-3-trc-nolpe-seed0": "true",
+                       "pro_scale-s2-2-5-trc-nolpe-seed0": "true"}
+    again = ingest("abl", str(results), jsons, uri, art, baseline_variant="pro_scale")
+    assert {v["action"] for v in again["runs"].values()} == {"unchanged"}

@@ -111,6 +111,16 @@ def test_new_axis_end_to_end_and_reruns_follow_content(tmp_path):
     assert proc.returncode == 0, out[-4000:]
     _assert_mlflow_holds_current(config, results, ids)
 
+    # another baseline declared (grid.baseline): no run's recipe changes, so nothing trains,
+    # but the ablation's records follow it under mtime triggers too (the baseline is part of
+    # the content key, and ingest is told it rather than trusting run.json's older flag)
+    config["grid"]["baseline"] = "pro_scale"
+    proc, out = run_copy(repo, write_config(configfile, config), "--rerun-triggers", "mtime")
+    assert proc.returncode == 0, out[-4000:]
+    assert trained(out) == set() and "evaluate_model" not in job_counts(proc.stdout)
+    table = load_runs(config["mlflow"]["tracking_uri"], "tiny").set_index("run_id")
+    assert {i for i in ids if table.loc[i, "baseline"]} == ids - {"baseline-seed0"}
+
 
 def _ingested(results: Path) -> Path:
     (found,) = (results / "ingest" / "tiny").glob("*/ingested.json")

@@ -36,11 +36,16 @@ EXTRA_RUN_OUTPUTS = []
 
 ABLATION = config["name"]
 RESULTS = config["results"]
-# What the ablation-wide outputs depend on (every run's id and recipe, the tracking store): the
-# manifest, the paired benchmark and the ingest record live in a folder of this name, so a changed
-# recipe or run set is a missing output under any rerun trigger, with or without .snakemake/.
+# What the ablation-wide outputs depend on (every run's id and recipe, the tracking store, the
+# baseline variant): the manifest, the paired benchmark and the ingest record live in a folder of
+# this name, so a changed recipe, run set or baseline is a missing output under any rerun trigger,
+# with or without .snakemake/. The baseline variant (grid.baseline, or the one variant without a
+# method) is the ablation's, not a run's recipe (a run.json's own flag can be older): ingest and
+# the paired benchmark are told it.
+BASELINE = next((_run.variant for _run in RUNS.values() if _run.baseline), None)
 CONTENT = content_key(RUNS.values(), config["mlflow"]["tracking_uri"],
-                      config["mlflow"]["artifact_location"], config["description"])
+                      config["mlflow"]["artifact_location"], config["description"],
+                      f"baseline={BASELINE}")
 MANIFEST = f"{RESULTS}/runs/{ABLATION}/{CONTENT}/runs.txt"
 INGESTED = f"{RESULTS}/ingest/{ABLATION}/{CONTENT}/ingested.json"
 # Rules name no conda environment (no `conda` directive). Jobs run in the environment snakemake

@@ -40,6 +40,8 @@ rule benchmark_ablation:
         device=config["benchmark"]["device"],
         repeats=config["benchmark"]["repeats"],
         warmup=config["benchmark"]["warmup"],
+        # the ablation's baseline variant (common.smk: BASELINE), whatever its name
+        baseline=[f"--baseline-variant={BASELINE}"] if BASELINE else [],
         # GPU settings (issue 19): throughput batch and precisions, when the config sets them
         settings=lambda wildcards: (
             (["--batch", str(config["benchmark"]["batch"])] if config["benchmark"].get("batch")
@@ -54,5 +56,5 @@ rule benchmark_ablation:
         "OMP_NUM_THREADS={threads} PYTHONWARNINGS=ignore "
         "python -m pipelines benchmark --runs @{input.manifest:q} --results {params.results:q} "
         "--ablation {params.ablation:q} --shape {params.shape} --device {params.device} "
-        "--repeats {params.repeats} --warmup {params.warmup} {params.settings:q} "
+        "--repeats {params.repeats} --warmup {params.warmup} {params.settings:q} {params.baseline:q} "
         "--json {output.paired:q} > {log:q} 2>&1"

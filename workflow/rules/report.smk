@@ -46,11 +46,12 @@ rule ingest_results:
         description=config["description"],
         records=lambda wildcards, output: Path(output.ingested).parent.parent,
         key=CONTENT,
+        baseline=[f"--baseline-variant={BASELINE}"] if BASELINE else [],
     shell:
         "PYTHONWARNINGS=ignore python -m pipelines ingest --ablation {params.ablation:q} "
         "--results {params.results:q} "
         "--tracking-uri {params.tracking_uri:q} --artifact-location {params.artifacts:q} "
-        "--description={params.description:q} --out {output.ingested:q} "
+        "--description={params.description:q} {params.baseline:q} --out {output.ingested:q} "
         "--runs @{input.manifest:q} > {log:q} 2>&1 && "
         "find {params.records:q} -mindepth 1 -maxdepth 1 -type d ! -name {params.key:q} "
         "-exec rm -rf {{}} +"
