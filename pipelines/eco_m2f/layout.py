@@ -5,17 +5,16 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Dict
 
-GATE_AXIS = "beta"  # the gate-stage axis of pipelines/models/early_exit.py
-
 
 def is_gated(run) -> bool:
-    """A run of the recipe: its config builds early exit and it has a gate-stage ``beta``.
-    ``run``: a :class:`pipelines.grid.Run` or its ``run.json`` dict."""
-    if isinstance(run, dict):
-        methods, stages = run.get("methods") or [], run.get("stages") or {}
-    else:
-        methods, stages = run.methods, run.stages
-    return "early_exit" in methods and stages.get(GATE_AXIS) == "gate"
+    """A run of the recipe: ECO-M2F's declaration (``pipelines/models/early_exit.py``) is the
+    method a later stage completes (:func:`pipelines.methods.finished_later`: the run builds
+    early exit and has an axis of its ``gate`` stage). ``run``: a :class:`pipelines.grid.Run` or
+    its ``run.json`` dict."""
+    from pipelines import methods
+
+    method = methods.finished_later(run)
+    return method is not None and method.name == "early_exit"
 
 
 def stage_files(results: str, ablation: str, run) -> Dict[str, str]:
