@@ -1,13 +1,14 @@
 """Record a grid of real tiny trainings as a replay table, run by the pipeline's own Snakefile.
 
-``grid_medium.csv`` (issue 21's benchmark a search must beat chance on) is recorded with::
+``grid_lr.csv`` (issue 21's benchmark a search must beat chance on; ``grid_medium.csv`` the same
+way) is recorded with::
 
     git worktree add /tmp/grid_snapshot HEAD     # a clean snapshot: edits cannot leak into jobs
-    nice -n 10 .venv/bin/python /tmp/grid_snapshot/tests/data/record_grid.py \\
-        tests/data/grid_medium.yaml --work /tmp/grid_medium --cores 2 \\
-        --out tests/data/grid_medium.csv
+    .venv/bin/python /tmp/grid_snapshot/tests/data/record_grid.py \\
+        tests/data/grid_lr.yaml --work /tmp/grid_lr --cores 2 \\
+        --out tests/data/grid_lr.csv
 
-The ablation (``grid_medium.yaml``, repository-relative paths) is run with its results, data and
+The ablation (``grid_lr.yaml``, repository-relative paths) is run with its results, data and
 MLflow store moved into ``--work``; only the ``train``, ``evaluate`` and ``flops`` rules of each
 run are asked for (the reports are not needed for a table). Running the same command again
 resumes: finished runs are kept. ``--collect-only`` writes the rows of the runs finished so far.
