@@ -39,6 +39,14 @@ TINY_OPTIONS = (
 )
 
 
+def process_alive(pid: int | str) -> bool:
+    """Whether process ``pid`` exists and is not a zombie (its ``/proc/<pid>/stat`` state)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().split(") ")[1][0] != "Z"
+    except (OSError, IndexError):
+        return False
+
+
 def only_file(folder: Path, pattern: str) -> Path:
     """The one file under ``folder`` matching ``pattern``: outputs live in content-keyed folders
     (``<stage>/<ablation>/<run-id>/<recipe>/metrics.json``, ``ingest/<ablation>/<key>/...``,

@@ -95,8 +95,6 @@ def test_a_child_dies_with_its_head(tmp_path):
 
 
 def _alive(pid: int) -> bool:
-    try:
-        state = open(f"/proc/{pid}/stat").read().split(") ")[1][0]
-    except (OSError, IndexError):
-        return False
-    return state != "Z"
+    from tests.conftest import process_alive
+
+    return process_alive(pid)

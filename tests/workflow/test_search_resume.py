@@ -61,13 +61,15 @@ def _cmd(space, storage, mlflow=False):
 
 def _survivors(tmp_path) -> list[str]:
     """Command lines of live processes working on this test's folder (zombies excluded)."""
+    from tests.conftest import process_alive
+
     out = []
     for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit() or not process_alive(proc.name):
+            continue
         try:
-            if not proc.name.isdigit() or (proc / "stat").read_text().split(") ")[1][0] == "Z":
-                continue
             cmd = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode()
-        except (OSError, IndexError):
+        except OSError:
             continue
         if str(tmp_path) in cmd and "pytest" not in cmd:
             out.append(cmd[:200])
