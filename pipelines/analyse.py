@@ -113,7 +113,6 @@ def read_runs(args: argparse.Namespace):
     from mlflow.exceptions import MlflowException
 
     from pipelines.analysis.data import read_source
-
     from pipelines.tracking import missing_sqlite_file
 
     uri = args.tracking_uri or ""

@@ -230,7 +230,7 @@ def _resolved_config(work_dir: Path) -> Path | None:
     return dumped[-1] if dumped else None
 
 
-def _fingerprint(files, role: str = "") -> str:
+def _fingerprint(files, role: str) -> str:
     h = hashlib.sha256(role.encode() + b"\0")
     for path in files:
         h.update(str(path).encode() + b"\0")

@@ -43,7 +43,6 @@ from __future__ import annotations
 import argparse
 
 
-
 def add_parser(sub) -> None:
     common = dict(formatter_class=argparse.RawDescriptionHelpFormatter, description=__doc__)
     p = sub.add_parser("derive-exits", help="ECO-M2F: per-image quality of every exit on the "

@@ -43,6 +43,7 @@ RESULTS = config["results"]
 # method) is the ablation's, not a run's recipe (a run.json's own flag can be older): ingest and
 # the paired benchmark are told it.
 BASELINE = next((_run.variant for _run in RUNS.values() if _run.baseline), None)
+BASELINE_ARGS = [f"--baseline-variant={BASELINE}"] if BASELINE else []
 CONTENT = content_key(RUNS.values(), config["mlflow"]["tracking_uri"],
                       config["mlflow"]["artifact_location"], config["description"],
                       f"baseline={BASELINE}")

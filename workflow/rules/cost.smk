@@ -41,7 +41,7 @@ rule benchmark_ablation:
         repeats=config["benchmark"]["repeats"],
         warmup=config["benchmark"]["warmup"],
         # the ablation's baseline variant (common.smk: BASELINE), whatever its name
-        baseline=[f"--baseline-variant={BASELINE}"] if BASELINE else [],
+        baseline=BASELINE_ARGS,
         # GPU settings (issue 19): throughput batch and precisions, when the config sets them
         settings=lambda wildcards: (
             (["--batch", str(config["benchmark"]["batch"])] if config["benchmark"].get("batch")

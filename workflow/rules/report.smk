@@ -46,7 +46,7 @@ rule ingest_results:
         description=config["description"],
         records=lambda wildcards, output: Path(output.ingested).parent.parent,
         key=CONTENT,
-        baseline=[f"--baseline-variant={BASELINE}"] if BASELINE else [],
+        baseline=BASELINE_ARGS,
     shell:
         "PYTHONWARNINGS=ignore python -m pipelines ingest --ablation {params.ablation:q} "
         "--results {params.results:q} "
