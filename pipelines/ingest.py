@@ -329,6 +329,10 @@ def ingest(ablation: str, results: str, run_jsons: list[str], tracking_uri: str,
 
     runs = read_runs(results, ablation, run_jsons)  # bad input: refused before the store opens
     if baseline_variant is not None:
+        variants = sorted({str(run.get("variant")) for run in runs})
+        if baseline_variant not in variants:
+            raise UserError(f"--baseline-variant {baseline_variant!r} is no variant of these "
+                            f"runs ({', '.join(variants)})")
         runs = [{**run, "baseline": run.get("variant") == baseline_variant} for run in runs]
     client = tracking.open_writer(tracking_uri)
     with tracking.store_errors(tracking_uri, "; the store keeps the records it held (a re-ingest "

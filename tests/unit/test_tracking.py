@@ -247,3 +247,17 @@ def test_a_changed_baseline_is_recorded_without_new_files(tmp_path):
                        "pro_scale-s2-2-5-trc-nolpe-seed0": "true"}
     again = ingest("abl", str(results), jsons, uri, art, baseline_variant="pro_scale")
     assert {v["action"] for v in again["runs"].values()} == {"unchanged"}
+
+
+def test_an_unknown_baseline_variant_is_one_line(tmp_path):
+    from tests.conftest import run_cli
+
+    results, jsons = write_results(tmp_path)
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    proc = run_cli("ingest", "--ablation", "abl", "--results", str(results), "--tracking-uri",
+                   uri, "--baseline-variant", "nope", "--runs", *jsons)
+    assert proc.returncode != 0 and "Traceback" not in proc.stderr
+    assert proc.stderr.strip().splitlines()[-1].endswith(
+        "--baseline-variant 'nope' is no variant of these runs (baseline, pro_scale)")
+    assert not (tmp_path / "mlflow.db").exists()  # refused before the store opens
+
