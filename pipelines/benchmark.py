@@ -43,6 +43,13 @@ from pipelines.errors import UserError
 from pipelines.flops import build_model, inference_forward, input_shape
 
 PARTS = ("pixel_decoder", "model")
+#: what a timed call covers (the convention of MMSeg's tools/analysis_tools/benchmark.py and the
+#: papers' FPS tables is the model's forward on a batch already on the device)
+TIMED = ("model: backbone + pixel decoder + transformer decoder + mask upsampling to the input "
+         "(decode_head.predict) on a random batch already on the device, eval mode, no_grad; "
+         "pixel_decoder: the pixel decoder alone on precomputed backbone features. Not timed: "
+         "data loading, resizing and normalisation (pre-processing), per-image argmax and "
+         "resizing to the original image (post-processing)")
 PRECISIONS = ("fp32", "fp16", "bf16")
 AUTOCAST = {"fp16": "float16", "bf16": "bfloat16"}  # fp32: no autocast
 DEFAULT_GPU_BATCH = 32
@@ -81,15 +88,22 @@ def add_parser(sub) -> None:
 
 # ----------------------------------------------------------------------------- pure helpers
 def summarize(times_ms: List[float]) -> dict:
-    """Median, quartiles, IQR, min and count of a list of timings in ms."""
+    """Median, p90, quartiles, IQR, mean, standard deviation, coefficient of variation (std /
+    mean), min and count of a list of timings in ms (quantiles: the inclusive method, so a
+    p90 of 10 timings lies between the 9th and 10th)."""
     if not times_ms:
         raise ValueError("no timings")
     if len(times_ms) >= 2:
         q1, q2, q3 = statistics.quantiles(times_ms, n=4, method="inclusive")
+        p90 = statistics.quantiles(times_ms, n=10, method="inclusive")[8]
+        std = statistics.stdev(times_ms)
     else:
-        q1 = q2 = q3 = times_ms[0]
-    return {"median_ms": statistics.median(times_ms), "q1_ms": q1, "q3_ms": q3,
-            "iqr_ms": q3 - q1, "min_ms": min(times_ms), "n": len(times_ms),
+        q1 = q2 = q3 = p90 = times_ms[0]
+        std = 0.0
+    mean = statistics.fmean(times_ms)
+    return {"median_ms": statistics.median(times_ms), "p90_ms": p90, "q1_ms": q1, "q3_ms": q3,
+            "iqr_ms": q3 - q1, "mean_ms": mean, "std_ms": std,
+            "cv": std / mean if mean else 0.0, "min_ms": min(times_ms), "n": len(times_ms),
             "times_ms": list(times_ms)}
 
 
@@ -313,8 +327,9 @@ def benchmark(configs: Dict[str, object], image_hw: Tuple[int, int], device: str
                           pixel_decoder_type=describe_pixel_decoder(models[name]),
                           **timings[name])
                for name, cfg in configs.items()}
-    doc = {"shape": list(image_hw), "batch": 1, "device": device, "deform_attn_backend": backend,
-           "torch_threads": torch.get_num_threads(), "repeats": repeats, "warmup": warmup,
+    doc = {"shape": list(image_hw), "batch": 1, "precision": "fp32", "device": device,
+           "deform_attn_backend": backend, "torch_threads": torch.get_num_threads(),
+           "repeats": repeats, "warmup": warmup, "timed": TIMED, "host": host_info(device),
            "results": results}
     if "baseline" in configs:
         doc["ratios"] = {part: results["candidate"][part]["median_ms"]
@@ -329,15 +344,22 @@ def benchmark(configs: Dict[str, object], image_hw: Tuple[int, int], device: str
 
 
 def format_table(doc: dict) -> str:
-    lines = [f"latency, input {doc['shape'][0]}x{doc['shape'][1]}, batch 1, {doc['device']} "
-             f"({doc['torch_threads']} threads), {doc['repeats']} runs after {doc['warmup']} "
-             f"warm-up", f"deformable attention: {doc['deform_attn_backend']}",
-             f"{'model':<11}{'part':<15}{'median ms':>11}{'IQR ms':>9}  config"]
+    """The document as a table a reviewer can check: what was timed, how often, where."""
+    lines = [f"latency, input {doc['shape'][0]}x{doc['shape'][1]}, batch {doc.get('batch', 1)}, "
+             f"{doc.get('precision', 'fp32')}, {doc['device']} ({doc['torch_threads']} "
+             f"threads), {doc['repeats']} timed runs after {doc['warmup']} warm-up runs, "
+             f"models interleaved in one process (the baseline re-run beside the candidate)",
+             f"timed: {doc.get('timed', TIMED)}",
+             f"deformable attention: {doc['deform_attn_backend']}"]
+    if doc.get("host"):
+        lines.append(f"stack: {stack_line(doc['host'])}")
+    lines.append(f"{'model':<11}{'part':<15}{'median ms':>11}{'p90 ms':>9}{'CV %':>7}"
+                 f"{'IQR ms':>9}  config")
     for name, res in doc["results"].items():
         for part in PARTS:
             s = res[part]
-            lines.append(f"{name:<11}{part:<15}{s['median_ms']:11.1f}{s['iqr_ms']:9.1f}  "
-                         f"{res['config']}")
+            lines.append(f"{name:<11}{part:<15}{s['median_ms']:11.1f}{s['p90_ms']:9.1f}"
+                         f"{100 * s['cv']:7.1f}{s['iqr_ms']:9.1f}  {res['config']}")
     for part, ratio in doc.get("ratios", {}).items():
         lines.append(f"ratio candidate/baseline {part:<14} {ratio:.3f}  "
                      f"(reduction {100 * (1 - ratio):.1f}%)")
@@ -350,7 +372,9 @@ def format_settings(results: dict, ratios: dict | None = None) -> List[str]:
     for name, res in results.items():
         for key, entry in (res.get("settings") or {}).items():
             mem = entry.get("peak_mem_mb")
-            lines.append(f"{name:<11}{key:<10}model {entry['model']['median_ms']:9.2f} ms  "
+            model = entry["model"]
+            lines.append(f"{name:<11}{key:<10}model {model['median_ms']:9.2f} ms (p90 "
+                         f"{model['p90_ms']:.2f}, CV {100 * model['cv']:.1f} %)  "
                          f"pix.dec {entry['pixel_decoder']['median_ms']:9.2f} ms  "
                          f"{entry['images_per_s']:8.1f} img/s  peak "
                          + ("-" if mem is None else f"{mem:.0f} MiB"))
@@ -362,34 +386,56 @@ def format_settings(results: dict, ratios: dict | None = None) -> List[str]:
 
 # ----------------------------------------------------------------------------- paired ablation
 def host_info(device: str) -> dict:
-    """Where a measurement ran: host, CPU and GPU model, threads, library versions."""
+    """Where a measurement ran: host, CPU (model, instruction sets, the ATen capability it
+    dispatched to), GPU model, driver, CUDA and cuDNN, threads, library versions."""
     import os
     import platform
     import socket
 
     import torch
 
-    from pipelines.provenance import library_versions
+    from pipelines.provenance import cpu_state, library_versions
 
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    info = {"host": socket.gethostname(), "platform": platform.platform(), "cpu": cpu,
+    cpu = cpu_state()
+    info = {"host": socket.gethostname(), "platform": platform.platform(), "cpu": cpu["model"],
+            "cpu_flags": cpu["flags"], "aten_capability": cpu["aten_capability"],
             "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(),
-            "python": platform.python_version(), "versions": library_versions(),
-            "gpu": None, "cuda": None}
+            "python": platform.python_version(), "torch": torch.__version__,
+            "versions": library_versions(), "gpu": None, "cuda": None, "cudnn": None,
+            "driver": None}
     if device == "cuda":
         info["gpu"] = torch.cuda.get_device_name(torch.cuda.current_device())
         info["cuda"] = torch.version.cuda
+        info["cudnn"] = torch.backends.cudnn.version()
+        info["driver"] = gpu_driver()
     for key in ("SLURM_JOB_ID", "SLURMD_NODENAME", "CUDA_VISIBLE_DEVICES"):
         if os.environ.get(key):
             info[key.lower()] = os.environ[key]
     return info
+
+
+def gpu_driver() -> str | None:
+    """The NVIDIA driver's version (``nvidia-smi``), None where it cannot be read."""
+    import subprocess
+
+    try:
+        out = subprocess.run(["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"],
+                             capture_output=True, text=True, timeout=30)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    return out.stdout.strip().splitlines()[0] if out.returncode == 0 and out.stdout.strip() \
+        else None
+
+
+def stack_line(host: dict) -> str:
+    """One line naming the device and software stack of a measurement."""
+    versions = host.get("versions") or {}
+    where = (f"{host['gpu']}, driver {host.get('driver') or '?'}, CUDA {host.get('cuda')}, "
+             f"cuDNN {host.get('cudnn')}" if host.get("gpu") else
+             f"{host.get('cpu')} (ATen {host.get('aten_capability') or '?'}, "
+             f"{host.get('torch_threads')} threads)")
+    libs = ", ".join(f"{k} {v}" for k, v in versions.items() if v and k != "torch")
+    return f"{where}; torch {host.get('torch') or versions.get('torch')}, {libs}"
 
 
 def benchmark_runs(runs: List[dict], image_hw: Tuple[int, int] | None, device: str = "cpu",

@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 import re
 
+from pipelines import weights
 from pipelines.config import check_dataset, ensure_writable_dir, load_config
 from pipelines.disk import apply_retention, finalize
 from pipelines.errors import UserError
@@ -34,6 +35,7 @@ def add_parser(sub) -> None:
 
 def build_train_config(args: argparse.Namespace):
     cfg = load_config(args.config, args.cfg_options, args.data_root)
+    weights.localise(cfg, weights.folder_of())  # $PIPELINES_WEIGHTS: no download at train time
     cfg.work_dir = str(ensure_writable_dir(args.work_dir))
     check_schedule(cfg)
     cfg.resume, cfg.load_from = choose_start(cfg.work_dir, cfg.get("load_from"))

@@ -1,17 +1,21 @@
-"""The README's GPU table in one call (issue 19): every method against its baseline, paired.
+"""The README's GPU table in one command: every method against its baseline, paired.
 
-``python -m pipelines.benchmarks.gpu_table --out DIR`` (on the lent GPU machine, through
-``../shared/gpu``'s ``.gpu/run.sh``; see the README's GPU section for the exact command).
+``python -m pipelines.benchmarks.gpu_table --out DIR`` on a GPU node (the README's GPU
+section gives the one command that also builds mmcv's CUDA ops and runs ``tests/gpu``).
 
 For each comparison (PRO-SCALE (3,3,3)+TRC+LPE R50 / R50; AiluRus ViT-B/16 25 % anchors /
 ViT-B/16; ATS DeiT-S / DeiT-S) it runs :func:`pipelines.benchmark.benchmark` (random weights,
 eval, ``no_grad``, models interleaved, CUDA events after warm-up) at 512x512, batch 1 and
 ``--batch`` (default 32), in ``--precisions`` (default fp32 fp16 bf16), and writes
 ``DIR/gpu_table.json`` (every document) and ``DIR/gpu_table.md`` (the paired median ratios
-candidate / baseline of the whole model and the pixel decoder per setting, with the peak memory).
+candidate / baseline of the whole model and the pixel decoder per setting, median / p90 / CV of
+each side, the peak memory, the whole-model FLOPs ratio, and each comparison's verdict against
+the targets: latency reduction at the throughput batch >= 0.8x the FLOPs reduction, batch 1 at
+most 5 % slower than the baseline).
 
 ``--dry-run`` runs the same code on the CPU with the tiny synthetic configs at 64x64, batch 2,
-one repeat: it checks the command end to end where no GPU is lent; its figures mean nothing.
+one repeat: it checks the command end to end on a machine without a GPU; its figures mean
+nothing.
 """
 from __future__ import annotations
 
@@ -38,24 +42,82 @@ DRY = {  # the same comparisons on the tiny CPU configs
 }
 
 
-def markdown(docs: dict) -> str:
-    """The GPU table: one row per comparison and setting."""
-    lines = ["| comparison | setting | model ratio | pixel decoder ratio | candidate ms | "
-             "baseline ms | candidate peak MiB | baseline peak MiB |",
-             "|---|---|---|---|---|---|---|---|"]
+#: the targets a method's row is checked against: latency reduction at the throughput batch
+#: at least this share of its FLOPs reduction, and at batch 1 at most this much slower
+TARGET_SHARE = 0.8
+TARGET_B1_SLOWDOWN = 1.05
+
+
+def verdict(ratio_b1: float, ratio_bn: float, flops_ratio: float | None) -> str:
+    """``ok`` or what misses the targets, for one comparison's whole-model ratios."""
+    misses = []
+    if ratio_b1 > TARGET_B1_SLOWDOWN:
+        misses.append(f"batch 1 {100 * (ratio_b1 - 1):.0f} % slower than the baseline")
+    if flops_ratio is not None and flops_ratio < 1:
+        share = (1 - ratio_bn) / (1 - flops_ratio)
+        if share < TARGET_SHARE:
+            misses.append(f"latency red. {share:.2f}x the FLOPs red.")
+    return "ok" if not misses else "; ".join(misses)
+
+
+def markdown(docs: dict, host: dict | None = None) -> str:
+    """The GPU table: one row per comparison and setting (median, p90, CV of the whole model
+    over the timed runs; paired median ratios), the FLOPs ratio and the targets' verdict."""
+    from pipelines.benchmark import TIMED, stack_line
+
+    first = next((d for d in docs.values() if "error" not in d), None)
+    lines = []
+    if first is not None:
+        lines += [f"Input {first['shape'][0]}x{first['shape'][1]}, random weights, "
+                  f"{first['warmup']} warm-up + {first['repeats']} timed runs per setting, "
+                  f"candidate and baseline interleaved in one process (paired ratios: median "
+                  f"over runs of candidate / baseline).", "",
+                  f"Timed: {TIMED}.", ""]
+    if host:
+        lines += [f"Stack: {stack_line(host)}.", ""]
+    lines += ["| comparison | setting | FLOPs ratio | model ratio | pixel decoder ratio | "
+              "candidate ms (median / p90 / CV) | baseline ms (median / p90 / CV) | "
+              "candidate peak MiB | baseline peak MiB | targets |",
+              "|---|---|---|---|---|---|---|---|---|---|"]
+
+    def ms(entry):
+        m = entry["model"]
+        return f"{m['median_ms']:.2f} / {m['p90_ms']:.2f} / {100 * m['cv']:.1f} %"
+
     for name, doc in docs.items():
         if "error" in doc:
-            lines.append(f"| {name} | failed: {doc['error']} | | | | | | |")
+            lines.append(f"| {name} | failed: {doc['error']} | | | | | | | | |")
             continue
         cand = doc["results"]["candidate"]["settings"]
         base = doc["results"]["baseline"]["settings"]
+        flops = doc.get("flops_ratio")
+        keys = list(doc["settings_ratios"])
         for key, ratio in doc["settings_ratios"].items():
             mem = [(s[key].get("peak_mem_mb")) for s in (cand, base)]
-            lines.append(f"| {name} | {key} | {ratio['model']:.3f} | "
-                         f"{ratio['pixel_decoder']:.3f} | {cand[key]['model']['median_ms']:.2f} | "
-                         f"{base[key]['model']['median_ms']:.2f} | "
-                         + " | ".join("-" if m is None else f"{m:.0f}" for m in mem) + " |")
+            precision = key.split("_b")[0]
+            b1 = doc["settings_ratios"].get(f"{precision}_b1", ratio)["model"]
+            bn = max((k for k in keys if k.startswith(precision + "_b")),
+                     key=lambda k: int(k.split("_b")[1]))
+            check = verdict(b1, doc["settings_ratios"][bn]["model"], flops) \
+                if key == bn else ""
+            lines.append(f"| {name} | {key} | {'-' if flops is None else f'{flops:.3f}'} | "
+                         f"{ratio['model']:.3f} | {ratio['pixel_decoder']:.3f} | "
+                         f"{ms(cand[key])} | {ms(base[key])} | "
+                         + " | ".join("-" if m is None else f"{m:.0f}" for m in mem)
+                         + f" | {check} |")
     return "\n".join(lines)
+
+
+def flops_ratio(candidate, baseline, shape) -> float | None:
+    """Whole-model GFLOPs candidate / baseline at ``shape`` (traced on the CPU, one image;
+    a token-dropping model's count is that image's)."""
+    from pipelines.flops import flops_report
+
+    try:
+        return (flops_report(candidate, tuple(shape))["gflops"]["total"]
+                / flops_report(baseline, tuple(shape))["gflops"]["total"])
+    except Exception:  # noqa: BLE001 - the latency rows stand without it
+        return None
 
 
 def main(argv=None) -> int:
@@ -85,9 +147,11 @@ def main(argv=None) -> int:
     for name in args.only or table:
         cand, base, options = table[name]
         try:
-            docs[name] = benchmark({"candidate": load_config(cand, options),
-                                    "baseline": load_config(base)}, tuple(args.shape), device,
-                                   args.repeats, args.warmup, args.batch, args.precisions)
+            configs = {"candidate": load_config(cand, options), "baseline": load_config(base)}
+            docs[name] = benchmark(configs, tuple(args.shape), device, args.repeats,
+                                   args.warmup, args.batch, args.precisions)
+            docs[name]["flops_ratio"] = flops_ratio(configs["candidate"], configs["baseline"],
+                                                    args.shape)
         except Exception as err:  # noqa: BLE001 - one failing comparison must not stop the rest
             docs[name] = {"error": f"{type(err).__name__}: {err}"}
         print(f"{name}: {'failed: ' + docs[name]['error'] if 'error' in docs[name] else 'done'}",
@@ -96,9 +160,10 @@ def main(argv=None) -> int:
             import torch
 
             torch.cuda.empty_cache()
-    (out / "gpu_table.json").write_text(json.dumps({"host": host_info(device), "dry_run":
-                                                    args.dry_run, "comparisons": docs}, indent=1))
-    table_md = markdown(docs)
+    host = host_info(device)
+    (out / "gpu_table.json").write_text(json.dumps({"host": host, "dry_run": args.dry_run,
+                                                    "comparisons": docs}, indent=1))
+    table_md = markdown(docs, host)
     (out / "gpu_table.md").write_text(table_md + "\n")
     print(table_md)
     return 1 if any("error" in d for d in docs.values()) else 0

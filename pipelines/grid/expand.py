@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any, Iterable, Mapping
 
 from pipelines import axes as ax
-from pipelines import contract
+from pipelines import contract, weights
 from pipelines.axes import Axis
 from pipelines.errors import UserError
 from pipelines.grid.plain_config import (copy_plain, get_key, key_axis, normalise_path,
@@ -40,6 +40,7 @@ class _Variant:
     aliases: dict[str, Axis]       # every alias this variant may use
     options: dict[str, Any]        # fixed options (train + variant cfg_options, iterations)
     max_iters: int
+    weights_folder: Path | None = None  # the ablation's folder of pretrained checkpoints
 
 
 def synthetic_generator_hash() -> str:
@@ -95,7 +96,8 @@ def _prepare_variant(name: str, spec: Mapping, ablation: Mapping, repo: Path,
             get_key(plain, key, f"{source}: {key}")
             options[key] = value
     options.setdefault("train_cfg.max_iters", max_iters)
-    return _Variant(name, config, plain, methods, aliases, options, max_iters)
+    return _Variant(name, config, plain, methods, aliases, options, max_iters,
+                    weights.folder_of(ablation))
 
 
 def _check_data_layout(plain: dict, ablation: Mapping, where: str) -> None:
@@ -109,7 +111,7 @@ def _check_data_layout(plain: dict, ablation: Mapping, where: str) -> None:
     if data.get("synthetic") is not None or not data.get("root") or not root.is_dir():
         return
     try:
-        check_dataset(plain, DATALOADERS, data_root=str(root))
+        check_dataset(plain, DATALOADERS, data_root=str(root), labels=True)
     except UserError as err:
         raise UserError(f"ablation config key 'data.root': {err} (the layout {where} "
                         f"reads)") from None
@@ -189,7 +191,13 @@ def _build_run(variant: _Variant, setting: dict[str, Any], axes_of: dict[str, Ax
             dataset["data_root"] = DATA_ROOT_MASK
     resolved.pop("data_root", None)
     code = _code_hash(resolved, cache)
-    train_recipe = digest({"config": resolved, "data": data_identity, "code": code})
+    recipe_of = {"config": resolved, "data": data_identity, "code": code}
+    # with a weights folder, the pretrained files' content (their path is not identity)
+    pretrained = weights.identity(resolved, variant.weights_folder,
+                                  f"grid.variants.{variant.name}.config")
+    if pretrained:
+        recipe_of["weights"] = pretrained
+    train_recipe = digest(recipe_of)
     later = {n: settings[n] for n in order if axes_of[n].stage != "train"}
     recipe = train_recipe if not later else digest({"train": train_recipe, "later": later})
     cfg_options = tuple(sorted(cfg_option(k, v) for k, v in options.items()))

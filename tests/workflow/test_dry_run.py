@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import re
+import shutil
 
 import pytest
 import yaml
@@ -184,7 +185,10 @@ def test_a_users_dataset_is_checked_before_any_job(tmp_path, layout, message):
             + message.format(root=root)) in out, out[-1500:]
     assert "Traceback" not in out
     assert not (tmp_path / "results").exists()
-    # with the folders the configs read, the same command plans the jobs
+    # one line, not Snakemake's file and line of the rule file under it
+    assert len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+    # with the folders the configs read (images with their labels), the same command plans
+    shutil.rmtree(root)
     fake_dataset(root, config["grid"]["variants"]["baseline"]["config"])
     proc = snakemake(tmp_path, tmp_path / "a.yaml", "-n")
     assert proc.returncode == 0, proc.stderr[-2000:]

@@ -13,19 +13,26 @@ from pipelines.errors import UserError  # noqa: E402
 from pipelines.grid import RunPaths, content_key, expand_grid, validate_ablation  # noqa: E402
 
 
+def refuse(err):
+    """A bad ablation config: its one line on stderr and exit status 1 (a WorkflowError would
+    add Snakemake's file and line of this file under it)."""
+    print(f"error: invalid ablation config: {err}", file=sys.stderr)
+    raise SystemExit(1)
+
+
 # First the same schema through pipelines.grid, which names the offending key in one line
 # ("ablation config key 'grid.variants.vit': unknown key") instead of a schema dump; then
 # snakemake's own validate (fills the defaults in).
 try:
     validate_ablation(config)
 except UserError as err:
-    raise WorkflowError(f"invalid ablation config: {err}") from None
+    refuse(err)
 validate(config, schema="../schemas/ablation.schema.yaml", set_default=True)
 
 try:
     RUNS = {run.run_id: run for run in expand_grid(config, repo=workflow.basedir)}
 except UserError as err:
-    raise WorkflowError(f"invalid ablation config: {err}") from None
+    refuse(err)
 # one training per training recipe: runs that differ only in axes of later stages (ECO-M2F's
 # beta) share it (RUNS is sorted by run id, so the first run of a training is stable)
 TRAININGS = {}
@@ -35,6 +42,11 @@ for _run in RUNS.values():
 EXTRA_RUN_OUTPUTS = []
 
 ABLATION = config["name"]
+# the folder of pretrained checkpoints (ablation key `weights`, else $PIPELINES_WEIGHTS): every
+# stage job gets it (pipelines/weights.py); its files were checked by expand_grid above
+from pipelines.weights import folder_of as _weights_folder, shell_prefix  # noqa: E402
+
+WEIGHTS_PREFIX = shell_prefix(_weights_folder(config))
 RESULTS = config["results"]
 # What the ablation-wide outputs depend on (every run's id and recipe, the tracking store, the
 # baseline variant): the manifest, the paired benchmark and the ingest record live in a folder of
@@ -146,7 +158,7 @@ def stage_shell(command, options=True, stderr_to_terminal=False):
     `--cfg-options` ({params.options}) unless `options` is False, and its output in the log
     (stderr also on the terminal with `stderr_to_terminal`). Every path is quoted ({x:q})."""
     return (
-        "OMP_NUM_THREADS={threads} PYTHONWARNINGS=ignore "
+        WEIGHTS_PREFIX + "OMP_NUM_THREADS={threads} PYTHONWARNINGS=ignore "
         f"python -m pipelines {command} --record-failure {{resources.last_attempt}}"
         + (" --cfg-options {params.options}" if options else "")
         + (" > {log:q} 2> >(tee -a {log:q} >&2)" if stderr_to_terminal else " > {log:q} 2>&1")
