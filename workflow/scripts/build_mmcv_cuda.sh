@@ -66,6 +66,17 @@ PY=${1:-python}
 #    CUDA major version is nvcc's, and the GPU architectures to compile for.
 found=$(bash "$here/cuda_preflight.sh") || exit 1
 echo "$found"
+# torch finds the toolkit as dirname(dirname(which nvcc)) when CUDA_HOME is unset: wrong for an
+# nvcc on PATH that is a wrapper or a link outside the toolkit (/usr/local/bin/nvcc -> headers
+# looked for in /usr/local/include: "cuda_runtime.h: No such file or directory" at the first
+# .cu file, after minutes of C++). Ask nvcc where its toolkit is instead.
+if [ -z "${CUDA_HOME:-}${CUDA_PATH:-}" ]; then
+    top=$(nvcc --dryrun -c -x cu /dev/null -o /dev/null 2>&1 | sed -n 's/^#\$ TOP=//p' | head -1)
+    if [ -n "$top" ] && [ -f "$top/include/cuda_runtime.h" ]; then
+        export CUDA_HOME=$(cd "$top" && pwd -P)
+        echo "build_mmcv_cuda: CUDA_HOME=$CUDA_HOME (nvcc's own toolkit)"
+    fi
+fi
 nvcc_release=$(sed -n 's/^cuda_preflight: nvcc \([0-9.]*\) .*/\1/p' <<<"$found")
 torch_cuda=$("$PY" -c 'import torch; print(torch.version.cuda or "none")' 2>/dev/null) \
     || die "$PY cannot import torch: install torch==2.13.0 (the CUDA wheel) first"
