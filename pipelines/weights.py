@@ -123,6 +123,7 @@ def localise(cfg: Any, folder: Path | None) -> dict[str, str]:
     ``folder``; returns {config key: file}. Nothing is changed when ``folder`` is None."""
     if folder is None:
         return {}
+    cfg = getattr(cfg, "_cfg_dict", cfg)  # an mmengine Config: its ConfigDict, changed in place
     found = {}
     for key, uri in list(pretrained_uris(cfg)):
         path = str(locate(uri, folder))

@@ -50,6 +50,12 @@ def test_localise_points_every_pretrained_block_at_the_folder(tmp_path):
         "model.backbone.init_cfg.checkpoint": str(tmp_path / R50_FILE)}
     assert cfg["model"]["backbone"]["init_cfg"]["checkpoint"] == str(tmp_path / R50_FILE)
     assert weights.localise(cfg, None) == {}
+    # the train stage's mmengine Config, as it loads it
+    from pipelines.config import load_config
+
+    config = load_config(REPO / R50_ADE)
+    weights.localise(config, tmp_path)
+    assert config.model.backbone.init_cfg.checkpoint == str(tmp_path / R50_FILE)
 
 
 def _ablation(folder=None, **extra):
