@@ -97,7 +97,7 @@ def set_data_root(cfg, data_root: str) -> None:
 
 
 def check_dataset(cfg, loaders: Iterable[str], data_root: str | None = None,
-                  images: bool = False, labels: bool = False) -> None:
+                  images: bool = False) -> None:
     """Fail early, in one line, when a dataloader's image or label folder is missing or empty.
 
     Args:
@@ -105,8 +105,6 @@ def check_dataset(cfg, loaders: Iterable[str], data_root: str | None = None,
         data_root: the dataset folder to check instead of each dataset's ``data_root``.
         images: also open every file of the image folders (header only, fast): one that is not
             an image is named here instead of failing inside the data pipeline.
-        labels: also check that every image has its label file and that a sample of label
-            files holds only the model's classes (:mod:`pipelines.data.layout`).
     """
     for name in loaders:
         loader = cfg.get(name)
@@ -124,8 +122,6 @@ def check_dataset(cfg, loaders: Iterable[str], data_root: str | None = None,
                 raise UserError(f"dataset folder is empty: {folder} ({name})")
             if images and kind in ("img_path", "img"):
                 check_images(folder, ds.get("img_suffix"))
-        if labels:
-            _check_labels(name, ds, root, _num_classes(cfg))
 
 
 def _layout_hint(cfg, ds: dict, root: Path) -> str:
@@ -138,27 +134,6 @@ def _layout_hint(cfg, ds: dict, root: Path) -> str:
                                 for rel in ((((cfg.get(name) or {}).get("dataset") or {})
                                              .get("data_prefix")) or {}).values()}))
     return f"{ds.get('type', 'the dataset')} reads {folders} under the dataset folder {root}"
-
-
-def _num_classes(cfg) -> int | None:
-    head = (cfg.get("model") or {}).get("decode_head") or {}
-    value = head.get("num_classes") if isinstance(head, dict) else None
-    return value if isinstance(value, int) else None
-
-
-_labels_checked: set = set()
-
-
-def _check_labels(name: str, ds: dict, root: Path, num_classes: int | None) -> None:
-    """:func:`pipelines.data.layout.check_pairs_and_labels`, once per dataset and classes."""
-    import json
-
-    from pipelines.data.layout import check_pairs_and_labels
-
-    key = json.dumps([name, str(root.resolve()), ds, num_classes], sort_keys=True, default=str)
-    if key not in _labels_checked:
-        check_pairs_and_labels(name, ds, root, num_classes)
-        _labels_checked.add(key)
 
 
 def check_images(folder: Path, suffix: str | None = None) -> None:

@@ -116,6 +116,32 @@ def check_pairs_and_labels(loader: str, dataset: Mapping[str, Any], root: Path,
                             f"outside the {num_classes} classes ({allowed}; {loader})")
 
 
+def num_classes(cfg: Mapping[str, Any]) -> int | None:
+    head = (cfg.get("model") or {}).get("decode_head") or {}
+    value = head.get("num_classes") if isinstance(head, Mapping) else None
+    return value if isinstance(value, int) else None
+
+
+_checked: set = set()
+
+
+def check_labels(cfg: Mapping[str, Any], loaders, root: str | os.PathLike) -> None:
+    """:func:`check_pairs_and_labels` for each of ``loaders`` of a (plain) config, with the
+    dataset folder ``root``; once per dataset and class count in a process."""
+    import json
+
+    root = Path(root)
+    for name in loaders:
+        ds = (cfg.get(name) or {}).get("dataset")
+        if not isinstance(ds, Mapping):
+            continue
+        key = json.dumps([name, str(root.resolve()), ds, num_classes(cfg)], sort_keys=True,
+                         default=str)
+        if key not in _checked:
+            check_pairs_and_labels(name, ds, root, num_classes(cfg))
+            _checked.add(key)
+
+
 # ---- writing a small folder in a real layout -------------------------------------------------
 
 LAYOUTS = ("ade20k", "cityscapes")

@@ -105,13 +105,15 @@ def _check_data_layout(plain: dict, ablation: Mapping, where: str) -> None:
     label folders this model config reads from it (``data_prefix`` of each dataloader) must
     exist and hold files. (A missing ``data.root`` is :func:`check_data_root`'s.)"""
     from pipelines.config import DATALOADERS, check_dataset
+    from pipelines.data.layout import check_labels
 
     data = ablation.get("data") or {}
     root = Path(str(data.get("root") or ""))
     if data.get("synthetic") is not None or not data.get("root") or not root.is_dir():
         return
     try:
-        check_dataset(plain, DATALOADERS, data_root=str(root), labels=True)
+        check_dataset(plain, DATALOADERS, data_root=str(root))
+        check_labels(plain, DATALOADERS, root)  # image/label pairs, sampled label values
     except UserError as err:
         raise UserError(f"ablation config key 'data.root': {err} (the layout {where} "
                         f"reads)") from None

@@ -36,7 +36,9 @@ def folders(tmp_path_factory):
 
 
 def _check(config, root):
-    check_dataset(resolved_base(config), DATALOADERS, data_root=str(root), labels=True)
+    plain = resolved_base(config)
+    check_dataset(plain, DATALOADERS, data_root=str(root))
+    layout.check_labels(plain, DATALOADERS, root)
 
 
 def test_written_layouts_pass_the_checks(folders):
