@@ -36,9 +36,17 @@ prepare)
         "$PY" -m pip download "${q[@]}" --no-deps "${plat[@]}" -d .gpu/mmcv "$req"
     done 2> >(grep -v "is ignored: it is neither" >&2)
     # Snakemake and what it needs that the GPU image lacks (the image has numpy, pandas, ...)
+    # (a dependency published only as source, such as connection_pool, is built here into a
+    # pure-Python wheel and found beside the others on the next try)
     snake=$(grep -o '"snakemake==[^"]*"' pyproject.toml | tr -d '"')
-    "$PY" -m pip download "${q[@]}" "${plat[@]}" -d .gpu/snake "$snake" \
-        2> >(grep -v "is ignored: it is neither" >&2)
+    for _ in 1 2 3 4 5 6; do
+        err=$("$PY" -m pip download "${q[@]}" "${plat[@]}" --find-links .gpu/snake \
+            -d .gpu/snake "$snake" 2>&1 >/dev/null) && break
+        missing=$(sed -n 's/.*No matching distribution found for \([A-Za-z0-9_.-]*\).*/\1/p' <<<"$err")
+        [ -n "$missing" ] || { echo "$err" >&2; exit 1; }
+        echo "gpu_check: building a wheel of $missing (no binary on PyPI)"
+        "$PY" -m pip wheel "${q[@]}" --no-deps -w .gpu/snake "$missing"
+    done
     du -sh .gpu .gpu/mmcv .gpu/snake
     echo "gpu_check: ready; on the GPU node: bash workflow/scripts/gpu_check.sh run"
     exit 0
