@@ -77,6 +77,21 @@ if [ -z "${CUDA_HOME:-}${CUDA_PATH:-}" ]; then
         echo "build_mmcv_cuda: CUDA_HOME=$CUDA_HOME (nvcc's own toolkit)"
     fi
 fi
+# A toolkit without the CUDA libraries' headers (an nvcc-only install): torch's headers include
+# cusparse.h and cublas*.h, which torch's own nvidia-* wheels ship; point the compilers there.
+home=${CUDA_HOME:-${CUDA_PATH:-/usr/local/cuda}}
+if [ ! -f "$home/include/cusparse.h" ]; then
+    extra=$("$PY" -c '
+import glob, os, torch
+root = os.path.join(os.path.dirname(os.path.dirname(torch.__file__)), "nvidia")
+print(":".join(sorted({os.path.dirname(p) for p in
+                       glob.glob(os.path.join(root, "**", "cusparse.h"), recursive=True)})))' \
+        2>/dev/null || true)
+    if [ -n "$extra" ]; then
+        export CPATH="$extra${CPATH:+:$CPATH}"
+        echo "build_mmcv_cuda: $home has no cusparse.h; using the headers of torch's nvidia wheels ($extra)"
+    fi
+fi
 nvcc_release=$(sed -n 's/^cuda_preflight: nvcc \([0-9.]*\) .*/\1/p' <<<"$found")
 torch_cuda=$("$PY" -c 'import torch; print(torch.version.cuda or "none")' 2>/dev/null) \
     || die "$PY cannot import torch: install torch==2.13.0 (the CUDA wheel) first"
