@@ -67,14 +67,27 @@ def test_real_layout_ablation_runs_offline_to_the_report(tmp_path, layout, ablat
     data = write_layout(tmp_path / layout, layout, train=4, val=2, size=64)
     weights = tmp_path / "weights"
     weights.mkdir()
-    torch.save(layouts.torchvision_resnet50(), weights / "resnet50-0676ba61.pth")
     path = write_config(tmp_path / ablation, small(ablation, tmp_path, data, weights))
+    # a missing weights file is refused before any job, in one line
+    proc = snakemake(tmp_path, path, "-n")
+    assert proc.returncode == 1
+    out = proc.stdout + proc.stderr
+    assert "Traceback" not in out and 'File "' not in out
+    assert [line for line in out.splitlines() if "weights folder" in line] == [
+        f"error: invalid ablation config: grid.variants.baseline.config: weights folder {weights} "
+        f"has no resnet50-0676ba61.pth (needed for the pretrained checkpoint "
+        f"torchvision://resnet50); download it once on a node with internet: curl -L -o "
+        f"{weights / 'resnet50-0676ba61.pth'} "
+        f"https://download.pytorch.org/models/resnet50-0676ba61.pth"]
+    assert not (tmp_path / "results").exists()
+    torch.save(layouts.torchvision_resnet50(), weights / "resnet50-0676ba61.pth")
     # the network is off for the whole DAG (a download would fail, not hang)
     probe = subprocess.run(["unshare", "-n", "python3", "-c",
                             "import socket; socket.create_connection(('1.1.1.1', 443), 3)"],
                            capture_output=True, text=True)
     assert probe.returncode != 0
-    proc = subprocess.run(["unshare", "-n", str(REPO / ".venv/bin/snakemake"), "--snakefile", str(REPO / "Snakefile"), "--directory", str(tmp_path),
+    proc = subprocess.run(["unshare", "-n", str(REPO / ".venv/bin/snakemake"), "--snakefile",
+                           str(REPO / "Snakefile"), "--directory", str(tmp_path),
                            "--configfile", str(path), "--cores", "2"],
                           cwd=REPO, capture_output=True, text=True, timeout=1800,
                           env=dict(os.environ, PYTHONWARNINGS="ignore",
@@ -83,23 +96,10 @@ def test_real_layout_ablation_runs_offline_to_the_report(tmp_path, layout, ablat
     results = tmp_path / "results"
     metrics = sorted(results.glob(f"evaluate/{layout}/*/*/metrics.json"))
     assert len(metrics) == 2  # baseline + PRO-SCALE (3,3,3)
-    for path in metrics:
-        assert isinstance(json.loads(path.read_text())["miou"], float)
+    for metric in metrics:
+        assert isinstance(json.loads(metric.read_text())["miou"], float)
     # the backbones started from the folder's file, not a download
     logs = "".join(p.read_text(errors="replace") for p in results.rglob("*.log"))
     assert str(weights / "resnet50-0676ba61.pth") in logs
     assert (results / "report" / layout / "report.md").is_file()
     assert (results / "report" / layout / "html" / "index.html").is_file()
-    # a missing weights file is refused before any job, in one line
-    (weights / "resnet50-0676ba61.pth").unlink()
-    shutil.rmtree(results)
-    proc = snakemake(tmp_path, path, "-n")
-    assert proc.returncode == 1
-    out = proc.stdout + proc.stderr  # (a dry run prints its error on stdout)
-    assert "Traceback" not in out and 'File "' not in out
-    assert [line for line in out.splitlines() if "weights folder" in line] == [
-        f"error: invalid ablation config: grid.variants.baseline.config: weights folder {weights} "
-        f"has no resnet50-0676ba61.pth (needed for the pretrained checkpoint "
-        f"torchvision://resnet50); download it once on a node with internet: curl -L -o "
-        f"{weights / 'resnet50-0676ba61.pth'} "
-        f"https://download.pytorch.org/models/resnet50-0676ba61.pth"]
