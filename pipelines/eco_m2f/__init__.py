@@ -62,6 +62,8 @@ def add_parser(sub) -> None:
     p.add_argument("--beta", type=float, help="trade-off >= 0 (default: the config's "
                    "exit_gate.beta)")
     p.add_argument("--config", help="the parent's config (gate hyper-parameters: exit_gate)")
+    p.add_argument("--cfg-options", nargs="+", metavar="KEY=VALUE", default=[],
+                   help="the run's config options (an exit_gate.* axis of the grid lands here)")
     p.add_argument("--checkpoint", help="the parent's checkpoint: refuse a table derived from "
                    "another model")
     p.add_argument("--epochs", type=int, help="full-batch Adam steps (default 300)")

@@ -51,7 +51,7 @@ def fit_gate(features, labels, num_exits: int, epochs: int, lr: float, weight_de
 def gate_settings(args) -> dict:
     settings = dict(beta=None, lr=0.01, weight_decay=1e-4, epochs=300, seed=0)
     if args.config:
-        cfg = load_config(args.config)
+        cfg = load_config(args.config, getattr(args, "cfg_options", None))
         settings.update({k: v for k, v in dict(cfg.get("exit_gate", {}) or {}).items()
                          if k in settings})
     for key in ("beta", "epochs", "lr"):
@@ -84,7 +84,8 @@ def run(args: argparse.Namespace) -> int:
         if not args.config:
             raise UserError("--checkpoint needs --config (to build the model it is hashed on)")
         ns = argparse.Namespace(config=args.config, checkpoint=args.checkpoint, batch_size=1,
-                                cfg_options=[], data_root=None)
+                                cfg_options=list(getattr(args, "cfg_options", None) or []),
+                                data_root=None)
         check_same_model(meta, load_exit_model(ns)[2], "derived table", table)
     out = Path(args.out)
     ensure_writable_dir(out.parent, "output folder")

@@ -231,3 +231,23 @@ def test_upstream_failure_is_passed_on_and_own_failure_recorded(tmp_path):
                  str(flops_json), "--record-failure", "1"]) == 0
     for path in (out, flops_json):
         assert read_failure(path)["reason"].startswith("gate not found")
+
+
+def test_gate_settings_take_the_runs_options():
+    """An exit_gate.* axis reaches the gate: the train-gate stage gets the run's --cfg-options
+    (it used to read exit_gate from the base config only, so the axis retrained and was then
+    ignored)."""
+    import argparse
+
+    from pipelines.eco_m2f.gate import gate_settings
+
+    config = str(REPO / "configs/models/mask2former_r18_ecom2f_synthetic-128x128.py")
+    args = argparse.Namespace(config=config, cfg_options=["exit_gate.epochs=7",
+                                                          "exit_gate.lr=0.5"],
+                              beta=None, epochs=None, lr=None)
+    settings = gate_settings(args)
+    assert (settings["epochs"], settings["lr"], settings["beta"]) == (7, 0.5, 0.005)
+    args.cfg_options = []
+    assert gate_settings(args)["epochs"] == 300
+    rules = (REPO / "workflow/rules/eco_m2f.smk").read_text()
+    assert "options=False" not in rules

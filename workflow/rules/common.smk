@@ -152,15 +152,15 @@ def stage_resources(stage):
     return dict(get_resources(stage), last_attempt=last_attempt)
 
 
-def stage_shell(command, options=True, stderr_to_terminal=False):
+def stage_shell(command, stderr_to_terminal=False):
     """shell: of a per-run stage job: `python -m pipelines <command>` with {threads} OpenMP
     threads, `--record-failure` on the last attempt (pipelines/failures.py), the run's
-    `--cfg-options` ({params.options}) unless `options` is False, and its output in the log
+    `--cfg-options` ({params.options}), and its output in the log
     (stderr also on the terminal with `stderr_to_terminal`). Every path is quoted ({x:q})."""
     return (
         WEIGHTS_PREFIX + "OMP_NUM_THREADS={threads} PYTHONWARNINGS=ignore "
         f"python -m pipelines {command} --record-failure {{resources.last_attempt}}"
-        + (" --cfg-options {params.options}" if options else "")
+        + " --cfg-options {params.options}"
         + (" > {log:q} 2> >(tee -a {log:q} >&2)" if stderr_to_terminal else " > {log:q} 2>&1")
     )
 

@@ -76,6 +76,8 @@ rule train_gate:
         beta=lambda wildcards: get_run(wildcards).settings["beta"],
         table=lambda wildcards: ECO_FILES[wildcards.run_id]["table"],
         gate=lambda wildcards: ECO_FILES[wildcards.run_id]["gate_weights"],
+        # the run's options: an exit_gate.* axis (epochs, lr) reaches the gate it retrains
+        options=get_options,
     threads: 1
     resources:
         **stage_resources("evaluate"),
@@ -83,8 +85,7 @@ rule train_gate:
     shell:
         stage_shell(
             "train-gate --table {params.table:q} --beta {params.beta} --config {params.config:q} "
-            "--out {params.gate:q} --json {output.summary:q} --upstream {input.derived:q}",
-            options=False,
+            "--out {params.gate:q} --json {output.summary:q} --upstream {input.derived:q}"
         )
 
 
