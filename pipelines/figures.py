@@ -71,15 +71,29 @@ def fig_accuracy_vs_gflops(a: Analysis, plt):
         return Skip("no runs with both miou and gflops_total")
     fronts = a.fronts
     fig, ax = plt.subplots(figsize=(6.8, 4.6), layout="constrained")
+    from matplotlib.lines import Line2D
+
     annotate = len(settings) <= 10
+    handles = []  # legend entries drawn as the plotted markers (an errorbar's own legend
+    # handle draws its bars and caps over the marker, so a circle looked like a square)
     for name in a.ordered_series(settings["series"]):
         color, marker = a.style(name)
         pts = settings[settings["series"] == name]
         front = fronts[fronts["front"] == name]
-        ax.plot(front["gflops_total"], front["miou"], color=color, lw=1.2, alpha=0.8,
-                drawstyle="steps-post", zorder=2)
-        errorbars(ax, pts, "gflops_total", "miou", color, marker,
-                   label=f"{name} (mean, 95 % CI; line: front)", annotate=annotate)
+        label = f"{name} (mean, 95 % CI)"
+        if len(front) >= 2:  # a one-point front draws no line: the legend promises none
+            ax.plot(front["gflops_total"], front["miou"], color=color, lw=1.2, alpha=0.8,
+                    drawstyle="steps-post", zorder=2)
+            label = f"{name} (mean, 95 % CI; solid line: its front)"
+        errorbars(ax, pts, "gflops_total", "miou", color, marker, label=None,
+                  annotate=annotate)
+        handles.append(Line2D([], [], ls="none", marker=marker, color=color, ms=6,
+                              label=label))
+        if annotate:  # every setting named beside its point, not only the knee
+            for _, r in pts.iterrows():
+                ax.annotate(short_setting(r["setting"], name), (r["gflops_total"], r["miou"]),
+                            xytext=(5, -11 if r["n_seeds"] >= 2 else -18),
+                            textcoords="offset points", fontsize=6.5, color=color)
     overall = fronts[fronts["front"] == "overall"]
     ax.plot(overall["gflops_total"], overall["miou"], color="black", lw=1.0, ls="--",
             drawstyle="steps-post", label="overall Pareto front (on means)", zorder=1)
@@ -106,8 +120,17 @@ def fig_accuracy_vs_gflops(a: Analysis, plt):
                   "and every other front point)", fontsize=7)
     ax.set_ylabel("mIoU (%), mean over seeds")
     ax.set_title("Accuracy vs compute: settings (seeds pooled), fronts on means")
-    ax.legend(loc="best", frameon=True, fontsize=7)
+    others, labels = ax.get_legend_handles_labels()
+    ax.legend(handles=handles + others, labels=[h.get_label() for h in handles] + labels,
+              loc="best", frameon=True, fontsize=7)
     return fig
+
+
+def short_setting(setting: str, series: str) -> str:
+    """A setting's name without its series' name (``PRO-SCALE 3-3-3 TRC LPE`` ->
+    ``3-3-3 TRC LPE``); the baseline keeps a short word."""
+    rest = setting[len(series):].strip() if setting.startswith(series) else setting
+    return rest or ("baseline" if "baseline" in setting.lower() else setting)
 
 
 

@@ -226,3 +226,32 @@ def test_searched_runs_are_drawn_beside_the_grid(runs):
     assert not any(lab.startswith("searched") for lab in
                    fig.axes[0].get_legend_handles_labels()[1])
     plt.close(fig)
+
+
+def test_accuracy_figure_names_every_setting_and_keeps_its_legend_honest():
+    """Every setting is named beside its point (not only the knee), a series' legend marker is
+    the marker it is plotted with, and 'line: its front' is promised only where one is drawn
+    (the demo: one-point fronts; the small table: multi-point fronts)."""
+    import matplotlib
+
+    matplotlib.use("Agg", force=True)
+    import matplotlib.pyplot as plt
+
+    promised = []
+    for name in ("runs_demo.csv", "runs_small.csv"):
+        a = figures._analysis(read_runs_csv(RUNS_CSV.parent / name))
+        fig = figures.fig_accuracy_vs_gflops(a, plt)
+        ax = fig.axes[0]
+        if name == "runs_demo.csv":
+            assert {"1-1-1 TRC LPE", "3-3-3 TRC LPE", "baseline"} <= {t.get_text()
+                                                                     for t in ax.texts}
+        legend = ax.get_legend()
+        for handle, text in zip(legend.legend_handles, legend.get_texts()):
+            for series in a.ordered_series(a.settings["series"]):
+                if text.get_text().startswith(f"{series} (mean"):
+                    assert handle.get_marker() == a.style(series)[1]
+                    drawn = len(a.fronts[a.fronts["front"] == series]) >= 2
+                    assert ("its front" in text.get_text()) == drawn
+                    promised.append(drawn)
+        plt.close(fig)
+    assert True in promised and False in promised
