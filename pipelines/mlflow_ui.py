@@ -89,6 +89,17 @@ def experiment_id_of(tracking_uri: str, experiment: str) -> str:
     return exp.experiment_id
 
 
+def tcp_port(text: str) -> int:
+    """``--port``: a TCP port, 1 to 65535 (argparse turns the error into one line)."""
+    try:
+        port = int(text)
+    except ValueError:
+        port = 0
+    if not 1 <= port <= 65535:
+        raise argparse.ArgumentTypeError(f"{text!r} is no TCP port (1 to 65535)")
+    return port
+
+
 def add_parser(sub) -> None:
     p = sub.add_parser("ui", help="start mlflow ui on an ablation's store and print the link "
                        "that opens its runs table (metric columns shown)")
@@ -96,7 +107,7 @@ def add_parser(sub) -> None:
                    help="the ablation's MLflow store (default: the demo's)")
     p.add_argument("--experiment", default="demo", help="the ablation (its experiment's name)")
     p.add_argument("--host", default="127.0.0.1")
-    p.add_argument("--port", type=int, default=5000)
+    p.add_argument("--port", type=tcp_port, default=5000, help="1 to 65535 (default 5000)")
     p.add_argument("--link-only", action="store_true",
                    help="print the link for a server already running; start nothing")
     p.set_defaults(func=run)
