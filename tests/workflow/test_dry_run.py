@@ -155,6 +155,26 @@ def test_malformed_configs_are_refused_before_any_job(tmp_path, mutate, message)
     assert not (tmp_path / "results").exists() and not (tmp_path / "data").exists()
 
 
+@pytest.mark.parametrize("uri, message", [
+    ("foo://bar", "tracking URI 'foo://bar': expected sqlite:///FILE"),
+    ("sqlite:///{root}/notes.db", "notes.db is not an SQLite database"),
+])
+def test_a_tracking_store_mlflow_cannot_open_is_refused_at_dry_run(tmp_path, uri, message):
+    """The audit: these passed `snakemake -n`, then the real run stopped with a traceback from
+    its start-up plan (which reads the store's history)."""
+    (tmp_path / "notes.db").write_text("my notes, not a database\n")
+    config = tiny_ablation(tmp_path)
+    config["mlflow"]["tracking_uri"] = uri.format(root=tmp_path)
+    proc = snakemake(tmp_path, write_config(tmp_path / "a.yaml", config), "-n")
+    out = proc.stdout + proc.stderr
+    assert proc.returncode != 0
+    line = ("invalid ablation config: ablation config key 'mlflow.tracking_uri': "
+            f"tracking URI '{config['mlflow']['tracking_uri']}'")
+    assert line in out and message in out, out[-1500:]
+    assert "Traceback" not in out
+    assert (tmp_path / "notes.db").read_text() == "my notes, not a database\n"
+
+
 def test_demo_config_is_valid_yaml_with_known_keys():
     config = yaml.safe_load((REPO / "configs" / "ablations" / "demo.yaml").read_text())
     assert set(config["grid"]["variants"]) == {"baseline", "pro_scale"}
