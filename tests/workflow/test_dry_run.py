@@ -175,6 +175,19 @@ def test_a_tracking_store_mlflow_cannot_open_is_refused_at_dry_run(tmp_path, uri
     assert (tmp_path / "notes.db").read_text() == "my notes, not a database\n"
 
 
+def test_a_yaml_error_in_the_configfile_names_its_line_and_column(tmp_path):
+    """The audit: Snakemake reads --configfile before the Snakefile runs and said only "Config
+    file is not valid JSON or YAML" (`python -m pipelines grid` gave line and column)."""
+    bad = tmp_path / "broken.yaml"
+    bad.write_text("name: x\ngrid:\n  variants: [a, b\n  seed: [0]\n")
+    proc = snakemake(tmp_path, bad, "-n")
+    out = proc.stdout + proc.stderr
+    assert proc.returncode != 0
+    assert f"Config file {bad}: line 4, column 7: expected ',' or ']'" in out, out[-1500:]
+    assert "Traceback" not in out
+    assert not (tmp_path / "results").exists()
+
+
 def test_demo_config_is_valid_yaml_with_known_keys():
     config = yaml.safe_load((REPO / "configs" / "ablations" / "demo.yaml").read_text())
     assert set(config["grid"]["variants"]) == {"baseline", "pro_scale"}
