@@ -9,8 +9,8 @@ PyYAML and the error names the file, the line and the column, in one line
 (``Config file configs/ablations/x.yaml: line 4, column 7: expected ',' or ']' ...``).
 
 It has to be in place before Snakemake's command line is read, so ``make setup`` writes a
-``.pth`` line into the environment (``python -m pipelines.snakemake_hook``; Python runs such a
-line when it starts). All that line does is add one import finder, which acts on the import
+``.pth`` line into the environment (:func:`write_pth`; Python runs such a line when it
+starts). All that line does is add one import finder, which acts on the import
 of that one Snakemake module and on nothing else; a file that loads is never read twice.
 """
 from __future__ import annotations
@@ -98,7 +98,3 @@ def write_pth() -> str:
     with open(path, "w", encoding="utf-8") as f:
         f.write(PTH_LINE)
     return path
-
-
-if __name__ == "__main__":
-    print(f"snakemake_hook: {write_pth()}")
