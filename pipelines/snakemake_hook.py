@@ -10,8 +10,10 @@ PyYAML and the error names the file, the line and the column, in one line
 
 It has to be in place before Snakemake's command line is read, so ``make setup`` writes a
 ``.pth`` line into the environment (:func:`write_pth`; Python runs such a line when it
-starts). All that line does is add one import finder, which acts on the import
-of that one Snakemake module and on nothing else; a file that loads is never read twice.
+starts). All that line does is load this file by its path (as ``pipelines_snakemake_hook``:
+the ``pipelines`` package itself is not imported, so a Snakefile of another checkout still
+imports its own) and add one import finder, which acts on the import of that one Snakemake
+module and on nothing else; a file that loads is never read twice.
 """
 from __future__ import annotations
 
@@ -22,8 +24,17 @@ import sys
 
 TARGET = "snakemake.common.configfile"
 PTH_NAME = "pipelines_snakemake_hook.pth"
-PTH_LINE = ('import sys; exec("try:\\n    from pipelines.snakemake_hook import install\\n'
-            '    install()\\nexcept ImportError:\\n    pass")\n')
+#: the .pth line (one line: Python runs a line that starts with ``import``)
+PTH_LINE = "import sys, importlib.util as u; exec({code!r})\n"
+#: what it runs ({path}: this file)
+PTH_CODE = ("try:\n"
+            "    s = u.spec_from_file_location('pipelines_snakemake_hook', {path!r})\n"
+            "    m = u.module_from_spec(s)\n"
+            "    s.loader.exec_module(m)\n"
+            "    sys.modules[s.name] = m\n"
+            "    m.install()\n"
+            "except Exception:\n"
+            "    pass  # the checkout moved: Snakemake's own message then\n")
 
 
 def _yaml_problem(path) -> str | None:
@@ -95,6 +106,7 @@ def write_pth() -> str:
     import sysconfig
 
     path = os.path.join(sysconfig.get_paths()["purelib"], PTH_NAME)
+    code = PTH_CODE.format(path=os.path.abspath(__file__))
     with open(path, "w", encoding="utf-8") as f:
-        f.write(PTH_LINE)
+        f.write(PTH_LINE.format(code=code))
     return path

@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import re
+import subprocess
+import sys
 
 import pytest
 import yaml
@@ -186,6 +188,11 @@ def test_a_yaml_error_in_the_configfile_names_its_line_and_column(tmp_path):
     assert f"Config file {bad}: line 4, column 7: expected ',' or ']'" in out, out[-1500:]
     assert "Traceback" not in out
     assert not (tmp_path / "results").exists()
+    # the start-up hook that does it imports no `pipelines` (a Snakefile of another checkout,
+    # as tests/workflow/test_data_identity.py runs, imports its own)
+    probe = subprocess.run([sys.executable, "-c", "import sys; print('pipelines' in sys.modules)"],
+                           cwd=tmp_path, capture_output=True, text=True)
+    assert probe.stdout.strip() == "False", probe.stderr
 
 
 def test_demo_config_is_valid_yaml_with_known_keys():
