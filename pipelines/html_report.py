@@ -7,9 +7,9 @@ The page (``<out>/index.html``) reads the analysis saved by ``python -m pipeline
 draws nothing and computes no front. It shows the Pareto table, the settings and metrics of every
 run and, for each run, a link to it in the MLflow UI
 (:func:`pipelines.mlflow_ui.mlflow_link`; ``--mlflow-ui``: the address the user's ``mlflow ui``
-answers on, by default the one ``python -m pipelines ui`` starts). Without ``--analysis`` (a one-off call on a runs source) it
-analyses the runs itself and draws the figures into ``<out>/figures/``. Like the figures, the page
-depends only on the runs: same runs, same bytes.
+answers on, by default the one ``python -m pipelines ui`` starts). Without ``--analysis`` (a
+one-off call on a runs source) it analyses the runs itself and draws the figures into
+``<out>/figures/``. Like the figures, the page depends only on the runs: same runs, same bytes.
 """
 from __future__ import annotations
 

@@ -104,7 +104,8 @@ def _alive(pid: int) -> bool:
 
 # A search head as `python -m pipelines search` runs each generation: SnakemakeExecutor.snakemake
 # under the head's shared lock, here on a one-rule Snakefile whose job sleeps (a long training).
-SLEEPY_SNAKEFILE = 'rule all:\n    output: "done.txt"\n    shell: "echo $$ > job.pid; exec sleep 600"\n'
+SLEEPY_SNAKEFILE = ('rule all:\n    output: "done.txt"\n'
+                    '    shell: "echo $$ > job.pid; exec sleep 600"\n')
 HEAD = """
 import sys
 from pathlib import Path
