@@ -27,7 +27,8 @@ test-slow: setup
 	$(PY) -m pytest -q -m slow
 
 # mlflow ui on the demo's store, with the link that opens its runs table (metric columns shown);
-# UI_ARGS: --experiment NAME --tracking-uri URI --port N for another ablation or port
+# UI_ARGS: --ablation FILE (its store, name and mlflow.ui), or --experiment NAME --tracking-uri URI
+# --port N; the link is printed once the server answers
 ui:
 	$(PY) -m pipelines ui $(UI_ARGS)
 

@@ -108,23 +108,22 @@ def add_source_arguments(p: argparse.ArgumentParser) -> None:
 
 def read_runs(args: argparse.Namespace):
     """The runs table of ``--tracking-uri``/``--experiment`` or ``--runs-csv``; a store that
-    cannot be read (unknown scheme, missing SQLite file: reading never creates one) is one
-    line."""
-    from mlflow.exceptions import MlflowException
-
+    cannot be read (unknown scheme, missing SQLite file: reading never creates one, a file that
+    is no SQLite database or a truncated one) is one line."""
+    from pipelines import tracking
     from pipelines.analysis.data import read_source
-    from pipelines.tracking import missing_sqlite_file
 
     uri = args.tracking_uri or ""
-    db = None if args.runs_csv else missing_sqlite_file(uri)
+    if args.runs_csv:
+        return read_source(runs_csv=args.runs_csv)
+    db = tracking.missing_sqlite_file(uri)
     if db is not None:
-        raise UserError(f"--tracking-uri {uri}: no such SQLite file {db} (nothing tracked "
-                        "there yet?)")
-    try:
-        return read_source(args.tracking_uri, args.experiment, args.runs_csv)
-    except MlflowException as err:
-        message = " ".join(str(getattr(err, "message", err)).split())
-        raise UserError(f"cannot read MLflow store {uri}: {message[:300]}") from None
+        raise UserError(f"--tracking-uri {uri}: no such SQLite file {db}, or an empty one "
+                        "(nothing tracked there yet?)")
+    if uri:
+        tracking.check_readable(uri)
+    with tracking.store_errors(uri, what="cannot read MLflow store"):
+        return read_source(args.tracking_uri, args.experiment)
 
 
 def analysis_of(args: argparse.Namespace, what: str = "analyse") -> tuple[Analysis, dict]:

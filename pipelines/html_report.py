@@ -6,10 +6,10 @@ The page (``<out>/index.html``) reads the analysis saved by ``python -m pipeline
 (``--analysis``) and links the figures ``python -m pipelines figures`` drew (``--figures``): it
 draws nothing and computes no front. It shows the Pareto table, the settings and metrics of every
 run and, for each run, a link to it in the MLflow UI
-(``<ui>/#/experiments/<experiment id>/runs/<MLflow run id>``; ``--mlflow-ui``: the address the
-user's ``mlflow ui`` answers on). Without ``--analysis`` (a one-off call on a runs source) it
-analyses the runs itself and draws the figures into ``<out>/figures/``. Like the figures, the page
-depends only on the runs: same runs, same bytes.
+(:func:`pipelines.mlflow_ui.mlflow_link`; ``--mlflow-ui``: the address the user's ``mlflow ui``
+answers on, by default the one ``python -m pipelines ui`` starts). Without ``--analysis`` (a
+one-off call on a runs source) it analyses the runs itself and draws the figures into
+``<out>/figures/``. Like the figures, the page depends only on the runs: same runs, same bytes.
 """
 from __future__ import annotations
 
@@ -21,8 +21,7 @@ from pathlib import Path
 import pandas as pd
 
 from pipelines.errors import UserError
-
-DEFAULT_UI = "http://127.0.0.1:5000"
+from pipelines.mlflow_ui import DEFAULT_UI, mlflow_link, ui_address
 
 CSS = """
 body{font-family:DejaVu Sans,Helvetica,Arial,sans-serif;margin:2em auto;max-width:1100px;
@@ -33,17 +32,6 @@ th{background:#f2f2f2} td.num{text-align:right;font-variant-numeric:tabular-nums
 tr.knee td{font-weight:bold} figure{margin:1.5em 0} img{max-width:100%;border:1px solid #eee}
 code{font-size:12px} .skip{color:#777}
 """.strip()
-
-
-def run_url(ui: str, experiment_id, mlflow_run_id) -> str:
-    """MLflow UI address of one run."""
-    return f"{ui.rstrip('/')}/#/experiments/{experiment_id}/runs/{mlflow_run_id}"
-
-
-def default_ui(tracking_uri: str | None) -> str:
-    if tracking_uri and tracking_uri.startswith(("http://", "https://")):
-        return tracking_uri.rstrip("/")
-    return DEFAULT_UI
 
 
 def _cell(value, digits: int = 2) -> tuple[str, bool]:
@@ -68,7 +56,7 @@ def _links(ui: str, r) -> str:
     out = []
     for i, mlflow_id in enumerate(ids):
         name = f"seed {seeds[i]}" if i < len(seeds) else str(mlflow_id)[:8]
-        url = html.escape(run_url(ui, r["experiment_id"], mlflow_id))
+        url = html.escape(mlflow_link(ui, r["experiment_id"], mlflow_id))
         out.append(f'<a class="run" href="{url}" title="{html.escape(str(mlflow_id))}">'
                    f"{html.escape(name)}</a>")
     return " ".join(out)
@@ -172,7 +160,7 @@ def build_report(data, out: str | os.PathLike, ui: str = DEFAULT_UI,
     pareto = pareto_table(a)
     grid = runs[runs["role"] == "run"]
     exp_ids = sorted({str(e) for e in runs["experiment_id"].dropna() if str(e)})
-    exp_links = ", ".join(f'<a href="{html.escape(ui.rstrip("/"))}/#/experiments/{html.escape(e)}">'
+    exp_links = ", ".join(f'<a href="{html.escape(mlflow_link(ui, e))}">'
                           f"experiment {html.escape(experiment)} (id {html.escape(e)})</a>"
                           for e in exp_ids)
     overall = set(a.fronts.loc[a.fronts["front"] == "overall", "setting"]) if len(a.fronts) \
@@ -202,9 +190,9 @@ def build_report(data, out: str | os.PathLike, ui: str = DEFAULT_UI,
             f'<a href="{rel}/points.csv">all runs (CSV)</a>'
             + (f"; every run in MLflow: {exp_links}" if exp_links else "") + ".</p>",
             f"<p>MLflow links point at <code>{html.escape(ui.rstrip('/'))}</code>: start the "
-            "UI there "
-            "(<code>mlflow ui --backend-store-uri STORE --port PORT</code>) or rewrite the page "
-            "with <code>--mlflow-ui http://HOST:PORT</code>.</p>",
+            "UI there (<code>python -m pipelines ui --ablation ABLATION.yaml</code>; "
+            "<code>make ui</code> for the demo), or give the ablation another "
+            "<code>mlflow.ui</code> and write the page again.</p>",
             "<h2>Figures</h2>"]
     for fig in FIGURES:
         if fig in manifest["figures"]:
@@ -257,6 +245,6 @@ def run(args: argparse.Namespace) -> int:
 
     a, meta = analysis_of(args, "report")
     uri = args.tracking_uri or meta.get("tracking_uri") or ""
-    build_report(a, args.out, ui=args.mlflow_ui or default_ui(uri), title=args.title,
+    build_report(a, args.out, ui=ui_address(uri, args.mlflow_ui), title=args.title,
                  figures_dir=args.figures)
     return 0

@@ -95,6 +95,7 @@ def read_runs(results: str, ablation: str, run_jsons: list[str]) -> list[dict]:
                                     f"run once it is trained and evaluated)")
             for stage_file in (paths.train_done, paths.metrics, paths.flops, paths.benchmark):
                 _read_json(stage_file)
+            check_miou(paths.metrics)
             runs.append(run)
         except UserError as err:
             problems.append(str(err))
@@ -102,6 +103,23 @@ def read_runs(results: str, ablation: str, run_jsons: list[str]) -> list[dict]:
         more = f" (and {len(problems) - 1} more runs)" if len(problems) > 1 else ""
         raise UserError(f"{problems[0]}{more}; nothing was written")
     return runs
+
+
+def check_miou(metrics_json: Path) -> None:
+    """An evaluation output (not a failure record) must hold ``miou`` as a number (NaN is one: a
+    diverged training, recorded as a failed run); without it the run would be recorded as
+    FINISHED with no mIoU."""
+    from pipelines.failures import read_failure
+
+    if read_failure(metrics_json) is not None:
+        return
+    data = _read_json(metrics_json)
+    miou = data.get(c.MIOU) if isinstance(data, dict) else None
+    if not isinstance(miou, (int, float)) or isinstance(miou, bool):
+        what = "has no" if not isinstance(data, dict) or c.MIOU not in data else \
+            f"has a {c.MIOU} that is no number ({json.dumps(miou)[:40]}), no"
+        raise UserError(f"{metrics_json}: {what} mIoU (the evaluate stage writes "
+                        f"{{\"{c.MIOU}\": <percent>, ...}}; rerun it)")
 
 
 def _number(data: dict | None, *keys: str) -> float | None:
@@ -334,11 +352,12 @@ def ingest(ablation: str, results: str, run_jsons: list[str], tracking_uri: str,
             raise UserError(f"--baseline-variant {baseline_variant!r} is no variant of these "
                             f"runs ({', '.join(variants)})")
         runs = [{**run, "baseline": run.get("variant") == baseline_variant} for run in runs]
-    client = tracking.open_writer(tracking_uri)
-    with tracking.store_errors(tracking_uri, "; the store keeps the records it held (a re-ingest "
-                               "repairs what this one left)"):
-        return _ingest(client, ablation, results, runs, artifact_location, description,
-                       progress, role, tqdm)
+    with tracking.removed_if_new_and_failed(tracking_uri):  # a refusal leaves no empty store
+        client = tracking.open_writer(tracking_uri)
+        with tracking.store_errors(tracking_uri, "; the store keeps the records it held (a "
+                                   "re-ingest repairs what this one left)"):
+            return _ingest(client, ablation, results, runs, artifact_location, description,
+                           progress, role, tqdm)
 
 
 def _ingest(client, ablation, results, runs, artifact_location, description, progress, role,

@@ -10,9 +10,18 @@ folders. So every writer holds an advisory lock on ``<results>/.pipelines.lock``
   share their results folder by design (they coordinate through the study), but a plain
   ``snakemake`` on that folder is refused while any of them runs. The Snakemake of each search
   generation inherits the head's lock (an open descriptor named by :data:`INHERITED`) instead of
-  taking its own, and gets ``SIGTERM`` when its head dies (``PR_SET_PDEATHSIG``), so a
-  ``kill -9`` of the head stops its trainings too rather than leaving them to race the restarted
-  search.
+  taking its own.
+
+A search generation's Snakemake dies with its head, and its jobs with it: it runs in a process
+group of its own (:func:`start_in_group`) led by a small guard (``python -m pipelines.lock``)
+that gets ``SIGTERM`` when the head dies (``PR_SET_PDEATHSIG``) and then kills the whole group,
+Snakemake and every job it started. (``SIGTERM`` to Snakemake itself would not do: it logs "Will
+exit after finishing currently running jobs" and lets the trainings run their whole length,
+racing the restarted search for the same folders.) A head killed before its guard could watch
+it is seen by the guard (its parent is no longer the head). A guard killed alone is seen by its
+head, which stops the group; a guard killed together with its head leaves the group behind, and
+the restarted search stops it first (:func:`stop_group`,
+:meth:`pipelines.search_executors.SnakemakeExecutor.hold_results`).
 
 ``flock`` locks belong to the open file: a head that dies, however it dies, releases its lock with
 no stale file to clean up. A refusal is one line (:class:`~pipelines.errors.UserError`).
@@ -24,6 +33,8 @@ import fcntl
 import os
 import signal
 import socket
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -93,9 +104,70 @@ def child_env(fd: int, env: dict[str, str] | None = None) -> dict[str, str]:
     return dict(os.environ if env is None else env, **{INHERITED: str(fd)})
 
 
-def die_with_parent() -> None:
-    """``preexec_fn`` for a child that must not outlive its head: SIGTERM when the head dies."""
+def die_with_parent(sig: int = signal.SIGTERM) -> None:
+    """Ask the kernel for ``sig`` when this process's parent dies (Linux ``PR_SET_PDEATHSIG``;
+    elsewhere nothing). Also a ``preexec_fn``."""
     try:
-        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+        ctypes.CDLL(None, use_errno=True).prctl(1, sig)  # PR_SET_PDEATHSIG
     except (OSError, AttributeError):  # not Linux: the child may outlive a killed head
         pass
+
+
+def start_in_group(cmd: list[str], **popen) -> subprocess.Popen:
+    """Start ``cmd`` under a guard in a process group of its own; the group (``cmd`` and all it
+    starts) is killed when this process dies, however it dies. The guard's pid is the group's
+    id: stop it with :func:`stop_group`. ``popen``: as for ``subprocess.Popen`` (``pass_fds``,
+    ``env``, ``cwd``, ``stdout``...); the guard passes its descriptors on to ``cmd``."""
+    guard = [sys.executable, "-m", "pipelines.lock", str(os.getpid()),
+             ",".join(str(fd) for fd in popen.get("pass_fds", ())), *cmd]
+    return subprocess.Popen(guard, start_new_session=True, preexec_fn=die_with_parent, **popen)
+
+
+def group_alive(group: int) -> bool:
+    """Whether any process of process group ``group`` is left (zombies count until reaped)."""
+    try:
+        os.killpg(group, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def stop_group(group: int, wait_s: float = 60.0, proc: subprocess.Popen | None = None) -> bool:
+    """``SIGKILL`` every process of ``group`` and wait until none is left (``proc``: its leader,
+    when it is this process's child, is reaped). Returns whether the group is gone."""
+    try:
+        os.killpg(group, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+    except PermissionError:
+        return False
+    deadline = time.monotonic() + wait_s
+    while True:
+        if proc is not None:
+            proc.poll()
+        if not group_alive(group):
+            return True
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.1)
+
+
+def _guard(head: int, fds: str, cmd: list[str]) -> int:
+    """The leader of a :func:`start_in_group` group: runs ``cmd`` and kills the whole group when
+    the head dies (its parent-death signal, ``SIGTERM``)."""
+    def kill_group(*_):
+        os.killpg(0, signal.SIGKILL)  # this guard included
+
+    signal.signal(signal.SIGTERM, kill_group)
+    die_with_parent(signal.SIGTERM)
+    if os.getppid() != head:  # the head died before this guard could watch it
+        kill_group()
+    child = subprocess.Popen(cmd, pass_fds=tuple(int(fd) for fd in fds.split(",") if fd))
+    code = child.wait()
+    return code if code >= 0 else 128 - code
+
+
+if __name__ == "__main__":
+    sys.exit(_guard(int(sys.argv[1]), sys.argv[2], sys.argv[3:]))

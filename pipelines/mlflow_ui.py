@@ -13,8 +13,14 @@ until "Show more columns" is ticked. Two things of MLflow's own fix that without
   traces, judges and an "Overview" page);
 * a **deep link** to the experiment's runs table with both, which this module prints:
   ``python -m pipelines ui`` (``make ui``) starts ``mlflow ui`` on the ablation's store and
-  prints the address to open. Ingest writes the view, so the link works for any server on the
-  store (``--link-only`` prints it for a server already running).
+  prints the address to open once the server answers (the last line). Ingest writes the view,
+  so the link works for any server on the store (``--link-only`` prints it for a server
+  already running).
+
+Every MLflow link (this one, the HTML report's experiment and run links) is built by
+:func:`mlflow_link`, at the address :func:`ui_address` gives: the ablation's ``mlflow.ui``, the
+tracking server itself, or :data:`DEFAULT_UI`, where ``ui`` starts by default; ``ui --ablation
+FILE`` starts at the ablation's address, so the report's links and the server agree.
 
 MLflow's assistant panel still opens once in a new browser profile (its own first-load
 behaviour, a localStorage flag no link can set); its close button keeps it shut.
@@ -33,6 +39,9 @@ import sys
 from pipelines import contract as c
 from pipelines.errors import UserError
 
+#: where ``python -m pipelines ui`` starts the UI, and so what links name, unless the ablation's
+#: ``mlflow.ui`` says otherwise
+DEFAULT_UI = "http://127.0.0.1:5000"
 VIEW_KEY = "pipelines-runs"
 VIEW_TAG = f"mlflow.sharedViewState.{VIEW_KEY}"
 #: metric columns of the view, in order (those a run has; MLflow skips the others)
@@ -71,10 +80,25 @@ def share_view(client, experiment_id: str, axes: list[str]) -> None:
         client.set_experiment_tag(experiment_id, VIEW_TAG, value)
 
 
-def runs_link(ui: str, experiment_id: str) -> str:
-    """The address that opens the experiment's runs table in the shared view."""
-    return (f"{ui.rstrip('/')}/#/experiments/{experiment_id}/runs?viewStateShareKey={VIEW_KEY}"
-            "&workflowType=machine_learning")
+def mlflow_link(ui: str, experiment_id, run_id: str | None = None) -> str:
+    """Every MLflow UI address this project prints or writes (``ui``'s link, the HTML report's
+    experiment and run links): an experiment's runs table in the shared view, or one run; each
+    with ``workflowType=machine_learning``, without which a fresh browser opens MLflow's GenAI
+    "Overview" instead of the page linked. ``ui``: the server's address (:func:`ui_address`)."""
+    base = f"{ui.rstrip('/')}/#/experiments/{experiment_id}"
+    if run_id is None:
+        return f"{base}/runs?viewStateShareKey={VIEW_KEY}&workflowType=machine_learning"
+    return f"{base}/runs/{run_id}?workflowType=machine_learning"
+
+
+def ui_address(tracking_uri: str | None = None, configured: str | None = None) -> str:
+    """The MLflow UI the links name: the ablation's ``mlflow.ui`` when set, else the tracking
+    server itself (an http(s) tracking URI), else :data:`DEFAULT_UI`, where ``ui`` starts one."""
+    if configured:
+        return configured.rstrip("/")
+    if tracking_uri and tracking_uri.startswith(("http://", "https://")):
+        return tracking_uri.rstrip("/")
+    return DEFAULT_UI
 
 
 def experiment_id_of(tracking_uri: str, experiment: str) -> str:
@@ -89,32 +113,102 @@ def experiment_id_of(tracking_uri: str, experiment: str) -> str:
     return exp.experiment_id
 
 
+def tcp_port(text: str) -> int:
+    """``--port``: a TCP port, 1 to 65535 (argparse turns the error into one line)."""
+    try:
+        port = int(text)
+    except ValueError:
+        port = 0
+    if not 1 <= port <= 65535:
+        raise argparse.ArgumentTypeError(f"{text!r} is no TCP port (1 to 65535)")
+    return port
+
+
 def add_parser(sub) -> None:
     p = sub.add_parser("ui", help="start mlflow ui on an ablation's store and print the link "
-                       "that opens its runs table (metric columns shown)")
-    p.add_argument("--tracking-uri", default="sqlite:///results/mlflow.db",
-                   help="the ablation's MLflow store (default: the demo's)")
-    p.add_argument("--experiment", default="demo", help="the ablation (its experiment's name)")
-    p.add_argument("--host", default="127.0.0.1")
-    p.add_argument("--port", type=int, default=5000)
+                       "that opens its runs table (metric columns shown) once it answers")
+    p.add_argument("--ablation", help="an ablation config: its store (mlflow.tracking_uri), "
+                   "experiment (name) and UI address (mlflow.ui), the address its HTML report "
+                   "links to (default: the demo's)")
+    p.add_argument("--tracking-uri", help="the MLflow store (default: the ablation's)")
+    p.add_argument("--experiment", help="the experiment's name (default: the ablation's)")
+    p.add_argument("--host", help=f"default: the ablation's mlflow.ui, else {DEFAULT_UI}")
+    p.add_argument("--port", type=tcp_port, help="1 to 65535 (default: the ablation's "
+                   f"mlflow.ui, else {DEFAULT_UI})")
     p.add_argument("--link-only", action="store_true",
                    help="print the link for a server already running; start nothing")
     p.set_defaults(func=run)
 
 
+def _settings(args: argparse.Namespace) -> tuple[str, str, str, int]:
+    """(tracking URI, experiment, host, port): the options, else the ablation's, else the
+    demo's."""
+    from urllib.parse import urlsplit
+
+    from pipelines.tracking import DEFAULT_TRACKING_URI
+
+    config: dict = {"name": "demo"}
+    if args.ablation:
+        from pipelines.grid import load_ablation
+
+        config = load_ablation(args.ablation)
+    mlflow = config.get("mlflow") or {}
+    address = urlsplit(ui_address(configured=mlflow.get("ui")))
+    return (args.tracking_uri or mlflow.get("tracking_uri") or DEFAULT_TRACKING_URI,
+            args.experiment or str(config.get("name") or "demo"),
+            args.host or address.hostname or "127.0.0.1", args.port or address.port or 80)
+
+
+def _answers(url: str) -> bool:
+    """Whether an HTTP server answers at ``url`` (any status)."""
+    import urllib.error
+    import urllib.request
+
+    try:
+        urllib.request.urlopen(url, timeout=2).close()
+    except urllib.error.HTTPError:
+        return True
+    except (OSError, ValueError):
+        return False
+    return True
+
+
 def run(args: argparse.Namespace) -> int:
     from pipelines.tracking import missing_sqlite_file
 
-    if missing_sqlite_file(args.tracking_uri) is not None:
-        raise UserError(f"{args.tracking_uri}: no such store (run the ablation first: make "
-                        "demo)")
-    experiment_id = experiment_id_of(args.tracking_uri, args.experiment)
-    link = runs_link(f"http://{args.host}:{args.port}", experiment_id)
-    print(f"{args.experiment}: open {link}", flush=True)
+    uri, experiment, host, port = _settings(args)
+    if missing_sqlite_file(uri) is not None:
+        raise UserError(f"{uri}: no such store (run the ablation first: make demo)")
+    server = f"http://{host}:{port}"
+    link = mlflow_link(server, experiment_id_of(uri, experiment))
     if args.link_only:
+        print(f"{experiment}: open {link}", flush=True)
         return 0
+    import subprocess
+    import time
+
+    from pipelines.lock import die_with_parent
+
     mlflow = os.path.join(os.path.dirname(sys.executable), "mlflow")
-    argv = [mlflow, "ui", "--backend-store-uri", args.tracking_uri, "--host", args.host,
-            "--port", str(args.port)]
-    os.execv(mlflow, argv)
-    return 0  # not reached
+    # one worker (MLflow's default of 4 start one by one, the last after the first answers,
+    # and each costs a core's worth of start-up), no access log and no library warnings: the
+    # link stays the last line until the UI is used
+    argv = [mlflow, "ui", "--backend-store-uri", uri, "--host", host, "--port", str(port),
+            "--workers", "1", "--uvicorn-opts", "--no-access-log"]
+    print(f"{experiment}: starting mlflow ui on {server}; the link follows once it answers",
+          flush=True)
+    server_proc = subprocess.Popen(argv, preexec_fn=die_with_parent,
+                                   env=dict(os.environ, PYTHONWARNINGS="ignore"))
+    local = f"http://{'127.0.0.1' if host in ('0.0.0.0', '::') else host}:{port}/health"
+    try:
+        while not _answers(local):
+            if server_proc.poll() is not None:
+                raise UserError(f"mlflow ui stopped (exit {server_proc.returncode}) before it "
+                                f"answered on {server}: is the port taken? (--port N)")
+            time.sleep(0.5)
+        print(f"{experiment}: open {link}", flush=True)
+        return server_proc.wait()
+    finally:
+        if server_proc.poll() is None:
+            server_proc.terminate()
+            server_proc.wait()

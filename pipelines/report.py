@@ -164,8 +164,9 @@ def build_report(ablation: str, results: str, run_jsons: list[str],
         lines += [f"| `{run_id}` | {reason.replace('|', '/')} |" for run_id, reason in failed]
     lines += ["", f"Results: `{results}/<stage>/{ablation}/<run-id>/<recipe>/`."]
     if tracking_uri:
-        lines.append(f"MLflow: `mlflow ui --backend-store-uri {tracking_uri}` "
-                     f"(experiment `{ablation}`).")
+        # `ui` prints the link to the runs table (a bare `mlflow ui` opens MLflow's GenAI page)
+        lines.append(f"MLflow: `python -m pipelines ui --tracking-uri {tracking_uri} "
+                     f"--experiment {ablation}` prints the link to its runs.")
     return "\n".join(lines) + "\n"
 
 

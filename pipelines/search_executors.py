@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Callable, Mapping
 
 from pipelines.errors import UserError
-from pipelines.search_runs import point_ablation, read_result, result_paths
+from pipelines.search_runs import REPO, point_ablation, read_result, result_paths
 
 
 class SnakemakeExecutor:
@@ -27,25 +27,59 @@ class SnakemakeExecutor:
         cores: ``--cores`` for the local executor.
         profile: ``--profile`` (e.g. ``slurm``); jobs then go through that executor.
         snakemake_args: further arguments passed through.
+        snakefile: the workflow (default: this project's ``Snakefile``).
     """
 
     def __init__(self, *, spec, workdir: str | Path = ".", cores: int = 2,
-                 profile: str | None = None, snakemake_args: tuple[str, ...] = ()) -> None:
+                 profile: str | None = None, snakemake_args: tuple[str, ...] = (),
+                 snakefile: str | Path = REPO / "Snakefile") -> None:
         self.spec = spec
         self.workdir = Path(workdir)
         self.cores = cores
         self.profile = profile
         self.snakemake_args = tuple(snakemake_args)
+        self.snakefile = Path(snakefile).resolve()
         self.launched: list[str] = []
         self.lock_fd: int | None = None  # the head's shared lock on the results folder
 
-    def hold_results(self) -> None:
-        """Share the results folder with the study's other workers only (pipelines/lock.py)."""
+    def hold_results(self, log: Callable[[str], None] = print) -> None:
+        """Share the results folder with the study's other workers only (pipelines/lock.py),
+        then stop the jobs a dead head of this search on this host left running."""
         from pipelines.lock import hold
 
         results = Path(self.spec.ablation.get("results", "results"))
         self.lock_fd = hold(results if results.is_absolute() else self.workdir / results,
                             shared=True, what=f"search {self.spec.name!r}")
+        self.stop_dead_heads_jobs(log)
+
+    def _jobs_records(self) -> Path:
+        """Where each head records the process group of its running generation."""
+        return self.folder() / "running"
+
+    def stop_dead_heads_jobs(self, log: Callable[[str], None] = print) -> None:
+        """A head of this host that died while its generation ran (its guard killed with it,
+        so the generation's group outlived it) left that group training: stop it and wait until
+        it is gone, before this head trains the same runs again; refuse in one line if it
+        cannot be stopped. A head of another host is left alone (its records are its own)."""
+        from pipelines.lock import group_alive, stop_group
+        from pipelines.search_workers import _worker_gone
+
+        for record in sorted(self._jobs_records().glob("*.json")):
+            try:
+                data = json.loads(record.read_text())
+                worker, group = str(data["worker"]), int(data["group"])
+            except (OSError, ValueError, KeyError, TypeError):
+                continue  # written half by a head killed at that instant: nothing started
+            if not _worker_gone(worker):
+                continue  # alive, or of another host
+            if group_alive(group):
+                if not stop_group(group):
+                    raise UserError(f"the jobs of dead search head {worker} (process group "
+                                    f"{group}) cannot be stopped: stop them (kill -9 -{group}) "
+                                    "and start the search again")
+                log(f"stopped the jobs (process group {group}) that dead search head {worker} "
+                    "left running")
+            record.unlink(missing_ok=True)
 
     def existing(self, run) -> dict | None:
         return read_result(self.spec.ablation, run)
@@ -84,32 +118,38 @@ class SnakemakeExecutor:
         bin_dir = Path(sys.executable).parent
         snakemake = bin_dir / "snakemake"
         cmd = [str(snakemake if snakemake.exists() else "snakemake"),
-               "--snakefile", str(Path(__file__).resolve().parents[1] / "Snakefile"),
+               "--snakefile", str(self.snakefile),
                "--configfile", str(Path(configfile).resolve()), "--directory", str(self.workdir),
                "--rerun-incomplete", "--keep-going", "--nolock"]
         cmd += ["--profile", self.profile] if self.profile else ["--cores", str(self.cores)]
         cmd += [*self.snakemake_args, *args, *targets]
         env = dict(os.environ, PATH=f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '')}")
-        # the Snakemake call works under the head's lock and dies with the head
-        from pipelines.lock import child_env, die_with_parent
+        # the Snakemake call works under the head's lock; it and its jobs die with the head
+        from pipelines.lock import child_env, start_in_group, stop_group
+        from pipelines.search_workers import _worker
 
         fds = () if self.lock_fd is None else (self.lock_fd,)
         if fds:
             env = child_env(self.lock_fd, env)
+        records = self._jobs_records()
+        records.mkdir(parents=True, exist_ok=True)
+        record = records / f"{os.getpid()}.json"
         with open(log, "a") as fh:
-            proc = subprocess.Popen(cmd, stdout=fh, stderr=subprocess.STDOUT, env=env,
-                                    cwd=self.workdir, pass_fds=fds, preexec_fn=die_with_parent)
+            proc = start_in_group(cmd, stdout=fh, stderr=subprocess.STDOUT, env=env,
+                                  cwd=self.workdir, pass_fds=fds)
             try:
+                from pipelines.config import write_json_atomic
+
+                write_json_atomic(record, {"worker": _worker(), "group": proc.pid})
                 while True:
                     try:
                         return proc.wait(timeout=poll_s)
                     except subprocess.TimeoutExpired:
                         if poll is not None:
                             poll()
-            except BaseException:  # interrupted: the call's jobs stop with it
-                proc.kill()
-                proc.wait()
-                raise
+            finally:  # interrupted, or its guard killed alone: no job outlives the call
+                stop_group(proc.pid, proc=proc)
+                record.unlink(missing_ok=True)
 
     def train(self, runs, generation: int, on_result: Callable | None = None,
               poll_s: float = 5.0) -> dict[str, dict | None]:

@@ -50,12 +50,36 @@ DEFAULT_PORTS = {"http": 80, "https": 443, "postgresql": 5432, "mysql": 3306, "m
 SQLITE_MAGIC = b"SQLite format 3\0"
 
 
-def resolve_tracking_uri(uri: str) -> str:
-    """Make a relative ``sqlite:///FILE`` absolute and create its folder."""
+def check_scheme(uri: str) -> None:
+    """Refuse a URI no MLflow tracking store has (``foo://bar``, a bare path) in one line."""
     scheme = uri.split("://", 1)[0].split("+", 1)[0].lower() if "://" in (uri or "") else ""
     if scheme not in SCHEMES:
         raise UserError(f"tracking URI {uri!r}: expected sqlite:///FILE, postgresql://..., "
                         f"or http(s)://HOST:PORT")
+
+
+def check_readable(uri: str) -> None:
+    """What can be checked of a store without opening it (no connection, nothing written): its
+    scheme, and that an existing ``sqlite:///FILE`` is an SQLite database. One-line UserError."""
+    check_scheme(uri)
+    if not uri.startswith("sqlite:///"):
+        return
+    path = Path(uri[len("sqlite:///"):].split("?", 1)[0])
+    try:
+        with open(path, "rb") as f:
+            head = f.read(len(SQLITE_MAGIC))
+    except FileNotFoundError:
+        return
+    except OSError as err:
+        raise UserError(f"tracking URI {uri!r}: {path} cannot be read "
+                        f"({err.strerror or err})") from None
+    if head and head != SQLITE_MAGIC:
+        raise UserError(f"tracking URI {uri!r}: {path} is not an SQLite database")
+
+
+def resolve_tracking_uri(uri: str) -> str:
+    """Make a relative ``sqlite:///FILE`` absolute and create its folder."""
+    check_scheme(uri)
     if uri.startswith("sqlite:///"):
         path = Path(uri[len("sqlite:///"):])
         if not path.is_absolute():
@@ -95,12 +119,42 @@ def check_writable(folder: Path, what: str) -> None:
 
 
 def missing_sqlite_file(uri: str) -> Path | None:
-    """The file of a ``sqlite:///FILE`` store when it does not exist (a reader must refuse it:
-    opening it with MLflow would create an empty store), else None."""
+    """The file of a ``sqlite:///FILE`` store when it does not exist or is empty (a reader must
+    refuse it: opening it with MLflow would write an empty store there), else None."""
     if not (uri or "").startswith("sqlite:///"):
         return None
     path = Path(uri[len("sqlite:///"):].split("?", 1)[0])
-    return None if path.is_file() else path
+    return None if path.is_file() and path.stat().st_size > 0 else path
+
+
+@contextlib.contextmanager
+def removed_if_new_and_failed(uri: str):
+    """A ``sqlite:///FILE`` store (and the folders above it) that this block creates is removed
+    again when the block fails: a refused ingest into a new store leaves nothing behind. A store
+    that existed before is never touched here."""
+    path, missing = None, []
+    if (uri or "").startswith("sqlite:///"):
+        path = Path(uri[len("sqlite:///"):].split("?", 1)[0]).absolute()
+        folder = path.parent
+        while not folder.exists():  # the folders this block may create, deepest first
+            missing.append(folder)
+            folder = folder.parent
+        if path.exists():
+            path = None
+    try:
+        yield
+    except BaseException:
+        if path is not None:
+            for leftover in (path, *(path.with_name(path.name + end)
+                                     for end in ("-journal", "-wal", "-shm"))):
+                with contextlib.suppress(OSError):  # never made (its folder is a file...)
+                    leftover.unlink()
+            for folder in missing:
+                try:
+                    folder.rmdir()  # only when empty
+                except OSError:
+                    break
+        raise
 
 
 def check_store(uri: str) -> None:
@@ -110,16 +164,14 @@ def check_store(uri: str) -> None:
     from urllib.parse import urlsplit
 
     if uri.startswith("sqlite:///"):
+        check_readable(uri)
         path = Path(uri[len("sqlite:///"):])
         if path.exists():
             try:
-                with open(path, "r+b") as f:
-                    head = f.read(len(SQLITE_MAGIC))
+                open(path, "r+b").close()
             except OSError as err:
                 raise UserError(f"tracking URI {uri!r}: {path} cannot be written "
                                 f"({err.strerror or err})") from None
-            if head and head != SQLITE_MAGIC:
-                raise UserError(f"tracking URI {uri!r}: {path} is not an SQLite database")
         check_writable(path.parent, "folder of the tracking store")
         return
     parts = urlsplit(uri)
@@ -140,8 +192,9 @@ def open_client(tracking_uri: str = DEFAULT_TRACKING_URI):
 
     from mlflow.tracking import MlflowClient
 
-    # alembic announces every migration of a fresh store on INFO
-    logging.getLogger("alembic").setLevel(logging.WARNING)
+    # alembic announces every migration of a fresh store on INFO, MLflow the store's creation
+    for name in ("alembic", "mlflow.store.db.utils"):
+        logging.getLogger(name).setLevel(logging.WARNING)
     return MlflowClient(tracking_uri=resolve_tracking_uri(tracking_uri))
 
 
@@ -159,8 +212,9 @@ def _one_line(err: BaseException) -> str:
 
 
 @contextlib.contextmanager
-def store_errors(uri: str, note: str = ""):
-    """An error of the store (MLflow, SQL, HTTP, file system) -> one-line :class:`UserError`."""
+def store_errors(uri: str, note: str = "", what: str = "MLflow store"):
+    """An error of the store (MLflow, SQL, HTTP, file system) -> one-line :class:`UserError`
+    (``<what> <uri>: <the error's first line><note>``)."""
     from mlflow.exceptions import MlflowException
 
     kinds: list[type] = [MlflowException, OSError]
@@ -171,7 +225,7 @@ def store_errors(uri: str, note: str = ""):
     try:
         yield
     except tuple(kinds) as err:
-        raise UserError(f"MLflow store {uri}: {_one_line(err)}{note}") from None
+        raise UserError(f"{what} {uri}: {_one_line(err)}{note}") from None
 
 
 def get_or_create_experiment(client, name: str, artifact_location: str | None = None) -> str:

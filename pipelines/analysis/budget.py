@@ -72,16 +72,18 @@ def history_s_per_iter(tracking_uri: str | None, experiment: str) -> dict[str, f
     """Median ``train_time_s / max_iters`` per config of the experiment's finished runs."""
     if not tracking_uri:
         return {}
-    from pipelines.tracking import missing_sqlite_file
+    from pipelines import tracking
 
-    if missing_sqlite_file(tracking_uri) is not None:
+    if tracking.missing_sqlite_file(tracking_uri) is not None:
         return {}
     from pipelines.analysis.data import load_runs
     from pipelines.errors import UserError
 
-    try:
-        runs = load_runs(tracking_uri, experiment)
-    except (UserError, OSError):
+    try:  # a store that cannot be read has no history (ingest refuses it in one line)
+        tracking.check_readable(tracking_uri)
+        with tracking.store_errors(tracking_uri):
+            runs = load_runs(tracking_uri, experiment)
+    except UserError:
         return {}
     runs = runs.dropna(subset=["train_time_s", "max_iters"])
     out = {}

@@ -66,9 +66,23 @@ def validate_ablation(config: dict, schema: str | Path | None = None, *,
     errors = sorted(validator.iter_errors(config), key=lambda e: list(e.absolute_path))
     if errors:
         raise UserError(describe_schema_error(errors[0]))
+    check_tracking_uri(config)
     if check_data:
         check_data_root(config)
     return config
+
+
+def check_tracking_uri(config: Mapping) -> None:
+    """``mlflow.tracking_uri`` must name a store MLflow has (``foo://bar`` would stop the real
+    run at its first look at the store), and an existing SQLite file must be a database."""
+    from pipelines.tracking import check_readable
+
+    uri = (config.get("mlflow") or {}).get("tracking_uri")
+    if uri:
+        try:
+            check_readable(str(uri))
+        except UserError as err:
+            raise UserError(f"ablation config key 'mlflow.tracking_uri': {err}") from None
 
 
 def _coerce_text(config: dict, validator) -> None:

@@ -202,14 +202,16 @@ def test_report_figures_load_and_every_run_link_resolves(ablation, mlflow_ui, br
     assert len(links) >= len(runs) == 4  # each run linked (front table and settings table)
     for link in sorted(set(links)):
         assert link.startswith(f"{mlflow_ui}/#/experiments/")
-        exp_id, run_id = link.split("/#/experiments/")[1].split("/runs/")
+        path, query = link.split("?", 1)  # the run's page in the model-training sidebar
+        assert query == "workflowType=machine_learning"
+        exp_id, run_id = path.split("/#/experiments/")[1].split("/runs/")
         got = _api(mlflow_ui, f"runs/get?run_id={run_id}")["run"]
         assert got["info"]["experiment_id"] == exp_id
         assert got["info"]["run_name"] in set(runs["run_id"])
     # one link opened in the UI shows that run
     first = sorted(set(links))[0]
-    name = _api(mlflow_ui, f"runs/get?run_id={first.rsplit('/', 1)[1]}")["run"]["info"][
-        "run_name"]
+    name = _api(mlflow_ui, f"runs/get?run_id={first.split('?')[0].rsplit('/', 1)[1]}")["run"][
+        "info"]["run_name"]
     browser.open(first)
     browser.wait(f"document.body.innerText.includes({json.dumps(name)})")
     browser.screenshot("run_page")

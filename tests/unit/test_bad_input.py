@@ -74,6 +74,16 @@ def work(tmp_path_factory, synthetic_root) -> Path:
     (root / "space_unwritable.yaml").write_text(yaml.safe_dump(space))
     space["warm_start"] = [str(root / "no_such_grid.yaml")]
     (root / "space_warm.yaml").write_text(yaml.safe_dump(space))
+    # MLflow stores: a text file named like one, a real one, and that one cut to a third
+    (root / "notes.db").write_text("my notes, not a database\n")
+    from pipelines.tracking import open_client
+
+    client = open_client(f"sqlite:///{root / 'store.db'}")
+    experiment = client.create_experiment("e")
+    for i in range(20):
+        client.log_metric(client.create_run(experiment).info.run_id, "miou", float(i))
+    whole = (root / "store.db").read_bytes()
+    (root / "cut.db").write_bytes(whole[:len(whole) // 3])
     # a model config that does not build (an unknown head type)
     (root / "unbuildable.py").write_text(
         f"_base_ = [{str(TINY_CONFIG)!r}]\nmodel = dict(decode_head=dict(type='NoSuchHead'))\n")
@@ -135,11 +145,22 @@ def cases(w: Path) -> dict[str, Case]:
         # figures / html-report: a store that cannot be read
         "figures_unknown_scheme": Case(
             ["figures", "--tracking-uri", "foo://x", "--experiment", "e", "--out",
-             str(w / "fig")], ("cannot read MLflow store foo://x",), absent=[w / "fig"]),
+             str(w / "fig")], ("tracking URI 'foo://x'", "expected sqlite"),
+            absent=[w / "fig"]),
         "html_report_missing_sqlite": Case(
             ["html-report", "--tracking-uri", f"sqlite:///{w / 'none.db'}", "--experiment", "e",
              "--out", str(w / "html")], ("no such SQLite file",),
             absent=[w / "html", w / "none.db"]),
+        **{f"{command}_{name}_store": Case(
+            [command, "--tracking-uri", f"sqlite:///{w / db}", "--experiment", "e", "--out",
+             str(w / f"{command}_{name}")], words, absent=[w / f"{command}_{name}"])
+           for command in ("figures", "html-report", "analyse")
+           for name, db, words in (("text", "notes.db", ("notes.db is not an SQLite database",)),
+                                   ("truncated", "cut.db", ("cut.db", "malformed")))},
+        # ui: a port no server can listen on
+        "ui_port_out_of_range": Case(
+            ["ui", "--tracking-uri", f"sqlite:///{w / 'store.db'}", "--experiment", "e",
+             "--port", "99999", "--link-only"], ("--port", "99999", "1 to 65535")),
         # report
         "report_missing_results": Case(
             report("no_results", "run_bad.json", "r1.md"), ("results folder not found",),
@@ -170,7 +191,10 @@ def cases(w: Path) -> dict[str, Case]:
     }
 
 
-FAST = ["synthetic_size_too_large", "figures_unknown_scheme", "html_report_missing_sqlite",
+STORES = [f"{command}_{name}_store" for command in ("figures", "html-report", "analyse")
+          for name in ("text", "truncated")]
+FAST = [*STORES, "ui_port_out_of_range",
+        "synthetic_size_too_large", "figures_unknown_scheme", "html_report_missing_sqlite",
         "report_missing_results", "report_malformed_run_json", "report_run_json_without_params",
         "report_out_is_a_folder", "grid_yaml_syntax_error", "grid_axes_of_an_ablation",
         "search_check_missing_warm_start", "search_unwritable_results"]

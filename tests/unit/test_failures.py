@@ -110,6 +110,8 @@ def test_ingest_and_report_name_the_failed_run(tmp_path):
     assert run_failure(ok, {c.MIOU: 12.0}) is None
     run_json = tmp_path / "run.json"
     run_json.write_text(json.dumps(run))
-    text = build_report("abl", str(tmp_path), [str(run_json)])
+    text = build_report("abl", str(tmp_path), [str(run_json)], tracking_uri="sqlite:///m.db")
     assert "## Failed runs" in text
+    # the store's runs through `ui`'s link, not a bare `mlflow ui` (MLflow's GenAI page)
+    assert "`python -m pipelines ui --tracking-uri sqlite:///m.db --experiment abl`" in text
     assert "| `broken-seed0` | train: RuntimeError: loss is nan at iteration 3 |" in text

@@ -4,14 +4,16 @@ from __future__ import annotations
 import argparse
 import csv
 import filecmp
+import html
 import json
+import re
 import shutil
 from pathlib import Path
 
 import pandas as pd
 import pytest
 
-from pipelines import figures, html_report
+from pipelines import figures, html_report, mlflow_ui
 from pipelines.analysis.data import read_runs_csv
 from pipelines.errors import UserError
 
@@ -135,8 +137,15 @@ def test_html_report_links_every_run_and_is_deterministic(runs, tmp_path):
                 "--out", str(tmp_path / "a"), "--mlflow-ui", "http://mlflow:5000/") == 0
     page = (tmp_path / "a" / "index.html").read_text()
     for _, run in runs[runs["role"] == "run"].iterrows():
-        url = f"http://mlflow:5000/#/experiments/{run['experiment_id']}/runs/{run['mlflow_run_id']}"
+        url = (f"http://mlflow:5000/#/experiments/{run['experiment_id']}/runs/"
+               f"{run['mlflow_run_id']}?workflowType=machine_learning")
         assert f'href="{url}"' in page
+    # the audit: without workflowType a fresh browser opened MLflow's GenAI "Overview"; every
+    # MLflow link is the one `python -m pipelines ui` prints, the experiment's included
+    links = re.findall(r'href="(http://mlflow:5000/[^"]*)"', page)
+    assert links and all(link.endswith("workflowType=machine_learning") for link in links)
+    experiment = runs["experiment_id"].dropna().astype(str).iloc[0]
+    assert html.escape(mlflow_ui.mlflow_link("http://mlflow:5000", experiment)) in page
     for name in figures.FIGURES:
         assert f'src="figures/{name}.png"' in page
     html_report.build_report(runs, tmp_path / "b", ui="http://mlflow:5000", log=lambda *_: None)

@@ -267,3 +267,43 @@ def test_a_good_run_is_kept_over_a_worse_record_of_its_recipe(tmp_path, empty_db
     rc, out, _ = store2.ingest(capsys, results, jsons)
     assert rc == 0 and "3 replaced" in out
     one_good_child_each(store2, 55.0)
+
+
+@pytest.mark.parametrize("bad", [{}, {"miou": "high"}, {"miou": None}, {"miou": True}],
+                         ids=["missing", "text", "null", "bool"])
+def test_a_metrics_json_without_a_number_miou_is_refused(tmp_path, empty_db, capsys, bad):
+    """The audit: such a run was ingested as FINISHED with no mIoU (reported as `-`); now it is
+    refused in one line, in a new store and over a good record alike (that record kept)."""
+    results, jsons = write_results(tmp_path / "runs")
+    run = json.loads(Path(jsons[1]).read_text())
+    metrics = RunPaths.of(str(results), ABL, run).metrics
+    good = json.loads(metrics.read_text())
+    metrics.write_text(json.dumps({**{k: v for k, v in good.items() if k != "miou"}, **bad}))
+    fresh = Store(tmp_path / "fresh", empty_db)
+    before = fresh.snapshot()
+    rc, _, err = fresh.ingest(capsys, results, jsons)
+    refused(rc, err, str(metrics), "mIoU", "nothing was written")
+    assert fresh.snapshot() == before
+
+    store = Store(tmp_path / "store", empty_db)
+    metrics.write_text(json.dumps(good))
+    assert store.ingest(capsys, results, jsons)[0] == 0
+    ids = one_good_child_each(store, 40.0)
+    metrics.write_text(json.dumps({**{k: v for k, v in good.items() if k != "miou"}, **bad}))
+    refused(*store.ingest(capsys, results, jsons)[::2], "mIoU")
+    assert one_good_child_each(store, 40.0) == ids
+
+
+def test_a_refused_ingest_into_a_new_store_leaves_nothing(tmp_path, capsys):
+    """The audit: an ingest refused after MLflow had created a new SQLite store (here: its
+    artifact folder cannot be made) left that empty store, and its folder, behind."""
+    results, jsons = write_results(tmp_path / "runs")
+    a_file = tmp_path / "a-file"
+    a_file.write_text("")
+    db = tmp_path / "new" / "store" / "mlflow.db"
+    capsys.readouterr()
+    rc = main(["ingest", "--ablation", ABL, "--tracking-uri", f"sqlite:///{db}",
+               "--artifact-location", str(a_file / "art"), "--results", str(results),
+               "--runs", *jsons])
+    refused(rc, capsys.readouterr().err, "artifact folder", "not writable")
+    assert not (tmp_path / "new").exists()

@@ -2,11 +2,13 @@
 line before any job, a search's children work under its lock, and a child dies with its head."""
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
 import sys
 import time
+from types import SimpleNamespace
 
 import pytest
 
@@ -98,3 +100,88 @@ def _alive(pid: int) -> bool:
     from tests.conftest import process_alive
 
     return process_alive(pid)
+
+
+# A search head as `python -m pipelines search` runs each generation: SnakemakeExecutor.snakemake
+# under the head's shared lock, here on a one-rule Snakefile whose job sleeps (a long training).
+SLEEPY_SNAKEFILE = ('rule all:\n    output: "done.txt"\n'
+                    '    shell: "echo $$ > job.pid; exec sleep 600"\n')
+HEAD = """
+import sys
+from pathlib import Path
+from types import SimpleNamespace
+from pipelines.search_executors import SnakemakeExecutor
+root = Path(sys.argv[1])
+spec = SimpleNamespace(ablation={"results": str(root / "results")}, name="s")
+executor = SnakemakeExecutor(spec=spec, workdir=root, cores=1, snakefile=root / "Snakefile")
+executor.hold_results()
+executor.snakemake(root / "c.yaml", ["done.txt"], root / "generation.log")
+"""
+
+
+def _search_head(root):
+    """A head whose generation's job is running: (head, the job's pid)."""
+    from tests.conftest import REPO
+
+    (root / "Snakefile").write_text(SLEEPY_SNAKEFILE)
+    (root / "c.yaml").write_text("a: 1\n")
+    head = subprocess.Popen([sys.executable, "-c", HEAD, str(root)], cwd=REPO,
+                            start_new_session=True)
+    deadline = time.monotonic() + 120
+    while not ((root / "job.pid").is_file() and (root / "job.pid").read_text().strip()):
+        assert head.poll() is None and time.monotonic() < deadline, \
+            (root / "generation.log").read_text()[-2000:]
+        time.sleep(0.2)
+    return head, int((root / "job.pid").read_text())
+
+
+def _gone_within(pid: int, seconds: float) -> bool:
+    deadline = time.monotonic() + seconds
+    while _alive(pid) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    return not _alive(pid)
+
+
+def test_a_search_generations_jobs_die_with_their_head(tmp_path):
+    """The audit: after `kill -9` of the head, its generation's Snakemake logged "Will exit after
+    finishing currently running jobs" and the training ran its whole length."""
+    head, job = _search_head(tmp_path)
+    group = os.getpgid(job)
+    try:
+        os.kill(head.pid, signal.SIGKILL)
+        head.wait()
+        assert _gone_within(job, 30), "the job outlived its head"
+        from pipelines.lock import group_alive
+
+        deadline = time.monotonic() + 30
+        while group_alive(group) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert not group_alive(group), "Snakemake outlived its head"
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(group, signal.SIGKILL)
+
+
+def test_a_restarted_head_stops_the_jobs_a_dead_head_left(tmp_path):
+    """A head and its generation's guard killed at once (nobody left to stop the jobs): the
+    next head of the search stops them before it trains anything."""
+    from pipelines.search_executors import SnakemakeExecutor
+
+    head, job = _search_head(tmp_path)
+    group = os.getpgid(job)
+    try:
+        os.kill(head.pid, signal.SIGSTOP)  # so that it cannot see its guard die
+        os.kill(group, signal.SIGKILL)  # the guard (the group's leader) alone
+        os.kill(head.pid, signal.SIGKILL)
+        head.wait()
+        time.sleep(1)
+        assert _alive(job)  # a surviving writer
+        spec = SimpleNamespace(ablation={"results": str(tmp_path / "results")}, name="s")
+        said = []
+        SnakemakeExecutor(spec=spec, workdir=tmp_path).hold_results(log=said.append)
+        assert not _alive(job)
+        assert len(said) == 1 and f"process group {group}" in said[0], said
+        assert not list((tmp_path / "results" / "search" / "s" / "running").iterdir())
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(group, signal.SIGKILL)

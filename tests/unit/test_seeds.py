@@ -176,6 +176,23 @@ def test_plan_without_a_recorded_time_says_so(tmp_path, monkeypatch):
     assert plan.seconds is None and "no time estimate" in plan.text()
 
 
+def test_plan_reads_no_history_from_a_store_that_cannot_be_read(tmp_path):
+    """The start-up plan reads the store's training times; a truncated store ended the real
+    run with a traceback there (ingest refuses such a store in one line later)."""
+    from pipelines.analysis import budget
+    from pipelines.tracking import open_client
+
+    client = open_client(f"sqlite:///{tmp_path / 'store.db'}")
+    experiment = client.create_experiment("plan")
+    for i in range(20):
+        client.log_metric(client.create_run(experiment).info.run_id, "train_time_s", 1.0 + i)
+    whole = (tmp_path / "store.db").read_bytes()
+    (tmp_path / "cut.db").write_bytes(whole[:len(whole) // 3])
+    (tmp_path / "notes.db").write_text("my notes\n")
+    for name in ("cut.db", "notes.db"):
+        assert budget.history_s_per_iter(f"sqlite:///{tmp_path / name}", "plan") == {}
+
+
 def test_ranking_stability_is_kendall_tau_between_seeds():
     # seed 0 and 1 rank the three settings the same; seed 2 swaps the top two
     a = st.analyse(runs_table([

@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import re
 import shutil
+import subprocess
+import sys
 
 import pytest
 import yaml
@@ -154,6 +156,44 @@ def test_malformed_configs_are_refused_before_any_job(tmp_path, mutate, message)
     assert f"invalid ablation config: {message}" in proc.stderr, proc.stderr[-1500:]
     assert "Traceback" not in proc.stderr
     assert not (tmp_path / "results").exists() and not (tmp_path / "data").exists()
+
+
+@pytest.mark.parametrize("uri, message", [
+    ("foo://bar", "tracking URI 'foo://bar': expected sqlite:///FILE"),
+    ("sqlite:///{root}/notes.db", "notes.db is not an SQLite database"),
+])
+def test_a_tracking_store_mlflow_cannot_open_is_refused_at_dry_run(tmp_path, uri, message):
+    """The audit: these passed `snakemake -n`, then the real run stopped with a traceback from
+    its start-up plan (which reads the store's history)."""
+    (tmp_path / "notes.db").write_text("my notes, not a database\n")
+    config = tiny_ablation(tmp_path)
+    config["mlflow"]["tracking_uri"] = uri.format(root=tmp_path)
+    proc = snakemake(tmp_path, write_config(tmp_path / "a.yaml", config), "-n")
+    out = proc.stdout + proc.stderr
+    assert proc.returncode != 0
+    line = ("invalid ablation config: ablation config key 'mlflow.tracking_uri': "
+            f"tracking URI '{config['mlflow']['tracking_uri']}'")
+    assert line in out and message in out, out[-1500:]
+    assert "Traceback" not in out
+    assert (tmp_path / "notes.db").read_text() == "my notes, not a database\n"
+
+
+def test_a_yaml_error_in_the_configfile_names_its_line_and_column(tmp_path):
+    """The audit: Snakemake reads --configfile before the Snakefile runs and said only "Config
+    file is not valid JSON or YAML" (`python -m pipelines grid` gave line and column)."""
+    bad = tmp_path / "broken.yaml"
+    bad.write_text("name: x\ngrid:\n  variants: [a, b\n  seed: [0]\n")
+    proc = snakemake(tmp_path, bad, "-n")
+    out = proc.stdout + proc.stderr
+    assert proc.returncode != 0
+    assert f"Config file {bad}: line 4, column 7: expected ',' or ']'" in out, out[-1500:]
+    assert "Traceback" not in out
+    assert not (tmp_path / "results").exists()
+    # the start-up hook that does it imports no `pipelines` (a Snakefile of another checkout,
+    # as tests/workflow/test_data_identity.py runs, imports its own)
+    probe = subprocess.run([sys.executable, "-c", "import sys; print('pipelines' in sys.modules)"],
+                           cwd=tmp_path, capture_output=True, text=True)
+    assert probe.stdout.strip() == "False", probe.stderr
 
 
 def test_demo_config_is_valid_yaml_with_known_keys():

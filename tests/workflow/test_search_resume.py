@@ -107,9 +107,10 @@ def test_sigkill_head_then_resume(tmp_path):
         if head.poll() is None:
             os.kill(head.pid, signal.SIGKILL)  # the head alone: its children must follow it
         head.wait(timeout=60)
-    # the generation's Snakemake and its training die with their head (PR_SET_PDEATHSIG), so
-    # the restarted search does not race them for the same folders
-    deadline = time.monotonic() + 120
+    # the generation's Snakemake and its training die with their head (its group's guard), so
+    # the restarted search does not race them for the same folders; at once, not after the
+    # training (SIGTERM to Snakemake alone let it finish its running jobs first)
+    deadline = time.monotonic() + 20
     while _survivors(tmp_path) and time.monotonic() < deadline:
         time.sleep(1)
     left = _survivors(tmp_path)

@@ -43,6 +43,7 @@ sys.exit(mmcv.__version__ != "2.1.0"
 }
 if [ -f "$STAMP" ] && [ "$(cat "$STAMP")" = "$want" ] && mmcv_ok \
    && "$VENV/bin/python" -c 'import mmseg, mmdet, pipelines' 2>/dev/null; then
+    "$VENV/bin/python" -c 'from pipelines.snakemake_hook import write_pth; write_pth()'  # one file
     echo "install.sh: .venv is up to date"
     exit 0
 fi
@@ -78,6 +79,8 @@ elif ! mmcv_ok; then
     fi
 fi
 quiet "${PIP[@]}" install -q "${find_links[@]}" --no-build-isolation -e "$ROOT"
+# a YAML error in `snakemake --configfile` names its line and column (pipelines/snakemake_hook.py)
+"$VENV/bin/python" -c 'from pipelines.snakemake_hook import write_pth; write_pth()'
 "$VENV/bin/python" -c 'import mmcv.ops, mmseg, mmdet, pipelines'
 echo "$want" > "$STAMP"
 echo "install.sh: .venv ready ($("$VENV/bin/python" -c 'import torch, mmcv, mmseg, mmdet; print(f"torch {torch.__version__}, mmcv {mmcv.__version__}, mmseg {mmseg.__version__}, mmdet {mmdet.__version__}")'))"
