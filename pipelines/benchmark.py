@@ -18,7 +18,7 @@ and each run also gets its own ``benchmark.json`` (``results.candidate`` = the r
 ``results.baseline`` = the baseline run), the file ``ingest`` reads ``latency_ms`` from. A run
 whose model cannot be built gets a failure record there instead (pipelines/failures.py).
 
-GPU settings (``--device cuda``; issue 19): besides the batch-1 fp32 timing above (the keys
+GPU settings (``--device cuda``): besides the batch-1 fp32 timing above (the keys
 ``results.<name>.{model,pixel_decoder}`` ingest has always read), every model is timed at batch
 1 and at a throughput batch (``--batch``, default 32) in each of ``--precisions`` (default fp32
 and fp16; bf16 optional: autocast, weights kept fp32), with CUDA events after the warm-up, the

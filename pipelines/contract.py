@@ -36,7 +36,7 @@ GIT_DIRTY_TAG = "pipelines.git_dirty"
 VERSION_TAG_PREFIX = "pipelines.version."     # + torch, mmcv, mmengine, mmseg, mmdet
 #: the CPU a training ran on (``provenance["cpu"]``): same-seed CPU trainings are bit-exact on one
 #: CPU class only, so every result names its CPU model, the ATen level it dispatched to, the
-#: instruction sets and the threads (issue 17 item 4)
+#: instruction sets and the threads
 CPU_MODEL_TAG = "pipelines.cpu.model"
 CPU_ATEN_TAG = "pipelines.cpu.aten_capability"
 CPU_FLAGS_TAG = "pipelines.cpu.flags"
@@ -71,7 +71,7 @@ BASE_GFLOPS_PARTS = ("backbone", "encoder", "pixel_decoder", "transformer_decode
 TOTAL_PART = "total"
 GFLOPS_STAGE_PREFIX = "gflops_encoder_"  # + stage<k>: traced encoder GFLOPs per stage
 LATENCY_MS, LATENCY_MS_PIXEL_DECODER = "latency_ms", "latency_ms_pixel_decoder"
-# the benchmark's settings (batch 1 and a throughput batch, fp32 / fp16 / bf16; issue 19), by
+# the benchmark's settings (batch 1 and a throughput batch, fp32 / fp16 / bf16), by
 # ``.format(device=..., precision=..., batch=..., metric=...)``, e.g. cuda_fp16_b32_latency_ms;
 # metric one of SETTING_METRICS (peak_mem_mb: the forward's peak above what was allocated
 # before it, torch.cuda.max_memory_allocated; CUDA only)

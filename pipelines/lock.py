@@ -1,4 +1,4 @@
-"""One writer per results folder, and children that die with their head (issue 17).
+"""One writer per results folder, and children that die with their head.
 
 Two ``snakemake`` heads on one results folder (say with different ``--directory``, so Snakemake's
 own lock in ``.snakemake/`` does not see the other) would train the same runs into the same

@@ -128,9 +128,9 @@ def build_report(ablation: str, results: str, run_jsons: list[str],
              "| run | variant | setting | seed | iters | recipe | "
              + " | ".join(c[1] for c in COLUMNS) + " |",
              "|" + "---|" * (6 + len(COLUMNS))]
-    failed = []  # (run id, reason): listed under the table (issue 9: failures stay local)
+    failed = []  # (run id, reason): listed under the table (failures stay local)
     sections = {}  # method -> its own report lines (its declaration's report hook), under the table
-    loaded = []  # (run, metrics): pooled into settings under the table (issue 13)
+    loaded = []  # (run, metrics): pooled into settings under the table
     if not Path(results).is_dir():
         raise UserError(f"results folder not found: {results} (give --results)")
     for run_json in run_jsons:

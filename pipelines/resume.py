@@ -6,7 +6,7 @@ batches as were trained. It does not restore the random states of the main proce
 global torch generator (Mask2Former's point sampling draws from it every iteration), numpy's
 and Python's (the data transforms draw from them when ``num_workers=0``). After a resume they
 are wherever model initialisation and the fast-forward left them, so the first step after the
-resume already differs (issue 17, item 3).
+resume already differs.
 
 :class:`ExactResumeHook` (added to every training by ``pipelines/train.py``):
 

@@ -1,6 +1,6 @@
 """Search efficiency: Pareto hypervolume vs. trainings launched, replayed against a recorded grid.
 
-The benchmark (issue 21) is ``tests/data/grid_lr.csv``: a real grid trained once by the
+The benchmark is ``tests/data/grid_lr.csv``: a real grid trained once by the
 pipeline's own Snakefile (``tests/data/record_grid.py``), 64 PRO-SCALE settings of the tiny
 R-18 Mask2Former at 64x64 (4 schedules x LPE x ``num_queries`` x 4 learning rates 1e-5..3e-4),
 2 seeds each, pooled (a replayed training returns the setting's mean mIoU). Its design and both
@@ -40,7 +40,7 @@ REPO = Path(__file__).resolve().parents[2]
 #: the small recorded grid (25 settings, one seed): the search tests' space
 TABLE = REPO / "tests" / "data" / "grid_tiny.csv"
 SPACE = REPO / "configs" / "search" / "grid_tiny.yaml"
-#: the benchmark a search must beat chance on (issue 21): 64 settings x 2 seeds, several kinds
+#: the benchmark a search must beat chance on: 64 settings x 2 seeds, several kinds
 #: of axes; the command's default
 BENCH_TABLE = REPO / "tests" / "data" / "grid_lr.csv"
 BENCH_SPACE = REPO / "configs" / "search" / "grid_lr.yaml"

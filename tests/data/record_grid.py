@@ -1,6 +1,6 @@
 """Record a grid of real tiny trainings as a replay table, run by the pipeline's own Snakefile.
 
-``grid_lr.csv`` (issue 21's benchmark a search must beat chance on; ``grid_medium.csv`` the same
+``grid_lr.csv`` (the benchmark a search must beat chance on; ``grid_medium.csv`` the same
 way) is recorded with::
 
     git worktree add /tmp/grid_snapshot HEAD     # a clean snapshot: edits cannot leak into jobs

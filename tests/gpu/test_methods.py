@@ -1,4 +1,4 @@
-"""Every method on the GPU (issue 19 item 4; skipped without CUDA): a forward at batch 2 in fp32,
+"""Every method on the GPU (skipped without CUDA): a forward at batch 2 in fp32,
 fp16 and bf16 autocast, one training step, and ECO-M2F's gated mixed-exit batch.
 
 Run through ``../shared/gpu`` when a GPU is lent (README, GPU section). Random weights, tiny

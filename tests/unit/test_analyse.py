@@ -1,4 +1,4 @@
-"""The analysis once, one way (issue 18, Want 1): `analyse` saves it; figures, the HTML and the
+"""The analysis once, one way: `analyse` saves it; figures, the HTML and the
 markdown report read that saved result (the HTML links the figures instead of drawing them)."""
 from __future__ import annotations
 

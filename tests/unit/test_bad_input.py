@@ -1,4 +1,4 @@
-"""Issue 17 item 8: bad input to the stage CLI is one line on stderr and exit status 2: never a
+"""Bad input to the stage CLI is one line on stderr and exit status 2: never a
 traceback, never a silent success, and nothing written (or lost) on the way.
 
 One table: each case is a real ``python -m pipelines ...`` in a fresh interpreter

@@ -150,7 +150,7 @@ def test_gated_runs_are_not_timed_as_their_deepest_exit():
 
 
 def test_settings_batch_and_precision_on_the_cpu_dry_path():
-    """The GPU settings path (issue 19) run on the CPU: batch 1 and a throughput batch under
+    """The GPU settings path run on the CPU: batch 1 and a throughput batch under
     bf16 autocast (the deformable sampling included), figures per setting, ingest's names."""
     from pipelines.benchmark import benchmark, format_table, gpu_settings
     from pipelines.config import load_config

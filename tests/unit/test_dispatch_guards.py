@@ -1,4 +1,4 @@
-"""GPU guards that run on the CPU (issue 19, item 3): per method, the ATen ops a forward
+"""GPU guards that run on the CPU: per method, the ATen ops a forward
 dispatches (pipelines/dispatch_count.py) at batch 1, 4 and 8, eval mode, no grad, tiny sizes.
 
 * host-sync ops (``.item()``/``int()``/``bool()`` -> ``_local_scalar_dense``, ``.tolist()``,

@@ -214,7 +214,7 @@ def test_search_hypervolume_uses_the_searchs_own_budget_as_reference(runs):
 
 
 def test_searched_runs_are_drawn_beside_the_grid(runs):
-    """Issue 21 item 3: the Optuna trial runs are points of the accuracy figure (not of its
+    """The Optuna trial runs are points of the accuracy figure (not of its
     fronts, which pool the grid's settings)."""
     import matplotlib
 

@@ -107,7 +107,7 @@ VIT_PD = "configs/models/mask2former_vit-tiny-pdcluster_synthetic-128x128.py"
      r"model\.decode_head\.pixel_decoder\.encoder\.num_layers - 1 = 5"),
 ])
 def test_layer_indices_beyond_the_models_depth_are_refused_before_any_job(variant, message):
-    """Issue 11's bar: a cluster layer (or sampling block) beyond the depth is one line at grid
+    """A cluster layer (or sampling block) beyond the depth is one line at grid
     expansion, against the run's own resolved depth (an axis of the same run included)."""
     with pytest.raises(UserError, match=message) as err:
         expand_grid(ablation(vit=variant), repo=REPO)

@@ -1,4 +1,4 @@
-"""Ingest never loses a finished run (issue 17): bad input and unwritable stores are refused in
+"""Ingest never loses a finished run: bad input and unwritable stores are refused in
 one line (exit 2) with the store untouched; a replacement is complete before the child it
 replaces is retired; only a complete child is ``unchanged``; a good child is kept over a worse
 record of its recipe. Real MLflow (SQLite store, file artifact store) throughout."""

@@ -1,4 +1,4 @@
-"""Issue 18 want 5: ``python -m pipelines ui`` prints the link that opens an ablation's runs table.
+"""``python -m pipelines ui`` prints the link that opens an ablation's runs table.
 
 The page itself is checked in headless Chromium from a fresh profile in
 ``tests/services/test_browser.py``; here: the view ingest stores, the links (one function for

@@ -1,4 +1,4 @@
-"""The GPU-cluster install route without a GPU (issue 22): mmcv 2.1.0's CUDA sources patched for
+"""The GPU-cluster install route without a GPU: mmcv 2.1.0's CUDA sources patched for
 torch 2.13 (workflow/patches/mmcv-2.1.0-torch2.patch), the one-line refusal of FORCE_CUDA=1
 without nvcc before anything is downloaded or built, and the build script's other prerequisite
 checks. The patch tests that need the PyPI sdist are slow (one download, cached in .pytest_cache);

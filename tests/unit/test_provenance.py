@@ -1,5 +1,5 @@
 """Provenance records the CPU a result was computed on: model, instruction-set flags, the ATen
-level really used, threads and the environment variables that change CPU kernels (issue 17.4)."""
+level really used, threads and the environment variables that change CPU kernels."""
 from __future__ import annotations
 
 import json

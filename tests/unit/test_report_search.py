@@ -1,4 +1,4 @@
-"""The searched runs in the reports (issue 21, item 3): the markdown report's search section counts
+"""The searched runs in the reports: the markdown report's search section counts
 and lists them; the HTML report refuses figures drawn from another analysis (before a search
 added its runs), instead of counting the trials and showing the figures' "no trials yet"."""
 from __future__ import annotations

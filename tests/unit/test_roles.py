@@ -1,4 +1,4 @@
-"""Roles come from data, not names (issue 18, Want 2): the baseline from the ablation (or the
+"""Roles come from data, not names: the baseline from the ablation (or the
 variant whose config builds no method), a run's method from its recorded ``pipelines.methods``."""
 from __future__ import annotations
 

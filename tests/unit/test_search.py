@@ -257,7 +257,7 @@ def test_journal_file_resume_trains_nothing_twice(spec, tmp_path):
     assert all(t.state.name in ("COMPLETE", "PRUNED") for t in search.study.trials)
 
 
-# ----------------------------------------------------------------------------- issue 21
+# ----------------------------------------------------------------------------- known settings
 @pytest.mark.parametrize("sampler", ["tpe", "nsga2", "gp"])
 def test_no_setting_trained_twice_and_known_ones_cost_nothing(spec, sampler):
     """Whatever the sampler proposes again (a setting the grid trained, an earlier trial's, one
@@ -391,7 +391,7 @@ def test_generation_targets_flops_json(spec):
     assert targets[:2] == [str(paths.metrics), str(paths.flops)]
 
 
-# ----------------------------------------------------------------------------- issue 18
+# ----------------------------------------------------------------------------- heartbeats
 def test_stale_heartbeat_fails_and_asks_again(spec, tmp_path, monkeypatch):
     """RDB storages: a RUNNING trial whose head (on another host: no process to check) stopped
     beating is failed by Optuna's ``fail_stale_trials`` and asked again; one whose head beats is

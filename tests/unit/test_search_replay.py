@@ -1,4 +1,4 @@
-"""The search benchmark's recorded tables: any axes, seeds pooled (issue 21 item 5); the
+"""The search benchmark's recorded tables: any axes, seeds pooled; the
 recorded grids are complete, and on the benchmark's own grid the search beats chance."""
 from __future__ import annotations
 

@@ -9,7 +9,7 @@ import pytest
 
 from pipelines.analysis import settings as st
 
-#: the baseline setting's name (issue 18: settings are named by method, not by variant)
+#: the baseline setting's name (settings are named by method, not by variant)
 BASE = "Mask2Former (baseline)"
 
 

@@ -132,7 +132,7 @@ def test_a_config_key_is_an_axis_with_no_code_change(tmp_path):
     (lambda c: c["grid"]["variants"]["pro_scale"]["axes"].update(
         **{"model.decode_head.num_querys": [10]}),
      "grid.variants.pro_scale.axes.model.decode_head.num_querys: unknown config key"),
-    # issue 17 item 8: what used to pass `snakemake -n` and fail in a job
+    # what used to pass `snakemake -n` and fail in a job
     (lambda c: c["grid"]["variants"]["pro_scale"]["axes"].update(
         **{"model.decode_head.num_queries": [-3]}),
      "grid.variants.pro_scale.axes.model.decode_head.num_queries: -3 out of range [1, inf)"),
@@ -199,7 +199,7 @@ def test_a_yaml_error_in_the_configfile_names_its_line_and_column(tmp_path):
 def test_demo_config_is_valid_yaml_with_known_keys():
     config = yaml.safe_load((REPO / "configs" / "ablations" / "demo.yaml").read_text())
     assert set(config["grid"]["variants"]) == {"baseline", "pro_scale"}
-    # issue 13: fewer schedules, three seeds each (every setting gets an interval)
+    # fewer schedules, three seeds each (every setting gets an interval)
     assert len(config["grid"]["variants"]["pro_scale"]["axes"]["schedule"]) >= 2
     assert len(config["grid"]["seed"]) >= 3
 

@@ -1,4 +1,4 @@
-"""A fifth method is one file (issue 18, want 3): a copy of the checkout gets a toy method as a
+"""A fifth method is one file: a copy of the checkout gets a toy method as a
 model file, a config and an ablation block only, and the real Snakefile takes it through the
 grid, a tiny training, evaluation, FLOPs (with a GFLOPs part of its own), ingest, the figures
 (with one of its own) and the reports, its label and style read from its declaration."""

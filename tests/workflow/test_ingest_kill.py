@@ -1,5 +1,5 @@
-"""SIGKILL of ``python -m pipelines ingest`` at every step of writing a child, then a re-ingest
-(issue 17): no finished run is ever lost, no point child is ever incomplete, and the next ingest
+"""SIGKILL of ``python -m pipelines ingest`` at every step of writing a child, then a re-ingest:
+no finished run is ever lost, no point child is ever incomplete, and the next ingest
 repairs the store (each run one complete child with the new results; leftovers deleted)."""
 from __future__ import annotations
 

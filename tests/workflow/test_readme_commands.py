@@ -1,4 +1,4 @@
-"""Every command the READMEs show runs (issue 17 item 8).
+"""Every command the READMEs show runs.
 
 The rule, per line of every ```bash / ```sh block of ``README.md`` and ``workflow/README.md``
 (``\\`` continuations joined, ``#`` comments and leading ``VAR=value`` assignments dropped):

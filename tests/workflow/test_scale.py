@@ -1,4 +1,4 @@
-"""Scale work (issue 14) leaves a real ablation's results and MLflow store as they were.
+"""Scale work leaves a real ablation's results and MLflow store as they were.
 
 A tiny ablation is run for real once; its MLflow ids and metrics are recorded; then the DAG is
 rebuilt (nothing to do) and ingest is forced to run again over the same results: every run is

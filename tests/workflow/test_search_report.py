@@ -1,4 +1,4 @@
-"""Searched runs are everywhere a grid run is (issue 21, item 3): a real tiny grid through the
+"""Searched runs are everywhere a grid run is: a real tiny grid through the
 Snakefile, then a real search on the same ablation that trains one new setting. The trial's
 MLflow run has every metric the grid's runs have; the search's last step brings the ablation's
 analysis, figures and reports up to date (the trial counted, the hypervolume figure drawn), so
