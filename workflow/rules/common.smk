@@ -157,12 +157,13 @@ def stage_shell(command, stderr_to_terminal=False):
     threads, `--record-failure` on the last attempt (pipelines/failures.py), the run's
     `--cfg-options` ({params.options}), and its output in the log
     (stderr also on the terminal with `stderr_to_terminal`). Every path is quoted ({x:q})."""
-    return (
-        WEIGHTS_PREFIX + "OMP_NUM_THREADS={threads} PYTHONWARNINGS=ignore "
-        f"python -m pipelines {command} --record-failure {{resources.last_attempt}}"
-        + " --cfg-options {params.options}"
-        + (" > {log:q} 2> >(tee -a {log:q} >&2)" if stderr_to_terminal else " > {log:q} 2>&1")
-    )
+    return "".join((
+        WEIGHTS_PREFIX,  # PIPELINES_WEIGHTS=<folder> when the ablation names one
+        "OMP_NUM_THREADS={threads} PYTHONWARNINGS=ignore ",
+        f"python -m pipelines {command} --record-failure {{resources.last_attempt}}",
+        " --cfg-options {params.options}",
+        " > {log:q} 2> >(tee -a {log:q} >&2)" if stderr_to_terminal else " > {log:q} 2>&1",
+    ))
 
 
 def get_run_outputs(run_id):
