@@ -52,7 +52,7 @@ from pipelines.errors import UserError
 from pipelines.search_executors import ReplayExecutor, SnakemakeExecutor
 from pipelines.search_loop import Search, describe
 from pipelines.search_study import (CONSTRAINT, OBJECTIVES, RUN_ID, STATUS, constraint_attrs,
-                                    create_sampler, open_storage, open_study,
+                                    create_sampler, default_storage, open_storage, open_study,
                                     set_gflops_constraint)
 
 __all__ = ["CONSTRAINT", "OBJECTIVES", "RUN_ID", "STATUS", "ReplayExecutor", "Search",
@@ -98,6 +98,13 @@ def add_parser(sub) -> None:
     p.set_defaults(func=run_cli)
 
 
+def dashboard_command(storage: str) -> str:
+    """The optuna-dashboard command for a study's storage (an RDB URL or a journal file)."""
+    import shlex
+
+    return f"optuna-dashboard {shlex.quote(storage.removeprefix('journal:'))}"
+
+
 def run_cli(args) -> int:
     from pipelines.search_runs import FlopsCache
     from pipelines.search_space import load_search_space
@@ -122,6 +129,8 @@ def run_cli(args) -> int:
     folder = Path(spec.ablation.get("results", "results")) / "search" / spec.name
     ensure_writable_dir(folder, "search results folder")
     study = open_study(spec, open_storage(args.storage, spec))
+    storage = args.storage or default_storage(spec)
+    print(f"{spec.name}: watch it with: {dashboard_command(storage)}", flush=True)
     shape = (spec.ablation.get("flops") or {}).get("shape") or (512, 512)
     cache = FlopsCache(path=folder / "flops_cache.json", shape=shape)
     executor = SnakemakeExecutor(spec=spec, cores=args.cores, profile=args.profile)

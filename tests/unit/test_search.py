@@ -436,3 +436,12 @@ def test_private_optuna_api_in_one_place():
                               "--------------- the storage's own calls")[0]
             code = code.split('"""', 2)[2]  # past the docstring that names them
         assert not re.search(r"\._storage\b|\._trial_id\b|\._study_id\b", code), path.name
+
+
+def test_the_search_names_its_dashboard_command():
+    from pipelines.search import dashboard_command
+
+    assert dashboard_command("sqlite:///results/search/x/study.db") == \
+        "optuna-dashboard sqlite:///results/search/x/study.db"
+    assert dashboard_command("journal:/shared/my study.log") == \
+        "optuna-dashboard '/shared/my study.log'"

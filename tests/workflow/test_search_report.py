@@ -51,6 +51,7 @@ def test_searched_runs_in_mlflow_figures_and_reports(tmp_path):
     first = _search(space, storage)
     assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
     assert "brought up to date (with the searched runs" in first.stdout, first.stdout[-2000:]
+    assert f"tiny_sr_search: watch it with: optuna-dashboard {storage}" in first.stdout
 
     # MLflow: the trial run has every metric a grid run has
     from mlflow.tracking import MlflowClient
