@@ -97,7 +97,24 @@ def dry_run_argv(argv: list[str], tmp_path: Path) -> list[str]:
             configs = [v["config"] for v in ablation["grid"]["variants"].values()]
             data = fake_dataset(tmp_path / "datasets", *configs)
             args[i] = re.sub(r"/datasets/[^,}\s]+", str(data), args[i])
+        for j in range(i, len(args)):  # `weights=/datasets/...`: a folder with each file named
+            if args[j].startswith("weights=/datasets/"):
+                args[j] = f"weights={fake_weights(tmp_path / 'weights', args)}"
     return scheduling_free(args) + ["-n"]
+
+
+def fake_weights(folder: Path, args: list[str]) -> Path:
+    """A weights folder holding a (placeholder) file for every pretrained checkpoint the
+    ablation's model configs name, under the name the weights folder wants."""
+    from pipelines import weights
+    from pipelines.grid import resolved_base
+
+    ablation = yaml.safe_load(Path(args[args.index("--configfile") + 1]).read_text())
+    folder.mkdir(parents=True, exist_ok=True)
+    for variant in ablation["grid"]["variants"].values():
+        for _, uri in weights.pretrained_uris(resolved_base(REPO / variant["config"])):
+            (folder / weights.file_name(uri)).write_bytes(b"placeholder")
+    return folder
 
 
 def scheduling_free(args: list[str]) -> list[str]:
