@@ -29,7 +29,7 @@ rule benchmark_ablation:
         runs=lambda wildcards: [str(paths(r).run_json) for r in RUNS],
         manifest=MANIFEST,
     output:
-        paired=f"{RESULTS}/benchmark/{ABLATION}/{CONTENT}/paired.json",
+        paired=PAIRED,
         runs=[str(paths(r).benchmark) for r in RUNS],
     log:
         f"{RESULTS}/logs/{ABLATION}/benchmark_ablation.log",

@@ -32,7 +32,7 @@ rule ingest_results:
     # The record of this content key (common.smk: INGESTED); once it is written, the records of
     # other keys are retired, so going back to an earlier setting ingests again.
     input:
-        get_all_run_outputs,
+        get_ingest_inputs,
         manifest=MANIFEST,
     output:
         ingested=INGESTED,
@@ -58,8 +58,8 @@ rule ingest_results:
 
 
 rule write_report:
+    # every run's outputs through the ingest record (whose rule waits for them all)
     input:
-        get_all_run_outputs,
         manifest=MANIFEST,
         ingested=INGESTED,
         analysis=ANALYSIS,
