@@ -169,13 +169,16 @@ def get_run_outputs(run_id):
 
 def get_ingest_inputs(wildcards=None):
     """What ingest waits for: every run's own outputs (each in its recipe's folder: a changed
-    recipe is a missing input, so it is built whatever the rerun triggers), the per-run latency
-    files through the one job that writes them all (its paired.json, in the content key's folder)
-    instead of one by one: asking that job for each of its thousands of outputs costs Snakemake a
-    scan of its inputs per file, which made the DAG build grow with the square of the runs."""
-    benchmark = {str(paths(run_id).benchmark) for run_id in RUNS} \
-        if config["stages"]["benchmark"] else set()
-    out = [o for run_id in RUNS for o in get_run_outputs(run_id) if o not in benchmark]
+    recipe is a missing input, so it is built whatever the rerun triggers). The files one job
+    writes for every run come through one file of that job instead of one by one: the run.json
+    files through the manifest (list_runs, which ingest takes anyway), the per-run latency
+    files through paired.json. Asking a job for each of its thousands of outputs costs
+    Snakemake a scan of that job's files per file: the DAG build grew with the square of the
+    runs."""
+    many = {str(paths(run_id).run_json) for run_id in RUNS}
+    if config["stages"]["benchmark"]:
+        many |= {str(paths(run_id).benchmark) for run_id in RUNS}
+    out = [o for run_id in RUNS for o in get_run_outputs(run_id) if o not in many]
     return out + ([PAIRED] if config["stages"]["benchmark"] else [])
 
 
