@@ -392,8 +392,14 @@ def _imports(path: Path, mtime_ns: int) -> frozenset[Path]:
 
 def code_files(cfg: Mapping) -> list[Path]:
     """Project files a config's model, dataset, metric and hooks come from (with their imports)."""
+    return type_code_files(config_types(cfg))
+
+
+def type_code_files(names: Iterable[str]) -> list[Path]:
+    """Project files the classes ``names`` (a config's ``type`` names, :func:`config_types`)
+    come from, with their imports."""
     types = registered_types()
-    todo = {types[t] for t in config_types(cfg) if t in types}
+    todo = {types[t] for t in names if t in types}
     seen: set[Path] = set()
     while todo:
         path = todo.pop()

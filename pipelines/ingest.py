@@ -376,32 +376,52 @@ def _ingest(client, ablation, results, runs, artifact_location, description, pro
     if pending:
         summary["pending_deleted"] = pending
     counts: dict[str, int] = {}
-    # no bar when stderr is not a terminal (a log file; an error then is the one line there)
-    for run in tqdm(runs, desc="ingest", unit="run", disable=None if progress else True):
-        old = tracking.unchanged_child(existing.get(run["run_id"], []), run.get("recipe", ""),
-                                       run_fingerprint(results, ablation, run))
-        if old is not None:  # nothing to read further, nothing to write
-            summary["runs"][run["run_id"]] = {"mlflow_run_id": old.info.run_id,
-                                              "action": "unchanged",
-                                              "recipe": run.get("recipe", "")}
-            if old.info.status == "FAILED":
-                summary.setdefault("failed", {})[run["run_id"]] = \
-                    old.data.tags.get(c.FAILURE_TAG, "")
-            counts["unchanged"] = counts.get("unchanged", 0) + 1
-            continue
-        with tempfile.TemporaryDirectory() as tmp:
-            record = child_record(results, ablation, run, Path(tmp))
+
+    def write(batch: list) -> None:
+        """The records of ``batch`` into the store, their new children written together
+        (tracking.upsert_children: a SQL store takes a chunk per transaction)."""
+        done = tracking.upsert_children(client, experiment_id, parent, ablation,
+                                        [(record, existing.get(record.run_id, []))
+                                         for record in batch])
+        for record, (mlflow_id, action) in zip(batch, done):
+            summary["runs"][record.run_id] = {"mlflow_run_id": mlflow_id, "action": action,
+                                              "recipe": record.recipe}
+            if action == "kept":
+                summary.setdefault("kept", {})[record.run_id] = record.kept_because
+            elif record.status == "FAILED":
+                summary.setdefault("failed", {})[record.run_id] = record.tags[c.FAILURE_TAG]
+            counts[action] = counts.get(action, 0) + 1
+
+    batch: list = []
+    # the records of a chunk are written together; their staged files (the resolved config, an
+    # exit histogram) live until then
+    with tempfile.TemporaryDirectory() as staging:
+        # no bar when stderr is not a terminal (a log file; an error then is the one line there)
+        for i, run in enumerate(tqdm(runs, desc="ingest", unit="run",
+                                     disable=None if progress else True)):
+            old = tracking.unchanged_child(existing.get(run["run_id"], []),
+                                           run.get("recipe", ""),
+                                           run_fingerprint(results, ablation, run))
+            if old is not None:  # nothing to read further, nothing to write
+                summary["runs"][run["run_id"]] = {"mlflow_run_id": old.info.run_id,
+                                                  "action": "unchanged",
+                                                  "recipe": run.get("recipe", "")}
+                if old.info.status == "FAILED":
+                    summary.setdefault("failed", {})[run["run_id"]] = \
+                        old.data.tags.get(c.FAILURE_TAG, "")
+                counts["unchanged"] = counts.get("unchanged", 0) + 1
+                continue
+            tmp = Path(staging) / str(i)
+            tmp.mkdir()
+            record = child_record(results, ablation, run, tmp)
             record.role = role
-            mlflow_id, action = tracking.upsert_child(
-                client, experiment_id, parent, ablation, record,
-                existing.get(run["run_id"], []))
-        summary["runs"][run["run_id"]] = {"mlflow_run_id": mlflow_id, "action": action,
-                                          "recipe": record.recipe}
-        if action == "kept":
-            summary.setdefault("kept", {})[run["run_id"]] = record.kept_because
-        elif record.status == "FAILED":
-            summary.setdefault("failed", {})[run["run_id"]] = record.tags[c.FAILURE_TAG]
-        counts[action] = counts.get(action, 0) + 1
+            batch.append(record)
+            if len(batch) == tracking.SQL_CHUNK:
+                write(batch)
+                batch = []
+                shutil.rmtree(staging, ignore_errors=True)
+                Path(staging).mkdir(exist_ok=True)
+        write(batch)
     summary["actions"] = counts
     return summary
 

@@ -38,7 +38,7 @@ Pure Python plus mmengine's config reader (no torch): the Snakefile imports it.
 # ablation file) and ``cli`` (``python -m pipelines grid``). Callers import from here.
 from __future__ import annotations
 
-from pipelines.grid.cli import add_parser  # noqa: F401
+from pipelines.grid.cli import add_parser, write_run_json, write_runs  # noqa: F401
 from pipelines.grid.expand import expand_grid, synthetic_generator_hash  # noqa: F401
 from pipelines.grid.plain_config import resolved_base  # noqa: F401
 from pipelines.grid.run import Run, RunPaths, content_key  # noqa: F401

@@ -1,5 +1,6 @@
-"""``python -m pipelines grid``: an ablation's runs (ids, recipes), one run's ``run.json`` (the
-workflow's ``describe_run``), or the axis aliases a model config offers."""
+"""``python -m pipelines grid``: an ablation's runs (ids, recipes), one run's ``run.json``
+(:func:`write_run_json`, as the workflow's ``list_runs`` writes every run's), or the axis aliases
+a model config offers."""
 from __future__ import annotations
 
 import json
@@ -28,9 +29,34 @@ def add_parser(sub) -> None:
     p.set_defaults(func=run_cli)
 
 
-def run_cli(args) -> int:
+def write_run_json(path, run: dict) -> None:
+    """A run's run.json (``Run.to_dict()``), its keys sorted at every level: the same bytes
+    whoever writes it (ingest's fingerprint reads them)."""
     from pipelines.config import write_json_atomic
 
+    write_json_atomic(path, json.loads(json.dumps(run, sort_keys=True)))
+
+
+def write_runs(runs, results: str, ablation: str, manifest: str, log: str | None = None
+               ) -> list[str]:
+    """Every run's run.json in its recipe's folder (:class:`RunPaths`) and ``manifest``, the
+    list of them, one per line (what the workflow's ``list_runs`` writes, with a line in
+    ``log``); returns the list."""
+    from pipelines.config import write_lines_atomic
+    from pipelines.grid.run import RunPaths
+
+    files = []
+    for run in runs:
+        path = RunPaths.of(results, ablation, run).run_json
+        write_run_json(path, run.to_dict())
+        files.append(str(path))
+    write_lines_atomic(manifest, files)
+    if log:
+        Path(log).write_text(f"{len(files)} runs -> {manifest}\n")
+    return files
+
+
+def run_cli(args) -> int:
     if args.run:
         if not args.out:
             raise UserError("--run needs --out")
@@ -40,7 +66,7 @@ def run_cli(args) -> int:
             raise UserError(f"--run: not JSON: {err}") from None
         if not isinstance(data, dict) or "run_id" not in data or not ID_RE.match(data["run_id"]):
             raise UserError("--run: expected an object with a valid run_id")
-        write_json_atomic(args.out, data)
+        write_run_json(args.out, data)
         return 0
     if args.axes:
         check_model_config(args.axes)

@@ -2,6 +2,7 @@
 key and value checked against the variant's resolved config and its axes before any job."""
 from __future__ import annotations
 
+import hashlib
 import itertools
 import re
 from dataclasses import dataclass, replace
@@ -12,8 +13,8 @@ from pipelines import axes as ax
 from pipelines import contract, weights
 from pipelines.axes import Axis
 from pipelines.errors import UserError
-from pipelines.grid.plain_config import (copy_plain, get_key, key_axis, normalise_path,
-                                         resolved_base, set_key)
+from pipelines.grid.plain_config import (SharedBase, get_key, key_axis, normalise_path,
+                                         resolved_base, set_key, share_plain)
 from pipelines.grid.run import ID_RE, Run, cfg_option, digest, make_id
 
 #: aliases every variant has
@@ -41,6 +42,10 @@ class _Variant:
     options: dict[str, Any]        # fixed options (train + variant cfg_options, iterations)
     max_iters: int
     weights_folder: Path | None = None  # the ablation's folder of pretrained checkpoints
+    base: SharedBase | None = None  # `plain`, shared by the runs' configs (set by expand_grid)
+
+    def __post_init__(self) -> None:
+        self.base = SharedBase(self.plain)
 
 
 def synthetic_generator_hash() -> str:
@@ -96,8 +101,10 @@ def _prepare_variant(name: str, spec: Mapping, ablation: Mapping, repo: Path,
             get_key(plain, key, f"{source}: {key}")
             options[key] = value
     options.setdefault("train_cfg.max_iters", max_iters)
-    return _Variant(name, config, plain, methods, aliases, options, max_iters,
-                    weights.folder_of(ablation))
+    folder = weights.folder_of(ablation)
+    if folder is None:  # no folder: a checkpoint given as a file path must exist (once here)
+        weights.identity(plain, None, f"{where}.config")
+    return _Variant(name, config, plain, methods, aliases, options, max_iters, folder)
 
 
 def _check_data_layout(plain: dict, ablation: Mapping, where: str) -> None:
@@ -154,19 +161,27 @@ def _id_prefixes(variant: _Variant, order: list[str]) -> dict[str, str]:
     return out
 
 
-def _code_hash(resolved: dict, cache: dict | None) -> str:
-    """:func:`pipelines.axes.code_hash` of a config's code, memoised for one expansion by the
-    set of ``type`` names it builds (the project files cannot change during one expansion)."""
-    if cache is None:
-        return ax.code_hash(ax.code_files(resolved))
-    key = ("code", frozenset(ax.config_types(resolved)))
+def _code_hash(types: frozenset[str], cache: dict) -> str:
+    """:func:`pipelines.axes.code_hash` of the project code a config builds, memoised for one
+    expansion by the set of ``type`` names it builds (the project files cannot change during
+    one expansion, and a config's code files follow from those names alone)."""
+    key = ("code", types)
     if key not in cache:
-        cache[key] = ax.code_hash(ax.code_files(resolved))
+        cache[key] = ax.code_hash(ax.type_code_files(types))
     return cache[key]
 
 
+def _cfg_option(key: str, value: Any, cache: dict) -> str:
+    """:func:`pipelines.grid.run.cfg_option`, memoised for one expansion (a grid repeats the same
+    few values in every run)."""
+    memo = ("option", key, type(value), repr(value))
+    if memo not in cache:
+        cache[memo] = cfg_option(key, value)
+    return cache[memo]
+
+
 def _build_run(variant: _Variant, setting: dict[str, Any], axes_of: dict[str, Axis],
-               data_root: str, data_identity: Any, cache: dict | None = None) -> Run:
+               data_root: str, data_identity: Any, cache: dict) -> Run:
     order = _axis_order(variant, setting)
     prefixes = _id_prefixes(variant, order)
     settings = {n: setting[n] for n in order}
@@ -184,25 +199,29 @@ def _build_run(variant: _Variant, setting: dict[str, Any], axes_of: dict[str, Ax
         options[axes_of[name].key] = axes_of[name].config_value(settings[name])
     if "train_cfg.val_interval" not in options:
         options["train_cfg.val_interval"] = options["train_cfg.max_iters"]
-    resolved = copy_plain(variant.plain)
+    # the run's config: the variant's, changed along the keys the run sets (every other
+    # container shared with the variant's, whose text and types are known once: variant.base)
+    resolved, owned = share_plain(variant.plain)
     for key, value in options.items():
-        set_key(resolved, key, value, f"grid.variants.{variant.name}: {key}")
+        set_key(resolved, key, value, f"grid.variants.{variant.name}: {key}", owned)
     for loader in ("train_dataloader", "val_dataloader", "test_dataloader"):
         dataset = (resolved.get(loader) or {}).get("dataset")
         if isinstance(dataset, dict) and "data_root" in dataset:
-            dataset["data_root"] = DATA_ROOT_MASK
+            set_key(resolved, f"{loader}.dataset.data_root", DATA_ROOT_MASK, loader, owned)
     resolved.pop("data_root", None)
-    code = _code_hash(resolved, cache)
+    code = _code_hash(variant.base.types(resolved), cache)
     recipe_of = {"config": resolved, "data": data_identity, "code": code}
-    # with a weights folder, the pretrained files' content (their path is not identity)
-    pretrained = weights.identity(resolved, variant.weights_folder,
-                                  f"grid.variants.{variant.name}.config")
-    if pretrained:
-        recipe_of["weights"] = pretrained
-    train_recipe = digest(recipe_of)
+    if variant.weights_folder is not None:  # the pretrained files' content, not their folder
+        pretrained = weights.identity(resolved, variant.weights_folder,
+                                      f"grid.variants.{variant.name}.config")
+        if pretrained:  # (a config without pretrained weights keeps its recipe)
+            recipe_of["weights"] = pretrained
+    # = digest(recipe_of), the text of the variant's unchanged containers reused
+    train_recipe = hashlib.sha256(variant.base.canonical(recipe_of, owned).encode()
+                                  ).hexdigest()[:12]
     later = {n: settings[n] for n in order if axes_of[n].stage != "train"}
     recipe = train_recipe if not later else digest({"train": train_recipe, "later": later})
-    cfg_options = tuple(sorted(cfg_option(k, v) for k, v in options.items()))
+    cfg_options = tuple(sorted(_cfg_option(k, v, cache) for k, v in options.items()))
     return Run(run_id=run_id, variant=variant.name, settings=settings,
                axis_keys={n: axes_of[n].key for n in order}, config=variant.config,
                max_iters=int(options["train_cfg.max_iters"]), cfg_options=cfg_options,

@@ -112,8 +112,13 @@ def make_id(variant: str, parts: list[str], identity: Any) -> str:
     return ax.cap_id(text, canonical(identity))
 
 
+#: ``json.dumps(value, sort_keys=True, separators=(",", ":"), default=str)``: the same text from
+#: one encoder (json.dumps builds one per call with these options)
+_CANONICAL = json.JSONEncoder(sort_keys=True, separators=(",", ":"), default=str).encode
+
+
 def canonical(value: Any) -> str:
-    return json.dumps(value, sort_keys=True, separators=(",", ":"), default=str)
+    return _CANONICAL(value)
 
 
 def digest(value: Any, n: int = 12) -> str:

@@ -103,3 +103,15 @@ def test_a_missing_local_checkpoint_is_refused_without_a_folder(tmp_path, monkey
     with pytest.raises(UserError, match=r"pretrained checkpoint not found: pretrain/deit_small"
                                         r"_patch16_224-cd65a155.pth .* set the ablation key"):
         expand_grid(ablation, repo=REPO)
+
+
+def test_a_folder_leaves_configs_without_pretrained_weights_alone(tmp_path, monkeypatch):
+    """A weights folder set for a whole site (PIPELINES_WEIGHTS) does not retrain the synthetic
+    configs, which start from random weights."""
+    monkeypatch.delenv(weights.ENV, raising=False)
+    ablation = _ablation()
+    ablation["grid"]["variants"]["baseline"]["config"] = \
+        "configs/models/mask2former_r18_synthetic-128x128.py"
+    plain = _recipe(ablation)
+    monkeypatch.setenv(weights.ENV, str(tmp_path))
+    assert _recipe(ablation) == plain

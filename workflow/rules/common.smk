@@ -61,6 +61,7 @@ CONTENT = content_key(RUNS.values(), config["mlflow"]["tracking_uri"],
                       f"baseline={BASELINE}")
 MANIFEST = f"{RESULTS}/runs/{ABLATION}/{CONTENT}/runs.txt"
 INGESTED = f"{RESULTS}/ingest/{ABLATION}/{CONTENT}/ingested.json"
+PAIRED = f"{RESULTS}/benchmark/{ABLATION}/{CONTENT}/paired.json"
 # Rules name no conda environment (no `conda` directive). Jobs run in the environment snakemake
 # itself runs in (the local .venv, or on a cluster the conda env built from environment.yml plus
 # its one mmcv build step (README, "On a GPU cluster")). `--sdm conda` is not offered (issue 9):
@@ -167,6 +168,7 @@ def stage_shell(command, stderr_to_terminal=False):
 
 
 def get_run_outputs(run_id):
+    """Every file a run's stages write (its failure records are read from these)."""
     p = paths(run_id)
     out = [p.run_json, p.train_done, p.metrics]
     if config["stages"]["flops"]:
@@ -178,16 +180,26 @@ def get_run_outputs(run_id):
     return [str(o) for o in out]
 
 
-def get_all_run_outputs(wildcards=None):
-    return [o for run_id in RUNS for o in get_run_outputs(run_id)]
+def get_ingest_inputs(wildcards=None):
+    """What ingest waits for: every run's own outputs (each in its recipe's folder: a changed
+    recipe is a missing input, so it is built whatever the rerun triggers). The files one job
+    writes for every run come through one file of that job instead of one by one: the run.json
+    files through the manifest (list_runs, which ingest takes anyway), the per-run latency
+    files through paired.json. Asking a job for each of its thousands of outputs costs
+    Snakemake a scan of that job's files per file: the DAG build grew with the square of the
+    runs."""
+    many = {str(paths(run_id).run_json) for run_id in RUNS}
+    if config["stages"]["benchmark"]:
+        many |= {str(paths(run_id).benchmark) for run_id in RUNS}
+    out = [o for run_id in RUNS for o in get_run_outputs(run_id) if o not in many]
+    return out + ([PAIRED] if config["stages"]["benchmark"] else [])
 
 
 def get_final_outputs():
-    """The targets of the default target (all): every run's own outputs (each in its recipe's folder: a changed
-    recipe is a missing target, so it is built whatever the rerun triggers, and the jobs below it
-    see updated input) and the ablation-wide ones."""
+    """The targets of the default target (all): the ingest record (in the content key's folder,
+    so a changed recipe or run set is a missing target; ingest waits for every run's outputs),
+    the report, the figures and the HTML report."""
     return [
-        *get_all_run_outputs(),
         INGESTED,
         f"{RESULTS}/report/{ABLATION}/report.md",
         # figures.smk: Pareto figures + tables and the HTML report, from the MLflow store

@@ -3,8 +3,6 @@
 
 
 rule count_flops:
-    input:
-        run=f"{RESULTS}/runs/{ABLATION}/{{run_id}}/{{recipe}}/run.json",
     output:
         flops=f"{RESULTS}/flops/{ABLATION}/{{run_id}}/{{recipe}}/flops.json",
     log:
@@ -26,10 +24,10 @@ rule benchmark_ablation:
     # one process on one node (pipelines/benchmark.py); it writes each run's benchmark.json,
     # which ingest reads, and paired.json (host, CPU/GPU model, threads, library versions).
     input:
-        runs=lambda wildcards: [str(paths(r).run_json) for r in RUNS],
+        # every run.json (written with the manifest by list_runs)
         manifest=MANIFEST,
     output:
-        paired=f"{RESULTS}/benchmark/{ABLATION}/{CONTENT}/paired.json",
+        paired=PAIRED,
         runs=[str(paths(r).benchmark) for r in RUNS],
     log:
         f"{RESULTS}/logs/{ABLATION}/benchmark_ablation.log",

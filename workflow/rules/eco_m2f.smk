@@ -91,7 +91,6 @@ rule train_gate:
 
 rule evaluate_gated:
     input:
-        run=f"{RESULTS}/runs/{ABLATION}/{{run_id}}/{{recipe}}/run.json",
         done=get_train_done,
         gate=f"{RESULTS}/gate/{ABLATION}/{{run_id}}/{{recipe}}/gate.json",
     output:

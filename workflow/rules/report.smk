@@ -12,27 +12,29 @@ localrules:
 
 
 rule list_runs:
-    # Every run.json of the ablation, one per line: the stages that read all runs take
-    # `--runs @FILE`, since thousands of paths do not fit one command line. In the folder of the
-    # ablation's content key (common.smk: CONTENT), so a changed run set or recipe is a new file.
+    # Every run's settings (its run.json, in its recipe's folder) and the manifest that lists
+    # them, one per line: the stages that read all runs take `--runs @FILE`, since thousands of
+    # paths do not fit one command line. The manifest is in the folder of the ablation's content
+    # key (common.smk: CONTENT), so a changed run set or recipe is a new file. One local job
+    # writes them all (a job per run.json cost a Python start each); the run.json files are
+    # outputs that no rule asks for one by one, which would cost Snakemake a scan of this
+    # job's outputs per file.
     output:
         manifest=MANIFEST,
+        runs=[str(paths(r).run_json) for r in RUNS],
     log:
         f"{RESULTS}/logs/{ABLATION}/list_runs.log",
-    params:
-        runs=lambda wildcards: [str(paths(r).run_json) for r in RUNS],
     run:
-        from pipelines.config import write_lines_atomic
+        from pipelines.grid import write_runs
 
-        write_lines_atomic(output.manifest, params.runs)
-        Path(log[0]).write_text(f"{len(params.runs)} runs -> {output.manifest}\n")
+        write_runs(RUNS.values(), RESULTS, ABLATION, output.manifest, log=log[0])
 
 
 rule ingest_results:
     # The record of this content key (common.smk: INGESTED); once it is written, the records of
     # other keys are retired, so going back to an earlier setting ingests again.
     input:
-        get_all_run_outputs,
+        get_ingest_inputs,
         manifest=MANIFEST,
     output:
         ingested=INGESTED,
@@ -58,8 +60,8 @@ rule ingest_results:
 
 
 rule write_report:
+    # every run's outputs through the ingest record (whose rule waits for them all)
     input:
-        get_all_run_outputs,
         manifest=MANIFEST,
         ingested=INGESTED,
         analysis=ANALYSIS,

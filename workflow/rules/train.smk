@@ -1,6 +1,6 @@
-# Per run: its resolved settings (run.json), training (resumable, one per training recipe),
-# evaluation. Every output lives in its recipe's folder (pipelines.grid.RunPaths): run.json and
-# metrics.json in results/<stage>/<ablation>/<run-id>/<recipe>/. Checkpoints live in results/train/<ablation>/<train-id>/work-<train recipe>/ and
+# Per run: training (resumable, one per training recipe) and evaluation (each run's settings,
+# run.json, are written by list_runs, report.smk). Every output lives in its recipe's folder
+# (pipelines.grid.RunPaths): metrics.json in results/<stage>/<ablation>/<run-id>/<recipe>/. Checkpoints live in results/train/<ablation>/<train-id>/work-<train recipe>/ and
 # are never declared outputs: a retry or `--rerun-incomplete` resumes from the last one. The
 # recipe is content (resolved config, data, code: pipelines/grid/), so a changed config, base
 # file or method file gives a new work folder and a new training, for the runs that use it only.
@@ -10,21 +10,6 @@
 # are still ingested, reported and drawn; ingest records the run as FAILED with its reason.
 # Every path is quoted ({x:q}): a results folder may hold spaces.
 
-
-
-localrules:
-    describe_run,
-
-
-rule describe_run:
-    output:
-        run=f"{RESULTS}/runs/{ABLATION}/{{run_id}}/{{recipe}}/run.json",
-    log:
-        f"{RESULTS}/logs/{ABLATION}/{{run_id}}/describe_run-{{recipe}}.log",
-    params:
-        run=lambda wildcards: json.dumps(get_run(wildcards).to_dict(), sort_keys=True),
-    shell:
-        "python -m pipelines grid --run {params.run:q} --out {output.run:q} > {log:q} 2>&1"
 
 
 rule train_model:
@@ -59,7 +44,6 @@ rule train_model:
 
 rule evaluate_model:
     input:
-        run=f"{RESULTS}/runs/{ABLATION}/{{run_id}}/{{recipe}}/run.json",
         done=get_train_done,
     output:
         metrics=f"{RESULTS}/evaluate/{ABLATION}/{{run_id}}/{{recipe}}/metrics.json",
