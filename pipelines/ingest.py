@@ -312,7 +312,7 @@ def child_record(results: str, ablation: str, run: dict, tmp: Path):
     return mark_failure(record, run_failure(paths, record.metrics))
 
 
-# ----------------------------------------------------------------------------- failures (issue 9)
+# ----------------------------------------------------------------------------- failures
 def run_failure(paths: RunPaths, metrics: dict[str, float]) -> str | None:
     """Why a run failed: a stage's failure record (pipelines/failures.py) or a NaN mIoU."""
     from pipelines.failures import read_failure

@@ -14,7 +14,7 @@ Re-ingesting is idempotent and cheap: each child records a fingerprint of the fi
 from, and an unchanged run is skipped; a changed one (same recipe) is written again. Children are
 found with one paged query per experiment, and written with MLflow's batch API.
 
-Ingest never loses a finished run (issue 17): a replacement is written as a ``pending`` child
+Ingest never loses a finished run: a replacement is written as a ``pending`` child
 (no reader takes it), checked against what was meant to be written, and turned into a data point
 with :data:`pipelines.contract.COMPLETE_TAG` in one last write; only then is the child it replaces
 retired. A kill at any point leaves the old child or both (a re-ingest keeps the complete, current

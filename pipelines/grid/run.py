@@ -129,7 +129,7 @@ def digest(value: Any, n: int = 12) -> str:
 class RunPaths:
     """Where each stage of one run writes (small JSON outputs; checkpoints beside, undeclared).
 
-    Every output is keyed by what it depends on (issue 17): a run's files live in its recipe's
+    Every output is keyed by what it depends on: a run's files live in its recipe's
     folder (``results/<stage>/<ablation>/<run-id>/<recipe>/``), its training in the training
     recipe's (``results/train/<ablation>/<train-id>/work-<train recipe>/``). A changed recipe is
     therefore a missing output from ``run.json`` to ``metrics.json``, which Snakemake schedules

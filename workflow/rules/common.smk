@@ -64,7 +64,7 @@ INGESTED = f"{RESULTS}/ingest/{ABLATION}/{CONTENT}/ingested.json"
 PAIRED = f"{RESULTS}/benchmark/{ABLATION}/{CONTENT}/paired.json"
 # Rules name no conda environment (no `conda` directive). Jobs run in the environment snakemake
 # itself runs in (the local .venv, or on a cluster the conda env built from environment.yml plus
-# its one mmcv build step (README, "On a GPU cluster")). `--sdm conda` is not offered (issue 9):
+# its one mmcv build step (README, "On a GPU cluster")). `--sdm conda` is not offered:
 # mmcv 2.1.0 has no wheel for torch 2.13 and must be compiled against the installed torch and
 # CUDA, which an environment Snakemake creates from environment.yml alone cannot do. (So `--lint`
 # asks for a conda environment on every rule: the one accepted finding.)
@@ -137,7 +137,7 @@ def get_threads(stage):
 
 
 def last_attempt(wildcards, attempt):
-    """Resource: 1 on a job's last attempt, else 0 (issue 9: a stage given
+    """Resource: 1 on a job's last attempt, else 0 (a stage given
     `--record-failure 1` writes its output as a failure record instead of failing, so
     one failed run does not block the ablation's ingest, report and figures)."""
     return int(attempt > config["retries"])

@@ -40,7 +40,7 @@ rule benchmark_ablation:
         warmup=config["benchmark"]["warmup"],
         # the ablation's baseline variant (common.smk: BASELINE), whatever its name
         baseline=BASELINE_ARGS,
-        # GPU settings (issue 19): throughput batch and precisions, when the config sets them
+        # GPU settings: throughput batch and precisions, when the config sets them
         settings=lambda wildcards: (
             (["--batch", str(config["benchmark"]["batch"])] if config["benchmark"].get("batch")
              else [])

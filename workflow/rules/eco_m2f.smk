@@ -1,4 +1,4 @@
-# ECO-M2F (issue 10): train with exits once, derive once, then a gate and a gated evaluation per
+# ECO-M2F: train with exits once, derive once, then a gate and a gated evaluation per
 # beta. A run is gated when its config builds the early_exit method and it has a `beta` setting
 # (the gate-stage axis of pipelines/models/early_exit.py):
 #
