@@ -95,9 +95,10 @@ class SnakemakeExecutor:
     def targets(self, ablation, run) -> list[str]:
         """What a generation builds for one run: what the grid builds for it (``metrics.json``;
         ``flops.json`` always, so that its MLflow run has ``gflops_total`` like a grid run's;
-        ``benchmark.json`` when the base ablation benchmarks its runs)."""
+        ``benchmark.json`` when the base ablation benchmarks its runs; its ``run.json``, which
+        the search's MLflow ingest reads and the grid's per-run jobs do not ask for)."""
         paths = result_paths(ablation, run)
-        out = [paths.metrics, paths.flops]
+        out = [paths.run_json, paths.metrics, paths.flops]
         if (ablation.get("stages") or {}).get("benchmark"):
             out.append(paths.benchmark)
         return [str(p) for p in out]

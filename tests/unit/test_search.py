@@ -381,14 +381,15 @@ def re_match(pattern: str, line: str) -> bool:
 
 def test_generation_targets_flops_json(spec):
     """A generation builds each run's flops.json beside its metrics.json (its MLflow run then
-    has gflops_total, like a grid run's)."""
+    has gflops_total, like a grid run's), and its run.json (the search's ingest reads it; the
+    grid's per-run jobs do not ask for it)."""
     from pipelines.search_runs import result_paths
 
     run = make_run(spec, "pro_scale", {"schedule": "1-1-1", "trc": False, "lpe": False})
     ablation = point_ablation(spec.ablation, [("pro_scale", dict(run.settings))])
     targets = SnakemakeExecutor(spec=spec).targets(ablation, run)
     paths = result_paths(ablation, run)
-    assert targets[:2] == [str(paths.metrics), str(paths.flops)]
+    assert targets[:3] == [str(paths.run_json), str(paths.metrics), str(paths.flops)]
 
 
 # ----------------------------------------------------------------------------- heartbeats
