@@ -112,8 +112,7 @@ def check_dataset(cfg, loaders: Iterable[str], data_root: str | None = None,
             continue
         ds = loader["dataset"]
         root = Path(data_root if data_root is not None else ds.get("data_root", "") or "")
-        prefix = dict(ds.get("data_prefix", {}) or {})
-        for kind, rel in prefix.items():
+        for kind, rel in dict(ds.get("data_prefix", {}) or {}).items():
             folder = root / rel
             if not folder.is_dir():
                 raise UserError(f"dataset folder missing: {folder} ({name}.dataset.data_prefix."

@@ -130,15 +130,14 @@ def check_labels(cfg: Mapping[str, Any], loaders, root: str | os.PathLike) -> No
     dataset folder ``root``; once per dataset and class count in a process."""
     import json
 
-    root = Path(root)
+    root, classes = Path(root), num_classes(cfg)
     for name in loaders:
         ds = (cfg.get(name) or {}).get("dataset")
         if not isinstance(ds, Mapping):
             continue
-        key = json.dumps([name, str(root.resolve()), ds, num_classes(cfg)], sort_keys=True,
-                         default=str)
+        key = json.dumps([name, str(root.resolve()), ds, classes], sort_keys=True, default=str)
         if key not in _checked:
-            check_pairs_and_labels(name, ds, root, num_classes(cfg))
+            check_pairs_and_labels(name, ds, root, classes)
             _checked.add(key)
 
 

@@ -180,6 +180,22 @@ def _cfg_option(key: str, value: Any, cache: dict) -> str:
     return cache[memo]
 
 
+def _weights_identity(variant: _Variant, options: Mapping[str, Any], resolved: dict,
+                      cache: dict) -> dict[str, str] | None:
+    """:func:`pipelines.weights.identity` of a run's config, memoised for one expansion: a run
+    differs from its variant's config only along its options, so only the options that can
+    reach a pretrained checkpoint (a key through ``init_cfg`` or ``pretrained``, or a container
+    value that may hold one) key the memo; runs without such options share one walk."""
+    reach = tuple(sorted((key, repr(value)) for key, value in options.items()
+                         if isinstance(value, (dict, list, tuple))
+                         or {"init_cfg", "pretrained"} & set(key.split("."))))
+    memo = ("weights", variant.name, reach)
+    if memo not in cache:
+        cache[memo] = weights.identity(resolved, variant.weights_folder,
+                                       f"grid.variants.{variant.name}.config")
+    return cache[memo]
+
+
 def _build_run(variant: _Variant, setting: dict[str, Any], axes_of: dict[str, Axis],
                data_root: str, data_identity: Any, cache: dict) -> Run:
     order = _axis_order(variant, setting)
@@ -212,8 +228,7 @@ def _build_run(variant: _Variant, setting: dict[str, Any], axes_of: dict[str, Ax
     code = _code_hash(variant.base.types(resolved), cache)
     recipe_of = {"config": resolved, "data": data_identity, "code": code}
     if variant.weights_folder is not None:  # the pretrained files' content, not their folder
-        pretrained = weights.identity(resolved, variant.weights_folder,
-                                      f"grid.variants.{variant.name}.config")
+        pretrained = _weights_identity(variant, options, resolved, cache)
         if pretrained:  # (a config without pretrained weights keeps its recipe)
             recipe_of["weights"] = pretrained
     # = digest(recipe_of), the text of the variant's unchanged containers reused

@@ -115,3 +115,19 @@ def test_a_folder_leaves_configs_without_pretrained_weights_alone(tmp_path, monk
     plain = _recipe(ablation)
     monkeypatch.setenv(weights.ENV, str(tmp_path))
     assert _recipe(ablation) == plain
+
+
+def test_an_axis_over_the_checkpoint_keys_each_run_by_its_own_file(tmp_path, monkeypatch):
+    """The walk over a run's pretrained checkpoints is shared by runs whose options cannot reach
+    one; a run that sets a checkpoint gets its own file's content."""
+    monkeypatch.delenv(weights.ENV, raising=False)
+    torch.save(layouts.torchvision_resnet50(seed=0), tmp_path / R50_FILE)
+    ablation = _ablation(tmp_path)
+    other = "https://example.org/weights/other-r50.pth"
+    ablation["grid"]["variants"]["baseline"]["axes"] = {
+        "model.backbone.init_cfg.checkpoint": ["torchvision://resnet50", other]}
+    with pytest.raises(UserError, match="has no other-r50.pth"):
+        expand_grid(ablation, repo=REPO)
+    torch.save(layouts.torchvision_resnet50(seed=1), tmp_path / "other-r50.pth")
+    recipes = {r.train_recipe for r in expand_grid(ablation, repo=REPO)}
+    assert len(recipes) == 2
