@@ -106,7 +106,7 @@ bare_import() {
     local code=$1 rc
     "$PY" -X faulthandler -c "$code"
     rc=$?
-    if [ "$rc" -ge 128 ] || [ "$rc" = 139 ] || [ "$rc" -lt 0 ]; then
+    if [ "$rc" -ge 128 ]; then  # killed by a signal (SIGSEGV: 139)
         echo "crashed (exit $rc): $code"
         if command -v gdb >/dev/null; then
             gdb -q -batch -ex run -ex bt -ex "info sharedlibrary" --args "$PY" -c "$code" 2>&1 \
