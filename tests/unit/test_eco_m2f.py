@@ -250,7 +250,8 @@ def test_any_config_key_is_an_axis_and_its_stage_reads_the_rendered_config(deriv
         "grid": {"variants": {"eco": {"config": str(ECO_TINY), "axes": {
             "exit_gate.epochs": [1, 300],
             "optim_wrapper.optimizer": [{"lr": 0.001}, {"_delete_": True, "type": "SGD",
-                                                        "lr": 0.5, "momentum": 0.9}]}}}}})
+                                                        "lr": 0.5, "momentum": 0.9,
+                                                        "weight_decay": 1e-4}]}}}}})
     runs = expand_grid(ablation, repo=REPO)
     assert len(runs) == 4 and len({r.train_recipe for r in runs}) == 4
     configs = {}
