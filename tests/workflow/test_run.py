@@ -39,7 +39,7 @@ def test_tiny_grid_end_to_end(tiny):
         assert rendered.parent == run_file(results, "runs", "tiny", run_id, "run.json").parent
         assert Path(done["config"]).resolve() == rendered.resolve()
         assert done["config_sha256"] == hashlib.sha256(rendered.read_bytes()).hexdigest()
-        assert "cfg_options" not in done and "_base_" not in rendered.read_text()
+        assert "cfg_options" not in done and "\n_base_ = " not in rendered.read_text()
     # PRO-SCALE's early stages see fewer tokens: a cheaper encoder than the baseline's
     f = {r: json.loads(run_file(results, "flops", "tiny", r, "flops.json").read_text())["gflops"]
          for r in ids}
