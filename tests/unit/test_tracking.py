@@ -30,9 +30,9 @@ def write_results(root: Path, ablation: str = "abl", max_iters: int = 10, miou: 
         p = RunPaths.of(str(results), ablation, run)
         work = p.work_dir(run.recipe_hash)
         work.mkdir(parents=True)
-        (work / "mask2former.py").write_text("model = dict()\n")
+        write_configs([(p.config, render_run(run))])  # as the workflow's onstart hook does
         files = {
-            p.run_json: run.to_dict(),
+            p.run_json: run_document(run, str(results), ablation),
             p.train_done: {"work_dir": str(work), "train_time_s": 12.5 + i, "iters": max_iters},
             p.metrics: {"miou": miou + i, "aacc": 80.0, "macc": 50.0, "units": "percent",
                         "per_class_iou": {"background": 90.0, "stripes": 10.0 + i,
