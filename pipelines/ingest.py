@@ -277,8 +277,10 @@ def run_fingerprint(results: str, ablation: str, run: dict) -> str:
                         role=f"baseline={bool(run.get('baseline'))}")
 
 
-def child_record(results: str, ablation: str, run: dict, tmp: Path):
-    """One run's files -> the :class:`pipelines.tracking.ChildRecord` ingest writes."""
+def child_record(results: str, ablation: str, run: dict, tmp: Path,
+                 fingerprint: str | None = None):
+    """One run's files -> the :class:`pipelines.tracking.ChildRecord` ingest writes
+    (``fingerprint``: its :func:`run_fingerprint`, when the caller has it already)."""
     from pipelines.tracking import ChildRecord, json_tag, provenance_tags
 
     paths = RunPaths.of(results, ablation, run)
@@ -308,7 +310,7 @@ def child_record(results: str, ablation: str, run: dict, tmp: Path):
         curves=read_curves(work_dir, start_ms) if _scalar_logs(work_dir) else {},
         tags=tags, start_ms=start_ms, end_ms=end_ms, artifacts=artifacts,
         # the one fingerprint definition, so a re-ingest's shortcut and the record agree
-        fingerprint=run_fingerprint(results, ablation, run))
+        fingerprint=fingerprint or run_fingerprint(results, ablation, run))
     return mark_failure(record, run_failure(paths, record.metrics))
 
 
@@ -399,9 +401,9 @@ def _ingest(client, ablation, results, runs, artifact_location, description, pro
         # no bar when stderr is not a terminal (a log file; an error then is the one line there)
         for i, run in enumerate(tqdm(runs, desc="ingest", unit="run",
                                      disable=None if progress else True)):
+            fingerprint = run_fingerprint(results, ablation, run)
             old = tracking.unchanged_child(existing.get(run["run_id"], []),
-                                           run.get("recipe", ""),
-                                           run_fingerprint(results, ablation, run))
+                                           run.get("recipe", ""), fingerprint)
             if old is not None:  # nothing to read further, nothing to write
                 summary["runs"][run["run_id"]] = {"mlflow_run_id": old.info.run_id,
                                                   "action": "unchanged",
@@ -413,7 +415,7 @@ def _ingest(client, ablation, results, runs, artifact_location, description, pro
                 continue
             tmp = Path(staging) / str(i)
             tmp.mkdir()
-            record = child_record(results, ablation, run, tmp)
+            record = child_record(results, ablation, run, tmp, fingerprint)
             record.role = role
             batch.append(record)
             if len(batch) == tracking.SQL_CHUNK:

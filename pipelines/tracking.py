@@ -328,8 +328,11 @@ class ChildRecord:
     kept_because: str = ""  # set by upsert_child when it kept the old child instead
 
 
-#: final numbers whose loss marks a worse record (what search_tracking adds later is left out)
-RECORD_METRICS = tuple(m for m in c.METRICS if m != c.TRIAL_NUMBER)
+def record_metrics() -> tuple[str, ...]:
+    """Final numbers whose loss marks a worse record (what search_tracking adds later is left
+    out). A function: the metric names come from the method registry, which imports mmengine,
+    and every snakemake start imports this module for :func:`check_readable`."""
+    return tuple(m for m in c.METRICS if m != c.TRIAL_NUMBER)
 
 
 def is_complete(run) -> bool:
@@ -353,7 +356,7 @@ def worse_than(record: ChildRecord, old) -> str | None:
         return None
     if record.status == "FAILED":
         return f"its results now record a failure ({record.tags.get(c.FAILURE_TAG, '?')})"
-    lost = sorted(m for m in RECORD_METRICS
+    lost = sorted(m for m in record_metrics()
                   if m in old.data.metrics and not _finite(record.metrics.get(m)))
     if lost:
         return f"its results now lack {', '.join(lost)}"
@@ -542,7 +545,7 @@ def _write_sql(store, experiment, parent_id: str, ablation: str,
     from mlflow.utils.mlflow_tags import MLFLOW_RUN_NAME
     from mlflow.utils.uri import append_to_uri_path
     from mlflow.utils.validation import _validate_metric, _validate_param, _validate_tag
-    from sqlalchemy import delete, func, insert, select, update
+    from sqlalchemy import delete, func, select, update
 
     now = int(time.time() * 1000)
     rows: dict = {SqlRun: [], SqlTag: [], SqlParam: [], SqlMetric: [], SqlLatestMetric: []}
@@ -586,9 +589,12 @@ def _write_sql(store, experiment, parent_id: str, ablation: str,
                                   for k, step, ts, v in latest.values()]
         expected[run_uuid] = [len(tags), len(params), len(latest)]
     with store.ManagedSessionMaker(read_only=False) as session:
+        # SQLAlchemy Core's executemany on the tables of MLflow's models (the ORM's bulk insert
+        # costs several times more per row; the rows are the same)
+        connection = session.connection()
         for model, values in rows.items():
             if values:
-                session.execute(insert(model), values)
+                connection.execute(model.__table__.insert(), values)
     ids = list(expected)
     try:
         for _ in records:
@@ -627,7 +633,7 @@ def _write_sql(store, experiment, parent_id: str, ablation: str,
                         f"kept")
             session.execute(delete(SqlTag).where(SqlTag.run_uuid.in_(ids),
                                                  SqlTag.key == c.ROLE_TAG))
-            session.execute(insert(SqlTag), [
+            session.connection().execute(SqlTag.__table__.insert(), [
                 dict(run_uuid=u, key=k, value=v) for u, record in zip(ids, records)
                 for k, v in ((c.ROLE_TAG, record.role), (c.COMPLETE_TAG, "true"))])
     except BaseException:
@@ -644,9 +650,11 @@ def copy_artifacts(artifacts: Iterable[tuple[Path, str]], dest: Path) -> set:
     in ``sub/``); returns the top-level names written."""
     import shutil
 
-    top = set()
+    top, made = set(), set()
     for src, dst in artifact_files(artifacts, dest):
-        dst.parent.mkdir(parents=True, exist_ok=True)
+        if dst.parent not in made:
+            dst.parent.mkdir(parents=True, exist_ok=True)
+            made.add(dst.parent)
         shutil.copyfile(src, dst)
         top.add(dst.relative_to(dest).parts[0])
     return top

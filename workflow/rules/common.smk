@@ -29,8 +29,15 @@ except UserError as err:
     refuse(err)
 validate(config, schema="../schemas/ablation.schema.yaml", set_default=True)
 
+# The expanded grid is saved in .snakemake/pipelines-plans/ under a key of everything the
+# expansion reads (pipelines/plan_cache.py): on a cluster every job's own snakemake loads it
+# instead of expanding the whole grid again; any change is a new expansion.
+from pipelines.plan_cache import cached_expand  # noqa: E402
+
 try:
-    RUNS = {run.run_id: run for run in expand_grid(config, repo=workflow.basedir)}
+    _runs, _ = cached_expand(config, workflow.basedir, Path(".snakemake") / "pipelines-plans",
+                             expand=expand_grid)
+    RUNS = {run.run_id: run for run in _runs}
 except UserError as err:
     refuse(err)
 # one training per training recipe: runs that differ only in axes of later stages (ECO-M2F's
@@ -121,10 +128,33 @@ def get_data_root(wildcards, input):
     return config["data"]["root"]
 
 
+# One queue wait per training on a cluster (ablation key cluster.jobs, per_run by default): its
+# training and the short stages of its runs (evaluation, FLOPs count, ECO-M2F's derive, gate and
+# gated evaluation) form one Snakemake job group, which the SLURM executor submits as one job.
+# A group is what the DAG connects, so the FLOPs count (which needs no weights) then waits for
+# the training. Snakemake sizes a group job from its stages: the most memory and CPUs needed
+# at once, the sum of the runtimes, and one GPU request (every stage of a group must ask for
+# the same, so they all ask for the training's). Local runs ignore groups.
+RUN_GROUP = "run" if config["cluster"]["jobs"] == "per_run" else None
+GROUPED_STAGES = ("train", "evaluate", "flops")
+
+
+def get_group_gpus():
+    """The GPUs of a grouped stage: the most any grouped stage asks for."""
+    return max(config["resources"][stage]["gpus"] for stage in GROUPED_STAGES)
+
+
+def get_flops_wait(wildcards):
+    """count_flops' input: its training's train_done.json when the stages of a training are one
+    cluster job (so the DAG connects them), else nothing."""
+    return get_train_done(wildcards) if RUN_GROUP else []
+
+
 def get_resources(stage):
     """resources: for a stage; memory and runtime grow with each retry's attempt number."""
     res = config["resources"][stage]
-    gres = f"gpu:{res['gpus']}" if res["gpus"] else ""
+    gpus = get_group_gpus() if RUN_GROUP and stage in GROUPED_STAGES else res["gpus"]
+    gres = f"gpu:{gpus}" if gpus else ""
     return dict(
         mem_mb=lambda wildcards, attempt: res["mem_mb"] * attempt,
         runtime=lambda wildcards, attempt: res["runtime"] * attempt,

@@ -54,6 +54,7 @@ rule derive_exit_quality:
     threads: get_threads("evaluate")
     resources:
         **stage_resources("evaluate"),
+    group: RUN_GROUP
     retries: config["retries"]
     shell:
         stage_shell(
@@ -81,6 +82,7 @@ rule train_gate:
     threads: 1
     resources:
         **stage_resources("evaluate"),
+    group: RUN_GROUP
     retries: config["retries"]
     shell:
         stage_shell(
@@ -109,6 +111,7 @@ rule evaluate_gated:
     threads: get_threads("evaluate")
     resources:
         **stage_resources("evaluate"),
+    group: RUN_GROUP
     retries: config["retries"]
     shell:
         stage_shell(
