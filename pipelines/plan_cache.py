@@ -134,9 +134,11 @@ def _folders_of(config: Mapping) -> list[str]:
     return out
 
 
-def static_key(config: Mapping, repo: str | os.PathLike) -> str:
-    """The part of the key known before expanding: config, folders, environment, code."""
+def static_key(config: Mapping, repo: str | os.PathLike, code_files: Iterable = ()) -> str:
+    """The part of the key known before expanding: config, folders, environment, code (the
+    ``pipelines`` package and ``code_files``)."""
     parts = {
+        "code_files": [(str(f), _file_digest(str(f))) for f in sorted(map(str, code_files))],
         "format": FORMAT,
         "config": json.dumps(config, sort_keys=True, default=repr),
         "repo": os.path.realpath(repo),
@@ -206,17 +208,22 @@ def save(folder: Path, key: str, runs: Any, checks: Mapping[str, list]) -> None:
 
 
 def cached_expand(config: Mapping, repo: str | os.PathLike, folder: str | os.PathLike,
-                  expand: Callable[..., Any] | None = None) -> tuple[Any, bool]:
+                  expand: Callable[..., Any] | None = None,
+                  derive: Callable[[Any], Any] | None = None,
+                  code_files: Iterable = ()) -> tuple[Any, bool]:
     """``expand(config, repo=repo)`` (default :func:`pipelines.grid.expand_grid`), or its saved
-    result when nothing it reads has changed; returns ``(runs, hit)``.
+    result when nothing it reads has changed; returns ``(runs, hit)``, or with ``derive``
+    ``((runs, derive(runs)), hit)``: what the caller computes from the runs alone (with the
+    config and the code, both in the key) is saved with them; ``code_files`` (the files that
+    define ``derive``, say) join the key with their content.
 
     ``folder`` holds the entries (any writable folder shared by the jobs of a workflow). A
     folder that cannot be written only costs the saving, never the result.
     """
     if expand is None:
         from pipelines.grid import expand_grid as expand
-    key = static_key(config, repo)
-    runs = load(Path(folder), key)
+    key = static_key(config, repo, code_files)
+    runs = load(Path(folder), key + ("-derived" if derive else ""))
     if runs is not None:
         return runs, True
     reads = _record()
@@ -224,8 +231,10 @@ def cached_expand(config: Mapping, repo: str | os.PathLike, folder: str | os.Pat
         runs = expand(config, repo=repo)
     finally:
         _stop()
+    if derive is not None:
+        runs = (runs, derive(runs))
     try:
-        save(Path(folder), key, runs, _reads_to_check(reads))
+        save(Path(folder), key + ("-derived" if derive else ""), runs, _reads_to_check(reads))
     except OSError as err:
         print(f"warning: the expanded grid was not saved in {folder} ({err}); every start "
               "expands it again", file=sys.stderr)

@@ -82,8 +82,11 @@ def test_slurm_run_equals_local_run(slurm, tmp_path):
     assert len(jobs) == 2 + 2, jobs
     grouped = [line for line in jobs if "gpu" in line.split("|")[1]]
     assert len(grouped) == 2, jobs
+    # the executor's comment names the rule, or the group and its rules
     assert sorted(line.split("|")[0].split("_wildcards")[0] for line in jobs) == [
-        "rule_benchmark_ablation", "rule_generate_dataset", "rule_run", "rule_run"], jobs
+        "rule_benchmark_ablation", "rule_generate_dataset",
+        "rule_run_count_flops_evaluate_model_train_model",
+        "rule_run_count_flops_evaluate_model_train_model"], jobs
     flops = sorted((slurm_dir / "results" / "flops" / "tiny").glob("*/*/flops.json"))
     assert [p.parent.parent.name for p in flops] == sorted(_metrics(slurm_dir, "tiny")), flops
     assert ablation_file(slurm_dir / "results", "benchmark", "tiny", "paired.json").is_file()

@@ -78,3 +78,21 @@ def test_failed_expansion_is_not_saved(ablation, tmp_path):
         with pytest.raises(UserError):
             plan_cache.cached_expand(config, REPO, folder)
     assert not list(folder.glob("*.pkl"))
+
+
+def test_derived_values_are_saved_and_keyed_by_their_code(ablation, tmp_path):
+    config, _ = ablation
+    folder, code = tmp_path / "plans", tmp_path / "rules.smk"
+    code.write_text("# derive v1\n")
+
+    def ids(runs):
+        return [run.run_id for run in runs]
+
+    (runs, derived), hit = plan_cache.cached_expand(config, REPO, folder, derive=ids,
+                                                    code_files=[code])
+    assert not hit and derived == ids(runs) and len(runs) == 2
+    assert plan_cache.cached_expand(config, REPO, folder, derive=ids, code_files=[code]) == (
+        (runs, derived), True)
+    code.write_text("# derive v2\n")
+    assert not plan_cache.cached_expand(config, REPO, folder, derive=ids,
+                                        code_files=[code])[1]

@@ -34,9 +34,24 @@ validate(config, schema="../schemas/ablation.schema.yaml", set_default=True)
 # instead of expanding the whole grid again; any change is a new expansion.
 from pipelines.plan_cache import cached_expand  # noqa: E402
 
+def _many_output_files(runs):
+    """The outputs of the jobs that write a file for every run (list_runs: each run.json;
+    benchmark_ablation: each benchmark.json), saved with the runs: at 10,000 runs building
+    these paths costs about a second per snakemake start."""
+    files = {"run_json": [], "benchmark": []}
+    for run in runs:
+        run_paths = RunPaths.of(config["results"], config["name"], run)
+        files["run_json"].append(str(run_paths.run_json))
+        files["benchmark"].append(str(run_paths.benchmark))
+    return files
+
+
 try:
-    _runs, _ = cached_expand(config, workflow.basedir, Path(".snakemake") / "pipelines-plans",
-                             expand=expand_grid)
+    (_runs, MANY_OUTPUTS), _ = cached_expand(
+        config, workflow.basedir, Path(".snakemake") / "pipelines-plans", expand=expand_grid,
+        derive=_many_output_files,
+        code_files=[workflow.main_snakefile, *Path(workflow.basedir, "workflow", "rules")
+                    .glob("*.smk")])
     RUNS = {run.run_id: run for run in _runs}
 except UserError as err:
     refuse(err)
@@ -218,9 +233,9 @@ def get_ingest_inputs(wildcards=None):
     files through paired.json. Asking a job for each of its thousands of outputs costs
     Snakemake a scan of that job's files per file: the DAG build grew with the square of the
     runs."""
-    many = {str(paths(run_id).run_json) for run_id in RUNS}
+    many = set(MANY_OUTPUTS["run_json"])
     if config["stages"]["benchmark"]:
-        many |= {str(paths(run_id).benchmark) for run_id in RUNS}
+        many |= set(MANY_OUTPUTS["benchmark"])
     out = [o for run_id in RUNS for o in get_run_outputs(run_id) if o not in many]
     return out + ([PAIRED] if config["stages"]["benchmark"] else [])
 

@@ -33,7 +33,7 @@ rule benchmark_ablation:
         manifest=MANIFEST,
     output:
         paired=PAIRED,
-        runs=[str(paths(r).benchmark) for r in RUNS],
+        runs=MANY_OUTPUTS["benchmark"],
     log:
         f"{RESULTS}/logs/{ABLATION}/benchmark_ablation.log",
     params:
