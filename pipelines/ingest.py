@@ -288,13 +288,13 @@ def child_record(results: str, ablation: str, run: dict, tmp: Path,
     done = _read_json(paths.train_done) or {}
     work_dir = Path(done.get("work_dir", "") or "/nonexistent")
     start_ms, end_ms = _ms(done.get("started_at")), _ms(done.get("ended_at"))
-    artifacts = [(p, "metrics") for p in stage_files if p.is_file()]
+    artifacts: list[tuple] = [(p, "metrics") for p in stage_files if p.is_file()]
     config = _resolved_config(work_dir)
-    if config is not None:
-        shutil.copy(config, tmp / c.CONFIG_ARTIFACT)
-        artifacts.append((tmp / c.CONFIG_ARTIFACT, ""))
+    if config is not None:  # copied from the work dir under the artifact's name
+        artifacts.append((config, "", c.CONFIG_ARTIFACT))
     evaluation = _read_json(paths.metrics) or {}
     if evaluation.get("exit_histogram"):
+        tmp.mkdir(parents=True, exist_ok=True)
         (tmp / c.EXIT_HISTOGRAM_ARTIFACT).write_text(json.dumps(evaluation["exit_histogram"]))
         artifacts.append((tmp / c.EXIT_HISTOGRAM_ARTIFACT, ""))
     if paths.logs.is_dir():
@@ -307,7 +307,7 @@ def child_record(results: str, ablation: str, run: dict, tmp: Path,
     record = ChildRecord(
         run_id=run["run_id"], recipe=run.get("recipe", ""), params=run["params"],
         metrics=collect_metrics(paths),
-        curves=read_curves(work_dir, start_ms) if _scalar_logs(work_dir) else {},
+        curves=read_curves(work_dir, start_ms),
         tags=tags, start_ms=start_ms, end_ms=end_ms, artifacts=artifacts,
         # the one fingerprint definition, so a re-ingest's shortcut and the record agree
         fingerprint=fingerprint or run_fingerprint(results, ablation, run))
@@ -413,8 +413,7 @@ def _ingest(client, ablation, results, runs, artifact_location, description, pro
                         old.data.tags.get(c.FAILURE_TAG, "")
                 counts["unchanged"] = counts.get("unchanged", 0) + 1
                 continue
-            tmp = Path(staging) / str(i)
-            tmp.mkdir()
+            tmp = Path(staging) / str(i)  # made when the run has a file to stage
             record = child_record(results, ablation, run, tmp, fingerprint)
             record.role = role
             batch.append(record)

@@ -308,7 +308,8 @@ class ChildRecord:
         curves: ``name -> [(step, value, timestamp_ms)]``: the training curves.
         tags: extra tags (axes list, methods, provenance).
         start_ms, end_ms: the training's real start and end (None: now).
-        artifacts: ``(local file or folder, artifact sub-path)`` pairs.
+        artifacts: ``(local file or folder, artifact sub-path)`` pairs, or ``(file, sub-path,
+            name)`` for a file logged under another name (:func:`artifact_files`).
         fingerprint: hash of the files the record was made from.
         role: ``run`` (grid) or ``trial`` (search).
     """
@@ -321,7 +322,7 @@ class ChildRecord:
     tags: Mapping[str, str] = field(default_factory=dict)
     start_ms: int | None = None
     end_ms: int | None = None
-    artifacts: Iterable[tuple[Path, str]] = ()
+    artifacts: Iterable[tuple] = ()
     fingerprint: str = ""
     role: str = c.ROLE_RUN
     status: str = "FINISHED"
@@ -644,7 +645,7 @@ def _write_sql(store, experiment, parent_id: str, ablation: str,
     return ids
 
 
-def copy_artifacts(artifacts: Iterable[tuple[Path, str]], dest: Path) -> set:
+def copy_artifacts(artifacts: Iterable[tuple], dest: Path) -> set:
     """``(local file or folder, artifact sub-path)`` pairs copied under ``dest`` as
     ``log_artifact`` / ``log_artifacts`` place them (a file in ``sub/<name>``, a folder's content
     in ``sub/``); returns the top-level names written."""
@@ -660,18 +661,19 @@ def copy_artifacts(artifacts: Iterable[tuple[Path, str]], dest: Path) -> set:
     return top
 
 
-def artifact_files(artifacts: Iterable[tuple[Path, str]], dest: Path) -> list[tuple[Path, Path]]:
+def artifact_files(artifacts: Iterable[tuple], dest: Path) -> list[tuple[Path, Path]]:
     """``(source file, its place under dest)`` of every file of ``(local file or folder,
     artifact sub-path)`` pairs: a file in ``sub/<name>``, a folder's files under ``sub/``, as
-    ``log_artifact`` / ``log_artifacts`` place them."""
+    ``log_artifact`` / ``log_artifacts`` place them. A file may come as ``(file, sub, name)``:
+    it lands in ``sub/<name>`` (a file of another name, without a staged copy)."""
     out = []
-    for local, sub in artifacts:
+    for local, sub, *name in artifacts:
         local = Path(local)
         if local.is_dir():
             out += [(f, dest / (sub or "") / f.relative_to(local))
                     for f in sorted(local.rglob("*")) if f.is_file()]
         elif local.is_file():
-            out.append((local, dest / (sub or "") / local.name))
+            out.append((local, dest / (sub or "") / (name[0] if name else local.name)))
     return out
 
 
@@ -753,7 +755,7 @@ def _batches(params: list, metrics: list):
         yield chunk_params, chunk_metrics
 
 
-def log_artifacts_once(client, mlflow_id: str, artifacts: Iterable[tuple[Path, str]]) -> set:
+def log_artifacts_once(client, mlflow_id: str, artifacts: Iterable[tuple]) -> set:
     """Upload ``(local file or folder, artifact sub-path)`` pairs with one ``log_artifacts`` call.
 
     The pairs are laid out as links in a staging folder (a file lands in ``sub/<name>``, a

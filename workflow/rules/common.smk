@@ -55,6 +55,34 @@ try:
     RUNS = {run.run_id: run for run in _runs}
 except UserError as err:
     refuse(err)
+
+
+def _job_rules():
+    """The rules a cluster job's own snakemake may run (the `--allowed-rules` its executor
+    passes), or None: on the submitting machine, or when they cannot be told (Snakemake sets
+    them after reading the Snakefile, so they are read from the command line)."""
+    if not workflow.remote_exec or "--allowed-rules" not in sys.argv:
+        return None
+    names = []
+    for arg in sys.argv[sys.argv.index("--allowed-rules") + 1:]:
+        if arg.startswith("-"):
+            break
+        names += arg.split()
+    return set(names) or None
+
+
+JOB_RULES = _job_rules()
+
+
+def many_outputs(rule_name, kind):
+    """The per-run outputs (MANY_OUTPUTS[kind]) of rule `rule_name`, a job that writes one for
+    every run; none in a cluster job's own snakemake that does not run that rule: Snakemake
+    builds an object per declared file (about a second per start at 10,000 runs), and no job
+    takes these files as input (ingest and the report read them through the manifest and
+    paired.json)."""
+    if JOB_RULES is not None and rule_name not in JOB_RULES:
+        return []
+    return MANY_OUTPUTS[kind]
 # one training per training recipe: runs that differ only in axes of later stages (ECO-M2F's
 # beta) share it (RUNS is sorted by run id, so the first run of a training is stable)
 TRAININGS = {}

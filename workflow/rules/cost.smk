@@ -33,7 +33,7 @@ rule benchmark_ablation:
         manifest=MANIFEST,
     output:
         paired=PAIRED,
-        runs=MANY_OUTPUTS["benchmark"],
+        runs=many_outputs("benchmark_ablation", "benchmark"),
     log:
         f"{RESULTS}/logs/{ABLATION}/benchmark_ablation.log",
     params:
