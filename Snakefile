@@ -34,7 +34,7 @@ rule all:
 
 
 # Before any job: this head's lock on the results folder (one writer per folder,
-# pipelines/lock.py); how many trainings and jobs will run, and about how long
+# pipelines/lock.py); each run's config rendered once into its recipe's folder; how many trainings and jobs will run, and about how long
 # (pipelines/analysis/budget.py); with trainings pending, the checkpoint disk they keep, and
 # no job at all when the results folder cannot hold it (pipelines/disk.py, which says why this
 # is not a job the trainings depend on).
@@ -42,6 +42,8 @@ onstart:
     from pipelines.analysis.budget import print_plan
 
     hold_results_lock()
+    # every run's rendered config (its config.py beside its run.json), which its stages read
+    write_rendered_configs()
 
     cores = getattr(workflow, "cores", None) or workflow.resource_settings.cores
     # the DAG's own count of the other jobs (the `all` target included, as Snakemake counts)

@@ -445,7 +445,8 @@ def benchmark_runs(runs: List[dict], image_hw: Tuple[int, int] | None, device: s
     """Time every run's model interleaved in this process (see the module doc).
 
     Args:
-        runs: run dicts (``run.json``: ``run_id``, ``variant``, ``config``, ``cfg_options``).
+        runs: run dicts (``run.json``: ``run_id``, ``variant``, ``config_file``: the run's
+            rendered config).
         image_hw: input size; None takes the first run's config crop size.
         baseline_variant: the variant whose first run the ratios divide by.
 
@@ -470,7 +471,7 @@ def benchmark_runs(runs: List[dict], image_hw: Tuple[int, int] | None, device: s
             per_run[run["run_id"]] = {"not_timed": reason, "paired": False}
             continue
         try:
-            cfg = load_config(run["config"], run.get("cfg_options") or [])
+            cfg = load_config(run["config_file"])
             models[run["run_id"]] = build_model(cfg)
             configs[run["run_id"]] = cfg
         except Exception as err:  # noqa: BLE001 - one broken run must not stop the others

@@ -9,6 +9,9 @@ from typing import Any, Iterable
 from pipelines.errors import UserError
 
 DATALOADERS = ("train_dataloader", "val_dataloader", "test_dataloader")
+#: the dataset folder in a run's rendered config (pipelines/grid/render.py): each stage is
+#: given the real one (--data-root)
+DATA_ROOT_MASK = "<data_root>"
 
 
 def parse_cfg_options(pairs: Iterable[str] | None) -> dict[str, Any]:
@@ -111,6 +114,9 @@ def check_dataset(cfg, loaders: Iterable[str], data_root: str | None = None,
         if not loader or not isinstance(loader.get("dataset"), dict):
             continue
         ds = loader["dataset"]
+        if data_root is None and ds.get("data_root") == DATA_ROOT_MASK:
+            raise UserError(f"{name}: this config leaves its dataset folder out (a run's config "
+                            f"rendered by the pipeline); pass --data-root DIR")
         root = Path(data_root if data_root is not None else ds.get("data_root", "") or "")
         for kind, rel in dict(ds.get("data_prefix", {}) or {}).items():
             folder = root / rel

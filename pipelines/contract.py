@@ -91,7 +91,7 @@ SEARCH_GFLOPS_BUDGET = "search_gflops_budget"
 CURVE_PREFIXES = ("train/", "val/")    # training curves, one point per logged iteration
 
 # ----------------------------------------------------------------------------- artifacts
-CONFIG_ARTIFACT = "config.py"          # the resolved config mmengine dumped
+CONFIG_ARTIFACT = "config.py"          # the run's rendered config, which its stages read
 EXIT_HISTOGRAM_ARTIFACT = "exit_histogram.json"
 PROVENANCE_LIBRARIES = ("torch", "mmcv", "mmengine", "mmseg", "mmdet")
 

@@ -113,25 +113,22 @@ def running_bytes(n_params: int, cfg) -> int:
     return resume * full + (1 + best) * n_params * BYTES_PER_VALUE
 
 
-def _model_options(options: Iterable[str]) -> tuple[str, ...]:
-    return tuple(o for o in options if o.startswith("model."))
-
-
 def estimate(runs: list[dict], jobs: int = 1) -> dict[str, Any]:
     """Per training (train id) its parameter count and checkpoint bytes (kept when done, and
     at most while running), and the total with ``jobs`` trainings running at once."""
     from pipelines.config import load_config
     from pipelines.flops import build_model
 
-    params_of: dict[tuple, int] = {}
+    params_of: dict[str, int] = {}
     trainings: dict[str, dict] = {}
     for run in runs:
         train_id = run.get("train_id") or run["run_id"]
         if train_id in trainings:
             continue
-        options = list(run.get("cfg_options") or [])
-        cfg = load_config(run["config"], options)
-        key = (run["config"], _model_options(options))
+        cfg = load_config(run["config_file"])  # the run's rendered config (run.json)
+        # the parameter count depends on the model block alone (trainings that differ in the
+        # learning rate or seed build one model)
+        key = json.dumps(cfg.model.to_dict(), sort_keys=True, default=str)
         if key not in params_of:
             model = build_model(cfg)
             params_of[key] = sum(p.numel() for p in model.parameters())

@@ -240,14 +240,6 @@ def read_curves(work_dir: Path, start_ms: int | None = None) -> dict[str, list]:
     return out
 
 
-def _resolved_config(work_dir: Path) -> Path | None:
-    """The config mmengine dumped into the work dir (every --cfg-options applied)."""
-    if not work_dir.is_dir():
-        return None
-    dumped = sorted(work_dir.glob("*.py"), key=lambda p: p.stat().st_mtime)
-    return dumped[-1] if dumped else None
-
-
 def _fingerprint(files, role: str) -> str:
     h = hashlib.sha256(role.encode() + b"\0")
     for path in files:
@@ -272,8 +264,8 @@ def run_fingerprint(results: str, ablation: str, run: dict) -> str:
     paths = RunPaths.of(results, ablation, run)
     done = _read_json(paths.train_done) or {}
     work_dir = Path(done.get("work_dir", "") or "/nonexistent")
-    return _fingerprint([paths.run_json, paths.train_done, paths.metrics, paths.flops,
-                         paths.benchmark] + _scalar_logs(work_dir),
+    return _fingerprint([paths.run_json, paths.config, paths.train_done, paths.metrics,
+                         paths.flops, paths.benchmark] + _scalar_logs(work_dir),
                         role=f"baseline={bool(run.get('baseline'))}")
 
 
@@ -289,9 +281,8 @@ def child_record(results: str, ablation: str, run: dict, tmp: Path,
     work_dir = Path(done.get("work_dir", "") or "/nonexistent")
     start_ms, end_ms = _ms(done.get("started_at")), _ms(done.get("ended_at"))
     artifacts: list[tuple] = [(p, "metrics") for p in stage_files if p.is_file()]
-    config = _resolved_config(work_dir)
-    if config is not None:  # copied from the work dir under the artifact's name
-        artifacts.append((config, "", c.CONFIG_ARTIFACT))
+    if paths.config.is_file():  # the rendered config the run's stages read, byte for byte,
+        artifacts.append((paths.config, "", c.CONFIG_ARTIFACT))  # under the artifact's name
     evaluation = _read_json(paths.metrics) or {}
     if evaluation.get("exit_histogram"):
         tmp.mkdir(parents=True, exist_ok=True)

@@ -4,14 +4,13 @@
   make of it (same run id, same recipe), by expanding a one-point ablation built on the search's
   base ablation. The grid's own checks (unknown variant or key, bad value) apply.
 * :class:`FlopsCache`: GFLOPs of a run from the real FLOPs counter (``pipelines.flops``,
-  in-process), cached on disk by the resolved model config and input shape, so a setting proposed
-  again (or the same model under another seed) is traced once.
+  in-process), traced from the run's rendered config and cached on disk by its training recipe
+  and the input shape, so a setting proposed again is traced once.
 * :func:`read_result`: the metrics a finished run left in the results folder, if any.
 """
 from __future__ import annotations
 
 import copy
-import hashlib
 import json
 import os
 from pathlib import Path
@@ -89,20 +88,19 @@ class FlopsCache:
             except ValueError:
                 self._cache = {}
 
-    def key(self, cfg) -> str:
-        blob = json.dumps({"model": cfg.model.to_dict(), "shape": self.shape}, sort_keys=True,
-                          default=str)
-        return hashlib.sha256(blob.encode()).hexdigest()[:16]
+    def key(self, run) -> str:
+        """A run's key: its training recipe (what its config renders to) and the shape."""
+        return f"{run.train_recipe}-{'x'.join(str(s) for s in self.shape)}"
 
     def gflops(self, run) -> dict:
-        """``{part: GFLOPs}`` of ``run``'s model (``total``, ``pixel_decoder``, ...)."""
-        from pipelines.config import load_config
+        """``{part: GFLOPs}`` of ``run``'s model (``total``, ``pixel_decoder``, ...), traced from
+        its rendered config (the text its training will read)."""
         from pipelines.flops import flops_report
+        from pipelines.grid.render import load_rendered, render_run
 
-        config = run.config if Path(run.config).is_file() else str(REPO / run.config)
-        cfg = load_config(config, run.cfg_options)
-        key = self.key(cfg)
+        key = self.key(run)
         if key not in self._cache:
+            cfg = load_rendered(render_run(run, REPO))
             self._cache[key] = flops_report(cfg, self.shape)["gflops"]
             self.traced += 1
             if self.path:

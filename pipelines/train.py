@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import re
+from pathlib import Path
 
 from pipelines import weights
 from pipelines.config import check_dataset, ensure_writable_dir, load_config
@@ -70,7 +71,6 @@ def check_schedule(cfg) -> None:
 
 def own_last_checkpoint(work_dir) -> str | None:
     """The checkpoint mmengine's ``last_checkpoint`` file in ``work_dir`` names, if it exists."""
-    from pathlib import Path
 
     marker = Path(work_dir) / "last_checkpoint"
     try:
@@ -166,7 +166,6 @@ def _run(args: argparse.Namespace) -> int:
     import pipelines.registry  # noqa: F401  (before the config: it imports mmseg/mmdet)
 
     import time
-    from pathlib import Path
 
     from pipelines import launch
 
@@ -185,19 +184,26 @@ def _run(args: argparse.Namespace) -> int:
         from pipelines.config import write_json_atomic
 
         write_json_atomic(args.done_file, {
-            "config": str(args.config), "work_dir": str(work_dir), "checkpoint": checkpoint,
+            "config": str(Path(args.config).resolve()), "work_dir": str(work_dir),
+            "checkpoint": checkpoint,
             "iters": int(runner.iter), "max_iters": int(runner.max_iters),
             "train_time_s": _total_train_time(work_dir, elapsed),
             "started_at": started_at, "ended_at": time.time(),
             "provenance": provenance.collect(), "processes": launch.world_size(),
             "batch_size": int(cfg.train_dataloader.batch_size),
-            "cfg_options": list(args.cfg_options)})
+            "config_sha256": _sha256(args.config),
+            **({"cfg_options": list(args.cfg_options)} if args.cfg_options else {})})
     return 0
+
+
+def _sha256(path) -> str:
+    import hashlib
+
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
 
 
 def _state(work_dir) -> tuple:
     import json
-    from pathlib import Path
 
     path = Path(work_dir) / "train_time.json"
     try:

@@ -42,6 +42,8 @@ import sys
 import time
 from pathlib import Path
 
+from pipelines.grid.render import render_run, write_configs
+
 REPO = Path(__file__).resolve().parents[2]
 DEMO = REPO / "configs" / "ablations" / "demo.yaml"
 
@@ -99,17 +101,19 @@ def train_and_evaluate(run, profile: str, extra_env: dict, out: Path, data_root:
     env = base_env(threads)
     env.update(extra_env)
     timing = {}
+    config = folder / "config.py"  # the run's rendered config, as the workflow writes it
+    write_configs([(config, render_run(run, REPO))])
     if not done.is_file():
         timing["train_s"] = _run(
-            [sys.executable, "-m", "pipelines", "train", run.config, "--work-dir", str(work),
+            [sys.executable, "-m", "pipelines", "train", str(config), "--work-dir", str(work),
              "--data-root", str(data_root), "--done-file", str(done), "--record-failure", "0",
-             "--nproc", "1", "--cfg-options", *run.cfg_options], env, folder / "train.log")
+             "--nproc", "1"], env, folder / "train.log")
     if not metrics.is_file():
         timing["evaluate_s"] = _run(
-            [sys.executable, "-m", "pipelines", "evaluate", run.config, "--train-done",
+            [sys.executable, "-m", "pipelines", "evaluate", str(config), "--train-done",
              str(done), "--out", str(metrics), "--work-dir", str(folder / "eval"),
-             "--data-root", str(data_root), "--record-failure", "0",
-             "--cfg-options", *run.cfg_options], env, folder / "evaluate.log")
+             "--data-root", str(data_root), "--record-failure", "0"], env,
+            folder / "evaluate.log")
     done_doc = json.loads(done.read_text())
     cpu = (done_doc.get("provenance") or {}).get("cpu") or {}
     m = json.loads(metrics.read_text())

@@ -98,14 +98,10 @@ def loadtest_ablation(size: int, root: Path) -> dict[str, Any]:
 
 # ----------------------------------------------------------------------------- result files
 def _option(run, key: str, default: int) -> int:
-    for option in run.cfg_options:
-        name, _, value = option.partition("=")
-        if name == key:
-            try:
-                return int(value)
-            except ValueError:
-                return default
-    return default
+    try:
+        return int(run.options.get(key, default))
+    except (TypeError, ValueError):
+        return default
 
 
 def _made_up_cost(run) -> dict[str, float]:
@@ -137,8 +133,10 @@ def write_results(runs, results: Path, ablation: str, max_iters: int, log_interv
     from pipelines.config import write_json_atomic
     from pipelines.grid import RunPaths
 
+    from pipelines.grid.render import render_run, write_configs
+    from pipelines.grid.run import run_document
+
     rng = random.Random(seed)
-    config_text: dict[str, str] = {}
     written = 0
     start = 1.7e9
     provenance = {"git": {"commit": "0" * 40, "dirty": False},
@@ -147,8 +145,9 @@ def write_results(runs, results: Path, ablation: str, max_iters: int, log_interv
     trained: set[str] = set()
     for run in runs:
         paths = RunPaths.of(str(results), ablation, run)
-        write_json_atomic(paths.run_json, run.to_dict())
-        written += 1
+        write_json_atomic(paths.run_json, run_document(run, str(results), ablation))
+        # the run's rendered config, as the workflow's onstart hook writes it
+        written += 1 + write_configs([(paths.config, render_run(run, REPO))])
         cost = _made_up_cost(run)
         miou = 14.0 - 3.0 * cost["encoder"] + rng.gauss(0.0, 0.8)
         if run.train_id not in trained:
@@ -156,10 +155,6 @@ def write_results(runs, results: Path, ablation: str, max_iters: int, log_interv
             work = paths.work_dir(run.train_recipe)
             stamp = work / "20260101_000000"
             (stamp / "vis_data").mkdir(parents=True, exist_ok=True)
-            if run.config not in config_text:
-                config_text[run.config] = ("# load test: stands in for mmengine's dumped config\n"
-                                           + Path(run.config).read_text())
-            (work / Path(run.config).name).write_text(config_text[run.config])
             lines = []
             for step in range(log_interval, max_iters + 1, log_interval):
                 row = {"base_lr": 1e-4, "lr": 1e-4 * (1 - step / (max_iters + 1)),
@@ -183,7 +178,7 @@ def write_results(runs, results: Path, ablation: str, max_iters: int, log_interv
                 "checkpoint": str(work / f"iter_{max_iters}.pth"), "iters": max_iters,
                 "max_iters": max_iters, "train_time_s": 0.6 * max_iters,
                 "started_at": begin, "ended_at": begin + 0.6 * max_iters + 5,
-                "provenance": provenance, "cfg_options": list(run.cfg_options)})
+                "provenance": provenance})
             written += 5
         write_json_atomic(paths.metrics, {
             "loadtest": True, "miou": miou, "aacc": 80.0 + rng.random(), "macc": miou * 1.5,
@@ -290,6 +285,7 @@ def measure(size: int, root: Path, log=print, stages=STAGE_GROUPS,
     from pipelines.analysis.data import load_runs
     from pipelines.figures import render_all
     from pipelines.grid import RunPaths, expand_grid, validate_ablation
+    from pipelines.grid.run import run_document
     from pipelines.html_report import build_report
     from pipelines.ingest import ingest
 
@@ -314,7 +310,7 @@ def measure(size: int, root: Path, log=print, stages=STAGE_GROUPS,
         # the job's inputs (its run.json; the dataset, which the head wrote before any
         # training); the job itself is not run
         write_json_atomic(RunPaths.of(str(results), ablation, runs[-1]).run_json,
-                          runs[-1].to_dict())
+                          run_document(runs[-1], str(results), ablation))
         marker = Path(config["data"]["root"]) / "meta.json"
         marker.parent.mkdir(parents=True, exist_ok=True)
         marker.write_text(json.dumps({"loadtest": True, "note": LOADTEST_NOTE}))

@@ -24,9 +24,12 @@ seed (``pro_scale-s3-3-3-trc-num_queries10-seed0``). Values are written injectiv
 (:func:`pipelines.axes.format_value`); an id over 100 characters becomes a readable prefix plus
 a hash.
 
-**Recipes** are content: :attr:`Run.recipe` hashes the resolved config (after ``_base_`` and every
-option, the data path masked), the dataset spec and the project code the config builds
-(:func:`pipelines.axes.code_hash`). It names the checkpoint folder, so a changed config, base
+**One rendering per run**: a run's config is its variant's (after ``_base_``) with its settings
+merged in by mmengine's merge (:mod:`pipelines.grid.render`), written out as a plain config file
+(``config.py`` beside its ``run.json``, the data path masked) that every stage reads.
+
+**Recipes** are content: :attr:`Run.recipe` hashes that rendered text, the dataset spec and the
+project code the config builds (:func:`pipelines.axes.code_hash`). It names the checkpoint folder, so a changed config, base
 file, synthetic-data spec or method file trains afresh, and only the runs that use it do.
 :attr:`Run.train_id` / :attr:`Run.train_recipe` leave out axes of later stages (ECO-M2F's beta):
 runs that differ only there share one training.
@@ -34,7 +37,8 @@ runs that differ only there share one training.
 Pure Python plus mmengine's config reader (no torch): the Snakefile imports it.
 """
 # The package: ``run`` (the run model: Run, RunPaths, ids, content keys), ``plain_config`` (model
-# configs as plain dicts), ``expand`` (ablation -> runs), ``schema`` (reading and validating the
+# configs as plain dicts), ``render`` (a run's config: merged, rendered, written), ``expand``
+# (ablation -> runs), ``schema`` (reading and validating the
 # ablation file) and ``cli`` (``python -m pipelines grid``). Callers import from here.
 from __future__ import annotations
 

@@ -21,6 +21,8 @@ def add_parser(sub) -> None:
                        "its runs, or write one run's resolved settings as JSON.")
     p.add_argument("ablation", nargs="?", help="configs/ablations/*.yaml")
     p.add_argument("--json", action="store_true", help="print every run as JSON")
+    p.add_argument("--render", metavar="DIR", help="write every run's rendered config (the "
+                   "file its stages read) to DIR/<run-id>/config.py")
     p.add_argument("--axes", metavar="MODEL_CONFIG", help="list the axis aliases a model config "
                    "offers (any config key is an axis too)")
     p.add_argument("--run", metavar="JSON", help="(used by the workflow) one run's resolved "
@@ -43,12 +45,12 @@ def write_runs(runs, results: str, ablation: str, manifest: str, log: str | None
     list of them, one per line (what the workflow's ``list_runs`` writes, with a line in
     ``log``); returns the list."""
     from pipelines.config import write_lines_atomic
-    from pipelines.grid.run import RunPaths
+    from pipelines.grid.run import RunPaths, run_document
 
     files = []
     for run in runs:
         path = RunPaths.of(results, ablation, run).run_json
-        write_run_json(path, run.to_dict())
+        write_run_json(path, run_document(run, results, ablation))
         files.append(str(path))
     write_lines_atomic(manifest, files)
     if log:
@@ -78,6 +80,14 @@ def run_cli(args) -> int:
         raise UserError("give an ablation config (configs/ablations/*.yaml)")
     config = validate_ablation(load_ablation(args.ablation))
     runs = expand_grid(config)
+    if args.render:
+        from pipelines.grid.render import render_run, write_configs
+
+        folder = Path(args.render)
+        write_configs(((folder / r.run_id / "config.py", render_run(r)) for r in runs),
+                      replace=True)
+        print(f"{config['name']}: {len(runs)} run configs in {folder}/<run-id>/config.py")
+        return 0
     if args.json:
         print(json.dumps([r.to_dict() for r in runs], indent=2))
     else:

@@ -13,16 +13,15 @@ from pipelines import axes as ax
 from pipelines import contract, weights
 from pipelines.axes import Axis
 from pipelines.errors import UserError
-from pipelines.grid.plain_config import (SharedBase, get_key, key_axis, normalise_path,
-                                         resolved_base, set_key, share_plain)
-from pipelines.grid.run import ID_RE, Run, cfg_option, digest, make_id
+from pipelines.grid.plain_config import get_key, key_axis, normalise_path, resolved_base
+from pipelines.grid.render import RenderedBase, remember_base, run_config, text_digest
+from pipelines.grid.run import ID_RE, Run, digest, make_id
 
 #: aliases every variant has
 BUILTIN_AXES = {contract.SEED: Axis("randomness.seed", type="int", minimum=0, id="seed{}",
                                     help="random seed; settings that differ only here are "
                                     "replicates")}
 VARIANT_KEYS = ("config", "axes", "points", "cfg_options", "max_iters")
-DATA_ROOT_MASK = "<data_root>"
 
 
 def _as_list(value, where: str) -> list:
@@ -42,10 +41,10 @@ class _Variant:
     options: dict[str, Any]        # fixed options (train + variant cfg_options, iterations)
     max_iters: int
     weights_folder: Path | None = None  # the ablation's folder of pretrained checkpoints
-    base: SharedBase | None = None  # `plain`, shared by the runs' configs (set by expand_grid)
+    base: RenderedBase | None = None  # `plain` and its text, shared by the runs' configs
 
     def __post_init__(self) -> None:
-        self.base = SharedBase(self.plain)
+        self.base = RenderedBase(self.plain)
 
 
 def synthetic_generator_hash() -> str:
@@ -104,7 +103,9 @@ def _prepare_variant(name: str, spec: Mapping, ablation: Mapping, repo: Path,
     folder = weights.folder_of(ablation)
     if folder is None:  # no folder: a checkpoint given as a file path must exist (once here)
         weights.identity(plain, None, f"{where}.config")
-    return _Variant(name, config, plain, methods, aliases, options, max_iters, folder)
+    variant = _Variant(name, config, plain, methods, aliases, options, max_iters, folder)
+    remember_base(str(path), variant.base)  # pipelines.grid.render.render_run reads it back
+    return variant
 
 
 def _check_data_layout(plain: dict, ablation: Mapping, where: str) -> None:
@@ -171,15 +172,6 @@ def _code_hash(types: frozenset[str], cache: dict) -> str:
     return cache[key]
 
 
-def _cfg_option(key: str, value: Any, cache: dict) -> str:
-    """:func:`pipelines.grid.run.cfg_option`, memoised for one expansion (a grid repeats the same
-    few values in every run)."""
-    memo = ("option", key, type(value), repr(value))
-    if memo not in cache:
-        cache[memo] = cfg_option(key, value)
-    return cache[memo]
-
-
 def _weights_identity(variant: _Variant, options: Mapping[str, Any], resolved: dict,
                       cache: dict) -> dict[str, str] | None:
     """:func:`pipelines.weights.identity` of a run's config, memoised for one expansion: a run
@@ -215,31 +207,28 @@ def _build_run(variant: _Variant, setting: dict[str, Any], axes_of: dict[str, Ax
         options[axes_of[name].key] = axes_of[name].config_value(settings[name])
     if "train_cfg.val_interval" not in options:
         options["train_cfg.val_interval"] = options["train_cfg.max_iters"]
-    # the run's config: the variant's, changed along the keys the run sets (every other
-    # container shared with the variant's, whose text and types are known once: variant.base)
-    resolved, owned = share_plain(variant.plain)
-    for key, value in options.items():
-        set_key(resolved, key, value, f"grid.variants.{variant.name}: {key}", owned)
-    for loader in ("train_dataloader", "val_dataloader", "test_dataloader"):
-        dataset = (resolved.get(loader) or {}).get("dataset")
-        if isinstance(dataset, dict) and "data_root" in dataset:
-            set_key(resolved, f"{loader}.dataset.data_root", DATA_ROOT_MASK, loader, owned)
-    resolved.pop("data_root", None)
+    # merged in key order (not the YAML's): a key before the keys under it, so the more
+    # specific one wins, whatever order the options were written in
+    options = dict(sorted(options.items()))
+    # the run's config, rendered once: the variant's with the run's options merged in by
+    # mmengine's merge (pipelines/grid/render.py); the recipe hashes that text, every stage
+    # reads that file
+    resolved = run_config(variant.plain, options, f"grid.variants.{variant.name}")
+    text = variant.base.render(resolved)
+    config_sha = text_digest(text)
     code = _code_hash(variant.base.types(resolved), cache)
-    recipe_of = {"config": resolved, "data": data_identity, "code": code}
+    recipe_of = {"config": config_sha, "data": data_identity, "code": code}
     if variant.weights_folder is not None:  # the pretrained files' content, not their folder
         pretrained = _weights_identity(variant, options, resolved, cache)
         if pretrained:  # (a config without pretrained weights keeps its recipe)
             recipe_of["weights"] = pretrained
-    # = digest(recipe_of), the text of the variant's unchanged containers reused
-    train_recipe = hashlib.sha256(variant.base.canonical(recipe_of, owned).encode()
-                                  ).hexdigest()[:12]
+    train_recipe = digest(recipe_of)
     later = {n: settings[n] for n in order if axes_of[n].stage != "train"}
     recipe = train_recipe if not later else digest({"train": train_recipe, "later": later})
-    cfg_options = tuple(sorted(_cfg_option(k, v, cache) for k, v in options.items()))
     return Run(run_id=run_id, variant=variant.name, settings=settings,
                axis_keys={n: axes_of[n].key for n in order}, config=variant.config,
-               max_iters=int(options["train_cfg.max_iters"]), cfg_options=cfg_options,
+               max_iters=int(options["train_cfg.max_iters"]), options=options,
+               config_sha=config_sha,
                data_root=data_root, recipe=recipe, train_id=train_id,
                train_recipe=train_recipe, methods=variant.methods,
                stages={n: axes_of[n].stage for n in order if axes_of[n].stage != "train"})

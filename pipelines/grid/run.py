@@ -1,7 +1,7 @@
 """The run model: one resolved run of an ablation (:class:`Run`), where its stages write
-(:class:`RunPaths`), how it is named (:func:`make_id`), passed to the stages (its
-``--cfg-options``) and keyed by content (:func:`digest`, :func:`content_key`). Built by
-:func:`pipelines.grid.expand.expand_grid`."""
+(:class:`RunPaths`: its rendered ``config.py`` beside its ``run.json``, which every stage reads),
+how it is named (:func:`make_id`) and keyed by content (:func:`digest`, :func:`content_key`).
+Built by :func:`pipelines.grid.expand.expand_grid`."""
 from __future__ import annotations
 
 import hashlib
@@ -25,11 +25,13 @@ class Run:
         variant: the variant block it comes from (the first part of the id).
         settings: axis name -> value (aliases by alias, config keys by key, ``seed``).
         axis_keys: axis name -> the config key (or later-stage option) it sets.
-        config: model config path, normalised (``configs/x.py``).
+        config: the variant's model config path, normalised (``configs/x.py``).
         max_iters: training iterations.
-        cfg_options: every ``KEY=VALUE`` for train / evaluate / flops / benchmark, sorted.
+        options: every config key the run sets (dotted key -> value), merged into ``config``
+            by mmengine's merge: the run's config (:func:`pipelines.grid.render.render_run`).
+        config_sha: sha256 of that config's rendered text (the file ``RunPaths.config``).
         data_root: dataset folder.
-        recipe: hash of what is trained and evaluated (resolved config, data, code).
+        recipe: hash of what is trained and evaluated (rendered config, data, code).
         train_id, train_recipe: the same without the axes of later stages.
         methods: the methods (``pipelines/models/<method>.py``) the config builds.
         stages: axis name -> its stage, for axes that are not part of training.
@@ -42,7 +44,8 @@ class Run:
     axis_keys: Mapping[str, str]
     config: str
     max_iters: int
-    cfg_options: tuple[str, ...]
+    options: Mapping[str, Any]
+    config_sha: str
     data_root: str
     recipe: str
     train_id: str
@@ -66,10 +69,17 @@ class Run:
     def to_dict(self) -> dict[str, Any]:
         return dict(run_id=self.run_id, variant=self.variant, settings=dict(self.settings),
                     axis_keys=dict(self.axis_keys), config=self.config,
-                    max_iters=self.max_iters, cfg_options=list(self.cfg_options),
+                    max_iters=self.max_iters, options=dict(self.options),
+                    config_sha=self.config_sha,
                     data_root=self.data_root, recipe=self.recipe, train_id=self.train_id,
                     train_recipe=self.train_recipe, methods=list(self.methods),
                     stages=dict(self.stages), baseline=self.baseline, params=self.params())
+
+
+def run_document(run: "Run", results: str, ablation: str) -> dict[str, Any]:
+    """A run's ``run.json``: its settings (:meth:`Run.to_dict`) and ``config_file``, the path of
+    its rendered config, which its stages read."""
+    return dict(run.to_dict(), config_file=str(RunPaths.of(results, ablation, run).config))
 
 
 def param_text(value: Any) -> str:
@@ -81,30 +91,6 @@ def param_text(value: Any) -> str:
     if isinstance(value, (list, tuple, dict)):
         return json.dumps(value, sort_keys=True)
     return str(value)
-
-
-def option_text(value: Any) -> str:
-    """A value as mmengine's ``--cfg-options`` parser reads it back."""
-    if isinstance(value, bool) or value is None:
-        return str(value)
-    if isinstance(value, (int, float)):
-        return repr(value)
-    if isinstance(value, list):
-        return "[" + ",".join(option_text(v) for v in value) + "]"
-    if isinstance(value, tuple):
-        return "(" + ",".join(option_text(v) for v in value) + ("," if len(value) == 1 else "") + ")"
-    return str(value)
-
-
-def cfg_option(key: str, value: Any) -> str:
-    from mmengine.config import DictAction
-
-    text = option_text(value)
-    back = DictAction._parse_iterable(text)
-    if back != value or type(back) is not type(value):
-        raise UserError(f"{key}: the value {value!r} cannot be passed as --cfg-options "
-                        f"(it would read back as {back!r})")
-    return f"{key}={text}"
 
 
 def make_id(variant: str, parts: list[str], identity: Any) -> str:
@@ -157,6 +143,11 @@ class RunPaths:
     @property
     def run_json(self) -> Path:
         return self._stage("runs") / "run.json"
+
+    @property
+    def config(self) -> Path:
+        """The run's rendered config (beside its ``run.json``): what its stages read."""
+        return self._stage("runs") / "config.py"
 
     @property
     def train_done(self) -> Path:

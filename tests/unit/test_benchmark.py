@@ -94,18 +94,19 @@ def test_cli_benchmark_cuda_without_gpu():
     assert proc.returncode == 2 and "no CUDA device" in proc.stderr
 
 
-def test_paired_runs_of_an_ablation_in_one_process():
+def test_paired_runs_of_an_ablation_in_one_process(tmp_path):
     """Every run's model interleaved in one loop, host and versions named, each run's own
     document with ratios to the baseline run; a run whose model does not build is recorded
     as failed without stopping the others."""
     from pipelines.benchmark import benchmark_runs, format_runs_table
 
-    runs = [{"run_id": "baseline-seed0", "variant": "baseline", "config": str(TINY_CONFIG),
-             "cfg_options": []},
-            {"run_id": "pro_scale-seed0", "variant": "pro_scale", "config": str(PROSCALE_TINY),
-             "cfg_options": []},
-            {"run_id": "broken-seed0", "variant": "broken", "config": str(TINY_CONFIG),
-             "cfg_options": ["model.decode_head.type=NoSuchHead"]}]
+    broken = tmp_path / "broken.py"  # a run whose config does not build
+    broken.write_text(f"_base_ = [{str(TINY_CONFIG)!r}]\nmodel = dict(decode_head=dict("
+                      f"type='NoSuchHead'))\n")
+    runs = [{"run_id": "baseline-seed0", "variant": "baseline", "config_file": str(TINY_CONFIG)},
+            {"run_id": "pro_scale-seed0", "variant": "pro_scale",
+             "config_file": str(PROSCALE_TINY)},
+            {"run_id": "broken-seed0", "variant": "broken", "config_file": str(broken)}]
     doc, per_run = benchmark_runs(runs, (64, 64), "cpu", repeats=2, warmup=0)
     assert doc["paired"] and doc["baseline_run"] == "baseline-seed0"
     assert doc["order"] == ["baseline-seed0", "pro_scale-seed0"]
@@ -130,13 +131,14 @@ def test_gated_runs_are_not_timed_as_their_deepest_exit():
     its untrained model would run to the deepest exit, a latency the gated run never has."""
     from pipelines.benchmark import benchmark_runs, format_runs_table
     from pipelines.grid import expand_grid, load_ablation, validate_ablation
+    from pipelines.grid.run import run_document
     from pipelines.ingest import _number
 
     ablation = validate_ablation(load_ablation(str(REPO / "configs/ablations/eco_m2f_demo.yaml")))
-    gated = [r.to_dict() for r in expand_grid(ablation, repo=REPO)]
+    gated = [run_document(r, "results", "eco") for r in expand_grid(ablation, repo=REPO)]
     assert len(gated) == 4  # plain and PRO-SCALE-composed ECO-M2F, two betas each
-    runs = [{"run_id": "baseline-seed0", "variant": "baseline", "config": str(TINY_CONFIG),
-             "cfg_options": []}, *gated]
+    runs = [{"run_id": "baseline-seed0", "variant": "baseline",
+             "config_file": str(TINY_CONFIG)}, *gated]
     doc, per_run = benchmark_runs(runs, (64, 64), "cpu", repeats=1, warmup=0)
     assert doc["order"] == ["baseline-seed0"]
     assert doc["not_timed"] == sorted(r["run_id"] for r in gated)

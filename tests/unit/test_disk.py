@@ -39,8 +39,10 @@ def test_estimate_from_the_real_model_and_refusal_in_one_line(tmp_path):
     import pipelines.registry  # noqa: F401
     from pipelines.disk import estimate
 
+    config = tmp_path / "config.py"  # the run's config file (run.json's config_file)
+    config.write_text(f"_base_ = [{str(TINY_CONFIG)!r}]\ntrain_cfg = dict(max_iters=100)\n")
     run = {"run_id": "baseline-seed0", "train_id": "baseline-seed0", "config": str(TINY_CONFIG),
-           "cfg_options": ["train_cfg.max_iters=100"]}
+           "config_file": str(config)}
     doc = estimate([run, {**run, "run_id": "baseline-seed0-again"}])  # one training
     params = doc["trainings"]["baseline-seed0"]["params"]
     assert list(doc["trainings"]) == ["baseline-seed0"]

@@ -5,6 +5,7 @@ Random weights (a checkpoint saved from the built model), 64x64 inputs, a few im
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -233,21 +234,54 @@ def test_upstream_failure_is_passed_on_and_own_failure_recorded(tmp_path):
         assert read_failure(path)["reason"].startswith("gate not found")
 
 
-def test_gate_settings_take_the_runs_options():
-    """An exit_gate.* axis reaches the gate: the train-gate stage gets the run's --cfg-options
-    (it used to read exit_gate from the base config only, so the axis retrained and was then
-    ignored)."""
-    import argparse
+def test_any_config_key_is_an_axis_and_its_stage_reads_the_rendered_config(derived, tmp_path):
+    """An exit_gate.epochs axis and an optimizer dict axis: each value is its own recipe, and
+    the stage that uses the key reads it from the run's rendered config (the gate trains for
+    1 or 300 epochs; the optimizer block steps the same weights to different values)."""
+    from mmengine.optim import build_optim_wrapper
 
-    from pipelines.eco_m2f.gate import gate_settings
+    from pipelines.flops import build_model
+    from pipelines.grid import expand_grid, validate_ablation
+    from pipelines.grid.render import load_rendered, render_run, write_configs
 
-    config = str(REPO / "configs/models/mask2former_r18_ecom2f_synthetic-128x128.py")
-    args = argparse.Namespace(config=config, cfg_options=["exit_gate.epochs=7",
-                                                          "exit_gate.lr=0.5"],
-                              beta=None, epochs=None, lr=None)
-    settings = gate_settings(args)
-    assert (settings["epochs"], settings["lr"], settings["beta"]) == (7, 0.5, 0.005)
-    args.cfg_options = []
-    assert gate_settings(args)["epochs"] == 300
-    rules = (REPO / "workflow/rules/eco_m2f.smk").read_text()
-    assert "options=False" not in rules
+    ablation = validate_ablation({
+        "name": "axes", "data": {"root": str(derived["data"])},
+        "train": {"max_iters": 2, "cfg_options": OPTIONS},
+        "grid": {"variants": {"eco": {"config": str(ECO_TINY), "axes": {
+            "exit_gate.epochs": [1, 300],
+            "optim_wrapper.optimizer": [{"lr": 0.001}, {"_delete_": True, "type": "SGD",
+                                                        "lr": 0.5, "momentum": 0.9,
+                                                        "weight_decay": 1e-4}]}}}}})
+    runs = expand_grid(ablation, repo=REPO)
+    assert len(runs) == 4 and len({r.train_recipe for r in runs}) == 4
+    configs = {}
+    for run in runs:
+        path = tmp_path / run.run_id / "config.py"
+        write_configs([(path, render_run(run, REPO))])
+        configs[run.run_id] = path
+    by = {(r.settings["exit_gate.epochs"], r.settings["optim_wrapper.optimizer"]["lr"]): r.run_id
+          for r in runs}
+
+    gates = {}
+    for epochs in (1, 300):  # the gate stage as the workflow calls it: no --epochs
+        config = configs[by[(epochs, 0.001)]]
+        out = tmp_path / f"gate{epochs}"
+        assert main(["train-gate", "--table", str(derived["table"]), "--beta", "0.0",
+                     "--config", str(config), "--out", f"{out}.pth", "--json",
+                     f"{out}.json"]) == 0
+        gates[epochs] = json.loads(Path(f"{out}.json").read_text())
+    assert gates[1]["settings"]["epochs"] == 1 and gates[300]["settings"]["epochs"] == 300
+    assert gates[1]["train_loss"] != gates[300]["train_loss"]
+
+    stepped = {}
+    for lr in (0.001, 0.5):
+        cfg = load_rendered(configs[by[(1, lr)]].read_text())
+        torch.manual_seed(0)
+        model = build_model(cfg)
+        wrapper = build_optim_wrapper(model, cfg.optim_wrapper)
+        assert type(wrapper.optimizer).__name__ == ("AdamW" if lr == 0.001 else "SGD")
+        params = [p for p in model.parameters() if p.requires_grad]
+        loss = sum((p.float() ** 2).sum() for p in params[:3])
+        wrapper.update_params(loss)
+        stepped[lr] = params[0].detach().clone()
+    assert not torch.equal(stepped[0.001], stepped[0.5])

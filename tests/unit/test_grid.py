@@ -38,9 +38,9 @@ def test_run_ids_are_readable_and_follow_the_declared_axis_order():
     run = runs[2]
     assert run.settings == {"schedule": "3-3-3", "trc": True, "lpe": True, "seed": 0}
     assert run.methods == ("pro_scale",)
-    assert "model.decode_head.pixel_decoder.schedule=[3,3,3]" in run.cfg_options
-    assert "model.decode_head.pixel_decoder.trc=True" in run.cfg_options
-    assert "randomness.seed=0" in run.cfg_options and "train_cfg.max_iters=10" in run.cfg_options
+    assert run.options["model.decode_head.pixel_decoder.schedule"] == [3, 3, 3]
+    assert run.options["model.decode_head.pixel_decoder.trc"] is True
+    assert run.options["randomness.seed"] == 0 and run.options["train_cfg.max_iters"] == 10
     assert run.params() == {"variant": "pro_scale", "config": PRO, "max_iters": "10",
                             "recipe": run.recipe, "schedule": "3-3-3", "trc": "true",
                             "lpe": "true", "seed": "0"}
@@ -54,7 +54,7 @@ def test_any_config_key_is_an_axis_and_grid_level_axes_apply_to_every_variant():
     assert set(runs) == {"baseline-lr0.001-seed0", "pro_scale-s1-1-4-num_queries10-lr0.001-seed0",
                          "pro_scale-s1-1-4-num_queries20-lr0.001-seed0"}
     run = runs["pro_scale-s1-1-4-num_queries20-lr0.001-seed0"]
-    assert "model.decode_head.num_queries=20" in run.cfg_options
+    assert run.options["model.decode_head.num_queries"] == 20
     assert run.params()["model.decode_head.num_queries"] == "20"
     assert run.params()["optim_wrapper.optimizer.lr"] == "0.001"
 
@@ -258,7 +258,7 @@ def test_later_stage_axes_share_one_training(tmp_path, monkeypatch):
                                         "pro_scale-s3-3-3-beta0.02-seed0"]
     assert runs[0].train_id == runs[1].train_id == "pro_scale-s3-3-3-seed0"
     assert runs[0].train_recipe == runs[1].train_recipe and runs[0].recipe != runs[1].recipe
-    assert not any("gate.beta" in o for o in runs[0].cfg_options)
+    assert not any("gate.beta" in key for key in runs[0].options)
     assert runs[0].stages == {"gate_beta": "gate"}
     paths = RunPaths.of("results", "t", runs[1])
     assert str(paths.train_done) == (f"results/train/t/pro_scale-s3-3-3-seed0/work-"

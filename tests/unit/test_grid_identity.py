@@ -1,60 +1,24 @@
-"""The fast grid expansion gives the same runs as the plain one: every id, recipe, train recipe,
-cfg-option and content key of the repository's ablations and of a load-test grid, compared with
-the expansion as it was written before (a full copy of the config per run, ``json.dumps`` of it,
-the code files looked up from the whole config)."""
+"""One rendering per run: the grid's rendered config of a run is mmengine's own resolution of it
+(``Config.fromfile`` of the variant's config, then ``merge_from_dict`` of the run's options: the
+public API, run here independently), and the recipe is the hash of that text plus code and data.
+Checked on every ablation in the repository, a load-test grid and a grid of awkward keys."""
 from __future__ import annotations
 
+import random
 from pathlib import Path
 
 import pytest
 import yaml
 
 from pipelines import axes as ax
-from pipelines.grid import content_key, expand_grid, validate_ablation
-from pipelines.grid import expand as ex
-from pipelines.grid.plain_config import SharedBase, copy_plain, set_key, share_plain
-from pipelines.grid.run import Run, cfg_option, digest, make_id
+from pipelines.config import DATA_ROOT_MASK, DATALOADERS, add_runner_defaults
+from pipelines.grid import expand_grid, validate_ablation
+from pipelines.grid.render import (RenderedBase, load_rendered, merge_options, render_run,
+                                   text_digest)
+from pipelines.grid.run import digest
 from tests.conftest import REPO, TINY_OPTIONS
 
 SYNTHETIC = {"root": "data/x", "synthetic": {"train": 4, "val": 2, "size": 64, "seed": 0}}
-
-
-def plain_build_run(variant, setting, axes_of, data_root, data_identity, cache=None) -> Run:
-    """``expand._build_run`` as it was: the reference the fast one must equal."""
-    order = ex._axis_order(variant, setting)
-    prefixes = ex._id_prefixes(variant, order)
-    settings = {n: setting[n] for n in order}
-    parts = [ax.id_part(n, axes_of[n] if n in variant.aliases else None, settings[n],
-                        prefixes.get(n, n)) for n in order]
-    train_names = [n for n in order if axes_of[n].stage == "train"]
-    run_id = make_id(variant.name, parts, {"variant": variant.name, "settings": settings})
-    train_id = make_id(variant.name, [p for n, p in zip(order, parts) if n in train_names],
-                       {"variant": variant.name,
-                        "settings": {n: settings[n] for n in train_names}})
-    options = dict(variant.options)
-    for name in train_names:
-        options[axes_of[name].key] = axes_of[name].config_value(settings[name])
-    if "train_cfg.val_interval" not in options:
-        options["train_cfg.val_interval"] = options["train_cfg.max_iters"]
-    resolved = copy_plain(variant.plain)
-    for key, value in options.items():
-        set_key(resolved, key, value, key)
-    for loader in ("train_dataloader", "val_dataloader", "test_dataloader"):
-        dataset = (resolved.get(loader) or {}).get("dataset")
-        if isinstance(dataset, dict) and "data_root" in dataset:
-            dataset["data_root"] = ex.DATA_ROOT_MASK
-    resolved.pop("data_root", None)
-    code = ax.code_hash(ax.code_files(resolved))
-    train_recipe = digest({"config": resolved, "data": data_identity, "code": code})
-    later = {n: settings[n] for n in order if axes_of[n].stage != "train"}
-    recipe = train_recipe if not later else digest({"train": train_recipe, "later": later})
-    return Run(run_id=run_id, variant=variant.name, settings=settings,
-               axis_keys={n: axes_of[n].key for n in order}, config=variant.config,
-               max_iters=int(options["train_cfg.max_iters"]),
-               cfg_options=tuple(sorted(cfg_option(k, v) for k, v in options.items())),
-               data_root=data_root, recipe=recipe, train_id=train_id,
-               train_recipe=train_recipe, methods=variant.methods,
-               stages={n: axes_of[n].stage for n in order if axes_of[n].stage != "train"})
 
 
 def _ablations():
@@ -66,38 +30,97 @@ def _ablations():
     from pipelines.benchmarks import many_runs
 
     yield "loadtest", many_runs.loadtest_ablation(150, Path("/nonexistent"))
-    # list-index keys, tuples, options that set keys inside other options' values
+    # list-index keys, tuples, options that set keys inside other options' values, a dict axis
     tiny = yaml.safe_load((REPO / "configs" / "ablations" / "demo.yaml").read_text())
     tiny["train"]["cfg_options"] = list(TINY_OPTIONS) + ["optim_wrapper.optimizer.lr=0.0003"]
     tiny["grid"]["variants"]["baseline"]["axes"] = {
-        "model.decode_head.num_queries": [5, 10], "train_dataloader.batch_size": [1, 2]}
+        "model.decode_head.num_queries": [5, 10], "train_dataloader.batch_size": [1, 2],
+        "optim_wrapper.optimizer": [{"lr": 0.001, "weight_decay": 0.0},
+                                    {"_delete_": True, "type": "SGD", "lr": 0.01,
+                                     "momentum": 0.9}]}
     yield "tiny", tiny
+
+
+def mmengine_config(run):
+    """The run's config by mmengine's public API alone, the dataset folder masked."""
+    from mmengine.config import Config
+
+    cfg = Config.fromfile(str(REPO / run.config), import_custom_modules=False)
+    add_runner_defaults(cfg)
+    cfg.merge_from_dict(dict(run.options), allow_list_keys=True)
+    plain = cfg.to_dict()
+    for loader in DATALOADERS:
+        dataset = (plain.get(loader) or {}).get("dataset")
+        if isinstance(dataset, dict) and "data_root" in dataset:
+            dataset["data_root"] = DATA_ROOT_MASK
+    plain.pop("data_root", None)
+    return plain
 
 
 @pytest.mark.parametrize("name, config", list(_ablations()), ids=lambda v: v
                          if isinstance(v, str) else "")
-def test_fast_expansion_equals_the_plain_one(name, config, monkeypatch):
+def test_the_rendered_config_is_mmengines_resolution_and_the_recipe_hashes_it(name, config):
     config = validate_ablation(config)
-    fast = expand_grid(config, repo=REPO)
-    monkeypatch.setattr(ex, "_build_run", plain_build_run)
-    plain = expand_grid(config, repo=REPO)
-    assert [r.to_dict() for r in fast] == [r.to_dict() for r in plain]
-    assert content_key(fast, "x") == content_key(plain, "x")
+    runs = expand_grid(config, repo=REPO)
+    sample = runs if len(runs) <= 12 else random.Random(0).sample(runs, 12)
+    for run in sample:
+        text = render_run(run, REPO)
+        assert text_digest(text) == run.config_sha
+        plain = mmengine_config(run)
+        assert load_rendered(text).to_dict() == plain, run.run_id
+        code = ax.code_hash(ax.code_files(plain))
+        data = (run.data_root, config["data"])
+        recipe = digest({"config": run.config_sha, "data": _data_identity(config), "code": code})
+        assert run.train_recipe == recipe, (run.run_id, data)
+    # one text per recipe, and a different text is a different recipe
+    by_recipe = {}
+    for run in runs:
+        by_recipe.setdefault(run.train_recipe, set()).add(run.config_sha)
+    assert all(len(shas) == 1 for shas in by_recipe.values())
+    assert len({r.config_sha for r in runs}) == len(by_recipe)
 
 
-def test_shared_configs_leave_the_variant_config_alone_and_read_like_full_copies():
+def _data_identity(config):
+    from pipelines.grid.expand import _data_identity
+
+    return _data_identity(config)[1]
+
+
+def test_a_dict_merges_into_a_dict_as_mmengine_merges_it():
+    from mmengine.config import Config
+
+    base = {"a": {"b": {"c": 1, "d": 2}, "l": [{"x": 1}, {"y": 2}]}, "t": (1, 2)}
+    for options in ({"a.b": {"c": 5}}, {"a.b": {"_delete_": True, "c": 5}}, {"a.l.1.y": 3},
+                    {"a.b.c": 7, "a.b": {"d": 9}}, {"t": (3, 4)}):
+        cfg = Config(base)
+        cfg.merge_from_dict(dict(options), allow_list_keys=True)
+        assert merge_options(base, options) == cfg.to_dict(), options
+    assert merge_options(base, {"a.b": {"c": 5}})["a"]["b"] == {"c": 5, "d": 2}
+    assert base == {"a": {"b": {"c": 1, "d": 2}, "l": [{"x": 1}, {"y": 2}]}, "t": (1, 2)}
+
+
+def test_rendering_reuses_the_variants_text_and_never_changes_it():
     import json
 
     plain = {"a": {"b": [1, {"type": "mmdet.X", "c": 2}], "d": "e"}, "f": 1.5, "g": (1, 2),
-             "n": {1: "int key"}, "u": "é"}
+             "n": {1: "int key"}, "u": "é", "inf": float("inf"), "lst": [(1,), []]}
     before = json.dumps(plain, sort_keys=True, default=str)
-    base = SharedBase(plain)
-    for key, value in (("a.b.1.c", 3), ("a.d", {"type": "Y"}), ("f", None), ("a.b.0", [7])):
-        mine, owned = share_plain(plain)
-        set_key(mine, key, value, key, owned)
-        full = copy_plain(plain)
-        set_key(full, key, value, key)
-        assert base.canonical(mine, owned) == json.dumps(
-            full, sort_keys=True, separators=(",", ":"), default=str)
-        assert base.types(mine) == frozenset(ax.config_types(full))
+    base = RenderedBase(plain)
+    base.render(plain)  # fills the cache
+    for key, value in (("a.b.1.c", 3), ("a.d", {"_delete_": True, "type": "Y"}), ("f", None), ("a.b.1", {"c": 9})):
+        mine = merge_options(plain, {key: value})
+        text = base.render(mine)
+        assert text == RenderedBase(mine).render(mine)  # the cache changes nothing
+        assert load_rendered(text).to_dict() == {**mine, "randomness": {"seed": None}}
+        assert base.types(mine) == frozenset(ax.config_types(mine))
         assert json.dumps(plain, sort_keys=True, default=str) == before  # never written
+
+
+def test_a_value_a_config_file_cannot_hold_is_one_line():
+    from pipelines.errors import UserError
+
+    with pytest.raises(UserError, match=r"a list element is changed by a key inside it"):
+        merge_options({"a": [1, 2]}, {"a.0": 7})  # (mmengine's merge_from_dict fails here too)
+
+    with pytest.raises(UserError, match=r"x\.y: a set value cannot be written"):
+        RenderedBase({}).render({"x": {"y": {1, 2}}})

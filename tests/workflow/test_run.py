@@ -1,6 +1,7 @@
 """The DAG for real, at its smallest: two runs, a few iterations at 64x64 (a few minutes)."""
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import re
@@ -33,6 +34,12 @@ def test_tiny_grid_end_to_end(tiny):
         (done_file,) = (results / "train" / "tiny" / run_id).glob("work-*/train_done.json")
         done = json.loads(done_file.read_text())
         assert done["iters"] == done["max_iters"] == 4 and Path(done["checkpoint"]).is_file()
+        # the run's rendered config, beside its run.json, is the file its training read
+        rendered = run_file(results, "runs", "tiny", run_id, "config.py")
+        assert rendered.parent == run_file(results, "runs", "tiny", run_id, "run.json").parent
+        assert Path(done["config"]).resolve() == rendered.resolve()
+        assert done["config_sha256"] == hashlib.sha256(rendered.read_bytes()).hexdigest()
+        assert "cfg_options" not in done and "\n_base_ = " not in rendered.read_text()
     # PRO-SCALE's early stages see fewer tokens: a cheaper encoder than the baseline's
     f = {r: json.loads(run_file(results, "flops", "tiny", r, "flops.json").read_text())["gflops"]
          for r in ids}
@@ -45,6 +52,12 @@ def test_tiny_grid_end_to_end(tiny):
     exp = client.get_experiment_by_name("tiny")
     runs = client.search_runs([exp.experiment_id])
     assert sorted(r.info.run_name for r in runs) == sorted(ids + ["tiny"])
+    for run in runs:  # MLflow keeps each run's rendered config byte for byte
+        if run.info.run_name in ids:
+            kept = client.download_artifacts(run.info.run_id, "config.py", str(workdir / "dl"))
+            assert Path(kept).read_bytes() == run_file(results, "runs", "tiny",
+                                                       run.info.run_name,
+                                                       "config.py").read_bytes()
     report = (results / "report" / "tiny" / "report.md").read_text()
     assert all(f"`{r}`" in report for r in ids)
 

@@ -11,8 +11,8 @@ import pytest
 from tests.conftest import REPO
 from tests.workflow.conftest import snakemake, tiny_ablation, write_config
 
-# params that are not paths: numbers, enums, or already shell-quoted one by one (options)
-NOT_PATHS = {"threads", "resources.last_attempt", "params.options", "params.shape",
+# params that are not paths: numbers and enums
+NOT_PATHS = {"threads", "resources.last_attempt", "params.shape",
              "params.device", "params.repeats", "params.warmup", "params.nproc",
              "params.beta", "params.spec[train]", "params.spec[val]", "params.spec[size]", "params.spec[seed]",
              "params.ui"}  # `--mlflow-ui URL`, the URL shell-quoted (figures.smk)

@@ -3,7 +3,6 @@
 import json
 import os
 from pathlib import Path
-import shlex
 import sys
 
 from snakemake.utils import validate
@@ -11,6 +10,7 @@ from snakemake.utils import validate
 sys.path.insert(0, workflow.basedir)
 from pipelines.errors import UserError  # noqa: E402
 from pipelines.grid import RunPaths, content_key, expand_grid, validate_ablation  # noqa: E402
+from pipelines.grid.run import run_document  # noqa: E402
 
 
 def refuse(err):
@@ -151,10 +151,31 @@ def get_training_done(wildcards):
     return str(paths(get_training(wildcards).run_id).train_done)
 
 
-def get_options(wildcards):
-    """Every --cfg-options of a run (or of a training), shell-quoted one by one."""
+def get_config(wildcards):
+    """A run's rendered config (its config.py beside its run.json), or a training's (the
+    rendered config of its first run: runs that share a training share that text)."""
     run = get_run(wildcards) if "run_id" in wildcards.keys() else get_training(wildcards)
-    return " ".join(shlex.quote(opt) for opt in run.cfg_options)
+    return str(paths(run.run_id).config)
+
+
+def write_rendered_configs():
+    """Every run's rendered config, where it is missing (pipelines/grid/render.py): run by the
+    Snakefile's onstart hook, before any job (a dry run writes nothing). The file is keyed by
+    the recipe, which hashes its text: one that exists is the right one."""
+    from pipelines.grid.render import render_run, write_configs
+
+    written = write_configs(
+        (paths(run.run_id).config, render_run(run, workflow.basedir))
+        for run in RUNS.values()
+        if not paths(run.run_id).config.is_file()
+    )
+    if written:
+        print(f"rendered {written} run config(s) into {RESULTS}/runs/{ABLATION}/", file=sys.stderr)
+
+
+def run_record(run):
+    """A run's run.json document: its settings and the rendered config its stages read."""
+    return run_document(run, RESULTS, ABLATION)
 
 
 def get_dataset_marker():
@@ -228,14 +249,14 @@ def stage_resources(stage):
 
 def stage_shell(command, stderr_to_terminal=False):
     """shell: of a per-run stage job: `python -m pipelines <command>` with {threads} OpenMP
-    threads, `--record-failure` on the last attempt (pipelines/failures.py), the run's
-    `--cfg-options` ({params.options}), and its output in the log
-    (stderr also on the terminal with `stderr_to_terminal`). Every path is quoted ({x:q})."""
+    threads, `--record-failure` on the last attempt (pipelines/failures.py), and its output in
+    the log (stderr also on the terminal with `stderr_to_terminal`). The command reads the run's
+    rendered config ({params.config}); no option is applied on top of it. Every path is quoted
+    ({x:q})."""
     return "".join((
         WEIGHTS_PREFIX,  # PIPELINES_WEIGHTS=<folder> when the ablation names one
         "OMP_NUM_THREADS={threads} PYTHONWARNINGS=ignore ",
         f"python -m pipelines {command} --record-failure {{resources.last_attempt}}",
-        " --cfg-options {params.options}",
         " > {log:q} 2> >(tee -a {log:q} >&2)" if stderr_to_terminal else " > {log:q} 2>&1",
     ))
 
@@ -292,7 +313,7 @@ def check_disk_before_training(cores):
     runs = folder / f"runs-{os.getpid()}.json"  # one per head: search workers share a folder
     # trainings running at once, each with its resume checkpoints until it finishes
     jobs = min(len(TRAININGS), max(1, int(cores or 1) // max(1, get_threads("train"))))
-    runs.write_text(json.dumps([r.to_dict() for r in TRAININGS.values()], sort_keys=True))
+    runs.write_text(json.dumps([run_record(r) for r in TRAININGS.values()], sort_keys=True))
     try:
         done = subprocess.run([sys.executable, "-m", "pipelines", "disk", "--runs", str(runs),
                                "--results", str(RESULTS), "--ablation", ABLATION,

@@ -12,9 +12,8 @@ rule count_flops:
     log:
         f"{RESULTS}/logs/{ABLATION}/{{run_id}}/count_flops-{{recipe}}.log",
     params:
-        config=lambda wildcards: get_run(wildcards).config,
+        config=get_config,
         shape=config["flops"]["shape"],
-        options=get_options,
     threads: get_threads("flops")
     resources:
         **stage_resources("flops"),

@@ -49,10 +49,9 @@ rule derive_exit_quality:
     wildcard_constraints:
         train_id=id_pattern(GATED_TRAININGS),
     params:
-        config=lambda wildcards: get_training(wildcards).config,
+        config=get_config,
         table=lambda wildcards: GATED_TRAININGS[wildcards.train_id]["table"],
         data_root=config["data"]["root"],
-        options=get_options,
     threads: get_threads("evaluate")
     resources:
         **stage_resources("evaluate"),
@@ -75,12 +74,10 @@ rule train_gate:
     wildcard_constraints:
         run_id=id_pattern(GATED_RUNS),
     params:
-        config=lambda wildcards: get_run(wildcards).config,
+        config=get_config,
         beta=lambda wildcards: get_run(wildcards).settings["beta"],
         table=lambda wildcards: ECO_FILES[wildcards.run_id]["table"],
         gate=lambda wildcards: ECO_FILES[wildcards.run_id]["gate_weights"],
-        # the run's options: an exit_gate.* axis (epochs, lr) reaches the gate it retrains
-        options=get_options,
     threads: 1
     resources:
         **stage_resources("evaluate"),
@@ -105,11 +102,10 @@ rule evaluate_gated:
     wildcard_constraints:
         run_id=id_pattern(GATED_RUNS),
     params:
-        config=lambda wildcards: get_run(wildcards).config,
+        config=get_config,
         gate=lambda wildcards: ECO_FILES[wildcards.run_id]["gate_weights"],
         table=lambda wildcards: ECO_FILES[wildcards.run_id]["table"],
         data_root=config["data"]["root"],
-        options=get_options,
     threads: get_threads("evaluate")
     resources:
         **stage_resources("evaluate"),

@@ -22,10 +22,9 @@ rule train_model:
     log:
         f"{RESULTS}/logs/{ABLATION}/{{train_id}}/train-{{train_recipe}}.log",
     params:
-        config=lambda wildcards: get_training(wildcards).config,
+        config=get_config,
         work_dir=lambda wildcards, output: os.path.dirname(output.done),
         data_root=get_data_root,
-        options=get_options,
         # one process per GPU of the job (torchrun, pipelines/launch.py); 1 on CPU
         nproc=max(1, config["resources"]["train"]["gpus"]),
     threads: get_threads("train")
@@ -51,10 +50,9 @@ rule evaluate_model:
     log:
         f"{RESULTS}/logs/{ABLATION}/{{run_id}}/evaluate-{{recipe}}.log",
     params:
-        config=lambda wildcards: get_run(wildcards).config,
+        config=get_config,
         work_dir=lambda wildcards, output: os.path.join(os.path.dirname(output.metrics), "work"),
         data_root=config["data"]["root"],
-        options=get_options,
     threads: get_threads("evaluate")
     resources:
         **stage_resources("evaluate"),
