@@ -63,10 +63,9 @@ def test_generated_files_read_like_the_real_stages(loadtest):
     assert record.start_ms and record.end_ms > record.start_ms
     subs = sorted(artifact[1] for artifact in record.artifacts)
     assert subs == ["", "logs", "metrics", "metrics", "metrics", "metrics", "metrics"]
-    # the resolved config: the work dir's own file, logged under the artifact's name
+    # the rendered config: the file beside run.json, logged under the artifact's name
     (config,) = [a for a in record.artifacts if a[1] == ""]
-    assert config[0].parent == Path(json.loads(paths.train_done.read_text())["work_dir"])
-    assert config[2:] == (c.CONFIG_ARTIFACT,)
+    assert config == (paths.config, "", c.CONFIG_ARTIFACT)
     assert json.loads(paths.train_done.read_text())["loadtest"] is True
 
 
