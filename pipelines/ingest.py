@@ -269,8 +269,10 @@ def run_fingerprint(results: str, ablation: str, run: dict) -> str:
                         role=f"baseline={bool(run.get('baseline'))}")
 
 
-def child_record(results: str, ablation: str, run: dict, tmp: Path):
-    """One run's files -> the :class:`pipelines.tracking.ChildRecord` ingest writes."""
+def child_record(results: str, ablation: str, run: dict, tmp: Path,
+                 fingerprint: str | None = None):
+    """One run's files -> the :class:`pipelines.tracking.ChildRecord` ingest writes
+    (``fingerprint``: its :func:`run_fingerprint`, when the caller has it already)."""
     from pipelines.tracking import ChildRecord, json_tag, provenance_tags
 
     paths = RunPaths.of(results, ablation, run)
@@ -278,12 +280,12 @@ def child_record(results: str, ablation: str, run: dict, tmp: Path):
     done = _read_json(paths.train_done) or {}
     work_dir = Path(done.get("work_dir", "") or "/nonexistent")
     start_ms, end_ms = _ms(done.get("started_at")), _ms(done.get("ended_at"))
-    artifacts = [(p, "metrics") for p in stage_files if p.is_file()]
-    if paths.config.is_file():  # the rendered config the run's stages read, byte for byte
-        shutil.copy(paths.config, tmp / c.CONFIG_ARTIFACT)
-        artifacts.append((tmp / c.CONFIG_ARTIFACT, ""))
+    artifacts: list[tuple] = [(p, "metrics") for p in stage_files if p.is_file()]
+    if paths.config.is_file():  # the rendered config the run's stages read, byte for byte,
+        artifacts.append((paths.config, "", c.CONFIG_ARTIFACT))  # under the artifact's name
     evaluation = _read_json(paths.metrics) or {}
     if evaluation.get("exit_histogram"):
+        tmp.mkdir(parents=True, exist_ok=True)
         (tmp / c.EXIT_HISTOGRAM_ARTIFACT).write_text(json.dumps(evaluation["exit_histogram"]))
         artifacts.append((tmp / c.EXIT_HISTOGRAM_ARTIFACT, ""))
     if paths.logs.is_dir():
@@ -296,10 +298,10 @@ def child_record(results: str, ablation: str, run: dict, tmp: Path):
     record = ChildRecord(
         run_id=run["run_id"], recipe=run.get("recipe", ""), params=run["params"],
         metrics=collect_metrics(paths),
-        curves=read_curves(work_dir, start_ms) if _scalar_logs(work_dir) else {},
+        curves=read_curves(work_dir, start_ms),
         tags=tags, start_ms=start_ms, end_ms=end_ms, artifacts=artifacts,
         # the one fingerprint definition, so a re-ingest's shortcut and the record agree
-        fingerprint=run_fingerprint(results, ablation, run))
+        fingerprint=fingerprint or run_fingerprint(results, ablation, run))
     return mark_failure(record, run_failure(paths, record.metrics))
 
 
@@ -390,9 +392,9 @@ def _ingest(client, ablation, results, runs, artifact_location, description, pro
         # no bar when stderr is not a terminal (a log file; an error then is the one line there)
         for i, run in enumerate(tqdm(runs, desc="ingest", unit="run",
                                      disable=None if progress else True)):
+            fingerprint = run_fingerprint(results, ablation, run)
             old = tracking.unchanged_child(existing.get(run["run_id"], []),
-                                           run.get("recipe", ""),
-                                           run_fingerprint(results, ablation, run))
+                                           run.get("recipe", ""), fingerprint)
             if old is not None:  # nothing to read further, nothing to write
                 summary["runs"][run["run_id"]] = {"mlflow_run_id": old.info.run_id,
                                                   "action": "unchanged",
@@ -402,9 +404,8 @@ def _ingest(client, ablation, results, runs, artifact_location, description, pro
                         old.data.tags.get(c.FAILURE_TAG, "")
                 counts["unchanged"] = counts.get("unchanged", 0) + 1
                 continue
-            tmp = Path(staging) / str(i)
-            tmp.mkdir()
-            record = child_record(results, ablation, run, tmp)
+            tmp = Path(staging) / str(i)  # made when the run has a file to stage
+            record = child_record(results, ablation, run, tmp, fingerprint)
             record.role = role
             batch.append(record)
             if len(batch) == tracking.SQL_CHUNK:

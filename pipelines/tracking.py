@@ -308,7 +308,8 @@ class ChildRecord:
         curves: ``name -> [(step, value, timestamp_ms)]``: the training curves.
         tags: extra tags (axes list, methods, provenance).
         start_ms, end_ms: the training's real start and end (None: now).
-        artifacts: ``(local file or folder, artifact sub-path)`` pairs.
+        artifacts: ``(local file or folder, artifact sub-path)`` pairs, or ``(file, sub-path,
+            name)`` for a file logged under another name (:func:`artifact_files`).
         fingerprint: hash of the files the record was made from.
         role: ``run`` (grid) or ``trial`` (search).
     """
@@ -321,15 +322,18 @@ class ChildRecord:
     tags: Mapping[str, str] = field(default_factory=dict)
     start_ms: int | None = None
     end_ms: int | None = None
-    artifacts: Iterable[tuple[Path, str]] = ()
+    artifacts: Iterable[tuple] = ()
     fingerprint: str = ""
     role: str = c.ROLE_RUN
     status: str = "FINISHED"
     kept_because: str = ""  # set by upsert_child when it kept the old child instead
 
 
-#: final numbers whose loss marks a worse record (what search_tracking adds later is left out)
-RECORD_METRICS = tuple(m for m in c.METRICS if m != c.TRIAL_NUMBER)
+def record_metrics() -> tuple[str, ...]:
+    """Final numbers whose loss marks a worse record (what search_tracking adds later is left
+    out). A function: the metric names come from the method registry, which imports mmengine,
+    and every snakemake start imports this module for :func:`check_readable`."""
+    return tuple(m for m in c.METRICS if m != c.TRIAL_NUMBER)
 
 
 def is_complete(run) -> bool:
@@ -353,7 +357,7 @@ def worse_than(record: ChildRecord, old) -> str | None:
         return None
     if record.status == "FAILED":
         return f"its results now record a failure ({record.tags.get(c.FAILURE_TAG, '?')})"
-    lost = sorted(m for m in RECORD_METRICS
+    lost = sorted(m for m in record_metrics()
                   if m in old.data.metrics and not _finite(record.metrics.get(m)))
     if lost:
         return f"its results now lack {', '.join(lost)}"
@@ -542,7 +546,7 @@ def _write_sql(store, experiment, parent_id: str, ablation: str,
     from mlflow.utils.mlflow_tags import MLFLOW_RUN_NAME
     from mlflow.utils.uri import append_to_uri_path
     from mlflow.utils.validation import _validate_metric, _validate_param, _validate_tag
-    from sqlalchemy import delete, func, insert, select, update
+    from sqlalchemy import delete, func, select, update
 
     now = int(time.time() * 1000)
     rows: dict = {SqlRun: [], SqlTag: [], SqlParam: [], SqlMetric: [], SqlLatestMetric: []}
@@ -586,9 +590,12 @@ def _write_sql(store, experiment, parent_id: str, ablation: str,
                                   for k, step, ts, v in latest.values()]
         expected[run_uuid] = [len(tags), len(params), len(latest)]
     with store.ManagedSessionMaker(read_only=False) as session:
+        # SQLAlchemy Core's executemany on the tables of MLflow's models (the ORM's bulk insert
+        # costs several times more per row; the rows are the same)
+        connection = session.connection()
         for model, values in rows.items():
             if values:
-                session.execute(insert(model), values)
+                connection.execute(model.__table__.insert(), values)
     ids = list(expected)
     try:
         for _ in records:
@@ -627,7 +634,7 @@ def _write_sql(store, experiment, parent_id: str, ablation: str,
                         f"kept")
             session.execute(delete(SqlTag).where(SqlTag.run_uuid.in_(ids),
                                                  SqlTag.key == c.ROLE_TAG))
-            session.execute(insert(SqlTag), [
+            session.connection().execute(SqlTag.__table__.insert(), [
                 dict(run_uuid=u, key=k, value=v) for u, record in zip(ids, records)
                 for k, v in ((c.ROLE_TAG, record.role), (c.COMPLETE_TAG, "true"))])
     except BaseException:
@@ -638,32 +645,35 @@ def _write_sql(store, experiment, parent_id: str, ablation: str,
     return ids
 
 
-def copy_artifacts(artifacts: Iterable[tuple[Path, str]], dest: Path) -> set:
+def copy_artifacts(artifacts: Iterable[tuple], dest: Path) -> set:
     """``(local file or folder, artifact sub-path)`` pairs copied under ``dest`` as
     ``log_artifact`` / ``log_artifacts`` place them (a file in ``sub/<name>``, a folder's content
     in ``sub/``); returns the top-level names written."""
     import shutil
 
-    top = set()
+    top, made = set(), set()
     for src, dst in artifact_files(artifacts, dest):
-        dst.parent.mkdir(parents=True, exist_ok=True)
+        if dst.parent not in made:
+            dst.parent.mkdir(parents=True, exist_ok=True)
+            made.add(dst.parent)
         shutil.copyfile(src, dst)
         top.add(dst.relative_to(dest).parts[0])
     return top
 
 
-def artifact_files(artifacts: Iterable[tuple[Path, str]], dest: Path) -> list[tuple[Path, Path]]:
+def artifact_files(artifacts: Iterable[tuple], dest: Path) -> list[tuple[Path, Path]]:
     """``(source file, its place under dest)`` of every file of ``(local file or folder,
     artifact sub-path)`` pairs: a file in ``sub/<name>``, a folder's files under ``sub/``, as
-    ``log_artifact`` / ``log_artifacts`` place them."""
+    ``log_artifact`` / ``log_artifacts`` place them. A file may come as ``(file, sub, name)``:
+    it lands in ``sub/<name>`` (a file of another name, without a staged copy)."""
     out = []
-    for local, sub in artifacts:
+    for local, sub, *name in artifacts:
         local = Path(local)
         if local.is_dir():
             out += [(f, dest / (sub or "") / f.relative_to(local))
                     for f in sorted(local.rglob("*")) if f.is_file()]
         elif local.is_file():
-            out.append((local, dest / (sub or "") / local.name))
+            out.append((local, dest / (sub or "") / (name[0] if name else local.name)))
     return out
 
 
@@ -745,7 +755,7 @@ def _batches(params: list, metrics: list):
         yield chunk_params, chunk_metrics
 
 
-def log_artifacts_once(client, mlflow_id: str, artifacts: Iterable[tuple[Path, str]]) -> set:
+def log_artifacts_once(client, mlflow_id: str, artifacts: Iterable[tuple]) -> set:
     """Upload ``(local file or folder, artifact sub-path)`` pairs with one ``log_artifacts`` call.
 
     The pairs are laid out as links in a staging folder (a file lands in ``sub/<name>``, a

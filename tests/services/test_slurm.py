@@ -2,7 +2,9 @@
 
 Runs the two-run tiny grid twice: locally and with ``--profile slurm`` (resolved the way a user
 gets it: workflow/scripts/install_profile.sh links the profile into the user's snakemake config
-folder); the evaluation metrics must be equal.
+folder); the evaluation metrics must be equal. On SLURM each training is one sbatch job (its
+training, evaluation and FLOPs count in one allocation: ablation key ``cluster.jobs``), and the
+ablation-wide jobs are one each: the submissions are counted.
 """
 from __future__ import annotations
 
@@ -47,7 +49,9 @@ def test_slurm_run_equals_local_run(slurm, tmp_path):
     configs = {}
     for where in (local_dir, slurm_dir):
         where.mkdir()
-        config = tiny_ablation(where, name="tiny", benchmark=False)
+        # the paired benchmark (one job for the whole ablation) on SLURM only: the metrics
+        # compared below are the evaluation's
+        config = tiny_ablation(where, name="tiny", benchmark=where == slurm_dir)
         if where == slurm_dir:  # the train jobs ask SLURM for the (fake) GPU
             config["resources"] = {"train": {"gpus": 1, "cpus": 1, "mem_mb": 3000,
                                              "runtime": 30}}
@@ -68,12 +72,24 @@ def test_slurm_run_equals_local_run(slurm, tmp_path):
                         "--seconds-between-status-checks", "5", "--jobs", "4",
                         env=env, timeout=1500)
     assert cluster.returncode == 0, (cluster.stderr[-4000:] + "\n" + slurm.logs())
-    # the jobs really went through sbatch, and the train jobs carried the GPU request
-    jobs = subprocess.run(["squeue", "-h", "-t", "all", "-o", "%j|%b|%T"], env=slurm.env,
+    # the jobs really went through sbatch: one per training (train, evaluate and count_flops
+    # of its run in one allocation, which carried the GPU request) plus one per ablation-wide
+    # stage that is not a local rule (the synthetic dataset, the paired benchmark), not one per
+    # stage and run (that was 2 x 3 + 2 = 8)
+    jobs = subprocess.run(["squeue", "-h", "-t", "all", "-o", "%k|%b|%T"], env=slurm.env,
                           capture_output=True, text=True).stdout.splitlines()
-    assert len(jobs) >= 6, jobs
-    assert all(line.endswith("COMPLETED") for line in jobs), jobs
-    assert sum("gpu" in line.split("|")[1] for line in jobs) == 2, jobs
+    assert all(line.endswith("|COMPLETED") for line in jobs), jobs
+    assert len(jobs) == 2 + 2, jobs
+    grouped = [line for line in jobs if "gpu" in line.split("|")[1]]
+    assert len(grouped) == 2, jobs
+    # the executor's comment names the rule, or the group and its rules
+    assert sorted(line.split("|")[0].split("_wildcards")[0] for line in jobs) == [
+        "rule_benchmark_ablation", "rule_generate_dataset",
+        "rule_run_count_flops_evaluate_model_train_model",
+        "rule_run_count_flops_evaluate_model_train_model"], jobs
+    flops = sorted((slurm_dir / "results" / "flops" / "tiny").glob("*/*/flops.json"))
+    assert [p.parent.parent.name for p in flops] == sorted(_metrics(slurm_dir, "tiny")), flops
+    assert ablation_file(slurm_dir / "results", "benchmark", "tiny", "paired.json").is_file()
 
     local_metrics, cluster_metrics = _metrics(local_dir, "tiny"), _metrics(slurm_dir, "tiny")
     assert set(local_metrics) == {"baseline-seed0", "pro_scale-s3-3-3-trc-lpe-seed0"}

@@ -61,8 +61,11 @@ def test_generated_files_read_like_the_real_stages(loadtest):
     assert "val/mIoU" in record.curves
     assert record.tags[c.GIT_COMMIT_TAG] == "0" * 40
     assert record.start_ms and record.end_ms > record.start_ms
-    subs = sorted(sub for _, sub in record.artifacts)
+    subs = sorted(artifact[1] for artifact in record.artifacts)
     assert subs == ["", "logs", "metrics", "metrics", "metrics", "metrics", "metrics"]
+    # the rendered config: the file beside run.json, logged under the artifact's name
+    (config,) = [a for a in record.artifacts if a[1] == ""]
+    assert config == (paths.config, "", c.CONFIG_ARTIFACT)
     assert json.loads(paths.train_done.read_text())["loadtest"] is True
 
 

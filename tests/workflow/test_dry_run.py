@@ -40,6 +40,9 @@ def test_demo_dry_run(tmp_path):
     assert counts["train_model"] == len({r.train_id for r in runs})
     assert counts["evaluate_model"] == counts["count_flops"] == len(runs)
     assert counts["ingest_results"] == 1 and counts["write_report"] == 1
+    # one cluster job per training (cluster.jobs: per_run): its evaluation and FLOPs count
+    # join it in a Snakemake job group
+    assert (proc.stdout + proc.stderr).count("Group job run") == counts["train_model"]
     assert {"baseline", "pro_scale"} <= {r.variant for r in runs}
     for run in runs:
         assert re.search(rf"results/train/demo/{re.escape(run.train_id)}/work-"

@@ -65,6 +65,7 @@ def test_load_benchmark_end_to_end(tmp_path, capsys):
     timings = json.loads((tmp_path / "t.json").read_text())["25"]
     assert timings["runs"] == 25
     assert timings["actions"] == {"ingest": {"created": 25}, "reingest": {"unchanged": 25}}
-    assert set(many_runs.STAGES) <= set(timings["wall"])
+    # scontrol: timed where SLURM's client is installed
+    assert set(many_runs.STAGES) - {"scontrol"} <= set(timings["wall"])
     assert (tmp_path / "loadtest-25" / "html" / "index.html").is_file()
     assert "| ingest |" in capsys.readouterr().out

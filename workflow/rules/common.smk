@@ -29,10 +29,60 @@ except UserError as err:
     refuse(err)
 validate(config, schema="../schemas/ablation.schema.yaml", set_default=True)
 
+# The expanded grid is saved in .snakemake/pipelines-plans/ under a key of everything the
+# expansion reads (pipelines/plan_cache.py): on a cluster every job's own snakemake loads it
+# instead of expanding the whole grid again; any change is a new expansion.
+from pipelines.plan_cache import cached_expand  # noqa: E402
+
+def _many_output_files(runs):
+    """The outputs of the jobs that write a file for every run (list_runs: each run.json;
+    benchmark_ablation: each benchmark.json), saved with the runs: at 10,000 runs building
+    these paths costs about a second per snakemake start."""
+    files = {"run_json": [], "benchmark": []}
+    for run in runs:
+        run_paths = RunPaths.of(config["results"], config["name"], run)
+        files["run_json"].append(str(run_paths.run_json))
+        files["benchmark"].append(str(run_paths.benchmark))
+    return files
+
+
 try:
-    RUNS = {run.run_id: run for run in expand_grid(config, repo=workflow.basedir)}
+    (_runs, MANY_OUTPUTS), _ = cached_expand(
+        config, workflow.basedir, Path(".snakemake") / "pipelines-plans", expand=expand_grid,
+        derive=_many_output_files,
+        code_files=[workflow.main_snakefile, *Path(workflow.basedir, "workflow", "rules")
+                    .glob("*.smk")])
+    RUNS = {run.run_id: run for run in _runs}
 except UserError as err:
     refuse(err)
+
+
+def _job_rules():
+    """The rules a cluster job's own snakemake may run (the `--allowed-rules` its executor
+    passes), or None: on the submitting machine, or when they cannot be told (Snakemake sets
+    them after reading the Snakefile, so they are read from the command line)."""
+    if not workflow.remote_exec or "--allowed-rules" not in sys.argv:
+        return None
+    names = []
+    for arg in sys.argv[sys.argv.index("--allowed-rules") + 1:]:
+        if arg.startswith("-"):
+            break
+        names += arg.split()
+    return set(names) or None
+
+
+JOB_RULES = _job_rules()
+
+
+def many_outputs(rule_name, kind):
+    """The per-run outputs (MANY_OUTPUTS[kind]) of rule `rule_name`, a job that writes one for
+    every run; none in a cluster job's own snakemake that does not run that rule: Snakemake
+    builds an object per declared file (about a second per start at 10,000 runs), and no job
+    takes these files as input (ingest and the report read them through the manifest and
+    paired.json)."""
+    if JOB_RULES is not None and rule_name not in JOB_RULES:
+        return []
+    return MANY_OUTPUTS[kind]
 # one training per training recipe: runs that differ only in axes of later stages (ECO-M2F's
 # beta) share it (RUNS is sorted by run id, so the first run of a training is stable)
 TRAININGS = {}
@@ -142,10 +192,33 @@ def get_data_root(wildcards, input):
     return config["data"]["root"]
 
 
+# One queue wait per training on a cluster (ablation key cluster.jobs, per_run by default): its
+# training and the short stages of its runs (evaluation, FLOPs count, ECO-M2F's derive, gate and
+# gated evaluation) form one Snakemake job group, which the SLURM executor submits as one job.
+# A group is what the DAG connects, so the FLOPs count (which needs no weights) then waits for
+# the training. Snakemake sizes a group job from its stages: the most memory and CPUs needed
+# at once, the sum of the runtimes, and one GPU request (every stage of a group must ask for
+# the same, so they all ask for the training's). Local runs ignore groups.
+RUN_GROUP = "run" if config["cluster"]["jobs"] == "per_run" else None
+GROUPED_STAGES = ("train", "evaluate", "flops")
+
+
+def get_group_gpus():
+    """The GPUs of a grouped stage: the most any grouped stage asks for."""
+    return max(config["resources"][stage]["gpus"] for stage in GROUPED_STAGES)
+
+
+def get_flops_wait(wildcards):
+    """count_flops' input: its training's train_done.json when the stages of a training are one
+    cluster job (so the DAG connects them), else nothing."""
+    return get_train_done(wildcards) if RUN_GROUP else []
+
+
 def get_resources(stage):
     """resources: for a stage; memory and runtime grow with each retry's attempt number."""
     res = config["resources"][stage]
-    gres = f"gpu:{res['gpus']}" if res["gpus"] else ""
+    gpus = get_group_gpus() if RUN_GROUP and stage in GROUPED_STAGES else res["gpus"]
+    gres = f"gpu:{gpus}" if gpus else ""
     return dict(
         mem_mb=lambda wildcards, attempt: res["mem_mb"] * attempt,
         runtime=lambda wildcards, attempt: res["runtime"] * attempt,
@@ -209,9 +282,9 @@ def get_ingest_inputs(wildcards=None):
     files through paired.json. Asking a job for each of its thousands of outputs costs
     Snakemake a scan of that job's files per file: the DAG build grew with the square of the
     runs."""
-    many = {str(paths(run_id).run_json) for run_id in RUNS}
+    many = set(MANY_OUTPUTS["run_json"])
     if config["stages"]["benchmark"]:
-        many |= {str(paths(run_id).benchmark) for run_id in RUNS}
+        many |= set(MANY_OUTPUTS["benchmark"])
     out = [o for run_id in RUNS for o in get_run_outputs(run_id) if o not in many]
     return out + ([PAIRED] if config["stages"]["benchmark"] else [])
 

@@ -3,6 +3,10 @@
 
 
 rule count_flops:
+    input:
+        # nothing when each stage is its own cluster job; the training's train_done.json when
+        # the stages of a training are one (common.smk: RUN_GROUP)
+        get_flops_wait,
     output:
         flops=f"{RESULTS}/flops/{ABLATION}/{{run_id}}/{{recipe}}/flops.json",
     log:
@@ -13,6 +17,7 @@ rule count_flops:
     threads: get_threads("flops")
     resources:
         **stage_resources("flops"),
+    group: RUN_GROUP
     retries: config["retries"]
     shell:
         stage_shell("flops {params.config:q} --shape {params.shape} --json {output.flops:q}")
@@ -27,7 +32,7 @@ rule benchmark_ablation:
         manifest=MANIFEST,
     output:
         paired=PAIRED,
-        runs=[str(paths(r).benchmark) for r in RUNS],
+        runs=many_outputs("benchmark_ablation", "benchmark"),
     log:
         f"{RESULTS}/logs/{ABLATION}/benchmark_ablation.log",
     params:

@@ -17,7 +17,9 @@
 from pipelines.eco_m2f.layout import id_pattern, is_gated, stage_files  # noqa: E402
 
 
-GATED_RUNS = {run_id: run for run_id, run in RUNS.items() if is_gated(run)}
+# a gated run has an axis of a later stage (run.stages): without one no run is, and the method
+# registry (which imports mmengine) is not read at every snakemake start
+GATED_RUNS = {run_id: run for run_id, run in RUNS.items() if run.stages and is_gated(run)}
 ECO_FILES = {run_id: stage_files(RESULTS, ABLATION, run) for run_id, run in GATED_RUNS.items()}
 # train id -> the files of (any) one of its runs: the derive files are the training's
 GATED_TRAININGS = {run.train_id: ECO_FILES[run_id] for run_id, run in GATED_RUNS.items()}
@@ -53,6 +55,7 @@ rule derive_exit_quality:
     threads: get_threads("evaluate")
     resources:
         **stage_resources("evaluate"),
+    group: RUN_GROUP
     retries: config["retries"]
     shell:
         stage_shell(
@@ -78,6 +81,7 @@ rule train_gate:
     threads: 1
     resources:
         **stage_resources("evaluate"),
+    group: RUN_GROUP
     retries: config["retries"]
     shell:
         stage_shell(
@@ -105,6 +109,7 @@ rule evaluate_gated:
     threads: get_threads("evaluate")
     resources:
         **stage_resources("evaluate"),
+    group: RUN_GROUP
     retries: config["retries"]
     shell:
         stage_shell(

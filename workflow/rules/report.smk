@@ -21,7 +21,7 @@ rule list_runs:
     # job's outputs per file.
     output:
         manifest=MANIFEST,
-        runs=[str(paths(r).run_json) for r in RUNS],
+        runs=many_outputs("list_runs", "run_json"),
     log:
         f"{RESULTS}/logs/{ABLATION}/list_runs.log",
     run:

@@ -30,6 +30,7 @@ rule train_model:
     threads: get_threads("train")
     resources:
         **stage_resources("train"),
+    group: RUN_GROUP
     retries: config["retries"]
     # stdout (mmengine's log) goes to the log; stderr (the progress bar) to the log and the
     # terminal, so `make demo` shows training progress next to snakemake's own.
@@ -55,6 +56,7 @@ rule evaluate_model:
     threads: get_threads("evaluate")
     resources:
         **stage_resources("evaluate"),
+    group: RUN_GROUP
     retries: config["retries"]
     shell:
         stage_shell(
