@@ -9,6 +9,7 @@ import subprocess
 import sys
 import time
 import urllib.request
+from html.parser import HTMLParser
 from pathlib import Path
 
 import pytest
@@ -29,6 +30,42 @@ def _dump_dom(browser: str, url: str, tmp: Path) -> str:
                            "--dump-dom", url], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr[-2000:]
     return proc.stdout
+
+
+class _Points(HTMLParser):
+    """The fill style of every marker (``path.point``) drawn inside the element ``root_id``."""
+
+    def __init__(self, root_id: str):
+        super().__init__()
+        self.root_id, self.depth, self.fills = root_id, 0, []
+
+    def handle_starttag(self, tag, attrs):
+        attrs = dict(attrs)
+        if self.depth:
+            self.depth += tag not in VOID
+            if tag == "path" and "point" in (attrs.get("class") or "").split():
+                style = dict(part.split(":", 1) for part in (attrs.get("style") or "").split(";")
+                             if ":" in part)
+                self.fills.append(style.get("fill", "").strip())
+        elif attrs.get("id") == self.root_id:
+            self.depth = 1
+
+    def handle_endtag(self, tag):
+        if self.depth and tag not in VOID:
+            self.depth -= 1
+
+
+VOID = {"area", "base", "br", "col", "embed", "hr", "img", "input", "link", "meta", "source",
+        "track", "wbr"}
+INFEASIBLE_FILL = "rgb(204, 204, 204)"  # the dashboard's grey (#cccccc) for infeasible trials
+
+
+def pareto_fills(dom: str) -> list[str]:
+    """The fill of every point of the dashboard's Pareto-front plot (``#graph-pareto-front``;
+    the timeline and other plots are elsewhere in the page)."""
+    parser = _Points("graph-pareto-front")
+    parser.feed(dom)
+    return parser.fills
 
 
 def test_dashboard_shows_trials_and_pareto_front(tmp_path):
@@ -52,6 +89,11 @@ def test_dashboard_shows_trials_and_pareto_front(tmp_path):
     infeasible = [t.number for t in trials if t.user_attrs.get("status") == "infeasible"]
     front = sorted(t.number for t in study.best_trials)
     assert infeasible and front
+    # a setting proposed again is not another best trial: each front setting appears once
+    reproposed = [t for t in trials if "duplicate_of" in t.user_attrs]
+    assert reproposed and all(t.state.name == "PRUNED" for t in reproposed)
+    front_ids = [t.user_attrs["run_id"] for t in study.best_trials]
+    assert len(front_ids) == len(set(front_ids)), front_ids
 
     port = free_port()
     dashboard = subprocess.Popen([str(Path(sys.executable).with_name("optuna-dashboard")),
@@ -70,7 +112,16 @@ def test_dashboard_shows_trials_and_pareto_front(tmp_path):
                 time.sleep(0.5)
         dom = _dump_dom(browser, f"{base}/dashboard/studies/{study._study_id}", tmp_path)
         assert "Pareto Front" in dom
-        assert re.search(r'data-unformatted="Infeasible"', dom), "infeasible trials not marked"
+        # the Pareto plot draws each infeasible trial (told COMPLETE at the mIoU floor) in the
+        # infeasible grey, and nothing else in it (the timeline's "Infeasible" legend is
+        # another plot)
+        drawn = [t for t in trials if t.state.name == "COMPLETE"]
+        plotted_infeasible = [t.number for t in drawn if t.user_attrs.get("status") ==
+                              "infeasible"]
+        fills = pareto_fills(dom)
+        assert len(fills) == len(drawn), fills  # every COMPLETE trial is a point
+        assert plotted_infeasible and fills.count(INFEASIBLE_FILL) == len(plotted_infeasible), \
+            (fills, plotted_infeasible)
         for name in ("miou", "gflops_total"):  # the study's metric names label the axes
             assert f'data-unformatted="{name}"' in dom
         # several best trials are listed as "Trial N", a single one as "Best Trial (number=N)"
