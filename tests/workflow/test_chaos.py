@@ -24,14 +24,14 @@ from tests.workflow.conftest import SNAKEMAKE, snakemake, tiny_ablation, write_c
 
 pytestmark = pytest.mark.slow
 
-ITERS, INTERVAL = 6, 2
+ITERS, INTERVAL = 4, 2
 SEED = 20261207
 KINDS = ("train", "evaluate", "ingest")
 MAX_ROUNDS = 12
 
 
 def chaos_ablation(root: Path) -> dict:
-    """Six runs: baseline and PRO-SCALE (3,3,3) x seeds 0..2, six iterations, a checkpoint every
+    """Six runs: baseline and PRO-SCALE (3,3,3) x seeds 0..2, four iterations, a checkpoint every
     two; no FLOPs or latency jobs (nothing the kills aim at)."""
     config = tiny_ablation(root, name="chaos", iters=ITERS, benchmark=False)
     config["grid"]["seed"] = [0, 1, 2]
@@ -78,7 +78,7 @@ class Driver:
         self.seen[proc.pid] = kind
         if not (first or self.rng.random() < self.p):
             return
-        checkpoint = self.rng.choice([0, INTERVAL, 2 * INTERVAL]) if kind == "train" else 0
+        checkpoint = self.rng.choice([0, INTERVAL, INTERVAL]) if kind == "train" else 0
         delay = self.rng.uniform(0, 1.5 if checkpoint else 6.0)
         self.plans[proc.pid] = (proc, kind, checkpoint, delay, None)
 
@@ -115,9 +115,9 @@ class Driver:
         with open(workdir / "snakemake.log", "a") as log:
             head = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=log,
                                     stderr=subprocess.STDOUT, start_new_session=True)
-            deadline = time.monotonic() + 900
+            deadline = time.monotonic() + 3600
             while head.poll() is None:
-                assert time.monotonic() < deadline, "a DAG run took over 15 minutes"
+                assert time.monotonic() < deadline, "a DAG run took over an hour"
                 self.step(head)
                 time.sleep(0.05)
         return head.returncode
@@ -147,11 +147,12 @@ def finals(results: Path) -> dict[str, tuple[dict, dict]]:
 
 
 def invocations(work: Path) -> list[list[int]]:
-    """The steps each training invocation in ``work`` logged, in the order they ran."""
+    """The training steps each invocation in ``work`` logged (every one: logger interval 1), in
+    the order they ran; validation entries (``mIoU``) are not training."""
     out = []
     for scalars in sorted(work.glob("*/vis_data/scalars.json")):
-        steps = [json.loads(line)["step"] for line in scalars.read_text().splitlines()]
-        out.append(sorted({s for s in steps}))
+        entries = [json.loads(line) for line in scalars.read_text().splitlines()]
+        out.append(sorted({e["step"] for e in entries if "mIoU" not in e}))
     return out
 
 
@@ -176,7 +177,7 @@ def test_sigkilled_grid_reruns_to_the_undisturbed_results(tmp_path):
     started = time.monotonic()
     calm_config = chaos_ablation(calm_dir)
     calm = snakemake(calm_dir, write_config(calm_dir / "chaos.yaml", calm_config),
-                     "ingest_results")
+                     "ingest_results", timeout=3600)
     assert calm.returncode == 0, calm.stderr[-3000:]
     calm_s = time.monotonic() - started
 
