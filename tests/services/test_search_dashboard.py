@@ -44,9 +44,10 @@ class _Points(HTMLParser):
         if self.depth:
             self.depth += tag not in VOID
             if tag == "path" and "point" in (attrs.get("class") or "").split():
-                style = dict(part.split(":", 1) for part in (attrs.get("style") or "").split(";")
-                             if ":" in part)
-                self.fills.append(style.get("fill", "").strip())
+                style = dict((k.strip(), v.strip()) for k, _, v in
+                             (part.partition(":") for part in
+                              (attrs.get("style") or "").split(";")) if v)
+                self.fills.append(style.get("fill", ""))
         elif attrs.get("id") == self.root_id:
             self.depth = 1
 
@@ -79,8 +80,8 @@ def test_dashboard_shows_trials_and_pareto_front(tmp_path):
     if browser is None:
         pytest.skip("Chromium missing: apt-get install -y chromium")
     from tests.unit.test_search import TABLE as table
-    spec = dataclasses.replace(load_search_space(SPACE), name="dash", max_trials=12,
-                               max_trainings=5, batch=3, seed=2)
+    spec = dataclasses.replace(load_search_space(SPACE), name="dash", max_trials=30,
+                               max_trainings=8, batch=3, seed=2)
     storage = f"sqlite:///{tmp_path / 'study.db'}"
     study = open_study(spec, open_storage(storage))
     Search(spec=spec, study=study, executor=ReplayExecutor(table=table),
