@@ -246,7 +246,7 @@ class Search(WorkerTrials):
                 if result is None:
                     self._fail(trial, f"{run.run_id}: the job ended without a result")
                 elif self._set(trial, STATUS, "reused"):
-                    self._tell_reused(trial, result, self._attr(trial, "gflops_total"))
+                    self._tell(trial.number, result, self._attr(trial, "gflops_total"))
             for trial, run in followers:
                 self._follow(trial, run)
             self._tell_deferred(final=False)
@@ -348,7 +348,7 @@ class Search(WorkerTrials):
         if result is not None:
             trial.set_user_attr(STATUS, "reused")
             trial.set_user_attr("reused_from", source)
-            self._tell_reused(trial, result, gflops)
+            self._tell(trial.number, result, gflops)
             self.log(head + f"reused: mIoU {float(result['miou']):.2f} from {source}, "
                      "not trained")
             return None

@@ -130,18 +130,6 @@ class WorkerTrials:
             self.log(f"warm start: {added} grid runs loaded as completed trials")
         return added
 
-    def _tell_reused(self, trial, result, gflops) -> bool:
-        """Tell a trial whose setting has a result without training it. The study's first
-        trial of the setting is told COMPLETE with it. A later one (the sampler proposed a
-        setting the study already holds) is closed as FAIL, with ``duplicate_of`` naming that
-        trial: Optuna has no state for "the same point again", and FAIL is the one that no
-        sampler reads and no Pareto front (``study.best_trials``, optuna-dashboard's best
-        trials) lists, so each setting is one point there, however often it is proposed."""
-        first = self.known()[0].get(self._attr(trial, RUN_ID))
-        if first is None or first[1] == trial.number:
-            return self._tell(trial.number, result, gflops)
-        self._set(trial, "duplicate_of", first[1])
-        return self._finish(trial.number, state="PRUNED")
 
     def _leader_of(self, trial, run):
         """Another worker's trial that trains (or trained) the same run, submitted first: this
@@ -173,7 +161,7 @@ class WorkerTrials:
             result = self.executor.existing(run)
             if result is not None:
                 if self._set(trial, STATUS, "reused"):
-                    self._tell_reused(trial, result, self._attr(trial, "gflops_total"))
+                    self._tell(trial.number, result, self._attr(trial, "gflops_total"))
                 return
             leader = self._attr(trial, "follows")
             if leader is not None and trial_now(self.study,

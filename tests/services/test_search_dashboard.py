@@ -90,11 +90,6 @@ def test_dashboard_shows_trials_and_pareto_front(tmp_path):
     infeasible = [t.number for t in trials if t.user_attrs.get("status") == "infeasible"]
     front = sorted(t.number for t in study.best_trials)
     assert infeasible and front
-    # a setting proposed again is not another best trial: each front setting appears once
-    reproposed = [t for t in trials if "duplicate_of" in t.user_attrs]
-    assert reproposed and all(t.state.name == "PRUNED" for t in reproposed)
-    front_ids = [t.user_attrs["run_id"] for t in study.best_trials]
-    assert len(front_ids) == len(set(front_ids)), front_ids
 
     port = free_port()
     dashboard = subprocess.Popen([str(Path(sys.executable).with_name("optuna-dashboard")),
