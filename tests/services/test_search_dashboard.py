@@ -9,6 +9,7 @@ import subprocess
 import sys
 import time
 import urllib.request
+from html.parser import HTMLParser
 from pathlib import Path
 
 import pytest
@@ -31,6 +32,43 @@ def _dump_dom(browser: str, url: str, tmp: Path) -> str:
     return proc.stdout
 
 
+class _Points(HTMLParser):
+    """The fill style of every marker (``path.point``) drawn inside the element ``root_id``."""
+
+    def __init__(self, root_id: str):
+        super().__init__()
+        self.root_id, self.depth, self.fills = root_id, 0, []
+
+    def handle_starttag(self, tag, attrs):
+        attrs = dict(attrs)
+        if self.depth:
+            self.depth += tag not in VOID
+            if tag == "path" and "point" in (attrs.get("class") or "").split():
+                style = dict((k.strip(), v.strip()) for k, _, v in
+                             (part.partition(":") for part in
+                              (attrs.get("style") or "").split(";")) if v)
+                self.fills.append(style.get("fill", ""))
+        elif attrs.get("id") == self.root_id:
+            self.depth = 1
+
+    def handle_endtag(self, tag):
+        if self.depth and tag not in VOID:
+            self.depth -= 1
+
+
+VOID = {"area", "base", "br", "col", "embed", "hr", "img", "input", "link", "meta", "source",
+        "track", "wbr"}
+INFEASIBLE_FILL = "rgb(204, 204, 204)"  # the dashboard's grey (#cccccc) for infeasible trials
+
+
+def pareto_fills(dom: str) -> list[str]:
+    """The fill of every point of the dashboard's Pareto-front plot (``#graph-pareto-front``;
+    the timeline and other plots are elsewhere in the page)."""
+    parser = _Points("graph-pareto-front")
+    parser.feed(dom)
+    return parser.fills
+
+
 def test_dashboard_shows_trials_and_pareto_front(tmp_path):
     import optuna
 
@@ -42,8 +80,8 @@ def test_dashboard_shows_trials_and_pareto_front(tmp_path):
     if browser is None:
         pytest.skip("Chromium missing: apt-get install -y chromium")
     from tests.unit.test_search import TABLE as table
-    spec = dataclasses.replace(load_search_space(SPACE), name="dash", max_trials=12,
-                               max_trainings=5, batch=3, seed=2)
+    spec = dataclasses.replace(load_search_space(SPACE), name="dash", max_trials=30,
+                               max_trainings=8, batch=3, seed=2)
     storage = f"sqlite:///{tmp_path / 'study.db'}"
     study = open_study(spec, open_storage(storage))
     Search(spec=spec, study=study, executor=ReplayExecutor(table=table),
@@ -70,7 +108,16 @@ def test_dashboard_shows_trials_and_pareto_front(tmp_path):
                 time.sleep(0.5)
         dom = _dump_dom(browser, f"{base}/dashboard/studies/{study._study_id}", tmp_path)
         assert "Pareto Front" in dom
-        assert re.search(r'data-unformatted="Infeasible"', dom), "infeasible trials not marked"
+        # the Pareto plot draws each infeasible trial (told COMPLETE at the mIoU floor) in the
+        # infeasible grey, and nothing else in it (the timeline's "Infeasible" legend is
+        # another plot)
+        drawn = [t for t in trials if t.state.name == "COMPLETE"]
+        plotted_infeasible = [t.number for t in drawn if t.user_attrs.get("status") ==
+                              "infeasible"]
+        fills = pareto_fills(dom)
+        assert len(fills) == len(drawn), fills  # every COMPLETE trial is a point
+        assert plotted_infeasible and fills.count(INFEASIBLE_FILL) == len(plotted_infeasible), \
+            (fills, plotted_infeasible)
         for name in ("miou", "gflops_total"):  # the study's metric names label the axes
             assert f'data-unformatted="{name}"' in dom
         # several best trials are listed as "Trial N", a single one as "Best Trial (number=N)"
