@@ -33,7 +33,13 @@ On the CPU the settings are off unless ``--batch`` or ``--precisions`` is given 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import copy
+import os
+import platform
+import socket
 import statistics
+import subprocess
 import time
 from pathlib import Path
 from typing import Callable, Dict, List, Sequence, Tuple
@@ -174,8 +180,6 @@ def interleaved(calls: Dict[str, Callable[[], object]], repeats: int, warmup: in
 # ----------------------------------------------------------------------------- measuring
 def autocast_context(device: str, precision: str = "fp32"):
     """``torch.autocast`` for ``fp16`` / ``bf16`` on ``device``; a null context for fp32."""
-    import contextlib
-
     import torch
 
     if precision not in PRECISIONS:
@@ -388,10 +392,6 @@ def format_settings(results: dict, ratios: dict | None = None) -> List[str]:
 def host_info(device: str) -> dict:
     """Where a measurement ran: host, CPU (model, instruction sets, the ATen capability it
     dispatched to), GPU model, driver, CUDA and cuDNN, threads, library versions."""
-    import os
-    import platform
-    import socket
-
     import torch
 
     from pipelines.provenance import cpu_state, library_versions
@@ -416,8 +416,6 @@ def host_info(device: str) -> dict:
 
 def gpu_driver() -> str | None:
     """The NVIDIA driver's version (``nvidia-smi``), None where it cannot be read."""
-    import subprocess
-
     try:
         out = subprocess.run(["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"],
                              capture_output=True, text=True, timeout=30)
@@ -454,8 +452,6 @@ def benchmark_runs(runs: List[dict], image_hw: Tuple[int, int] | None, device: s
         ``(paired document, {run_id: the run's own benchmark.json document})``; a run whose
         model does not build gets a failure record as its document.
     """
-    import copy
-
     from pipelines.failures import failure_record
     from pipelines.flops import describe_pixel_decoder
     from pipelines.methods import not_timed_reason

@@ -1,8 +1,11 @@
 """Loading mmengine configs from the CLI, with every user mistake turned into one line."""
 from __future__ import annotations
 
+import copy
+import json
 import os
 import tempfile
+import warnings
 from pathlib import Path
 from typing import Any, Iterable
 
@@ -35,8 +38,6 @@ RUNNER_DEFAULTS = {"randomness": {"seed": None}}
 
 def add_runner_defaults(cfg) -> None:
     """Give ``cfg`` (an mmengine Config or a plain dict) the Runner's defaults it lacks."""
-    import copy
-
     for key, value in RUNNER_DEFAULTS.items():
         if key not in cfg:
             cfg[key] = copy.deepcopy(value)
@@ -44,8 +45,6 @@ def add_runner_defaults(cfg) -> None:
 
 def quiet_import_warnings() -> None:
     """mmengine imports pkg_resources, which warns on every import; that line is noise."""
-    import warnings
-
     warnings.filterwarnings("ignore", message="pkg_resources is deprecated")
 
 
@@ -177,8 +176,6 @@ def write_lines_atomic(path: str | os.PathLike, lines: Iterable[str]) -> Path:
 
 def write_json_atomic(path: str | os.PathLike, data: Any) -> Path:
     """Write JSON next to ``path`` then rename, so a reader never sees half a file."""
-    import json
-
     path = Path(path)
     ensure_writable_dir(path.parent, "output folder")
     tmp = path.with_name(f".{path.name}.tmp")

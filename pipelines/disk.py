@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shutil
 from pathlib import Path
 from typing import Any, Iterable
@@ -167,8 +168,6 @@ def finalize(runner) -> Path:
     Returns:
         The final checkpoint's path.
     """
-    import os
-
     import torch
     from mmengine.model import is_model_wrapper
 

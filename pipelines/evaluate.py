@@ -2,6 +2,9 @@
 from __future__ import annotations
 
 import argparse
+import json
+import math
+import warnings
 from pathlib import Path
 
 from pipelines.config import check_dataset, ensure_writable_dir, load_config, write_json_atomic
@@ -50,8 +53,6 @@ def load_weights(runner, checkpoint: str | Path) -> None:
     """The checkpoint's weights into the runner's model, every key and shape matching (mmengine
     alone only warns about a mismatch and evaluates a half-random model); one-line
     :class:`UserError` for a file that is not a checkpoint or one of another model."""
-    import warnings
-
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
@@ -71,8 +72,6 @@ def load_weights(runner, checkpoint: str | Path) -> None:
 
 def check_finite(result: dict) -> dict:
     """Refuse a NaN or infinite mIoU/aAcc (it would otherwise vanish silently in MLflow)."""
-    import math
-
     bad = [k for k in ("miou", "aacc", "macc") if not math.isfinite(result[k])]
     if bad:
         raise ValueError(f"evaluation gave a non-finite {', '.join(bad)}: "
@@ -92,7 +91,6 @@ def _checkpoint(args: argparse.Namespace) -> Path:
         return Path(args.checkpoint)
     if not args.train_done:
         raise UserError("give a CHECKPOINT or --train-done")
-    import json
 
     try:
         checkpoint = json.loads(Path(args.train_done).read_text())["checkpoint"]

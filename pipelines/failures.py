@@ -19,6 +19,8 @@ from __future__ import annotations
 
 import contextlib
 import json
+import shutil
+import sys
 import traceback
 from pathlib import Path
 from typing import Any, Iterator, Sequence
@@ -62,8 +64,6 @@ def recording_failures(out: str | Path | None, stage: str, record: bool) -> Iter
     exception becomes the record at ``out`` and a one-line message on stderr, and the block's
     caller goes on (the stage then exits 0). ``KeyboardInterrupt`` always propagates.
     """
-    import sys
-
     try:
         yield
     except Exception as err:  # noqa: BLE001 - every failure of the stage is recorded
@@ -91,8 +91,6 @@ def run_stage(stage: str, fn, args, *, outs: Sequence = (), upstreams: Sequence 
 
     Empty entries of ``outs`` and ``upstreams`` (an option not given) are skipped.
     """
-    import shutil
-
     from pipelines.config import write_json_atomic
 
     outs = [Path(o) for o in outs if o]

@@ -3,6 +3,7 @@
 tracked per-stage encoder GFLOPs columns."""
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 import pandas as pd
@@ -50,8 +51,6 @@ def errorbars(ax, pts: pd.DataFrame, x: str, y: str, color: str, marker: str,
 def stage_columns(df: pd.DataFrame) -> list[str]:
     """Tracked per-stage encoder GFLOPs, e.g. ``gflops_encoder_stage1`` (when the flops stage
     logs them)."""
-    import re
-
     pat = re.compile(r"^gflops_encoder[._]stage(\d+)$")
     cols = [c for c in df.columns if pat.match(c) and df[c].notna().any()]
     return sorted(cols, key=lambda c: int(pat.match(c).group(1)))

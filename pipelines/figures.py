@@ -18,6 +18,7 @@ sorted, fonts and style are pinned (matplotlib defaults, DejaVu Sans, fixed ``sv
 from __future__ import annotations
 
 import argparse
+import io
 import json
 import os
 from pathlib import Path
@@ -423,8 +424,6 @@ def save(fig, stem: Path) -> list[Path]:
 
 def png_bytes(fig, close: bool = True) -> bytes:
     """The PNG of a figure as bytes (for notebooks: ``display(Image(data=png_bytes(fig)))``)."""
-    import io
-
     matplotlib, plt = _pyplot()
     buf = io.BytesIO()
     with matplotlib.rc_context(STYLE):

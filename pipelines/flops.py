@@ -14,6 +14,8 @@ layers alone); ``pixel_decoder`` (all of it, encoder included); ``transformer_de
 from __future__ import annotations
 
 import argparse
+import logging
+import statistics
 from pathlib import Path
 from typing import Sequence, Tuple
 
@@ -107,8 +109,6 @@ def build_model(cfg):
 
 def quiet_init_weights(model) -> None:
     """``model.init_weights()`` without mmengine's per-parameter INFO log."""
-    import logging
-
     from mmengine.logging import MMLogger
 
     logger = MMLogger.get_current_instance()
@@ -271,8 +271,6 @@ def per_image_report(cfg, data_root: str, max_images: int | None = None,
     every consumer of the static report reads it unchanged; ``gflops_std``, ``gflops_min`` and
     ``gflops_max`` the spread, ``per_image`` one row per image.
     """
-    import statistics
-
     from tqdm import tqdm
 
     if max_images is not None and max_images < 1:

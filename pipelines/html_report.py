@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import html
+import json
 import os
 from pathlib import Path
 
@@ -49,8 +50,6 @@ def _cell(value, digits: int = 2) -> tuple[str, bool]:
 
 def _links(ui: str, r) -> str:
     """One MLflow link per seed of a setting (``seed 0``, ``seed 1``...)."""
-    import json
-
     ids = json.loads(r["mlflow_run_ids"]) if isinstance(r["mlflow_run_ids"], str) else []
     seeds = str(r.get("seeds", "") or "").split()
     out = []
@@ -124,8 +123,6 @@ def build_report(data, out: str | os.PathLike, ui: str = DEFAULT_UI,
     The page lists settings (mean and interval over seeds, one MLflow link per seed), not runs,
     so it stays readable with thousands of runs; MLflow holds the per-run detail.
     """
-    import json
-
     from pipelines.analysis.settings import (DETERMINISM, INTERVAL_NAME, ONE_SEED, TEST_NAME,
                                              Analysis, analyse, ranking_stability)
     from pipelines.config import ensure_writable_dir

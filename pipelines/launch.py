@@ -15,7 +15,9 @@ The effective batch is ``N x train_dataloader.batch_size``; with ``auto_scale_lr
 """
 from __future__ import annotations
 
+import ctypes
 import os
+import signal
 import subprocess
 import sys
 from typing import Sequence
@@ -77,9 +79,6 @@ def die_with_launcher() -> None:
     orphans and writing checkpoints beside the retry. On a cluster the scheduler kills the whole
     job; this makes a local kill behave the same.
     """
-    import ctypes
-    import signal
-
     try:
         libc = ctypes.CDLL("libc.so.6", use_errno=True)
     except OSError:

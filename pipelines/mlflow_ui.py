@@ -34,7 +34,12 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import subprocess
 import sys
+import time
+import urllib.error
+import urllib.request
+from urllib.parse import urlsplit
 
 from pipelines import contract as c
 from pipelines.errors import UserError
@@ -143,8 +148,6 @@ def add_parser(sub) -> None:
 def _settings(args: argparse.Namespace) -> tuple[str, str, str, int]:
     """(tracking URI, experiment, host, port): the options, else the ablation's, else the
     demo's."""
-    from urllib.parse import urlsplit
-
     from pipelines.tracking import DEFAULT_TRACKING_URI
 
     config: dict = {"name": "demo"}
@@ -161,9 +164,6 @@ def _settings(args: argparse.Namespace) -> tuple[str, str, str, int]:
 
 def _answers(url: str) -> bool:
     """Whether an HTTP server answers at ``url`` (any status)."""
-    import urllib.error
-    import urllib.request
-
     try:
         urllib.request.urlopen(url, timeout=2).close()
     except urllib.error.HTTPError:
@@ -184,9 +184,6 @@ def run(args: argparse.Namespace) -> int:
     if args.link_only:
         print(f"{experiment}: open {link}", flush=True)
         return 0
-    import subprocess
-    import time
-
     from pipelines.lock import die_with_parent
 
     mlflow = os.path.join(os.path.dirname(sys.executable), "mlflow")

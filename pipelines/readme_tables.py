@@ -19,9 +19,11 @@ CSV, so a number in a table is always the code's reading of the recording:
 from __future__ import annotations
 
 import argparse
+import logging
 import re
 import statistics
 import sys
+import warnings
 from pathlib import Path
 from typing import Callable
 
@@ -71,9 +73,6 @@ def demo_table(csv: Path = DEMO_CSV) -> str:
 def replay_rows(samplers=tuple(s for s, _ in SAMPLERS), seeds: int = REPLAY_SEEDS) -> list[str]:
     """The search benchmark's rows (``python -m pipelines.benchmarks.search_replay``'s defaults:
     ``grid_lr.csv``, its space, ``seeds`` replays per sampler)."""
-    import logging
-    import warnings
-
     import optuna
 
     from pipelines.benchmarks.search_replay import (BENCH_SPACE, BENCH_TABLE, hypervolume,

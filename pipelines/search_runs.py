@@ -11,6 +11,7 @@
 from __future__ import annotations
 
 import copy
+import itertools
 import json
 import os
 from pathlib import Path
@@ -128,8 +129,6 @@ def make_runs(spec, points: list[tuple[str, Mapping[str, Any]]]) -> list:
 
 def space_points(spec) -> list[tuple[str, dict]]:
     """Every setting of a space whose axes are all categorical (the replayed grids)."""
-    import itertools
-
     points = []
     for variant, axes in spec.variants.items():
         if any(a.choices is None for a in axes):

@@ -15,6 +15,7 @@ step reruns the ablation's analysis (and so its figures and reports) exactly the
 """
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 
@@ -94,8 +95,6 @@ def write_trials_record(spec, study, tracked: dict[str, str]) -> bool:
     """Write the record of the searched runs in the ablation's experiment (``tracked``: run id
     -> MLflow run id, :func:`track_trials`), with their trial numbers and objectives, when its
     content changed; returns whether it did. ``key``: a hash of that content."""
-    import hashlib
-
     from pipelines.config import write_json_atomic
 
     trials: dict[str, dict] = {}

@@ -28,13 +28,19 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import math
 import os
+import shutil
 import signal
+import socket
+import tempfile
 import time
+import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Mapping
+from urllib.parse import unquote, urlsplit
 
 from pipelines import contract as c
 from pipelines.errors import UserError
@@ -108,8 +114,6 @@ def resolve_artifact_location(location: str | None) -> str | None:
 
 def check_writable(folder: Path, what: str) -> None:
     """Create ``folder`` if needed and write a file there (and remove it), or a UserError."""
-    import tempfile
-
     try:
         folder.mkdir(parents=True, exist_ok=True)
         with tempfile.TemporaryFile(dir=folder):
@@ -160,9 +164,6 @@ def removed_if_new_and_failed(uri: str):
 def check_store(uri: str) -> None:
     """Refuse, before anything is written, a store ingest cannot write: an SQLite file that is
     not a database or not writable, or a server (MLflow, PostgreSQL) that does not answer."""
-    import socket
-    from urllib.parse import urlsplit
-
     if uri.startswith("sqlite:///"):
         check_readable(uri)
         path = Path(uri[len("sqlite:///"):])
@@ -188,8 +189,6 @@ def check_store(uri: str) -> None:
 
 
 def open_client(tracking_uri: str = DEFAULT_TRACKING_URI):
-    import logging
-
     from mlflow.tracking import MlflowClient
 
     # alembic announces every migration of a fresh store on INFO, MLflow the store's creation
@@ -250,8 +249,6 @@ def get_or_create_experiment(client, name: str, artifact_location: str | None = 
 
 def _local_folder(location: str) -> Path | None:
     """The folder of a local artifact location (a ``file://`` URI or a path), else None."""
-    from urllib.parse import unquote, urlsplit
-
     if location.startswith("file:"):
         return Path(unquote(urlsplit(location).path))
     return Path(location) if location and "://" not in location else None
@@ -538,8 +535,6 @@ def _write_sql(store, experiment, parent_id: str, ablation: str,
     deletes; an error deletes them at once. Per run with a thousand curve points this costs
     a few ms instead of about 0.1 s (an ORM object and a validation per point, six sessions
     and five commits)."""
-    import uuid
-
     from mlflow.entities import LifecycleStage, RunStatus, SourceType
     from mlflow.store.tracking.dbmodels.models import (SqlLatestMetric, SqlMetric, SqlParam,
                                                         SqlRun, SqlTag)
@@ -649,8 +644,6 @@ def copy_artifacts(artifacts: Iterable[tuple], dest: Path) -> set:
     """``(local file or folder, artifact sub-path)`` pairs copied under ``dest`` as
     ``log_artifact`` / ``log_artifacts`` place them (a file in ``sub/<name>``, a folder's content
     in ``sub/``); returns the top-level names written."""
-    import shutil
-
     top, made = set(), set()
     for src, dst in artifact_files(artifacts, dest):
         if dst.parent not in made:
@@ -763,10 +756,6 @@ def log_artifacts_once(client, mlflow_id: str, artifacts: Iterable[tuple]) -> se
     run's artifact store is looked up once per run instead of once per file. Returns the
     top-level artifact names written.
     """
-    import os
-    import shutil
-    import tempfile
-
     staged = False
     with tempfile.TemporaryDirectory(prefix="ingest-") as tmp:
         staging = Path(tmp)

@@ -18,6 +18,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shlex
 from pathlib import Path
 from typing import Any, Iterator, Mapping
 from urllib.parse import urlparse
@@ -42,8 +43,6 @@ def folder_of(ablation: Mapping[str, Any] | None = None) -> Path | None:
 def shell_prefix(folder: Path | None) -> str:
     """``PIPELINES_WEIGHTS=<folder> `` for a stage job's shell command (quoted, with braces
     doubled for Snakemake's formatting); empty without a folder."""
-    import shlex
-
     if folder is None:
         return ""
     text = f"{ENV}={shlex.quote(str(folder.resolve()))} "

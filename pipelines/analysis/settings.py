@@ -30,6 +30,7 @@ from __future__ import annotations
 import json
 import math
 from dataclasses import dataclass
+from itertools import combinations
 
 import numpy as np
 import pandas as pd
@@ -327,8 +328,6 @@ def ranking_stability(runs: pd.DataFrame, metric: str = contract.MIOU) -> pd.Dat
     both seeds) and ``tau`` (NaN with fewer than two common settings). 1 = the same order,
     -1 = reversed, about 0 = unrelated.
     """
-    from itertools import combinations
-
     from scipy import stats
 
     grid = runs[runs["role"] == contract.ROLE_RUN].dropna(subset=[contract.SEED, metric])

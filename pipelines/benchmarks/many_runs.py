@@ -41,9 +41,11 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import math
 import os
 import random
+import resource
 import shutil
 import subprocess
 import sys
@@ -216,8 +218,6 @@ class Clock:
         self.cpu: dict[str, float] = {}
 
     def time(self, name: str, fn: Callable, *args, **kwargs):
-        import resource
-
         def cpu() -> float:
             own = resource.getrusage(resource.RUSAGE_SELF)
             kids = resource.getrusage(resource.RUSAGE_CHILDREN)
@@ -278,8 +278,6 @@ def measure(size: int, root: Path, log=print, stages=STAGE_GROUPS,
             snakefile: Path = REPO / "Snakefile") -> dict[str, Any]:
     """The ``stages`` (:data:`STAGE_GROUPS`) of one size under ``root``; returns ``{"runs",
     "wall", "cpu", "actions"}``."""
-    import logging
-
     from pipelines import pareto
     from pipelines import report as md_report
     from pipelines.analysis.data import load_runs

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import statistics
 import time
 from pathlib import Path
@@ -64,8 +65,6 @@ def main(argv=None) -> int:
                                            size=128, seed=0), progress=False)
     work = out / "work"
     if work.exists():
-        import shutil
-
         shutil.rmtree(work)
     cfg = load_config(TINY_CONFIG, [f"train_cfg.max_iters={args.iters}",
                                     f"train_cfg.val_interval={args.iters}"], str(data_root))

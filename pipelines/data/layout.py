@@ -13,6 +13,7 @@ encoding (the synthetic set's pictures): ``python -m pipelines data layout``.
 """
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import tempfile
@@ -128,8 +129,6 @@ _checked: set = set()
 def check_labels(cfg: Mapping[str, Any], loaders, root: str | os.PathLike) -> None:
     """:func:`check_pairs_and_labels` for each of ``loaders`` of a (plain) config, with the
     dataset folder ``root``; once per dataset and class count in a process."""
-    import json
-
     root, classes = Path(root), num_classes(cfg)
     for name in loaders:
         ds = (cfg.get(name) or {}).get("dataset")

@@ -3,6 +3,7 @@ gate input (see :mod:`pipelines.eco_m2f`)."""
 from __future__ import annotations
 
 import argparse
+import time
 from pathlib import Path
 
 from pipelines.config import ensure_writable_dir, write_json_atomic
@@ -38,8 +39,6 @@ def derive(model, loader, max_images=None):
 
 
 def run(args: argparse.Namespace) -> int:
-    import time
-
     out = Path(args.out)
     feats_out = features_path(out, args.features)
     ensure_writable_dir(out.parent, "output folder")

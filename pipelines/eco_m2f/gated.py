@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import statistics
 from pathlib import Path
 from typing import List
 
@@ -143,8 +144,6 @@ def evaluate_gated(model, gate, beta: float, loader, max_images=None):
 
 def gated_flops_report(rows: List[dict], model, params: dict, config: str, data) -> dict:
     """``flops --data``'s document for the gated model from :func:`evaluate_gated`'s rows."""
-    import statistics
-
     from pipelines.flops import describe_pixel_decoder
 
     column = {p: [r["gflops"][p] for r in rows] for p in rows[0]["gflops"]}

@@ -2,6 +2,7 @@
 Snakefile imports it, ``workflow/rules/eco_m2f.smk``)."""
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Dict
 
@@ -34,6 +35,4 @@ def stage_files(results: str, ablation: str, run) -> Dict[str, str]:
 
 def id_pattern(ids) -> str:
     """A regular expression matching exactly ``ids`` (and nothing when there is none)."""
-    import re
-
     return "|".join(re.escape(i) for i in sorted(ids)) or "(?!)"

@@ -1,6 +1,7 @@
 """A gated run's section of the ablation report (``python -m pipelines report``)."""
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import List
 
@@ -9,8 +10,6 @@ def report_lines(run_id: str, metrics_json) -> List[str]:
     """Markdown of one gated run for ``python -m pipelines report``: exit histogram, mean exit,
     the ladder (every fixed exit) and the oracle next to the gated model, from its metrics JSON;
     nothing for another run (or a missing or failed evaluation)."""
-    import json
-
     try:
         evaluation = json.loads(Path(metrics_json).read_text())
     except (OSError, ValueError):

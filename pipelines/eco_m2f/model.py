@@ -4,6 +4,7 @@ per-image quality."""
 from __future__ import annotations
 
 import argparse
+import copy
 import hashlib
 from pathlib import Path
 from typing import Dict, Sequence
@@ -87,8 +88,6 @@ def load_exit_model(args):
 
 def build_loader(cfg, split: str, batch_size: int):
     """The test dataloader over ``split`` ('train' or 'test' images), no shuffling."""
-    import copy
-
     from mmengine.runner import Runner
 
     loader = copy.deepcopy(cfg.test_dataloader)
@@ -126,8 +125,6 @@ def batches(model, loader, max_images: int | None):
 
 def predict(model, inputs, samples, exits, feats=None):
     """Label maps (one ``(H, W)`` tensor per image, original size) with ``exits`` forced."""
-    import copy
-
     from pipelines.models.early_exit import forced_exits
 
     samples = [copy.copy(s) for s in samples]

@@ -3,6 +3,7 @@ with the metadata of the model they were derived from (:func:`pipelines.eco_m2f.
 """
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 from typing import List
@@ -13,8 +14,6 @@ TABLE_META = b"pipelines.eco_m2f"  # key of our metadata in the Parquet schema
 
 
 def write_table(path: Path, rows: List[dict], meta: dict) -> None:
-    import json
-
     import pandas as pd
     import pyarrow as pa
     import pyarrow.parquet as pq
@@ -29,8 +28,6 @@ def write_table(path: Path, rows: List[dict], meta: dict) -> None:
 
 def read_table(path: Path, what: str = "derived table"):
     """``(DataFrame, meta)``; a missing or foreign file is a one-line UserError."""
-    import json
-
     import pyarrow.parquet as pq
 
     path = Path(path)

@@ -13,6 +13,7 @@ import copy
 import hashlib
 import keyword
 import math
+import tempfile
 from pathlib import Path
 from typing import Any, Iterable, Mapping
 
@@ -231,8 +232,6 @@ def render_run(run, repo: str | Path = ".") -> str:
 
 def load_rendered(text: str):
     """A rendered config's text as an mmengine Config (what a stage reading the file gets)."""
-    import tempfile
-
     from pipelines.config import load_config
 
     with tempfile.TemporaryDirectory(prefix="rendered-") as folder:
