@@ -13,7 +13,9 @@ MLflow store moved into ``--work``; only the ``train``, ``evaluate`` and ``flops
 run are asked for (the reports are not needed for a table). Running the same command again
 resumes: finished runs are kept. ``--collect-only`` writes the rows of the runs finished so far.
 ``--by seed`` runs the DAG once per value of that axis, in the grid's order (every setting's
-seed 0 first), so a recording stopped early holds whole seeds.
+seed 0 first), so a recording stopped early holds whole seeds; ``--chunk N`` runs each such
+group N runs at a time in a shuffled order (fixed seed 0), so a recording stopped early holds a
+random subset of the settings rather than the first ones of the grid's order.
 
 The table has one row per run (seeds are separate rows; the replay pools them): run id,
 variant, seed, iterations, mIoU (percent), GFLOPs (total, pixel decoder, encoder), then one
@@ -143,6 +145,8 @@ def main(argv=None) -> int:
     parser.add_argument("--by", metavar="AXIS",
                         help="run the DAG once per value of this axis, in order (seed: every "
                              "setting's first seed before any second)")
+    parser.add_argument("--chunk", type=int, metavar="N",
+                        help="run each group N runs at a time, in a shuffled order (seed 0)")
     args = parser.parse_args(argv)
     work = args.work.resolve()
     work.mkdir(parents=True, exist_ok=True)
@@ -160,9 +164,18 @@ def main(argv=None) -> int:
         bin_dir = Path(sys.executable).parent
         env = dict(os.environ, PATH=f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '')}",
                    PYTHONPATH=str(REPO), PYTHONWARNINGS="ignore")
+        chunks = []
         for key, targets in groups.items():
-            if args.by:
-                print(f"{args.by} = {key}: {len(targets) // 2} runs", flush=True)
+            pairs = [targets[i:i + 2] for i in range(0, len(targets), 2)]  # metrics, flops
+            if args.chunk:
+                import random
+
+                random.Random(0).shuffle(pairs)
+            size = args.chunk or len(pairs)
+            chunks += [(key, sum(pairs[i:i + size], [])) for i in range(0, len(pairs), size)]
+        for key, targets in chunks:
+            if args.by or args.chunk:
+                print(f"{args.by or 'runs'} = {key}: {len(targets) // 2} runs", flush=True)
             subprocess.run([str(bin_dir / "snakemake"), "--snakefile", str(REPO / "Snakefile"),
                             "--configfile", str(configfile), "--directory", str(work),
                             "--cores", str(args.cores), "--rerun-incomplete", "--keep-going",
