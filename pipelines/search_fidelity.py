@@ -1,0 +1,442 @@
+"""Multi-fidelity search: stop the poor settings early, continue the good ones from their checkpoints.
+
+Fidelity is iterations of one schedule. A setting's training follows the schedule of its full
+budget R (``train_cfg.max_iters``); a rung r < R is that same training stopped and validated at
+its checkpoint r (``python -m pipelines train --stop-at r``). A promoted setting continues from
+that checkpoint to the next rung and never repeats an iteration; at R it is the uninterrupted
+training, bit for bit (pipelines/resume.py).
+
+The loop follows asynchronous successive halving (ASHA, Li et al. 2020) with MOASHA's
+multi-objective promotion (Schmucker et al. 2021): whenever a job can start, the highest rung
+holding a setting that is among the first ``1/eta`` of its rung's results, in Pareto order, and
+not promoted yet, promotes it to the next rung; if there is none, a new setting is proposed and
+trained to the first rung. Pareto order at a rung: non-dominated sorting on (val mIoU at the rung,
+up; GFLOPs, down), ties within a front broken by each point's exclusive hypervolume contribution
+(reference: mIoU 0, GFLOPs = the budget), larger first.
+
+Where this departs from the published designs, and why:
+
+* Cost first. GFLOPs are known before training: a proposed setting over the GFLOPs budget is
+  refused and never trained (MOASHA would train it to the first rung).
+* Proposals come from the study's sampler, fitted as BOHB does (Falkner et al. 2018) on the
+  highest rung that holds at least ``min_points`` results (else the first rung): a fresh study of
+  that rung's results (values: mIoU at the rung, GFLOPs; the GFLOPs constraint of every refused
+  setting) is asked for one setting. Cheap first-rung results end the sampler's random start-up
+  after ``n_startup`` first-rung trainings, i.e. after ``n_startup * r_0 / R`` trainings' worth of
+  iterations. ``proposals: random`` gives MOASHA's own random proposals (the benchmark's
+  baseline).
+* A proposed setting already known (trained to some rung, or refused) is asked again, up to
+  ``MAX_REASKS`` times, then the first unknown setting of a finite space is taken at random.
+* The budget is in iterations (``trainings`` x R): the search stops when the next job would start
+  with the budget spent. Only settings trained to R enter the search's Pareto front.
+
+The Optuna study holds one trial per setting: COMPLETE with (mIoU, GFLOPs) at R, or, when the
+search ends with the setting below R, PRUNED (Optuna refuses ``trial.report`` in a study with
+several objectives, so the rung results are kept as user attributes ``rung_<r>`` and
+``rungs`` = ``{r: mIoU}``); a refused setting is PRUNED with its constraint (``status``
+``infeasible``).
+"""
+from __future__ import annotations
+
+import json
+import random
+from dataclasses import dataclass, field
+from typing import Any, Callable, Mapping
+
+from pipelines.errors import UserError
+
+#: proposals of an already known setting asked again before one is drawn at random
+MAX_REASKS = 20
+
+
+@dataclass(frozen=True)
+class Fidelity:
+    """Rungs (iterations of one schedule, increasing, the last one its full budget) and the
+    reduction factor (the first ``1/eta`` of a rung is promoted)."""
+
+    rungs: tuple[int, ...]
+    eta: float = 2.0
+    proposals: str = "sampler"  # or "random"
+    min_points: int = 10  # results a rung needs before the sampler is fitted on it
+    n_startup: int = 10  # the fitted sampler's random start-up (first-rung results)
+
+    @property
+    def full(self) -> int:
+        return self.rungs[-1]
+
+    def cost(self, level: int) -> int:
+        """Iterations of the job that takes a setting from rung ``level - 1`` to ``level``."""
+        return self.rungs[level] - (self.rungs[level - 1] if level else 0)
+
+
+def parse_fidelity(block: Mapping[str, Any] | None, max_iters: int, where: str = "fidelity"
+                   ) -> Fidelity | None:
+    """The search config's ``fidelity`` block (``None``: every training is full):
+    ``{rungs: [12, 24, 48], eta: 2, proposals: sampler}``; the full budget ``max_iters`` is
+    added as the last rung."""
+    if block is None:
+        return None
+    if not isinstance(block, Mapping):
+        raise UserError(f"{where}: expected a mapping (rungs, eta, proposals)")
+    unknown = set(block) - {"rungs", "eta", "proposals", "min_points", "n_startup"}
+    if unknown:
+        raise UserError(f"{where}: unknown key(s) {', '.join(sorted(unknown))}")
+    rungs = block.get("rungs")
+    if (not isinstance(rungs, list) or not rungs
+            or any(isinstance(r, bool) or not isinstance(r, int) for r in rungs)):
+        raise UserError(f"{where}.rungs: expected a list of iterations, e.g. [12, 24, 48]")
+    rungs = [r for r in rungs if r != max_iters] + [max_iters]
+    if rungs != sorted(set(rungs)) or rungs[0] < 1:
+        raise UserError(f"{where}.rungs: expected increasing iterations in 1..{max_iters - 1} "
+                        f"(train_cfg.max_iters {max_iters} is the last rung), got {rungs[:-1]}")
+    eta = block.get("eta", 2)
+    if isinstance(eta, bool) or not isinstance(eta, (int, float)) or eta <= 1:
+        raise UserError(f"{where}.eta: expected a number > 1, got {eta!r}")
+    proposals = block.get("proposals", "sampler")
+    if proposals not in ("sampler", "random"):
+        raise UserError(f"{where}.proposals: expected sampler or random, got {proposals!r}")
+    counts = {}
+    for key in ("min_points", "n_startup"):
+        value = block.get(key, 10)
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise UserError(f"{where}.{key}: expected a whole number >= 1, got {value!r}")
+        counts[key] = value
+    return Fidelity(tuple(rungs), float(eta), proposals, **counts)
+
+
+# ----------------------------------------------------------------------------- Pareto order
+def pareto_ranks(points: list[tuple[float, float]]) -> list[int]:
+    """Non-dominated sorting of ``[(miou, gflops)]`` (mIoU up, GFLOPs down): 0 = the front."""
+    ranks = [-1] * len(points)
+    left, rank = set(range(len(points))), 0
+    while left:
+        front = [i for i in left if not any(
+            points[j][0] >= points[i][0] and points[j][1] <= points[i][1]
+            and points[j] != points[i] for j in left)]
+        for i in front:
+            ranks[i] = rank
+        left -= set(front)
+        rank += 1
+    return ranks
+
+
+def hv_contributions(points: list[tuple[float, float]], budget: float) -> list[float]:
+    """Each point's exclusive hypervolume contribution within its own front (reference: mIoU 0,
+    GFLOPs ``budget``); a point equal to another of its front contributes 0."""
+    ranks = pareto_ranks(points)
+    out = [0.0] * len(points)
+    for rank in set(ranks):
+        front = sorted((i for i in range(len(points)) if ranks[i] == rank),
+                       key=lambda i: (points[i][1], -points[i][0]))
+        for k, i in enumerate(front):
+            miou, gflops = points[i]
+            lower = points[front[k - 1]][0] if k else 0.0
+            upper = points[front[k + 1]][1] if k + 1 < len(front) else budget
+            if (k and points[front[k - 1]] == points[i]) or (
+                    k + 1 < len(front) and points[front[k + 1]] == points[i]):
+                continue
+            out[i] = max(0.0, miou - lower) * max(0.0, upper - gflops)
+    return out
+
+
+def pareto_order(points: list[tuple[float, float]], budget: float) -> list[int]:
+    """Indices of ``points`` best first: by front, then by hypervolume contribution."""
+    ranks, contrib = pareto_ranks(points), hv_contributions(points, budget)
+    return sorted(range(len(points)), key=lambda i: (ranks[i], -contrib[i], points[i][1]))
+
+
+def promotable(results: Mapping[str, float], gflops: Mapping[str, float], promoted: set[str],
+               eta: float, budget: float) -> list[str]:
+    """ASHA's rule with MOASHA's order: the settings among the first ``floor(n / eta)`` of a
+    rung's ``n`` results in Pareto order that were not promoted yet, best first."""
+    ids = list(results)
+    top = int(len(ids) // eta)
+    if top < 1:
+        return []
+    order = pareto_order([(results[i], gflops[i]) for i in ids], budget)
+    return [ids[k] for k in order[:top] if ids[k] not in promoted]
+
+
+# ----------------------------------------------------------------------------- the search
+@dataclass
+class Setting:
+    """What the search knows of one setting."""
+
+    run: Any
+    trial: Any  # the study's trial: a live Trial, or a FrozenTrial adopted from a dead head
+    params: dict
+    distributions: dict
+    gflops: float
+    rungs: dict[int, float] = field(default_factory=dict)  # iteration -> val mIoU
+    promoted: set[int] = field(default_factory=set)  # rung levels promoted from
+
+    @property
+    def level(self) -> int:
+        return len(self.rungs) - 1
+
+
+class FidelitySearch:
+    """Propose, train to the first rung, promote in Pareto order (module doc).
+
+    Args:
+        spec: the validated search space.
+        study: the Optuna study (one trial per setting).
+        fidelity: :class:`Fidelity`.
+        executor: ``train_rung(run, stop_at) -> {"miou": ...} | None`` continues ``run``'s
+            training to iteration ``stop_at`` (from its last rung) and returns the val mIoU
+            there (None: the job left no result).
+        cost: run -> GFLOPs.
+        make_run: ``(variant, settings) -> Run``.
+        budget_iters: iterations the search may spend (``trainings x R``).
+        seed: the proposals' seed.
+        log: progress lines.
+        on_job: called with ``(iterations spent, the search)`` after every job (the replay's
+            curve of hypervolume against iterations).
+    """
+
+    def __init__(self, *, spec, study, fidelity: Fidelity, executor, cost: Callable,
+                 make_run: Callable, budget_iters: int, seed: int = 0,
+                 log: Callable[[str], None] = lambda m: None,
+                 on_job: Callable | None = None, space_ids: list | None = None) -> None:
+        self.spec, self.study, self.fid = spec, study, fidelity
+        self.executor, self.cost, self.make_run = executor, cost, make_run
+        self.budget_iters, self.seed, self.log, self.on_job = budget_iters, seed, log, on_job
+        self.settings: dict[str, Setting] = {}
+        self.failed: set[str] = set()
+        self.refused: dict[str, tuple[dict, dict, float]] = {}  # run id -> params, dists, gflops
+        self.spent = 0
+        self._asks = 0
+        self._rng = random.Random(seed)
+        self._space = space_ids  # [(variant, settings)] of a finite space, for the fallback
+
+    # -- what is known
+    def rung_results(self, level: int) -> dict[str, float]:
+        r = self.fid.rungs[level]
+        return {k: s.rungs[r] for k, s in self.settings.items() if r in s.rungs}
+
+    def full_results(self) -> dict[str, tuple[float, float]]:
+        """Run id -> (mIoU, GFLOPs) of the settings trained to the full budget."""
+        return {k: (s.rungs[self.fid.full], s.gflops) for k, s in self.settings.items()
+                if self.fid.full in s.rungs}
+
+    # -- the next job
+    def next_promotion(self) -> tuple[str, int] | None:
+        gflops = {k: s.gflops for k, s in self.settings.items()}
+        for level in range(len(self.fid.rungs) - 2, -1, -1):
+            results = self.rung_results(level)
+            done = {k for k, s in self.settings.items() if level in s.promoted}
+            ids = promotable(results, gflops, done, self.fid.eta, self.spec.gflops_budget)
+            if ids:
+                return ids[0], level + 1
+        return None
+
+    def restore(self) -> None:
+        """Pick the study up where a dead head left it: every setting's rung results (user
+        attributes), refused settings, and the iterations spent; a rung job the head did not
+        see finish is asked again, and its training resumes from its last checkpoint (a rung
+        already on disk is not trained again)."""
+        for t in self.study.get_trials(deepcopy=False):
+            run_id, status = t.user_attrs.get("run_id"), t.user_attrs.get("status")
+            if run_id is None:
+                continue
+            if status == "infeasible":
+                self.refused[run_id] = (dict(t.params), dict(t.distributions),
+                                        float(t.user_attrs["gflops_total"]))
+            elif status == "failed":
+                self.failed.add(run_id)
+            elif status in ("training", "trained", "stopped"):
+                variant = t.user_attrs["variant"]
+                run = self.make_run(variant, json.loads(t.user_attrs["settings"]))
+                setting = Setting(run, t, dict(t.params), dict(t.distributions),
+                                  float(t.user_attrs["gflops_total"]))
+                setting.rungs = {int(k): float(v)
+                                 for k, v in json.loads(t.user_attrs.get("rungs", "{}")).items()}
+                setting.promoted = {k - 1 for k, r in enumerate(self.fid.rungs)
+                                    if k and r in setting.rungs}
+                self.settings[run_id] = setting
+                self.spent += sum(self.fid.cost(k) for k, r in enumerate(self.fid.rungs)
+                                  if r in setting.rungs)
+
+    def run(self) -> dict:
+        """Jobs until the iteration budget is spent (or a finite space is used up)."""
+        while self.spent < self.budget_iters:
+            job = self.next_promotion()
+            if job is None:
+                key = self.propose()
+                if key is None:
+                    break
+                job = (key, 0)
+            key, level = job
+            self._train(self.settings[key], level)
+            if self.on_job is not None:
+                self.on_job(self.spent, self)
+        self.finish()
+        return {"iterations": self.spent, "settings": len(self.settings),
+                "full": len(self.full_results()), "refused": len(self.refused)}
+
+    def _set(self, setting: Setting, key: str, value) -> None:
+        from pipelines.search_study import set_trial_attr
+
+        set_trial_attr(self.study, setting.trial, key, value)
+
+    def _train(self, setting: Setting, level: int) -> None:
+        import optuna
+
+        stop_at = self.fid.rungs[level]
+        if level:
+            setting.promoted.add(level - 1)
+        self.log(f"{setting.run.run_id}: {'promoted, ' if level else ''}training to "
+                 f"iteration {stop_at}")
+        result = self.executor.train_rung(setting.run, stop_at)
+        self.spent += self.fid.cost(level)
+        if result is None:
+            self.log(f"{setting.run.run_id}: the job to iteration {stop_at} left no result; "
+                     "failed")
+            self._set(setting, "status", "failed")
+            self._set(setting, "fail_reason", f"no result at iteration {stop_at}")
+            self.study.tell(setting.trial.number, state=optuna.trial.TrialState.FAIL)
+            self.failed.add(setting.run.run_id)
+            del self.settings[setting.run.run_id]
+            return
+        miou = float(result["miou"])
+        setting.rungs[stop_at] = miou
+        self._set(setting, f"rung_{stop_at}", miou)
+        self._set(setting, "rungs", json.dumps(setting.rungs))
+        self.log(f"{setting.run.run_id}: mIoU {miou:.2f} at iteration {stop_at} "
+                 f"({self.spent} of {self.budget_iters} iterations spent)")
+        if stop_at == self.fid.full:
+            self._set(setting, "status", "trained")
+            self._set(setting, "trained_by_search", True)
+            self.study.tell(setting.trial.number, [miou, setting.gflops])
+
+    def finish(self) -> None:
+        """Settings left below the full budget: PRUNED, their rung results kept."""
+        import optuna
+
+        for s in self.settings.values():
+            if self.fid.full not in s.rungs:
+                self._set(s, "status", "stopped")
+                self.study.tell(s.trial.number, state=optuna.trial.TrialState.PRUNED)
+
+    # -- proposals
+    def known(self) -> set[str]:
+        """Run ids of the settings proposed so far (trained to some rung, refused, failed)."""
+        return set(self.settings) | set(self.refused) | self.failed
+
+    def _model_study(self):
+        """A fresh study of the highest rung with enough results (BOHB's choice of model)."""
+        import optuna
+
+        from pipelines.search_study import CONSTRAINT, create_sampler
+
+        level = 0
+        for k in range(len(self.fid.rungs) - 1, -1, -1):
+            if len(self.rung_results(k)) >= self.fid.min_points:
+                level = k
+                break
+        if self.fid.proposals == "random":
+            sampler = optuna.samplers.RandomSampler(seed=self.seed * 100003 + self._asks)
+        elif self.spec.sampler == "tpe":
+            sampler = optuna.samplers.TPESampler(seed=self.seed * 100003 + self._asks,
+                                                 n_startup_trials=self.fid.n_startup)
+        else:
+            sampler = create_sampler(self.spec.sampler, self.seed * 100003 + self._asks)
+        model = optuna.create_study(directions=["maximize", "minimize"], sampler=sampler)
+        results = self.rung_results(level)
+        floor = min(results.values(), default=0.0)
+        trials = []
+        for key, miou in results.items():
+            s = self.settings[key]
+            t = optuna.trial.create_trial(params=s.params, distributions=s.distributions,
+                                          values=[miou, s.gflops])
+            t.set_constraint(CONSTRAINT, s.gflops - self.spec.gflops_budget)
+            trials.append(t)
+        for params, dists, gflops in self.refused.values():
+            t = optuna.trial.create_trial(params=params, distributions=dists,
+                                          values=[floor, gflops])
+            t.set_constraint(CONSTRAINT, gflops - self.spec.gflops_budget)
+            trials.append(t)
+        model.add_trials(trials)
+        return model
+
+    def propose(self) -> str | None:
+        """Ask the sampler for a setting nobody knows yet; a refused (over budget) one costs
+        nothing and is asked past. Returns the run id of the setting to train, or None when a
+        finite space has no unknown setting left."""
+        from pipelines.search_study import STATUS, ask, set_gflops_constraint
+
+        while True:
+            params = None
+            for _ in range(MAX_REASKS):
+                self._asks += 1
+                model = self._model_study()
+                t = model.ask()
+                variant, settings = self.spec.suggest(t)
+                try:
+                    run = self.make_run(variant, settings)
+                except UserError:  # a setting the grid refuses (or a replay lacks)
+                    continue
+                if run.run_id not in self.known():
+                    params = t.params
+                    break
+            if params is None:  # the sampler keeps proposing known settings
+                unknown = [(v, s) for v, s in (self._space or [])
+                           if self.make_run(v, s).run_id not in self.known()]
+                if not unknown:
+                    return None
+                variant, settings = self._rng.choice(unknown)
+                params = self.spec.params_of(variant, settings)["params"]
+            self.study.enqueue_trial(params)
+            trial = ask(self.study)
+            variant, settings = self.spec.suggest(trial)
+            run = self.make_run(variant, settings)
+            gflops = float(self.cost(run))
+            for key, value in {"variant": variant, "gflops_total": gflops,
+                               "settings": json.dumps(dict(run.settings), sort_keys=True,
+                                                      default=str),
+                               "run_id": run.run_id}.items():
+                trial.set_user_attr(key, value)
+            set_gflops_constraint(self.study, trial, gflops, self.spec.gflops_budget)
+            if gflops > self.spec.gflops_budget:
+                import optuna
+
+                trial.set_user_attr(STATUS, "infeasible")
+                self.study.tell(trial, state=optuna.trial.TrialState.PRUNED)
+                self.refused[run.run_id] = (dict(trial.params), dict(trial.distributions),
+                                            gflops)
+                self.log(f"{run.run_id}: {gflops:.3f} GFLOPs over the budget, not trained")
+                continue
+            trial.set_user_attr(STATUS, "training")
+            self.settings[run.run_id] = Setting(run, trial, dict(trial.params),
+                                                dict(trial.distributions), gflops)
+            return run.run_id
+
+
+# ----------------------------------------------------------------------------- rung results
+def val_curve(work_dir) -> dict[int, float]:
+    """Iteration -> val mIoU (percent) a training logged in ``work_dir`` (mmengine's
+    ``scalars.json`` of every start of it; a resumed training validates its resume point
+    again, with the same result)."""
+    from pathlib import Path
+
+    out: dict[int, float] = {}
+    for path in sorted(Path(work_dir).glob("*/vis_data/scalars.json")):
+        for line in path.read_text().splitlines():
+            values = json.loads(line)
+            if "mIoU" in values:
+                out[int(values["step"])] = round(float(values["mIoU"]), 4)
+    return dict(sorted(out.items()))
+
+
+def rung_result(done_file, stop_at: int) -> dict | None:
+    """``{"miou": ...}`` of a rung job (``train --stop-at``): the val mIoU its training logged
+    at ``stop_at``; None when the job wrote no done file, a failure record, or no validation."""
+    from pathlib import Path
+
+    from pipelines.failures import read_failure
+
+    done_file = Path(done_file)
+    if not done_file.is_file() or read_failure(str(done_file)) is not None:
+        return None
+    miou = val_curve(done_file.parent).get(int(stop_at))
+    return None if miou is None else {"miou": miou}
