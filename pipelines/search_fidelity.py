@@ -341,7 +341,12 @@ class FidelitySearch:
                                                  n_startup_trials=self.fid.n_startup)
         else:
             sampler = create_sampler(self.spec.sampler, self.seed * 100003 + self._asks)
-        model = optuna.create_study(directions=["maximize", "minimize"], sampler=sampler)
+        verbosity = optuna.logging.get_verbosity()
+        optuna.logging.set_verbosity(optuna.logging.WARNING)  # no line per throw-away study
+        try:
+            model = optuna.create_study(directions=["maximize", "minimize"], sampler=sampler)
+        finally:
+            optuna.logging.set_verbosity(verbosity)
         results = self.rung_results(level)
         floor = min(results.values(), default=0.0)
         trials = []
@@ -440,3 +445,144 @@ def rung_result(done_file, stop_at: int) -> dict | None:
         return None
     miou = val_curve(done_file.parent).get(int(stop_at))
     return None if miou is None else {"miou": miou}
+
+
+# ----------------------------------------------------------------------------- the command
+def _say(message: str) -> None:
+    print(message, flush=True)
+
+
+def run_search(spec, study, executor, cost, folder, log=_say, tracker=None) -> dict:
+    """``python -m pipelines search`` with a ``fidelity`` block: restore what a dead head left,
+    run the rung jobs until ``budget.trainings x R`` iterations are spent, and write the
+    search's own record (``<folder>/fidelity.json``) and report (``<folder>/fidelity.md``): the
+    hypervolume of the settings trained to the full budget against iterations and training hours
+    spent, and every setting's rung results (stopped ones drawn as stopped)."""
+    import time
+    from pathlib import Path
+
+    from pipelines.benchmarks.search_replay import hypervolume
+    from pipelines.config import write_json_atomic
+    from pipelines.search_runs import make_run
+
+    if spec.max_trainings is None:
+        raise UserError("a search with a fidelity block needs budget.trainings (its budget is "
+                        "budget.trainings x train.max_iters iterations)")
+    folder = Path(folder)
+    record_file = folder / "fidelity.json"
+    try:
+        record = json.loads(record_file.read_text())
+    except (OSError, ValueError):
+        record = {"jobs": []}
+    full = spec.fidelity.full
+    budget = spec.max_trainings * full
+
+    def on_job(spent, search):
+        front = list(search.full_results().values())
+        record["jobs"].append({"iterations": spent, "seconds": time.time() - started + before,
+                               "hv": hypervolume(front, spec.gflops_budget),
+                               "settings_full": len(front)})
+        write_json_atomic(record_file, record)
+        if tracker is not None:
+            tracker(study, [])
+
+    search = FidelitySearch(spec=spec, study=study, fidelity=spec.fidelity, executor=executor,
+                            cost=cost, make_run=lambda v, s: make_run(spec, v, s),
+                            budget_iters=budget, seed=spec.seed, log=log, on_job=on_job)
+    search.restore()
+    before = record["jobs"][-1]["seconds"] if record["jobs"] else 0.0
+    started = time.time()
+    if search.spent:
+        log(f"{spec.name}: resumed: {len(search.settings)} settings, {search.spent} of "
+            f"{budget} iterations spent")
+    out = search.run()
+    record["settings"] = {k: {"gflops_total": s.gflops, "rungs": s.rungs,
+                              "stopped": full not in s.rungs}
+                          for k, s in sorted(search.settings.items())}
+    write_json_atomic(record_file, record)
+    (folder / "fidelity.md").write_text(report_markdown(spec, record))
+    log(f"{spec.name}: {out['iterations']} of {budget} iterations spent; {out['full']} settings "
+        f"trained to {full}, {out['settings'] - out['full']} stopped early, "
+        f"{out['refused']} refused by cost; report {folder / 'fidelity.md'}")
+    return out
+
+
+def report_markdown(spec, record: dict) -> str:
+    """The search's hypervolume against iterations and training hours, and its settings' rung
+    results (a setting below the full budget is marked stopped)."""
+    rungs = spec.fidelity.rungs
+    lines = [f"# Multi-fidelity search {spec.name}", "",
+             f"Rungs {list(rungs)} (iterations of one schedule), eta {spec.fidelity.eta}; "
+             f"budget {spec.max_trainings} x {spec.fidelity.full} iterations; GFLOPs budget "
+             f"{spec.gflops_budget}. Hypervolume of the settings trained to the full budget "
+             "(reference: mIoU 0, GFLOPs = the budget).", "",
+             "| iterations spent | training hours | hypervolume | settings at full budget |",
+             "|---:|---:|---:|---:|"]
+    for job in record.get("jobs", []):
+        lines.append(f"| {job['iterations']} | {job['seconds'] / 3600:.3f} | {job['hv']:.4f} | "
+                     f"{job['settings_full']} |")
+    lines += ["", "| setting | GFLOPs | " + " | ".join(f"mIoU @{r}" for r in rungs)
+              + " | |", "|---|---:|" + "---:|" * len(rungs) + "---|"]
+    for run_id, s in record.get("settings", {}).items():
+        got = {int(k): v for k, v in s["rungs"].items()}
+        cells = [f"{got[r]:.2f}" if r in got else "" for r in rungs]
+        lines.append(f"| {run_id} | {s['gflops_total']:.3f} | " + " | ".join(cells)
+                     + f" | {'stopped' if s['stopped'] else 'full'} |")
+    return "\n".join(lines) + "\n"
+
+
+#: MLflow: the metric of a setting's learning curve (one value per rung, step = iteration), and
+#: the role of a stopped setting's run (not a data point of the ablation's analysis: it has no
+#: full-budget result)
+CURVE_METRIC = "val_miou_rung"
+ROLE_STOPPED = "stopped"
+
+
+def track_curves(spec, study, tracked: dict[str, str]) -> dict[str, str]:
+    """One MLflow run per setting of the search with its partial learning curve: the run of a
+    setting trained to the full budget (``tracked``: run id -> MLflow run id, from
+    :func:`pipelines.search_tracking.track_trials`) gets its rung results as
+    :data:`CURVE_METRIC`; a stopped setting gets a run of its own under the search's parent run
+    (role ``stopped``, its trial number, GFLOPs and curve), written once. Returns run id -> MLflow
+    run id of the stopped settings."""
+    from pipelines import contract as c
+    from pipelines import tracking
+    from pipelines.search_tracking import _search_parent
+
+    mlflow = spec.ablation.get("mlflow") or {}
+    uri = tracking.resolve_tracking_uri(mlflow.get("tracking_uri",
+                                                   tracking.DEFAULT_TRACKING_URI))
+    client = tracking.open_client(uri)
+    experiment = tracking.get_or_create_experiment(client, str(spec.ablation["name"]),
+                                                   mlflow.get("artifact_location"))
+    parent = _search_parent(client, experiment, spec.name,
+                            f"Optuna study {study.study_name!r} (search space {spec.path})")
+    done = {r.data.tags.get(c.RUN_ID_TAG): r.info.run_id for r in tracking.search_all(
+        client, experiment, f"tags.`{c.ROLE_TAG}` = '{ROLE_STOPPED}' and "
+                            f"tags.`{c.SEARCH_TAG}` = '{spec.name}'")}
+    out = {}
+    for t in study.get_trials(deepcopy=False):
+        run_id, rungs = t.user_attrs.get("run_id"), json.loads(t.user_attrs.get("rungs", "{}"))
+        if run_id is None or not rungs:
+            continue
+        if t.state.name == "COMPLETE" and run_id in tracked:
+            mlflow_id = tracked[run_id]
+            logged = {m.step for m in client.get_metric_history(mlflow_id, CURVE_METRIC)}
+            for r, miou in rungs.items():
+                if int(r) not in logged:
+                    client.log_metric(mlflow_id, CURVE_METRIC, float(miou), step=int(r))
+        elif t.state.name == "PRUNED" and t.user_attrs.get("status") == "stopped":
+            if run_id in done:
+                out[run_id] = done[run_id]
+                continue
+            run = client.create_run(experiment, run_name=f"{run_id} (stopped)", tags={
+                c.ROLE_TAG: ROLE_STOPPED, c.SEARCH_TAG: spec.name, c.RUN_ID_TAG: run_id,
+                c.PARENT_TAG: parent, c.TRIAL_NUMBER_TAG: str(t.number)})
+            client.log_param(run.info.run_id, "settings", t.user_attrs.get("settings", ""))
+            client.log_metric(run.info.run_id, "gflops_total",
+                              float(t.user_attrs["gflops_total"]))
+            for r, miou in sorted(rungs.items(), key=lambda kv: int(kv[0])):
+                client.log_metric(run.info.run_id, CURVE_METRIC, float(miou), step=int(r))
+            client.set_terminated(run.info.run_id, status="KILLED")
+            out[run_id] = run.info.run_id
+    return out

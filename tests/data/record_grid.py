@@ -71,21 +71,20 @@ def scalar(value) -> str:
 
 
 def collect(config: dict) -> tuple[list[dict], list[str]]:
-    """Rows of every finished run (read from the files its jobs wrote) and the axis columns."""
-    from pipelines.grid import RunPaths
+    """Rows of every finished run of the grid (read from the files its jobs wrote: its
+    evaluation's metrics and its FLOPs) and the axis columns."""
+    from pipelines.grid import RunPaths, expand_grid
 
-    results = Path(config["results"])
     rows, axes = [], []
-    for run_json in sorted((results / "runs" / config["name"]).glob("*/*/run.json")):
-        run = json.loads(run_json.read_text())
-        paths = RunPaths.of(str(results), config["name"], run)  # the recipe's own files
+    for run in sorted(expand_grid(config, repo=REPO), key=lambda r: r.run_id):
+        paths = RunPaths.of(config["results"], config["name"], run)  # the recipe's own files
         if not (paths.metrics.is_file() and paths.flops.is_file()):
             continue  # not finished (yet)
         metrics = json.loads(paths.metrics.read_text())
         flops = json.loads(paths.flops.read_text())["gflops"]
-        settings = dict(run["settings"])
-        row = dict(run_id=run["run_id"], variant=run["variant"], seed=settings.pop("seed", 0),
-                   max_iters=run["max_iters"], miou=round(float(metrics["miou"]), 4),
+        settings = dict(run.settings)
+        row = dict(run_id=run.run_id, variant=run.variant, seed=settings.pop("seed", 0),
+                   max_iters=run.max_iters, miou=round(float(metrics["miou"]), 4),
                    gflops_total=round(flops["total"], 6),
                    gflops_pixel_decoder=round(flops["pixel_decoder"], 6),
                    gflops_encoder=round(flops["encoder"], 6))
@@ -111,17 +110,15 @@ def curve(work_dir: Path) -> dict[int, float]:
 
 def collect_rungs(config: dict) -> list[dict]:
     """One row per finished run and validation of its training (run id, iteration, mIoU)."""
-    from pipelines.grid import RunPaths
+    from pipelines.grid import RunPaths, expand_grid
 
-    results = Path(config["results"])
     rows = []
-    for run_json in sorted((results / "runs" / config["name"]).glob("*/*/run.json")):
-        run = json.loads(run_json.read_text())
-        paths = RunPaths.of(str(results), config["name"], run)
+    for run in sorted(expand_grid(config, repo=REPO), key=lambda r: r.run_id):
+        paths = RunPaths.of(config["results"], config["name"], run)
         if not (paths.metrics.is_file() and paths.flops.is_file()):
             continue
         for iteration, miou in curve(paths.train_done.parent).items():
-            rows.append(dict(run_id=run["run_id"], iteration=iteration, miou=miou))
+            rows.append(dict(run_id=run.run_id, iteration=iteration, miou=miou))
     return rows
 
 

@@ -3,6 +3,7 @@ against the recorded learning curves (tests/data/grid_curves*.csv)."""
 from __future__ import annotations
 
 import itertools
+import json
 import random
 
 import pytest
@@ -70,3 +71,90 @@ def test_the_fidelity_block_adds_the_full_budget_and_refuses_bad_rungs():
                        ({"rungs": [12], "speed": 1}, "unknown key")):
         with pytest.raises(UserError, match=words):
             parse_fidelity(bad, 100)
+
+
+# ----------------------------------------------------------------------------- the replay
+@pytest.fixture(scope="module")
+def curves_grid():
+    """The recorded learning-curve grid: its space, table, curves and recorded settings."""
+    from pipelines.benchmarks.search_replay import (CURVES_SPACE, CURVES_TABLE, load_curves,
+                                                    load_table, run_cache)
+    from pipelines.search_runs import space_points
+    from pipelines.search_space import load_search_space
+
+    spec = load_search_space(CURVES_SPACE)
+    table, curves = load_table(CURVES_TABLE, spec), load_curves(CURVES_TABLE, spec)
+    make_run = run_cache(spec)
+    points = [(v, s) for v, s in space_points(spec) if make_run(v, s).run_id in table]
+    return spec, table, curves, make_run, points
+
+
+def test_the_curves_are_one_training_each(curves_grid):
+    """Every recorded run validated at every rung of its one schedule, and its last
+    validation is the run's own evaluation (the same weights, the same val set)."""
+    spec, table, curves, _, points = curves_grid
+    assert len(points) >= 16
+    for run_id, row in table.items():
+        assert sorted(curves[run_id]) == [12, 24, 36, 48, 60, 72, 84, 96, 100]
+        assert curves[run_id][100] == pytest.approx(row["miou"], abs=0.011)
+
+
+@pytest.mark.parametrize("proposals", ["sampler", "random"])
+def test_a_replayed_search_never_trains_an_iteration_twice(curves_grid, proposals):
+    import dataclasses
+
+    import optuna
+
+    from pipelines.benchmarks.search_replay import CurveReplayExecutor
+    from pipelines.search_fidelity import FidelitySearch
+    from pipelines.search_study import open_study
+
+    spec, table, curves, make_run, points = curves_grid
+    recorded = {make_run(v, s).run_id for v, s in points}
+
+    def recorded_run(variant, settings):
+        run = make_run(variant, settings)
+        if run.run_id not in recorded:
+            raise UserError("not recorded")
+        return run
+
+    spec = dataclasses.replace(spec, name=f"t-{proposals}")
+    study = open_study(spec, optuna.storages.InMemoryStorage())
+    executor = CurveReplayExecutor(curves)
+    spent = []
+    budget = 6 * spec.fidelity.full
+    search = FidelitySearch(
+        spec=spec, study=study, fidelity=dataclasses.replace(spec.fidelity, proposals=proposals),
+        executor=executor, cost=lambda run: table[run.run_id]["gflops_total"],
+        make_run=recorded_run, budget_iters=budget, seed=3, space_ids=points,
+        on_job=lambda it, s: spent.append(it))
+    out = search.run()
+    # the budget: stops at the first job that reaches it; every job's iterations counted
+    assert spent == sorted(spent) and spent[-1] == out["iterations"] >= budget
+    assert spent[-2] < budget
+    assert sum(stop - start for _, start, stop in executor.jobs) == out["iterations"]
+    by_run: dict = {}
+    for run_id, start, stop in executor.jobs:  # each job continues where the last one stopped
+        assert start == by_run.get(run_id, 0) and stop in spec.fidelity.rungs
+        by_run[run_id] = stop
+    trials = study.get_trials()
+    assert not [t for t in trials if t.state.name == "RUNNING"]
+    for t in trials:
+        gflops = t.user_attrs["gflops_total"]
+        if gflops > spec.gflops_budget:  # cost first: refused, never trained
+            assert t.state.name == "PRUNED" and t.user_attrs["status"] == "infeasible"
+            assert t.user_attrs["run_id"] not in by_run
+        elif t.state.name == "COMPLETE":
+            assert by_run[t.user_attrs["run_id"]] == spec.fidelity.full
+            assert t.values == [curves[t.user_attrs["run_id"]][100], gflops]
+        else:  # stopped below the full budget, its rung results kept
+            assert t.state.name == "PRUNED" and t.user_attrs["status"] == "stopped"
+            rungs = json.loads(t.user_attrs["rungs"])
+            assert max(map(int, rungs)) == by_run[t.user_attrs["run_id"]] < 100
+            assert all(t.user_attrs[f"rung_{r}"] == v for r, v in rungs.items())
+    # promotion: a setting reached rung k+1 only if it was among the first floor(n / eta) of
+    # rung k when it was promoted, so each rung holds at most 1/eta of the one below
+    for lower, upper in zip(spec.fidelity.rungs, spec.fidelity.rungs[1:]):
+        n_lower = sum(1 for r in by_run.values() if r >= lower)
+        n_upper = sum(1 for r in by_run.values() if r >= upper)
+        assert n_upper <= n_lower // spec.fidelity.eta
