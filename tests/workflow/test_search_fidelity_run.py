@@ -15,33 +15,22 @@ import optuna
 import pytest
 import yaml
 
-from tests.conftest import REPO, TINY_OPTIONS
+from tests.conftest import REPO
+from tests.workflow.test_search_resume import _space as _resume_space
 
 pytestmark = pytest.mark.slow
 
-MODELS = REPO / "configs" / "models"
-
 
 def _space(root):
-    ablation = {
-        "name": "tiny_fidelity",
-        "results": str(root / "results"),
-        "data": {"root": str(root / "data" / "synthetic"),
-                 "synthetic": {"train": 8, "val": 2, "size": 64, "seed": 3}},
-        "train": {"max_iters": 6, "cfg_options": list(TINY_OPTIONS) + [
-            "val_dataloader.dataset.pipeline.1.scale=(64,64)", "train_cfg.val_interval=3",
-            "default_hooks.checkpoint.interval=3", "default_hooks.logger.interval=1"]},
-        "grid": {"variants": {
-            "pro_scale": {"config": str(MODELS / "mask2former_r18_proscale-333_synthetic-128x128.py"),
-                          "axes": {"schedule": ["1-1-1"]}}}},
-        "stages": {"flops": False, "benchmark": False},
-        "flops": {"shape": [64, 64]},
-        "mlflow": {"tracking_uri": f"sqlite:///{root / 'results' / 'mlflow.db'}",
-                   "artifact_location": str(root / "results" / "mlartifacts")},
-        "resources": {"train": {"gpus": 0, "cpus": 1, "mem_mb": 3000, "runtime": 5},
-                      "evaluate": {"gpus": 0, "cpus": 1, "mem_mb": 3000, "runtime": 5}},
-        "retries": 0,
-    }
+    """test_search_resume's tiny ablation, PRO-SCALE only, validated and checkpointed every 3
+    of its 6 iterations (the rung)."""
+    _resume_space(root)
+    ablation = yaml.safe_load((root / "ablation.yaml").read_text())
+    ablation["name"] = "tiny_fidelity"
+    ablation["train"]["cfg_options"] = [
+        o for o in ablation["train"]["cfg_options"] if "checkpoint.interval" not in o
+    ] + ["train_cfg.val_interval=3", "default_hooks.checkpoint.interval=3"]
+    ablation["grid"]["variants"] = {"pro_scale": ablation["grid"]["variants"]["pro_scale"]}
     (root / "ablation.yaml").write_text(yaml.safe_dump(ablation))
     space = {"name": "tiny_fidelity", "ablation": str(root / "ablation.yaml"),
              # two feasible settings (3-3-3 is over the budget): both to rung 3, the better one
