@@ -27,8 +27,11 @@ Where this departs from the published designs, and why:
   baseline).
 * A proposed setting already known (trained to some rung, or refused) is asked again, up to
   ``MAX_REASKS`` times, then the first unknown setting of a finite space is taken at random.
-* The budget is in iterations (``trainings`` x R): the search stops when the next job would start
-  with the budget spent. Only settings trained to R enter the search's Pareto front.
+* The budget is in iterations (``trainings`` x R): no job starts once the budget is spent (the
+  last one may end past it). Only settings trained to R enter the search's Pareto front.
+* A finite space with no setting left to propose spends the rest of the budget on promotions
+  beyond the first ``1/eta`` (best first, highest rung first), as synchronous successive
+  halving would finish its brackets; ASHA has no end of proposals.
 
 The Optuna study holds one trial per setting: COMPLETE with (mIoU, GFLOPs) at R, or, when the
 search ends with the setting below R, PRUNED (Optuna refuses ``trial.report`` in a study with
@@ -220,12 +223,14 @@ class FidelitySearch:
                 if self.fid.full in s.rungs}
 
     # -- the next job
-    def next_promotion(self) -> tuple[str, int] | None:
+    def next_promotion(self, eta: float | None = None) -> tuple[str, int] | None:
+        """ASHA: the best promotable setting of the highest rung that has one (``eta`` 1: any
+        setting not promoted yet, for a space with nothing left to propose)."""
         gflops = {k: s.gflops for k, s in self.settings.items()}
         for level in range(len(self.fid.rungs) - 2, -1, -1):
             results = self.rung_results(level)
             done = {k for k, s in self.settings.items() if level in s.promoted}
-            ids = promotable(results, gflops, done, self.fid.eta, self.spec.gflops_budget)
+            ids = promotable(results, gflops, done, eta or self.fid.eta, self.spec.gflops_budget)
             if ids:
                 return ids[0], level + 1
         return None
@@ -263,9 +268,10 @@ class FidelitySearch:
             job = self.next_promotion()
             if job is None:
                 key = self.propose()
-                if key is None:
+                # a finite space used up: the budget left goes to promotions beyond 1/eta
+                job = (key, 0) if key is not None else self.next_promotion(eta=1.0)
+                if job is None:
                     break
-                job = (key, 0)
             key, level = job
             self._train(self.settings[key], level)
             if self.on_job is not None:

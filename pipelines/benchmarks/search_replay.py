@@ -205,14 +205,14 @@ def load_curves(path: Path, spec) -> dict[str, dict[int, float]]:
 
 
 class CurveReplayExecutor:
-    """Replays rung jobs from recorded curves: ``train(run, stop_at)`` continues ``run`` from its
+    """Replays rung jobs from recorded curves: ``train_rung(run, stop_at)`` continues ``run`` from its
     last rung to ``stop_at`` and returns the val mIoU recorded there; refuses to train any
     iteration twice."""
 
     def __init__(self, curves: dict[str, dict[int, float]]) -> None:
         self.curves, self.at, self.jobs = curves, {}, []
 
-    def train(self, run, stop_at: int) -> dict:
+    def train_rung(self, run, stop_at: int) -> dict:
         start = self.at.get(run.run_id, 0)
         if stop_at <= start:
             raise AssertionError(f"{run.run_id}: iterations {stop_at} again (at {start})")
@@ -255,7 +255,8 @@ def replay_fidelity(spec, table: dict, curves: dict, seed: int, proposals: str,
 def replay_full_curve(spec, table: dict, seed: int, sampler: str, trainings: int, make_run,
                       cost) -> dict:
     """Full-fidelity search (today's: every training is a full one) up to ``trainings``; its
-    hypervolume after each training, against iterations spent (trainings x R)."""
+    hypervolume after each training, against iterations spent (trainings x R). A setting
+    ``make_run`` refuses (not recorded: ``--partial``) fails its trial, at no training."""
     import dataclasses
 
     import optuna
@@ -268,8 +269,10 @@ def replay_full_curve(spec, table: dict, seed: int, sampler: str, trainings: int
     if sampler == "random":
         study.sampler = optuna.samplers.RandomSampler(seed=seed)
     executor = ReplayExecutor(table=table)
-    Search(spec=spec, study=study, executor=executor, cost=cost, make_run=make_run,
-           log=lambda msg: None).run()
+    search = Search(spec=spec, study=study, executor=executor, cost=cost, make_run=make_run,
+                    log=lambda msg: None)
+    search._space_ids = set(table)  # the recorded settings are the whole (finite) space
+    search.run()
     full = int(spec.ablation["train"]["max_iters"])
     curve, seen = [(0, 0.0)], []
     for run_id in executor.launched:
