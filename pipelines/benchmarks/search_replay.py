@@ -26,6 +26,25 @@ a bootstrap 95 % interval of that lead: how far other replay seeds could move it
 (``--space configs/search/grid_tiny.yaml --table tests/data/grid_tiny.csv``).
 
     python -m pipelines.benchmarks.search_replay [--seeds 20] [--samplers tpe nsga2 gp random]
+
+``--fidelity`` replays the multi-fidelity search (:mod:`pipelines.search_fidelity`) against the
+learning-curve grid ``tests/data/grid_curves.csv`` + ``grid_curves.rungs.csv`` (grid_lr's
+settings, val mIoU every 12 of 100 iterations, seeds pooled per iteration) and counts training
+**iterations**: a rung job costs the iterations from the setting's last rung to the next one, a
+full-fidelity training costs R. Three searches per replay seed (``--seeds``, default 20; the
+issue's comparison uses 50): full-fidelity TPE (today's ``Search``), random proposals with
+Pareto-aware promotion (MOASHA's design, cost first) and the study's sampler with Pareto-aware
+promotion (the new search), each run to the largest of ``--budgets`` (full-training
+equivalents, default 8 10 16). Printed: the HV ratio against iterations spent (a curve, median
+and quartiles), for each budget B the iterations each promotion search needed to reach
+full-fidelity TPE's median HV ratio at B trainings as a share of B x R (median, bootstrap 95 %
+interval of the median; the target: <= 1/3, interval below 1/2, no worse than random
+proposals), the rank correlation of each recorded iteration's mIoU with the full-budget mIoU,
+and the settings on the grid's front that successive halving would stop at each rung (start
+slow, finish best). ``--partial`` replays the settings recorded so far (the others left out of
+the space).
+
+    python -m pipelines.benchmarks.search_replay --fidelity --seeds 50 [--budgets 8 10 16]
 """
 from __future__ import annotations
 

@@ -1,6 +1,7 @@
 """Rungs of a multi-fidelity search are one training: ``train --stop-at`` stops the schedule of
 ``max_iters`` at a checkpoint, a later call continues from it without repeating an iteration,
-and the result equals an uninterrupted training bit for bit (pipelines/resume.py)."""
+and the result equals an uninterrupted training bit for bit (pipelines/resume.py), one that
+validated only at its end: validating at the rungs changes nothing either."""
 from __future__ import annotations
 
 import json
@@ -17,9 +18,10 @@ pytestmark = pytest.mark.slow
 ITERS = 6
 
 
-def _train(work, root, *extra):
+def _train(work, root, *extra, val_interval=2):
     env = dict(os.environ, PYTHONWARNINGS="ignore")
-    return subprocess.run(_train_cmd(work, root, *extra, max_iters=ITERS, val_interval=2),
+    return subprocess.run(_train_cmd(work, root, *extra, max_iters=ITERS,
+                                     val_interval=val_interval),
                           cwd=REPO, capture_output=True, text=True, env=env, timeout=1800)
 
 
@@ -27,7 +29,7 @@ def test_rungs_continue_and_equal_an_uninterrupted_training(tmp_path, synthetic_
     import torch
 
     straight, rungs = tmp_path / "straight", tmp_path / "rungs"
-    done = _train(straight, synthetic_root)
+    done = _train(straight, synthetic_root, val_interval=ITERS)  # validates at its end only
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
 
     steps_of_call = []
@@ -51,10 +53,10 @@ def test_rungs_continue_and_equal_an_uninterrupted_training(tmp_path, synthetic_
     assert steps_of_call == [[1, 2], [3, 4], [5, 6]]
 
     want, got = _logged(straight), _logged(rungs)
-    assert sorted(want) == sorted(got)
-    assert {k: v[0] for k, v in want.items()} == {k: v[0] for k, v in got.items()}
-    assert all(v == [v[0]] * len(v) for v in got.values())
     assert sorted(k for k in got if k[1] == "val") == [(2, "val"), (4, "val"), (6, "val")]
+    assert sorted(want) == sorted(k for k in got if k[1] == "train" or k[0] == ITERS)
+    assert {k: v[0] for k, v in want.items()} == {k: got[k][0] for k in want}
+    assert all(v == [v[0]] * len(v) for v in got.values())
     a, b = (_checkpoint(w / f"iter_{ITERS}.pth")["state_dict"] for w in (straight, rungs))
     assert a.keys() == b.keys()
     assert [k for k in a if not torch.equal(a[k], b[k])] == []
