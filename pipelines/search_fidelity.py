@@ -108,6 +108,18 @@ def parse_fidelity(block: Mapping[str, Any] | None, max_iters: int, where: str =
 
 
 # ----------------------------------------------------------------------------- Pareto order
+def hypervolume(points, budget: float) -> float:
+    """Hypervolume of the feasible (gflops <= budget) points ``[(miou, gflops)]``; reference
+    point (mIoU 0, GFLOPs = budget), both objectives turned into minimisation."""
+    import numpy as np
+    from pymoo.indicators.hv import HV
+
+    feasible = [(-m, g) for m, g in points if g <= budget and m > 0]
+    if not feasible:
+        return 0.0
+    return float(HV(ref_point=np.array([0.0, budget]))(np.array(feasible)))
+
+
 def pareto_ranks(points: list[tuple[float, float]]) -> list[int]:
     """Non-dominated sorting of ``[(miou, gflops)]`` (mIoU up, GFLOPs down): 0 = the front."""
     ranks = [-1] * len(points)
@@ -467,7 +479,6 @@ def run_search(spec, study, executor, cost, folder, log=_say, tracker=None) -> d
     import time
     from pathlib import Path
 
-    from pipelines.benchmarks.search_replay import hypervolume
     from pipelines.config import write_json_atomic
     from pipelines.search_runs import make_run
 

@@ -55,6 +55,8 @@ import statistics
 import time
 from pathlib import Path
 
+from pipelines.search_fidelity import hypervolume  # the replay's measure (re-exported)
+
 REPO = Path(__file__).resolve().parents[2]
 #: the small recorded grid (25 settings, one seed): the search tests' space
 TABLE = REPO / "tests" / "data" / "grid_tiny.csv"
@@ -128,18 +130,6 @@ def run_cache(spec):
     points = space_points(spec)
     runs = {setting_key(v, s): r for (v, s), r in zip(points, make_runs(spec, points))}
     return lambda variant, settings: runs[setting_key(variant, settings)]
-
-
-def hypervolume(points, budget: float) -> float:
-    """Hypervolume of the feasible (gflops <= budget) points ``[(miou, gflops)]``; reference
-    point (mIoU 0, GFLOPs = budget), both objectives turned into minimisation."""
-    import numpy as np
-    from pymoo.indicators.hv import HV
-
-    feasible = [(-m, g) for m, g in points if g <= budget and m > 0]
-    if not feasible:
-        return 0.0
-    return float(HV(ref_point=np.array([0.0, budget]))(np.array(feasible)))
 
 
 def replay(spec, table: dict, sampler: str, seed: int, make_run, cost) -> dict:
