@@ -117,6 +117,10 @@ def run_cli(args) -> int:
                              max_trials=args.max_trials, max_trainings=args.max_trainings,
                              batch=args.batch)
     check_warm_start(spec)
+    if spec.fidelity is not None:  # each rung a checkpoint and validation iteration
+        from pipelines.search_fidelity import check_rungs
+
+        check_rungs(spec)
     n = sum(len(a) for a in spec.variants.values())
     trainings = ("no training budget" if spec.max_trainings is None
                  else f"{spec.max_trainings} trainings")

@@ -524,6 +524,25 @@ def run_search(spec, study, executor, cost, folder, log=_say, tracker=None) -> d
     return out
 
 
+def check_rungs(spec) -> None:
+    """Every rung below the full budget is a checkpoint and validation iteration of each
+    variant's training (``train --stop-at`` would refuse it after the search started)."""
+    from pipelines.config import load_config
+    from pipelines.search_runs import make_run
+    from pipelines.train import check_stop_at
+
+    for variant, axes in spec.variants.items():
+        first = {a.axis: a.edge_values()[0] for a in axes}
+        run = make_run(spec, variant, first)
+        cfg = load_config(run.config, run.cfg_options)
+        for r in spec.fidelity.rungs[:-1]:
+            try:
+                check_stop_at(cfg, r)
+            except UserError as err:
+                raise UserError(f"search space key 'fidelity.rungs' (variant {variant}): "
+                                f"{str(err).replace('--stop-at', 'rung')}") from None
+
+
 def report_markdown(spec, record: dict) -> str:
     """The search's hypervolume against iterations and training hours, and its settings' rung
     results (a setting below the full budget is marked stopped)."""

@@ -158,3 +158,20 @@ def test_a_replayed_search_never_trains_an_iteration_twice(curves_grid, proposal
         n_lower = sum(1 for r in by_run.values() if r >= lower)
         n_upper = sum(1 for r in by_run.values() if r >= upper)
         assert n_upper <= n_lower // spec.fidelity.eta
+
+
+def test_a_rung_that_is_not_a_checkpoint_iteration_is_refused_before_any_trial(tmp_path):
+    from pipelines.benchmarks.search_replay import CURVES_SPACE
+    from tests.conftest import run_cli
+
+    text = CURVES_SPACE.read_text().replace("rungs: [12, 24, 48]", "rungs: [10, 24]")
+    text = text.replace("../../tests/data/grid_curves.yaml",
+                        str(CURVES_SPACE.parents[2] / "tests" / "data" / "grid_curves.yaml"))
+    bad = tmp_path / "space.yaml"
+    bad.write_text(text)
+    done = run_cli("search", str(bad), "--check")
+    assert done.returncode == 2, done.stderr
+    assert done.stderr.strip().splitlines() == [
+        "error: search space key 'fidelity.rungs' (variant pro_scale): rung 10: not a checkpoint "
+        "and validation iteration (default_hooks.checkpoint.interval=12, "
+        "train_cfg.val_interval=12); use a multiple of both"]
