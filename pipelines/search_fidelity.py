@@ -184,6 +184,7 @@ class Setting:
     gflops: float
     rungs: dict[int, float] = field(default_factory=dict)  # iteration -> val mIoU
     promoted: set[int] = field(default_factory=set)  # rung levels promoted from
+    closed: bool = False  # its trial is finished (a search that ended before): never promoted
 
     @property
     def level(self) -> int:
@@ -241,7 +242,7 @@ class FidelitySearch:
         gflops = {k: s.gflops for k, s in self.settings.items()}
         for level in range(len(self.fid.rungs) - 2, -1, -1):
             results = self.rung_results(level)
-            done = {k for k, s in self.settings.items() if level in s.promoted}
+            done = {k for k, s in self.settings.items() if level in s.promoted or s.closed}
             ids = promotable(results, gflops, done, eta or self.fid.eta, self.spec.gflops_budget)
             if ids:
                 return ids[0], level + 1
@@ -270,6 +271,7 @@ class FidelitySearch:
                                  for k, v in json.loads(t.user_attrs.get("rungs", "{}")).items()}
                 setting.promoted = {k - 1 for k, r in enumerate(self.fid.rungs)
                                     if k and r in setting.rungs}
+                setting.closed = t.state.name != "RUNNING"
                 self.settings[run_id] = setting
                 self.spent += sum(self.fid.cost(k) for k, r in enumerate(self.fid.rungs)
                                   if r in setting.rungs)
@@ -277,7 +279,9 @@ class FidelitySearch:
     def run(self) -> dict:
         """Jobs until the iteration budget is spent (or a finite space is used up)."""
         while self.spent < self.budget_iters:
-            job = self.next_promotion()
+            # a setting whose first rung a dead head did not see finish comes first
+            job = next(((k, 0) for k, s in self.settings.items()
+                        if not s.rungs and not s.closed), None) or self.next_promotion()
             if job is None:
                 key = self.propose()
                 # a finite space used up: the budget left goes to promotions beyond 1/eta
@@ -332,7 +336,8 @@ class FidelitySearch:
         import optuna
 
         for s in self.settings.values():
-            if self.fid.full not in s.rungs:
+            if self.fid.full not in s.rungs and not s.closed:
+                s.closed = True
                 self._set(s, "status", "stopped")
                 self.study.tell(s.trial.number, state=optuna.trial.TrialState.PRUNED)
 
