@@ -221,6 +221,7 @@ class FidelitySearch:
         self.failed: set[str] = set()
         self.refused: dict[str, tuple[dict, dict, float]] = {}  # run id -> params, dists, gflops
         self.spent = 0
+        self.exhausted = False  # a finite space had no setting left to propose
         self._asks = 0
         self._rng = random.Random(seed)
         self._space = space_ids  # [(variant, settings)] of a finite space, for the fallback
@@ -285,6 +286,7 @@ class FidelitySearch:
             if job is None:
                 key = self.propose()
                 # a finite space used up: the budget left goes to promotions beyond 1/eta
+                self.exhausted = key is None
                 job = (key, 0) if key is not None else self.next_promotion(eta=1.0)
                 if job is None:
                     break
