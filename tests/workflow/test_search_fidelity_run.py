@@ -33,14 +33,14 @@ def _space(root):
     ablation["grid"]["variants"] = {"pro_scale": ablation["grid"]["variants"]["pro_scale"]}
     (root / "ablation.yaml").write_text(yaml.safe_dump(ablation))
     space = {"name": "tiny_fidelity", "ablation": str(root / "ablation.yaml"),
-             # two feasible settings (3-3-3 is over the budget): both to rung 3, the better one
-             # on to 6; then the space is used up (9 of the 12 iterations)
+             # four feasible settings (3-3-3 is over the budget): two to rung 3, the better
+             # one on to 6, a third to rung 3: the 12 iterations are spent
              "budget": {"gflops_total": 0.65, "trials": 20, "trainings": 2}, "batch": 1,
              "sampler": {"name": "tpe", "seed": 1},
              "fidelity": {"rungs": [3], "eta": 2},
              "space": {"variants": {"pro_scale": {
                  "schedule": ["1-1-1", "2-2-2", "3-3-3"], "trc": [False],
-                 "lpe": [False]}}}}
+                 "lpe": [False, True]}}}}
     (root / "space.yaml").write_text(yaml.safe_dump(space))
     return root / "space.yaml"
 
@@ -85,9 +85,11 @@ def test_rungs_promotion_and_a_killed_head(tmp_path):
     complete = [t for t in trials if t.state.name == "COMPLETE"]
     pruned = [t for t in trials if t.user_attrs.get("status") == "stopped"]
     refused = [t for t in trials if t.user_attrs.get("status") == "infeasible"]
-    assert len(complete) == 1 and len(pruned) == 1 and len(refused) == 1
-    assert refused[0].state.name == "PRUNED" and refused[0].user_attrs["gflops_total"] > 0.65
-    assert "9 of 12 iterations spent; 1 settings trained to 6, 1 stopped early" in out
+    assert len(complete) == 1 and len(pruned) == 2
+    for t in refused:  # cost first: never trained
+        assert t.state.name == "PRUNED" and t.user_attrs["gflops_total"] > 0.65
+        assert "rungs" not in t.user_attrs
+    assert "12 of 12 iterations spent; 1 settings trained to 6, 2 stopped early" in out
     (best,) = complete
     rungs = json.loads(best.user_attrs["rungs"])
     assert sorted(map(int, rungs)) == [3, 6]
@@ -107,7 +109,7 @@ def test_rungs_promotion_and_a_killed_head(tmp_path):
     assert (work / "rung-3.json").is_file()
     report = (tmp_path / "results" / "search" / "tiny_fidelity" / "fidelity.md").read_text()
     assert "| iterations spent | training hours | hypervolume |" in report
-    assert report.count("| stopped |") == 1 and report.count("| full |") == 1
+    assert report.count("| stopped |") == 2 and report.count("| full |") == 1
 
     # MLflow: one run per trained setting with its learning curve, the stopped one too
     from mlflow.tracking import MlflowClient
@@ -120,12 +122,12 @@ def test_rungs_promotion_and_a_killed_head(tmp_path):
     by_role = {}
     for run in runs:
         by_role.setdefault(run.data.tags.get("pipelines.role"), []).append(run)
-    assert len(by_role["trial"]) == 1 and len(by_role[ROLE_STOPPED]) == 1
-    for run, steps in ((by_role["trial"][0], [3, 6]), (by_role[ROLE_STOPPED][0], [3])):
+    assert len(by_role["trial"]) == 1 and len(by_role[ROLE_STOPPED]) == 2
+    for run, steps in ((by_role["trial"][0], [3, 6]), *((r, [3]) for r in by_role[ROLE_STOPPED])):
         history = client.get_metric_history(run.info.run_id, CURVE_METRIC)
         assert sorted(m.step for m in history) == steps
-    stopped = by_role[ROLE_STOPPED][0]
-    assert stopped.data.tags["pipelines.run_id"] == pruned[0].user_attrs["run_id"]
+    assert ({r.data.tags["pipelines.run_id"] for r in by_role[ROLE_STOPPED]}
+            == {t.user_attrs["run_id"] for t in pruned})
 
 
 def _alive_group(pgid: int) -> bool:
