@@ -89,6 +89,16 @@ def curves_grid():
     return spec, table, curves, make_run, points
 
 
+def _recorded_only(make_run, recorded):
+    """``make_run`` refusing a setting the grid has not recorded (the search asks again)."""
+    def recorded_run(variant, settings):
+        run = make_run(variant, settings)
+        if run.run_id not in recorded:
+            raise UserError("not recorded")
+        return run
+    return recorded_run
+
+
 def test_the_curves_are_one_training_each(curves_grid):
     """Every recorded run validated at every rung of its one schedule, and its last
     validation is the run's own evaluation (the same weights, the same val set)."""
@@ -111,12 +121,7 @@ def test_a_replayed_search_never_trains_an_iteration_twice(curves_grid, proposal
 
     spec, table, curves, make_run, points = curves_grid
     recorded = {make_run(v, s).run_id for v, s in points}
-
-    def recorded_run(variant, settings):
-        run = make_run(variant, settings)
-        if run.run_id not in recorded:
-            raise UserError("not recorded")
-        return run
+    recorded_run = _recorded_only(make_run, recorded)
 
     spec = dataclasses.replace(spec, name=f"t-{proposals}")
     study = open_study(spec, optuna.storages.InMemoryStorage())
@@ -198,12 +203,7 @@ def test_a_new_head_picks_up_where_a_dead_one_stopped(curves_grid):
 
     spec, table, curves, make_run, points = curves_grid
     recorded = {make_run(v, s).run_id for v, s in points}
-
-    def recorded_run(variant, settings):
-        run = make_run(variant, settings)
-        if run.run_id not in recorded:
-            raise UserError("not recorded")
-        return run
+    recorded_run = _recorded_only(make_run, recorded)
 
     class Died(Exception):
         pass
