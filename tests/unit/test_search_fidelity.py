@@ -173,21 +173,22 @@ def test_a_replayed_search_never_trains_an_iteration_twice(curves_grid, proposal
 
 
 def test_a_rung_that_is_not_a_checkpoint_iteration_is_refused_before_any_trial(tmp_path):
+    """``search --check`` (and the search) run this before any trial: one line (exit 2)."""
+    import dataclasses
+
     from pipelines.benchmarks.search_replay import CURVES_SPACE
-    from tests.conftest import run_cli
+    from pipelines.search_fidelity import check_rungs
+    from pipelines.search_space import load_search_space
 
-    text = CURVES_SPACE.read_text().replace("rungs: [12, 24, 48]", "rungs: [10, 24]")
-    text = text.replace("../../tests/data/grid_curves.yaml",
-                        str(CURVES_SPACE.parents[2] / "tests" / "data" / "grid_curves.yaml"))
-    bad = tmp_path / "space.yaml"
-    bad.write_text(text)
-    done = run_cli("search", str(bad), "--check")
-    assert done.returncode == 2, done.stderr
-    assert done.stderr.strip().splitlines() == [
-        "error: search space key 'fidelity.rungs' (variant pro_scale): rung 10: not a checkpoint "
+    spec = load_search_space(CURVES_SPACE, check_runs=False)
+    check_rungs(spec)  # 12, 24, 48: multiples of the grid's interval 12
+    bad = dataclasses.replace(spec, fidelity=parse_fidelity({"rungs": [10, 24]}, 100))
+    with pytest.raises(UserError) as err:
+        check_rungs(bad)
+    assert str(err.value) == (
+        "search space key 'fidelity.rungs' (variant pro_scale): rung 10: not a checkpoint "
         "and validation iteration (default_hooks.checkpoint.interval=12, "
-        "train_cfg.val_interval=12); use a multiple of both"]
-
+        "train_cfg.val_interval=12); use a multiple of both")
 
 def test_a_new_head_picks_up_where_a_dead_one_stopped(curves_grid):
     """The first head dies after a few jobs (its trials left RUNNING); a second one restores
