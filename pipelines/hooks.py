@@ -75,3 +75,26 @@ class StopOnNonFiniteLossHook(CheckInvalidLossHook):
             lr_text = ""
         raise NonFiniteLossError(f"loss is {value} at iteration {runner.iter + 1}{lr_text}; "
                                  "training stopped")
+
+
+@HOOKS.register_module()
+class StopAtIterationHook(Hook):
+    """Stop a training after iteration ``stop_at`` of its own schedule (``max_iters`` and the
+    learning-rate schedule unchanged): a rung of a multi-fidelity search. ``train --stop-at``
+    adds it and checks that ``stop_at`` is a checkpoint and validation iteration, so the loop
+    writes the resume checkpoint and validates there before it stops; the same training
+    continues from that checkpoint later (``--stop-at`` a later rung, or none), bit-exactly
+    (pipelines/resume.py). A work dir already at or past ``stop_at`` trains nothing."""
+
+    priority = "LOWEST"
+
+    def __init__(self, stop_at: int) -> None:
+        self.stop_at = int(stop_at)
+
+    def before_train(self, runner) -> None:
+        if runner.iter >= self.stop_at:
+            runner.train_loop.stop_training = True
+
+    def after_train_iter(self, runner, batch_idx, data_batch=None, outputs=None) -> None:
+        if runner.iter + 1 >= self.stop_at:  # runner.iter is advanced after the hooks
+            runner.train_loop.stop_training = True

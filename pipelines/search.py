@@ -117,6 +117,10 @@ def run_cli(args) -> int:
                              max_trials=args.max_trials, max_trainings=args.max_trainings,
                              batch=args.batch)
     check_warm_start(spec)
+    if spec.fidelity is not None:  # each rung a checkpoint and validation iteration
+        from pipelines.search_fidelity import check_rungs
+
+        check_rungs(spec)
     n = sum(len(a) for a in spec.variants.values())
     trainings = ("no training budget" if spec.max_trainings is None
                  else f"{spec.max_trainings} trainings")
@@ -140,10 +144,24 @@ def run_cli(args) -> int:
         from pipelines.search_tracking import track_trials
 
         tracker = lambda study, told: track_trials(spec, study)  # noqa: E731
-    search = Search(spec=spec, study=study, executor=executor,
-                    cost=lambda run: cache.gflops(run)["total"], tracker=tracker)
-    summary = search.run()
-    tracked = tracker(study, search.told) if tracker is not None else None
+        if spec.fidelity is not None:  # and every setting's learning curve, stopped ones too
+            from pipelines.search_fidelity import track_curves
+
+            def tracker(study, told):
+                tracked = track_trials(spec, study)
+                track_curves(spec, study, tracked)
+                return tracked
+    if spec.fidelity is not None:  # rungs of one schedule, Pareto promotion
+        from pipelines.search_fidelity import run_search
+
+        run_search(spec, study, executor, lambda run: cache.gflops(run)["total"], folder,
+                   tracker=tracker)
+        summary = Search(spec=spec, study=study, executor=executor, cost=None).summary()
+    else:
+        search = Search(spec=spec, study=study, executor=executor,
+                        cost=lambda run: cache.gflops(run)["total"], tracker=tracker)
+        summary = search.run()
+    tracked = tracker(study, []) if tracker is not None else None
     from pipelines.config import write_json_atomic
 
     write_json_atomic(folder / "summary.json", summary)  # the front, each setting once

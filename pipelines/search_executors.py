@@ -182,6 +182,35 @@ class SnakemakeExecutor:
         report()
         return {r.run_id: self.existing(r) for r in runs}
 
+    def train_rung(self, run, stop_at: int) -> dict | None:
+        """Continue ``run``'s training to iteration ``stop_at`` of its schedule (a rung of a
+        multi-fidelity search, ``spec.fidelity``): the ``train_rung`` job below the full budget,
+        the run's own train, evaluate and flops jobs at it. Returns ``{"miou": ...}`` (the val
+        mIoU the training logged at ``stop_at``; at the full budget the run's metrics), or
+        ``None`` when the job left no result. A rung already on disk is not trained again."""
+        import yaml
+
+        from pipelines.search_fidelity import rung_result
+
+        full = self.spec.fidelity.full
+        ablation = point_ablation(self.spec.ablation, [(run.variant, dict(run.settings))])
+        paths = result_paths(ablation, run)
+        rung = paths.train_done.parent / f"rung-{stop_at}.json"
+        if stop_at < full:
+            targets = [str(paths.run_json), str(rung), str(paths.flops)]
+        else:
+            targets = self.targets(ablation, run)
+        self.launched.append(run.run_id)
+        name = f"{run.run_id}-{stop_at}"
+        folder = self.folder() / "rungs"
+        folder.mkdir(parents=True, exist_ok=True)
+        configfile = folder / f"{name}.yaml"
+        configfile.write_text(yaml.safe_dump(ablation, sort_keys=False))
+        self.snakemake(configfile, targets, folder / f"{name}.log")
+        if stop_at == full:
+            return self.existing(run)
+        return rung_result(rung, stop_at)
+
     def update_reports(self, force: bool) -> str:
         """Bring the base ablation's analysis, figures, tables and reports up to date with the
         searched runs in MLflow: the ablation's own Snakemake targets (``figures`` and

@@ -149,6 +149,7 @@ class SearchSpec:
     grace_minutes: float = 10.0
     warm_start: tuple[str, ...] = ()
     infeasible_miou: float = 0.0
+    fidelity: Any = None  # pipelines.search_fidelity.Fidelity, or None: every training is full
     raw: Mapping[str, Any] = field(default_factory=dict, compare=False)
 
     def variant_axis(self) -> AxisSpace:
@@ -317,7 +318,8 @@ def load_search_space(path: str | Path, *, check_runs: bool = True, **overrides)
         retries=int((doc.get("failed") or {}).get("retries", 0)),
         grace_minutes=float((doc.get("failed") or {}).get("grace_minutes", 10.0)),
         warm_start=tuple(str(p) for p in doc.get("warm_start") or ()),
-        infeasible_miou=float(doc.get("infeasible_miou", 0.0)), raw=doc)
+        infeasible_miou=float(doc.get("infeasible_miou", 0.0)), raw=doc,
+        fidelity=_fidelity(doc, ablation))
     fields.update({k: v for k, v in overrides.items() if v is not None})
     if fields["sampler"] not in SAMPLERS:
         raise UserError(f"search space key 'sampler.name': {fields['sampler']!r} is not one of "
@@ -331,6 +333,16 @@ def load_search_space(path: str | Path, *, check_runs: bool = True, **overrides)
     if check_runs:
         check_space_runs(spec)
     return spec
+
+
+def _fidelity(doc: Mapping[str, Any], ablation: Mapping[str, Any]):
+    """The ``fidelity`` block against the base ablation's full budget (``train.max_iters``)."""
+    if doc.get("fidelity") is None:
+        return None
+    from pipelines.search_fidelity import parse_fidelity
+
+    max_iters = int((ablation.get("train") or {}).get("max_iters", 300))
+    return parse_fidelity(doc["fidelity"], max_iters)
 
 
 def check_space_runs(spec: SearchSpec) -> None:

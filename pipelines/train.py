@@ -23,6 +23,11 @@ def add_parser(sub) -> None:
     p.add_argument("--done-file", metavar="JSON", help="after training finishes, write a small "
                    "JSON here (iterations, last checkpoint, training time): the workflow's "
                    "output, so checkpoints never need to be declared")
+    p.add_argument("--stop-at", type=int, metavar="N", help="follow the schedule of "
+                   "train_cfg.max_iters but stop after iteration N (a checkpoint and validation "
+                   "iteration), keeping the resume checkpoint: the same training continues "
+                   "from it with a later --stop-at, or without one to the end (a rung of a "
+                   "multi-fidelity search); --done-file then reports iteration N")
     p.add_argument("--nproc", type=int, default=1, metavar="N",
                    help="processes (GPUs) of this training on this node: N > 1 starts "
                    "`torchrun --standalone --nproc_per_node N` (DDP; NCCL on GPUs, gloo on "
@@ -39,11 +44,16 @@ def build_train_config(args: argparse.Namespace):
     weights.localise(cfg, weights.folder_of())  # $PIPELINES_WEIGHTS: no download at train time
     cfg.work_dir = str(ensure_writable_dir(args.work_dir))
     check_schedule(cfg)
+    stop_at = getattr(args, "stop_at", None)
+    if stop_at is not None:
+        check_stop_at(cfg, stop_at)
     cfg.resume, cfg.load_from = choose_start(cfg.work_dir, cfg.get("load_from"))
     apply_retention(cfg)  # keep the last and the best checkpoint, not every one (disk.py)
     hooks = list(cfg.get("custom_hooks", []) or [])
     wanted = [dict(type="ExactResumeHook", resume=cfg.resume),  # pipelines/resume.py
               dict(type="StopOnNonFiniteLossHook")]
+    if stop_at is not None:
+        wanted.append(dict(type="StopAtIterationHook", stop_at=stop_at))
     if not args.no_progress:
         wanted.append(dict(type="ProgressBarHook"))
     for hook in wanted:
@@ -67,6 +77,23 @@ def check_schedule(cfg) -> None:
         value = train_cfg[key]
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise UserError(f"train_cfg.{key} must be a whole number >= 1, got {value!r}")
+
+
+def check_stop_at(cfg, stop_at: int) -> None:
+    """``--stop-at N`` must be an iteration of the schedule at which the loop writes a resume
+    checkpoint and validates (so the rung has a result and a point to continue from)."""
+    max_iters = int(cfg.train_cfg.get("max_iters", 0))
+    if isinstance(stop_at, bool) or not 1 <= stop_at <= max_iters:
+        raise UserError(f"--stop-at {stop_at}: expected an iteration in 1..{max_iters} "
+                        "(train_cfg.max_iters)")
+    if stop_at == max_iters:
+        return
+    interval = int(((cfg.get("default_hooks") or {}).get("checkpoint") or {}).get("interval", 0))
+    val_interval = int(cfg.train_cfg.get("val_interval", max_iters))
+    if not interval or stop_at % interval or stop_at % val_interval:
+        raise UserError(f"--stop-at {stop_at}: not a checkpoint and validation iteration "
+                        f"(default_hooks.checkpoint.interval={interval or None}, "
+                        f"train_cfg.val_interval={val_interval}); use a multiple of both")
 
 
 def own_last_checkpoint(work_dir) -> str | None:
@@ -177,8 +204,12 @@ def _run(args: argparse.Namespace) -> int:
     start = time.perf_counter()
     runner = train(cfg)
     elapsed = time.perf_counter() - start
+    stopped = int(runner.iter) < int(runner.max_iters)  # a rung (--stop-at): it continues
     # done: keep the weights (and the best), not the resume checkpoints (pipelines/disk.py)
-    checkpoint = str(finalize(runner)) if main else ""
+    if stopped:
+        checkpoint = own_last_checkpoint(work_dir) or "" if main else ""
+    else:
+        checkpoint = str(finalize(runner)) if main else ""
     if args.done_file and main:
         from pipelines import provenance
         from pipelines.config import write_json_atomic
@@ -191,7 +222,7 @@ def _run(args: argparse.Namespace) -> int:
             "started_at": started_at, "ended_at": time.time(),
             "provenance": provenance.collect(), "processes": launch.world_size(),
             "batch_size": int(cfg.train_dataloader.batch_size),
-            "config_sha256": _sha256(args.config),
+            "config_sha256": _sha256(args.config), "stopped": stopped,
             **({"cfg_options": list(args.cfg_options)} if args.cfg_options else {})})
     return 0
 

@@ -42,6 +42,37 @@ rule train_model:
         )
 
 
+# A rung of a multi-fidelity search (pipelines/search_fidelity.py): the same training, in the
+# same work folder, stopped after iteration {stop_at} of its own schedule at a checkpoint and
+# validation iteration (`train --stop-at`); asked for by the search only. A later rung, or the
+# training's own train_done.json, continues from that checkpoint: no iteration is repeated.
+rule train_rung:
+    input:
+        data=get_dataset_marker(),
+    output:
+        done=f"{RESULTS}/train/{ABLATION}/{{train_id}}/work-{{train_recipe}}/rung-{{stop_at}}.json",
+    wildcard_constraints:
+        stop_at=r"\d+",
+    log:
+        f"{RESULTS}/logs/{ABLATION}/{{train_id}}/train-{{train_recipe}}-rung-{{stop_at}}.log",
+    params:
+        config=get_config,  # the training's rendered config
+        work_dir=lambda wildcards, output: os.path.dirname(output.done),
+        data_root=get_data_root,
+        nproc=max(1, config["resources"]["train"]["gpus"]),
+    threads: get_threads("train")
+    resources:
+        **stage_resources("train"),
+    retries: config["retries"]
+    shell:
+        stage_shell(
+            "train {params.config:q} --work-dir {params.work_dir:q} "
+            "--data-root {params.data_root:q} --done-file {output.done:q} "
+            "--stop-at {wildcards.stop_at} --nproc {params.nproc}",
+            stderr_to_terminal=True,
+        )
+
+
 rule evaluate_model:
     input:
         done=get_train_done,
