@@ -45,6 +45,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shlex
 from pathlib import Path
 
 from pipelines.errors import UserError
@@ -100,8 +101,6 @@ def add_parser(sub) -> None:
 
 def dashboard_command(storage: str) -> str:
     """The optuna-dashboard command for a study's storage (an RDB URL or a journal file)."""
-    import shlex
-
     return f"optuna-dashboard {shlex.quote(storage.removeprefix('journal:'))}"
 
 

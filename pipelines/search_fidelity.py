@@ -43,7 +43,9 @@ from __future__ import annotations
 
 import json
 import random
+import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Callable, Mapping
 
 from pipelines.errors import UserError
@@ -447,8 +449,6 @@ def val_curve(work_dir) -> dict[int, float]:
     """Iteration -> val mIoU (percent) a training logged in ``work_dir`` (mmengine's
     ``scalars.json`` of every start of it; a resumed training validates its resume point
     again, with the same result)."""
-    from pathlib import Path
-
     out: dict[int, float] = {}
     for path in sorted(Path(work_dir).glob("*/vis_data/scalars.json")):
         for line in path.read_text().splitlines():
@@ -461,8 +461,6 @@ def val_curve(work_dir) -> dict[int, float]:
 def rung_result(done_file, stop_at: int) -> dict | None:
     """``{"miou": ...}`` of a rung job (``train --stop-at``): the val mIoU its training logged
     at ``stop_at``; None when the job wrote no done file, a failure record, or no validation."""
-    from pathlib import Path
-
     from pipelines.failures import read_failure
 
     done_file = Path(done_file)
@@ -483,9 +481,6 @@ def run_search(spec, study, executor, cost, folder, log=_say, tracker=None) -> d
     search's own record (``<folder>/fidelity.json``) and report (``<folder>/fidelity.md``): the
     hypervolume of the settings trained to the full budget against iterations and training hours
     spent, and every setting's rung results (stopped ones drawn as stopped)."""
-    import time
-    from pathlib import Path
-
     from pipelines.config import write_json_atomic
     from pipelines.search_runs import make_run
 

@@ -2,7 +2,11 @@
 from __future__ import annotations
 
 import argparse
+import hashlib
+import json
 import re
+import sys
+import time
 from pathlib import Path
 
 from pipelines import weights
@@ -175,7 +179,6 @@ def _run_or_launch(args: argparse.Namespace) -> int:
 
     if not (args.nproc > 1 and launch.world_size() == 1):
         return _run(args)
-    import sys
 
     argv = sys.argv[1:]
     if not argv or argv[0] != "train":
@@ -192,7 +195,6 @@ def _run_or_launch(args: argparse.Namespace) -> int:
 def _run(args: argparse.Namespace) -> int:
     import pipelines.registry  # noqa: F401  (before the config: it imports mmseg/mmdet)
 
-    import time
 
     from pipelines import launch
 
@@ -228,14 +230,10 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def _sha256(path) -> str:
-    import hashlib
-
     return hashlib.sha256(Path(path).read_bytes()).hexdigest()
 
 
 def _state(work_dir) -> tuple:
-    import json
-
     path = Path(work_dir) / "train_time.json"
     try:
         data = json.loads(path.read_text())
@@ -246,8 +244,6 @@ def _state(work_dir) -> tuple:
 
 def _first_start(work_dir, now: float) -> float:
     """When training in ``work_dir`` first started (kept across resumed invocations)."""
-    import json
-
     path, data = _state(work_dir)
     if "started_at" not in data:
         data["started_at"] = now
@@ -262,8 +258,6 @@ def _total_train_time(work_dir, elapsed: float) -> float:
     An invocation that was killed adds nothing, so a resumed run reports the time of the
     finishing invocation (plus earlier finished ones, when ``max_iters`` was raised later).
     """
-    import json
-
     path, data = _state(work_dir)
     try:
         before = float(data.get("train_time_s", 0.0))

@@ -50,9 +50,12 @@ from __future__ import annotations
 
 import argparse
 import csv
+import dataclasses
 import json
+import logging
 import statistics
 import time
+import warnings
 from pathlib import Path
 
 from pipelines.search_fidelity import hypervolume  # the replay's measure (re-exported)
@@ -134,8 +137,6 @@ def run_cache(spec):
 
 def replay(spec, table: dict, sampler: str, seed: int, make_run, cost) -> dict:
     """One search against the recorded grid; returns its trainings and hypervolume."""
-    import dataclasses
-
     import optuna
 
     from pipelines.search import ReplayExecutor, Search, open_study
@@ -236,8 +237,6 @@ def replay_fidelity(spec, table: dict, curves: dict, seed: int, proposals: str,
     to the full budget, their recorded mIoU) after every job, against iterations spent.
     ``single``: one rung, the full budget (every training full: the full-fidelity search on
     the same code, for ``--partial``)."""
-    import dataclasses
-
     import optuna
 
     from pipelines.search_fidelity import FidelitySearch
@@ -269,8 +268,6 @@ def replay_full_curve(spec, table: dict, seed: int, sampler: str, trainings: int
                       cost) -> dict:
     """Full-fidelity search (today's: every training is a full one) up to ``trainings``; its
     hypervolume after each training, against iterations spent (trainings x R)."""
-    import dataclasses
-
     import optuna
 
     from pipelines.search import ReplayExecutor, Search, open_study
@@ -481,8 +478,6 @@ def fidelity_main(args) -> int:
 
 
 def main(argv=None) -> int:
-    import logging
-
     import optuna
 
     from pipelines.search_space import load_search_space
@@ -502,7 +497,6 @@ def main(argv=None) -> int:
                         help="--fidelity: replay the settings recorded so far")
     args = parser.parse_args(argv)
     optuna.logging.set_verbosity(logging.WARNING)
-    import warnings
 
     warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
     if args.fidelity:
