@@ -76,10 +76,10 @@ def test_tiny_grid_end_to_end(tiny):
 
 
 def test_interrupted_training_resumes_from_its_checkpoint(tmp_path):
-    # 60 iterations, interrupted once its first checkpoint is complete (mmengine's
+    # 20 iterations, interrupted once its first checkpoint is complete (mmengine's
     # `last_checkpoint` written after the file): on a fast machine a 10-iteration training
     # finished before the Ctrl-C landed (CI, 2026-11-23)
-    config = tiny_ablation(tmp_path, iters=60)
+    config = tiny_ablation(tmp_path, iters=20)
     config["grid"]["variants"] = {"baseline": config["grid"]["variants"]["baseline"]}
     config["stages"] = {"flops": False, "benchmark": False}
     configfile = write_config(tmp_path / "one.yaml", config)
@@ -117,4 +117,4 @@ def test_interrupted_training_resumes_from_its_checkpoint(tmp_path):
     assert "iter: 0" not in resumed[0]
     (done_file,) = train_dir.glob("work-*/train_done.json")
     done = json.loads(done_file.read_text())
-    assert done["iters"] == 60
+    assert done["iters"] == 20
