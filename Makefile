@@ -23,8 +23,17 @@ demo: setup
 test: setup
 	$(PY) -m pytest -q -m "not slow"
 
+# the service tests (SLURM, PostgreSQL, MLflow and optuna-dashboard in a browser) spend much of
+# their time waiting on their servers: they run beside the other slow tests, each in its own
+# temporary folder; the target fails when either fails
 test-slow: setup
-	$(PY) -m pytest -q -m slow
+	@rm -rf /tmp/pipelines-slow-services /tmp/pipelines-slow-rest
+	$(PY) -m pytest -q -m slow tests/services --basetemp=/tmp/pipelines-slow-services & \
+	services=$$!; \
+	$(PY) -m pytest -q -m slow --ignore=tests/services --basetemp=/tmp/pipelines-slow-rest; \
+	rest=$$?; wait $$services; services=$$?; \
+	echo "slow tests: services exit $$services, the others exit $$rest"; \
+	test $$services -eq 0 -a $$rest -eq 0
 
 # mlflow ui on the demo's store, with the link that opens its runs table (metric columns shown);
 # UI_ARGS: --ablation FILE (its store, name and mlflow.ui), or --experiment NAME --tracking-uri URI
