@@ -90,7 +90,9 @@ def test_a_results_folder_too_small_stops_before_any_job(tmp_path):
                   if line.startswith("error:")]
         assert len(errors) == 1 and "free but the ablation needs about" in errors[0], errors
         assert "Traceback" not in result.stderr
-        assert not (small / "results" / "runs").exists()  # no job ran
+        # no job ran (the rendered configs, written before the check reads them, are no job)
+        assert not list((small / "results").rglob("run.json"))
+        assert not (small / "results" / "train").exists()
         assert not (tmp_path / "data" / "synthetic" / "meta.json").exists()
     finally:
         subprocess.run(["umount", str(small)], check=False)
