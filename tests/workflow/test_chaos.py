@@ -84,7 +84,9 @@ class Driver:
         if not (first or self.rng.random() < self.p):
             return
         checkpoint = self.rng.choice([0, INTERVAL, INTERVAL]) if kind == "train" else 0
-        delay = self.rng.uniform(0, 1.5 if checkpoint else 6.0)
+        # the first of a kind within a second of its start (a process that ends sooner than
+        # its kill, on a fast machine, must not leave a kind unkilled), others at any point
+        delay = self.rng.uniform(0, 1.5 if checkpoint else 1.0 if first else 6.0)
         self.plans[proc.pid] = (proc, kind, checkpoint, delay, None)
 
     def step(self, head) -> None:

@@ -15,7 +15,8 @@ from tests.workflow.conftest import snakemake, tiny_ablation, write_config
 NOT_PATHS = {"threads", "resources.last_attempt", "params.shape",
              "params.device", "params.repeats", "params.warmup", "params.nproc",
              "params.beta", "params.spec[train]", "params.spec[val]", "params.spec[size]", "params.spec[seed]",
-             "params.ui"}  # `--mlflow-ui URL`, the URL shell-quoted (figures.smk)
+             "params.ui",  # `--mlflow-ui URL`, the URL shell-quoted (figures.smk)
+             "wildcards.stop_at"}  # a rung: digits only (its wildcard constraint, train.smk)
 FIELD = re.compile(r"\{([A-Za-z_][A-Za-z0-9_.\[\]]*)(:[^}]*)?\}")
 
 
