@@ -140,7 +140,7 @@ def weights(checkpoint: str):
 
 
 def finals(results: Path) -> dict[str, tuple[dict, dict]]:
-    """run id -> (its final weights, its metrics less the checkpoint path)."""
+    """run id -> (its final weights, its metrics less the checkpoint and config paths)."""
     out = {}
     for metrics_file in sorted((results / "evaluate" / "chaos").glob("*/*/metrics.json")):
         metrics = json.loads(metrics_file.read_text())
@@ -149,6 +149,7 @@ def finals(results: Path) -> dict[str, tuple[dict, dict]]:
             "work-*/train_done.json")
         checkpoint = json.loads(done.read_text())["checkpoint"]
         metrics.pop("checkpoint", None)
+        metrics.pop("config", None)  # the run's rendered config, in each grid's own folder
         out[metrics_file.parent.parent.name] = (weights(checkpoint), metrics)
     return out
 
