@@ -29,7 +29,8 @@ merged in by mmengine's merge (:mod:`pipelines.grid.render`), written out as a p
 (``config.py`` beside its ``run.json``, the data path masked) that every stage reads.
 
 **Recipes** are content: :attr:`Run.recipe` hashes that rendered text, the dataset spec and the
-project code the config builds (:func:`pipelines.axes.code_hash`). It names the checkpoint folder, so a changed config, base
+project code the config builds (:func:`pipelines.axes.code_hash`). It names the checkpoint
+folder, so a changed config, base
 file, synthetic-data spec or method file trains afresh, and only the runs that use it do.
 :attr:`Run.train_id` / :attr:`Run.train_recipe` leave out axes of later stages (ECO-M2F's beta):
 runs that differ only there share one training.

@@ -81,9 +81,10 @@ def run_cli(args) -> int:
     config = validate_ablation(load_ablation(args.ablation))
     runs = expand_grid(config)
     if args.render:
+        from pipelines.config import ensure_writable_dir
         from pipelines.grid.render import render_run, write_configs
 
-        folder = Path(args.render)
+        folder = ensure_writable_dir(args.render, "--render folder")
         write_configs(((folder / r.run_id / "config.py", render_run(r)) for r in runs),
                       replace=True)
         print(f"{config['name']}: {len(runs)} run configs in {folder}/<run-id>/config.py")

@@ -17,7 +17,7 @@ import tempfile
 from pathlib import Path
 from typing import Any, Iterable, Mapping
 
-from pipelines.config import DATA_ROOT_MASK, DATALOADERS as LOADERS
+from pipelines.config import DATA_ROOT_MASK, DATALOADERS
 from pipelines.errors import UserError
 
 #: the first lines of every rendered config (fixed text: part of the recipe's hash)
@@ -62,7 +62,7 @@ def merge_options(base: dict, options: Mapping[str, Any], where: str = "config")
 def mask_data_root(cfg: dict) -> dict:
     """The dataset folder of every dataloader replaced by :data:`DATA_ROOT_MASK` (and the
     top-level ``data_root`` variable dropped): a recipe does not depend on where the data is."""
-    masks = {f"{loader}.dataset.data_root": DATA_ROOT_MASK for loader in LOADERS
+    masks = {f"{loader}.dataset.data_root": DATA_ROOT_MASK for loader in DATALOADERS
              if isinstance((cfg.get(loader) or {}).get("dataset"), dict)
              and "data_root" in cfg[loader]["dataset"]}
     out = merge_options(cfg, masks) if masks else dict(cfg)
@@ -220,7 +220,7 @@ def render_run(run, repo: str | Path = ".") -> str:
     from pipelines.grid.plain_config import resolved_base
 
     path = run.config if Path(run.config).is_absolute() else str(Path(repo) / run.config)
-    base = _BASES.get(run.config) or _BASES.get(path)
+    base = _BASES.get(path)
     if base is None:
         base = _BASES[path] = RenderedBase(resolved_base(path))
     text = base.render(run_config(base.plain, run.options, f"run {run.run_id}"))

@@ -107,7 +107,8 @@ def test_rendering_reuses_the_variants_text_and_never_changes_it():
     before = json.dumps(plain, sort_keys=True, default=str)
     base = RenderedBase(plain)
     base.render(plain)  # fills the cache
-    for key, value in (("a.b.1.c", 3), ("a.d", {"_delete_": True, "type": "Y"}), ("f", None), ("a.b.1", {"c": 9})):
+    for key, value in (("a.b.1.c", 3), ("a.d", {"_delete_": True, "type": "Y"}), ("f", None),
+                       ("a.b.1", {"c": 9})):
         mine = merge_options(plain, {key: value})
         text = base.render(mine)
         assert text == RenderedBase(mine).render(mine)  # the cache changes nothing
