@@ -28,9 +28,9 @@ test: setup
 # temporary folder; the target fails when either fails
 test-slow: setup
 	@rm -rf /tmp/pipelines-slow-services /tmp/pipelines-slow-rest
-	$(PY) -m pytest -q -m slow tests/services --basetemp=/tmp/pipelines-slow-services & \
+	$(PY) -m pytest -q -m slow tests/services --basetemp=/tmp/pipelines-slow-services --durations=10 & \
 	services=$$!; \
-	$(PY) -m pytest -q -m slow --ignore=tests/services --basetemp=/tmp/pipelines-slow-rest; \
+	$(PY) -m pytest -q -m slow --ignore=tests/services --basetemp=/tmp/pipelines-slow-rest --durations=40; \
 	rest=$$?; wait $$services; services=$$?; \
 	echo "slow tests: services exit $$services, the others exit $$rest"; \
 	test $$services -eq 0 -a $$rest -eq 0

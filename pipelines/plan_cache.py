@@ -15,8 +15,10 @@ What keys an entry (:func:`cached_expand`):
 * every other file the expansion opened (model configs, their ``_base_`` files, the dataset's
   files it looked at), by content, and every folder it listed, by its names, recorded while
   the expansion ran (:func:`sys.addaudithook`, events ``open``, ``os.listdir``,
-  ``os.scandir``); the dataset folder and the weights folder are listed as well (a file that
-  appears or goes there changes the key even when the expansion only asked whether it exists).
+  ``os.scandir``), less the files and folders it wrote itself (``open`` for writing,
+  ``os.mkdir``: mmengine's temporary copies); the dataset folder and the weights folder are
+  listed as well (a file that appears or goes there changes the key even when the expansion
+  only asked whether it exists).
 
 An entry is used only when all of it is unchanged; anything else is a new expansion (and a new
 entry). A failed expansion (a config error) is never saved: the next start reports it again.
@@ -30,7 +32,6 @@ import os
 import pickle
 import sys
 import sysconfig
-import tempfile
 import threading
 from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping
@@ -55,8 +56,9 @@ def _audit(event: str, args: tuple) -> None:
             return
         writing = (isinstance(mode, str) and any(c in mode for c in "wax+")) or (
             isinstance(flags, int) and flags & (os.O_WRONLY | os.O_RDWR))
-        if not writing:
-            reads["files"].add(os.fsdecode(path))
+        (reads["written"] if writing else reads["files"]).add(os.fsdecode(path))
+    elif event == "os.mkdir" and args and not isinstance(args[0], int):
+        reads["made"].add(os.fsdecode(args[0]))
     elif event in ("os.listdir", "os.scandir"):
         path = args[0] if args else "."
         if path is None:
@@ -71,7 +73,7 @@ def _record():
     if not _hook_installed:
         sys.addaudithook(_audit)
         _hook_installed = True
-    _recording.reads = {"files": set(), "dirs": set()}
+    _recording.reads = {"files": set(), "dirs": set(), "written": set(), "made": set()}
     return _recording.reads
 
 
@@ -155,17 +157,20 @@ def static_key(config: Mapping, repo: str | os.PathLike, code_files: Iterable = 
 
 def _reads_to_check(reads: Mapping[str, Iterable[str]]) -> dict[str, list]:
     """The recorded reads outside the code and the environment, each with its digest now."""
-    # the code and the environment are in the key already; temporary files are the
-    # expansion's own (mmengine writes each config there before reading it)
-    skip = tuple(r + os.sep for r in _environment_roots()) + (
-        str(PACKAGE) + os.sep, os.path.realpath(tempfile.gettempdir()) + os.sep)
+    # the code and the environment are in the key already; the files and folders the
+    # expansion wrote itself are its own (mmengine copies each config into a temporary
+    # folder before reading it), not input: a user's file under /tmp is input like any other
+    made = tuple(os.path.realpath(d) + os.sep for d in reads.get("made", ()))
+    written = {os.path.realpath(f) for f in reads.get("written", ())}
+    skip = tuple(r + os.sep for r in _environment_roots()) + (str(PACKAGE) + os.sep,) + made
     # the import system lists the folders of sys.path: those are code, not input
     imports = {os.path.realpath(p or ".") for p in sys.path} | {str(PACKAGE)}
     files = sorted({os.path.abspath(f) for f in reads["files"]})
     dirs = sorted({os.path.abspath(d) for d in reads["dirs"]} - imports)
     return {
         "files": [(f, _file_digest(f)) for f in files
-                  if not os.path.realpath(f).startswith(skip) and not os.path.isdir(f)],
+                  if not os.path.realpath(f).startswith(skip) and os.path.realpath(f) not in written
+                  and not os.path.isdir(f)],
         "dirs": [(d, _listing_digest(d)) for d in dirs
                  if not os.path.realpath(d).startswith(skip)],
     }
