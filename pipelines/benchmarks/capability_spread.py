@@ -239,7 +239,7 @@ def main(argv=None) -> int:
                         help="miou and/or class names whose IoU to tabulate")
     args = parser.parse_args(argv)
 
-    from pipelines import provenance
+    from pipelines.tracking import provenance
     from pipelines.grid import expand_grid, load_ablation, validate_ablation
 
     out = Path(args.out).resolve()

@@ -8,8 +8,8 @@ budgets were fixed before any of its trainings ran (``tests/data/grid_lr.yaml`` 
 ``tests/data/grid_medium.csv`` (TRC in place of the two low learning rates) is the first such
 grid, on which random sampling comes within 0.04 of TPE's median (``--space
 configs/search/grid_medium.yaml --table tests/data/grid_medium.csv``). The search
-(:class:`pipelines.search.Search`, the same code as ``python -m pipelines search``) runs on
-the space's YAML with a :class:`pipelines.search.ReplayExecutor`: a training returns the
+(:class:`pipelines.search.cli.Search`, the same code as ``python -m pipelines search``) runs on
+the space's YAML with a :class:`pipelines.search.cli.ReplayExecutor`: a training returns the
 recorded result, and every training the search asks for is counted. An infeasible trial (over
 the GFLOPs budget) costs nothing, nor does a setting trained before (a search never trains a
 setting twice, and stops when its training budget is spent; ``trained twice`` counts any
@@ -27,7 +27,7 @@ a bootstrap 95 % interval of that lead: how far other replay seeds could move it
 
     python -m pipelines.benchmarks.search_replay [--seeds 20] [--samplers tpe nsga2 gp random]
 
-``--fidelity`` replays the multi-fidelity search (:mod:`pipelines.search_fidelity`) against the
+``--fidelity`` replays the multi-fidelity search (:mod:`pipelines.search.fidelity`) against the
 learning-curve grid ``tests/data/grid_curves.csv`` + ``grid_curves.rungs.csv`` (grid_lr's
 settings, val mIoU every 12 of 100 iterations, seeds pooled per iteration) and counts training
 **iterations**: a rung job costs the iterations from the setting's last rung to the next one, a
@@ -58,7 +58,7 @@ import time
 import warnings
 from pathlib import Path
 
-from pipelines.search_fidelity import hypervolume  # the replay's measure (re-exported)
+from pipelines.search.fidelity import hypervolume  # the replay's measure (re-exported)
 
 REPO = Path(__file__).resolve().parents[2]
 #: the small recorded grid (25 settings, one seed): the search tests' space
@@ -106,8 +106,8 @@ def load_table(path: Path = TABLE, spec=None) -> dict[str, dict]:
     the current grid's id of the setting at seed 0 (the search's own), so the table outlives
     changes in how ids are spelled; ``recorded_run_id`` keeps the first recorded one.
     """
-    from pipelines.search_runs import make_runs
-    from pipelines.search_space import load_search_space
+    from pipelines.search.runs import make_runs
+    from pipelines.search.space import load_search_space
 
     spec = spec or load_search_space(SPACE)
     with open(path, newline="") as fh:
@@ -128,7 +128,7 @@ def load_table(path: Path = TABLE, spec=None) -> dict[str, dict]:
 
 def run_cache(spec):
     """``make_run`` over a whole categorical space, expanded once (for replays)."""
-    from pipelines.search_runs import make_runs, setting_key, space_points
+    from pipelines.search.runs import make_runs, setting_key, space_points
 
     points = space_points(spec)
     runs = {setting_key(v, s): r for (v, s), r in zip(points, make_runs(spec, points))}
@@ -139,7 +139,7 @@ def replay(spec, table: dict, sampler: str, seed: int, make_run, cost) -> dict:
     """One search against the recorded grid; returns its trainings and hypervolume."""
     import optuna
 
-    from pipelines.search import ReplayExecutor, Search, open_study
+    from pipelines.search.cli import ReplayExecutor, Search, open_study
 
     spec = dataclasses.replace(spec, name=f"replay-{sampler}-{seed}",
                                sampler="tpe" if sampler == "random" else sampler, seed=seed)
@@ -190,7 +190,7 @@ def rungs_path(table: Path) -> Path:
 def load_curves(path: Path, spec) -> dict[str, dict[int, float]]:
     """run id -> {iteration: val mIoU} of the recorded learning curves, seeds pooled (the mean
     over the seeds recorded at that iteration), under the same run ids as :func:`load_table`."""
-    from pipelines.search_runs import make_runs
+    from pipelines.search.runs import make_runs
 
     with open(path, newline="") as fh:
         rows = list(csv.DictReader(fh))
@@ -239,8 +239,8 @@ def replay_fidelity(spec, table: dict, curves: dict, seed: int, proposals: str,
     the same code, for ``--partial``)."""
     import optuna
 
-    from pipelines.search_fidelity import FidelitySearch
-    from pipelines.search_study import open_study
+    from pipelines.search.fidelity import FidelitySearch
+    from pipelines.search.study import open_study
 
     spec = dataclasses.replace(spec, name=f"replay-{proposals}-{seed}", seed=seed)
     fidelity = dataclasses.replace(spec.fidelity, proposals=proposals)
@@ -270,7 +270,7 @@ def replay_full_curve(spec, table: dict, seed: int, sampler: str, trainings: int
     hypervolume after each training, against iterations spent (trainings x R)."""
     import optuna
 
-    from pipelines.search import ReplayExecutor, Search, open_study
+    from pipelines.search.cli import ReplayExecutor, Search, open_study
 
     spec = dataclasses.replace(spec, name=f"replay-full-{sampler}-{seed}", seed=seed,
                                max_trainings=trainings, fidelity=None)
@@ -337,7 +337,7 @@ def slow_starters(curves: dict, table: dict, budget: float, eta: float) -> dict:
     """Settings on the grid's feasible full-budget front that successive halving over the whole
     grid would stop at a rung: not among the first ``floor(n / eta)`` of the rung in Pareto
     order. ``{iteration: [run ids]}`` per recorded iteration."""
-    from pipelines.search_fidelity import pareto_ranks, promotable
+    from pipelines.search.fidelity import pareto_ranks, promotable
 
     feasible = [r for r in curves if table[r]["gflops_total"] <= budget]
     finals = [(table[r]["miou"], table[r]["gflops_total"]) for r in feasible]
@@ -355,8 +355,8 @@ def fidelity_main(args) -> int:
     """``--fidelity``: full-fidelity search vs random proposals with Pareto-aware promotion vs
     the multi-fidelity search, against training iterations spent."""
     from pipelines.errors import UserError
-    from pipelines.search_runs import space_points
-    from pipelines.search_space import load_search_space
+    from pipelines.search.runs import space_points
+    from pipelines.search.space import load_search_space
 
     spec = load_search_space(args.space)
     if spec.fidelity is None:
@@ -480,7 +480,7 @@ def fidelity_main(args) -> int:
 def main(argv=None) -> int:
     import optuna
 
-    from pipelines.search_space import load_search_space
+    from pipelines.search.space import load_search_space
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seeds", type=int, default=20)
@@ -514,7 +514,7 @@ def main(argv=None) -> int:
         return table[run.run_id]["gflops_total"]
 
     from pipelines.errors import UserError
-    from pipelines.search_runs import space_points
+    from pipelines.search.runs import space_points
 
     missing = [v for v, s in space_points(spec) if make_run(v, s).run_id not in table]
     if missing:

@@ -6,7 +6,7 @@ import json
 import pytest
 
 from pipelines.benchmarks import ats_flops
-from pipelines.cost_model_vit import (DEIT_S, ats_classifier_flops, ats_kept_for_flops,
+from pipelines.stages.cost_model_vit import (DEIT_S, ats_classifier_flops, ats_kept_for_flops,
                                       backbone_flops)
 
 

@@ -1,5 +1,5 @@
 """GPU guards that run on the CPU: per method, the ATen ops a forward
-dispatches (pipelines/dispatch_count.py) at batch 1, 4 and 8, eval mode, no grad, tiny sizes.
+dispatches (pipelines/stages/dispatch_count.py) at batch 1, 4 and 8, eval mode, no grad, tiny sizes.
 
 * host-sync ops (``.item()``/``int()``/``bool()`` -> ``_local_scalar_dense``, ``.tolist()``,
   ``nonzero``, ``unique``, boolean-mask indexing) at the documented count of each method
@@ -17,7 +17,7 @@ import pytest
 import torch
 
 import pipelines.registry  # noqa: F401
-from pipelines.dispatch_count import DispatchCounter, count_call, count_forward
+from pipelines.stages.dispatch_count import DispatchCounter, count_call, count_forward
 from tests.unit.test_pro_scale import build, features
 from tests.unit.vit_helpers import plain_vit, same_weights
 

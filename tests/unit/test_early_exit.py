@@ -230,7 +230,7 @@ def test_configs_state_only_their_difference():
 
 # --------------------------------------------------------------------------- cost
 def test_exit_schedule():
-    from pipelines.cost_model import exit_schedule
+    from pipelines.stages.cost_model import exit_schedule
 
     assert exit_schedule((0, 0, 6), 2) == ((0, 0, 2), 3)
     assert exit_schedule((3, 3, 3), 2) == ((2, 0, 0), 1)
@@ -244,7 +244,7 @@ def test_exit_schedule():
 def test_traced_exit_gflops_equal_the_analytic_count(exit_layer):
     """PRO-SCALE (3, 3, 3) + TRC + LPE with exits in stage 1 and 2 (TRC of stage 2 skipped)."""
     from pipelines.config import load_config
-    from pipelines.flops import flops_report
+    from pipelines.stages.flops import flops_report
 
     cfg = load_config(ECO_PROSCALE_TINY, [f"model.decode_head.pixel_decoder.test_exit="
                                           f"{exit_layer}"])

@@ -13,7 +13,9 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from pipelines import figures, html_report, mlflow_ui
+from pipelines.reports import figures
+from pipelines.reports import html_report
+from pipelines.tracking import mlflow_ui
 from pipelines.analysis.data import read_runs_csv
 from pipelines.errors import UserError
 

@@ -43,7 +43,9 @@ def test_read_declarations_equal_the_imported_ones():
 
 
 def test_the_four_methods_look_and_count_as_before():
-    from pipelines import contract, figures, flops
+    from pipelines import contract
+    from pipelines.reports import figures
+    from pipelines.stages import flops
     from pipelines.analysis import roles
 
     assert {n: (m.label, m.color, m.marker) for n, m in methods.methods().items()} == \
@@ -76,7 +78,7 @@ def test_gated_runs_and_cost_models_come_from_declarations():
     assert "gate picks" in methods.not_timed_reason(gated)
     assert not methods.is_gated({"methods": ["early_exit"], "stages": {}})
     assert not methods.is_gated({"methods": ["pro_scale"], "stages": {"beta": "gate"}})
-    from pipelines import cost_model
+    from pipelines.stages import cost_model
 
     assert methods.cost_model_of("mmdet.EarlyExitPixelDecoder") is \
         cost_model.early_exit_pixel_decoder_flops_from_cfg
@@ -99,7 +101,7 @@ def test_report_sections_come_from_the_methods_hooks(tmp_path):
 
 def test_reading_the_registry_imports_no_torch():
     code = ("import sys; from pipelines import contract, methods; "
-            "from pipelines.analysis import roles; from pipelines import figures; "
+            "from pipelines.analysis import roles; from pipelines.reports import figures; "
             "assert contract.GFLOPS_PARTS and methods.methods() and figures.FIGURES; "
             "assert 'torch' not in sys.modules, 'torch imported'")
     proc = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True)
@@ -160,9 +162,9 @@ def test_a_declaration_is_no_part_of_a_recipe(tmp_path):
 def test_method_figures_parts_and_labels_are_only_declared():
     """No consumer names a method: the modules the registry replaced spell none of them."""
     names = list(STYLES_BEFORE)
-    for rel in ("pipelines/figures.py", "pipelines/flops.py", "pipelines/contract.py",
-                "pipelines/analysis/roles.py", "pipelines/benchmark.py",
-                "pipelines/models/__init__.py", "pipelines/report.py"):
+    for rel in ("pipelines/reports/figures.py", "pipelines/stages/flops.py", "pipelines/contract.py",
+                "pipelines/analysis/roles.py", "pipelines/stages/benchmark.py",
+                "pipelines/models/__init__.py", "pipelines/reports/report.py"):
         text = (REPO / rel).read_text()
         found = [n for n in names if f'"{n}"' in text or f"'{n}'" in text]
         assert not found, f"{rel} names {found}"

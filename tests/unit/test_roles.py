@@ -8,7 +8,7 @@ import pandas as pd
 import pytest
 import yaml
 
-from pipelines import figures
+from pipelines.reports import figures
 from pipelines.analysis.data import read_runs_csv
 from pipelines.analysis.settings import analyse
 from pipelines.errors import UserError

@@ -1,4 +1,4 @@
-"""The disk check before training (the Snakefile's onstart, pipelines/disk.py) on real runs.
+"""The disk check before training (the Snakefile's onstart, pipelines/stages/disk.py) on real runs.
 
 - A changed set of runs (a search generation, a run added or dropped) still trains a training
   that was left unfinished. With the check as a job that trainings depended on through

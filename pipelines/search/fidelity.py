@@ -1,0 +1,626 @@
+"""Multi-fidelity search: stop the poor settings early, continue the good ones from their checkpoints.
+
+Fidelity is iterations of one schedule. A setting's training follows the schedule of its full
+budget R (``train_cfg.max_iters``); a rung r < R is that same training stopped and validated at
+its checkpoint r (``python -m pipelines train --stop-at r``). A promoted setting continues from
+that checkpoint to the next rung and never repeats an iteration; at R it is the uninterrupted
+training, bit for bit (pipelines/stages/resume.py).
+
+The loop follows asynchronous successive halving (ASHA, Li et al. 2020) with MOASHA's
+multi-objective promotion (Schmucker et al. 2021): whenever a job can start, the highest rung
+holding a setting that is among the first ``1/eta`` of its rung's results, in Pareto order, and
+not promoted yet, promotes it to the next rung; if there is none, a new setting is proposed and
+trained to the first rung. Pareto order at a rung: non-dominated sorting on (val mIoU at the rung,
+up; GFLOPs, down), ties within a front broken by each point's exclusive hypervolume contribution
+(reference: mIoU 0, GFLOPs = the budget), larger first.
+
+Where this departs from the published designs, and why:
+
+* Cost first. GFLOPs are known before training: a proposed setting over the GFLOPs budget is
+  refused and never trained (MOASHA would train it to the first rung).
+* Proposals come from the study's sampler, fitted as BOHB does (Falkner et al. 2018) on the
+  highest rung that holds at least ``min_points`` results (else the first rung): a fresh study of
+  that rung's results (values: mIoU at the rung, GFLOPs; the GFLOPs constraint of every refused
+  setting) is asked for one setting. Cheap first-rung results end the sampler's random start-up
+  after ``n_startup`` first-rung trainings, i.e. after ``n_startup * r_0 / R`` trainings' worth of
+  iterations. ``proposals: random`` gives MOASHA's own random proposals (the benchmark's
+  baseline).
+* A proposed setting already known (trained to some rung, or refused) is asked again, up to
+  ``MAX_REASKS`` times, then the first unknown setting of a finite space is taken at random.
+* The budget is in iterations (``trainings`` x R): no job starts once the budget is spent (the
+  last one may end past it). Only settings trained to R enter the search's Pareto front.
+* A finite space with no setting left to propose spends the rest of the budget on promotions
+  beyond the first ``1/eta`` (best first, highest rung first), as synchronous successive
+  halving would finish its brackets; ASHA has no end of proposals.
+
+The Optuna study holds one trial per setting: COMPLETE with (mIoU, GFLOPs) at R, or, when the
+search ends with the setting below R, PRUNED (Optuna refuses ``trial.report`` in a study with
+several objectives, so the rung results are kept as user attributes ``rung_<r>`` and
+``rungs`` = ``{r: mIoU}``); a refused setting is PRUNED with its constraint (``status``
+``infeasible``).
+"""
+from __future__ import annotations
+
+import json
+import random
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Mapping
+
+from pipelines.errors import UserError
+
+#: proposals of an already known setting asked again before one is drawn at random
+MAX_REASKS = 20
+
+
+@dataclass(frozen=True)
+class Fidelity:
+    """Rungs (iterations of one schedule, increasing, the last one its full budget) and the
+    reduction factor (the first ``1/eta`` of a rung is promoted)."""
+
+    rungs: tuple[int, ...]
+    eta: float = 2.0
+    proposals: str = "sampler"  # or "random"
+    min_points: int = 10  # results a rung needs before the sampler is fitted on it
+    n_startup: int = 10  # the fitted sampler's random start-up (first-rung results)
+
+    @property
+    def full(self) -> int:
+        return self.rungs[-1]
+
+    def cost(self, level: int) -> int:
+        """Iterations of the job that takes a setting from rung ``level - 1`` to ``level``."""
+        return self.rungs[level] - (self.rungs[level - 1] if level else 0)
+
+
+def parse_fidelity(block: Mapping[str, Any] | None, max_iters: int, where: str = "fidelity"
+                   ) -> Fidelity | None:
+    """The search config's ``fidelity`` block (``None``: every training is full):
+    ``{rungs: [12, 24, 48], eta: 2, proposals: sampler}``; the full budget ``max_iters`` is
+    added as the last rung."""
+    if block is None:
+        return None
+    if not isinstance(block, Mapping):
+        raise UserError(f"{where}: expected a mapping (rungs, eta, proposals)")
+    unknown = set(block) - {"rungs", "eta", "proposals", "min_points", "n_startup"}
+    if unknown:
+        raise UserError(f"{where}: unknown key(s) {', '.join(sorted(unknown))}")
+    rungs = block.get("rungs")
+    if (not isinstance(rungs, list) or not rungs
+            or any(isinstance(r, bool) or not isinstance(r, int) for r in rungs)):
+        raise UserError(f"{where}.rungs: expected a list of iterations, e.g. [12, 24, 48]")
+    rungs = [r for r in rungs if r != max_iters] + [max_iters]
+    if rungs != sorted(set(rungs)) or rungs[0] < 1:
+        raise UserError(f"{where}.rungs: expected increasing iterations in 1..{max_iters - 1} "
+                        f"(train_cfg.max_iters {max_iters} is the last rung), got {rungs[:-1]}")
+    eta = block.get("eta", 2)
+    if isinstance(eta, bool) or not isinstance(eta, (int, float)) or eta <= 1:
+        raise UserError(f"{where}.eta: expected a number > 1, got {eta!r}")
+    proposals = block.get("proposals", "sampler")
+    if proposals not in ("sampler", "random"):
+        raise UserError(f"{where}.proposals: expected sampler or random, got {proposals!r}")
+    counts = {}
+    for key in ("min_points", "n_startup"):
+        value = block.get(key, 10)
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise UserError(f"{where}.{key}: expected a whole number >= 1, got {value!r}")
+        counts[key] = value
+    return Fidelity(tuple(rungs), float(eta), proposals, **counts)
+
+
+# ----------------------------------------------------------------------------- Pareto order
+def hypervolume(points, budget: float) -> float:
+    """Hypervolume of the feasible (gflops <= budget) points ``[(miou, gflops)]``; reference
+    point (mIoU 0, GFLOPs = budget), both objectives turned into minimisation."""
+    import numpy as np
+    from pymoo.indicators.hv import HV
+
+    feasible = [(-m, g) for m, g in points if g <= budget and m > 0]
+    if not feasible:
+        return 0.0
+    return float(HV(ref_point=np.array([0.0, budget]))(np.array(feasible)))
+
+
+def pareto_ranks(points: list[tuple[float, float]]) -> list[int]:
+    """Non-dominated sorting of ``[(miou, gflops)]`` (mIoU up, GFLOPs down): 0 = the front."""
+    ranks = [-1] * len(points)
+    left, rank = set(range(len(points))), 0
+    while left:
+        front = [i for i in left if not any(
+            points[j][0] >= points[i][0] and points[j][1] <= points[i][1]
+            and points[j] != points[i] for j in left)]
+        for i in front:
+            ranks[i] = rank
+        left -= set(front)
+        rank += 1
+    return ranks
+
+
+def hv_contributions(points: list[tuple[float, float]], budget: float) -> list[float]:
+    """Each point's exclusive hypervolume contribution within its own front (reference: mIoU 0,
+    GFLOPs ``budget``); a point equal to another of its front contributes 0."""
+    ranks = pareto_ranks(points)
+    out = [0.0] * len(points)
+    for rank in set(ranks):
+        front = sorted((i for i in range(len(points)) if ranks[i] == rank),
+                       key=lambda i: (points[i][1], -points[i][0]))
+        for k, i in enumerate(front):
+            miou, gflops = points[i]
+            lower = points[front[k - 1]][0] if k else 0.0
+            upper = points[front[k + 1]][1] if k + 1 < len(front) else budget
+            if (k and points[front[k - 1]] == points[i]) or (
+                    k + 1 < len(front) and points[front[k + 1]] == points[i]):
+                continue
+            out[i] = max(0.0, miou - lower) * max(0.0, upper - gflops)
+    return out
+
+
+def pareto_order(points: list[tuple[float, float]], budget: float) -> list[int]:
+    """Indices of ``points`` best first: by front, then by hypervolume contribution."""
+    ranks, contrib = pareto_ranks(points), hv_contributions(points, budget)
+    return sorted(range(len(points)), key=lambda i: (ranks[i], -contrib[i], points[i][1]))
+
+
+def promotable(results: Mapping[str, float], gflops: Mapping[str, float], promoted: set[str],
+               eta: float, budget: float) -> list[str]:
+    """ASHA's rule with MOASHA's order: the settings among the first ``floor(n / eta)`` of a
+    rung's ``n`` results in Pareto order that were not promoted yet, best first."""
+    ids = list(results)
+    top = int(len(ids) // eta)
+    if top < 1:
+        return []
+    order = pareto_order([(results[i], gflops[i]) for i in ids], budget)
+    return [ids[k] for k in order[:top] if ids[k] not in promoted]
+
+
+# ----------------------------------------------------------------------------- the search
+@dataclass
+class Setting:
+    """What the search knows of one setting."""
+
+    run: Any
+    trial: Any  # the study's trial: a live Trial, or a FrozenTrial adopted from a dead head
+    params: dict
+    distributions: dict
+    gflops: float
+    rungs: dict[int, float] = field(default_factory=dict)  # iteration -> val mIoU
+    promoted: set[int] = field(default_factory=set)  # rung levels promoted from
+    closed: bool = False  # its trial is finished (a search that ended before): never promoted
+
+    @property
+    def level(self) -> int:
+        return len(self.rungs) - 1
+
+
+class FidelitySearch:
+    """Propose, train to the first rung, promote in Pareto order (module doc).
+
+    Args:
+        spec: the validated search space.
+        study: the Optuna study (one trial per setting).
+        fidelity: :class:`Fidelity`.
+        executor: ``train_rung(run, stop_at) -> {"miou": ...} | None`` continues ``run``'s
+            training to iteration ``stop_at`` (from its last rung) and returns the val mIoU
+            there (None: the job left no result).
+        cost: run -> GFLOPs.
+        make_run: ``(variant, settings) -> Run``.
+        budget_iters: iterations the search may spend (``trainings x R``).
+        seed: the proposals' seed.
+        log: progress lines.
+        on_job: called with ``(iterations spent, the search)`` after every job (the replay's
+            curve of hypervolume against iterations).
+    """
+
+    def __init__(self, *, spec, study, fidelity: Fidelity, executor, cost: Callable,
+                 make_run: Callable, budget_iters: int, seed: int = 0,
+                 log: Callable[[str], None] = lambda m: None,
+                 on_job: Callable | None = None, space_ids: list | None = None) -> None:
+        self.spec, self.study, self.fid = spec, study, fidelity
+        self.executor, self.cost, self.make_run = executor, cost, make_run
+        self.budget_iters, self.seed, self.log, self.on_job = budget_iters, seed, log, on_job
+        self.settings: dict[str, Setting] = {}
+        self.failed: set[str] = set()
+        self.refused: dict[str, tuple[dict, dict, float]] = {}  # run id -> params, dists, gflops
+        self.spent = 0
+        self.exhausted = False  # a finite space had no setting left to propose
+        self._asks = 0
+        self._rng = random.Random(seed)
+        self._space = space_ids  # [(variant, settings)] of a finite space, for the fallback
+
+    # -- what is known
+    def rung_results(self, level: int) -> dict[str, float]:
+        r = self.fid.rungs[level]
+        return {k: s.rungs[r] for k, s in self.settings.items() if r in s.rungs}
+
+    def full_results(self) -> dict[str, tuple[float, float]]:
+        """Run id -> (mIoU, GFLOPs) of the settings trained to the full budget."""
+        return {k: (s.rungs[self.fid.full], s.gflops) for k, s in self.settings.items()
+                if self.fid.full in s.rungs}
+
+    # -- the next job
+    def next_promotion(self, eta: float | None = None) -> tuple[str, int] | None:
+        """ASHA: the best promotable setting of the highest rung that has one (``eta`` 1: any
+        setting not promoted yet, for a space with nothing left to propose)."""
+        gflops = {k: s.gflops for k, s in self.settings.items()}
+        for level in range(len(self.fid.rungs) - 2, -1, -1):
+            results = self.rung_results(level)
+            done = {k for k, s in self.settings.items() if level in s.promoted or s.closed}
+            ids = promotable(results, gflops, done, eta or self.fid.eta, self.spec.gflops_budget)
+            if ids:
+                return ids[0], level + 1
+        return None
+
+    def restore(self) -> None:
+        """Pick the study up where a dead head left it: every setting's rung results (user
+        attributes), refused settings, and the iterations spent; a rung job the head did not
+        see finish is asked again, and its training resumes from its last checkpoint (a rung
+        already on disk is not trained again)."""
+        for t in self.study.get_trials(deepcopy=False):
+            run_id, status = t.user_attrs.get("run_id"), t.user_attrs.get("status")
+            if run_id is None:
+                continue
+            if status == "infeasible":
+                self.refused[run_id] = (dict(t.params), dict(t.distributions),
+                                        float(t.user_attrs["gflops_total"]))
+            elif status == "failed":
+                self.failed.add(run_id)
+            elif status in ("training", "trained", "stopped"):
+                variant = t.user_attrs["variant"]
+                run = self.make_run(variant, json.loads(t.user_attrs["settings"]))
+                setting = Setting(run, t, dict(t.params), dict(t.distributions),
+                                  float(t.user_attrs["gflops_total"]))
+                setting.rungs = {int(k): float(v)
+                                 for k, v in json.loads(t.user_attrs.get("rungs", "{}")).items()}
+                setting.promoted = {k - 1 for k, r in enumerate(self.fid.rungs)
+                                    if k and r in setting.rungs}
+                setting.closed = t.state.name != "RUNNING"
+                self.settings[run_id] = setting
+                self.spent += sum(self.fid.cost(k) for k, r in enumerate(self.fid.rungs)
+                                  if r in setting.rungs)
+
+    def run(self) -> dict:
+        """Jobs until the iteration budget is spent (or a finite space is used up)."""
+        while self.spent < self.budget_iters:
+            # a setting whose first rung a dead head did not see finish comes first
+            job = next(((k, 0) for k, s in self.settings.items()
+                        if not s.rungs and not s.closed), None) or self.next_promotion()
+            if job is None:
+                key = self.propose()
+                # a finite space used up: the budget left goes to promotions beyond 1/eta
+                self.exhausted = key is None
+                job = (key, 0) if key is not None else self.next_promotion(eta=1.0)
+                if job is None:
+                    break
+            key, level = job
+            self._train(self.settings[key], level)
+            if self.on_job is not None:
+                self.on_job(self.spent, self)
+        self.finish()
+        return {"iterations": self.spent, "settings": len(self.settings),
+                "full": len(self.full_results()), "refused": len(self.refused)}
+
+    def _set(self, setting: Setting, key: str, value) -> None:
+        from pipelines.search.study import set_trial_attr
+
+        set_trial_attr(self.study, setting.trial, key, value)
+
+    def _train(self, setting: Setting, level: int) -> None:
+        import optuna
+
+        stop_at = self.fid.rungs[level]
+        if level:
+            setting.promoted.add(level - 1)
+        self.log(f"{setting.run.run_id}: {'promoted, ' if level else ''}training to "
+                 f"iteration {stop_at}")
+        result = self.executor.train_rung(setting.run, stop_at)
+        self.spent += self.fid.cost(level)
+        if result is None:
+            self.log(f"{setting.run.run_id}: the job to iteration {stop_at} left no result; "
+                     "failed")
+            self._set(setting, "status", "failed")
+            self._set(setting, "fail_reason", f"no result at iteration {stop_at}")
+            self.study.tell(setting.trial.number, state=optuna.trial.TrialState.FAIL)
+            self.failed.add(setting.run.run_id)
+            del self.settings[setting.run.run_id]
+            return
+        miou = float(result["miou"])
+        setting.rungs[stop_at] = miou
+        self._set(setting, f"rung_{stop_at}", miou)
+        self._set(setting, "rungs", json.dumps(setting.rungs))
+        self.log(f"{setting.run.run_id}: mIoU {miou:.2f} at iteration {stop_at} "
+                 f"({self.spent} of {self.budget_iters} iterations spent)")
+        if stop_at == self.fid.full:
+            self._set(setting, "status", "trained")
+            self._set(setting, "trained_by_search", True)
+            self.study.tell(setting.trial.number, [miou, setting.gflops])
+
+    def finish(self) -> None:
+        """Settings left below the full budget: PRUNED, their rung results kept."""
+        import optuna
+
+        for s in self.settings.values():
+            if self.fid.full not in s.rungs and not s.closed:
+                s.closed = True
+                self._set(s, "status", "stopped")
+                self.study.tell(s.trial.number, state=optuna.trial.TrialState.PRUNED)
+
+    # -- proposals
+    def known(self) -> set[str]:
+        """Run ids of the settings proposed so far (trained to some rung, refused, failed)."""
+        return set(self.settings) | set(self.refused) | self.failed
+
+    def _model_study(self):
+        """A fresh study of the highest rung with enough results (BOHB's choice of model)."""
+        import optuna
+
+        from pipelines.search.study import CONSTRAINT, create_sampler
+
+        level = 0
+        for k in range(len(self.fid.rungs) - 1, -1, -1):
+            if len(self.rung_results(k)) >= self.fid.min_points:
+                level = k
+                break
+        if self.fid.proposals == "random":
+            sampler = optuna.samplers.RandomSampler(seed=self.seed * 100003 + self._asks)
+        elif self.spec.sampler == "tpe":
+            sampler = optuna.samplers.TPESampler(seed=self.seed * 100003 + self._asks,
+                                                 n_startup_trials=self.fid.n_startup)
+        else:
+            sampler = create_sampler(self.spec.sampler, self.seed * 100003 + self._asks)
+        verbosity = optuna.logging.get_verbosity()
+        optuna.logging.set_verbosity(optuna.logging.WARNING)  # no line per throw-away study
+        try:
+            model = optuna.create_study(directions=["maximize", "minimize"], sampler=sampler)
+        finally:
+            optuna.logging.set_verbosity(verbosity)
+        results = self.rung_results(level)
+        floor = min(results.values(), default=0.0)
+        trials = []
+        for key, miou in results.items():
+            s = self.settings[key]
+            t = optuna.trial.create_trial(params=s.params, distributions=s.distributions,
+                                          values=[miou, s.gflops])
+            t.set_constraint(CONSTRAINT, s.gflops - self.spec.gflops_budget)
+            trials.append(t)
+        for params, dists, gflops in self.refused.values():
+            t = optuna.trial.create_trial(params=params, distributions=dists,
+                                          values=[floor, gflops])
+            t.set_constraint(CONSTRAINT, gflops - self.spec.gflops_budget)
+            trials.append(t)
+        model.add_trials(trials)
+        return model
+
+    def propose(self) -> str | None:
+        """Ask the sampler for a setting nobody knows yet; a refused (over budget) one costs
+        nothing and is asked past. Returns the run id of the setting to train, or None when a
+        finite space has no unknown setting left."""
+        from pipelines.search.study import STATUS, ask, set_gflops_constraint
+
+        while True:
+            params = None
+            for _ in range(MAX_REASKS):
+                self._asks += 1
+                model = self._model_study()
+                t = model.ask()
+                variant, settings = self.spec.suggest(t)
+                try:
+                    run = self.make_run(variant, settings)
+                except UserError:  # a setting the grid refuses (or a replay lacks)
+                    continue
+                if run.run_id not in self.known():
+                    params = t.params
+                    break
+            if params is None:  # the sampler keeps proposing known settings
+                unknown = [(v, s) for v, s in (self._space or [])
+                           if self.make_run(v, s).run_id not in self.known()]
+                if not unknown:
+                    return None
+                variant, settings = self._rng.choice(unknown)
+                params = self.spec.params_of(variant, settings)["params"]
+            self.study.enqueue_trial(params)
+            trial = ask(self.study)
+            variant, settings = self.spec.suggest(trial)
+            run = self.make_run(variant, settings)
+            gflops = float(self.cost(run))
+            for key, value in {"variant": variant, "gflops_total": gflops,
+                               "settings": json.dumps(dict(run.settings), sort_keys=True,
+                                                      default=str),
+                               "run_id": run.run_id}.items():
+                trial.set_user_attr(key, value)
+            set_gflops_constraint(self.study, trial, gflops, self.spec.gflops_budget)
+            if gflops > self.spec.gflops_budget:
+                import optuna
+
+                trial.set_user_attr(STATUS, "infeasible")
+                self.study.tell(trial, state=optuna.trial.TrialState.PRUNED)
+                self.refused[run.run_id] = (dict(trial.params), dict(trial.distributions),
+                                            gflops)
+                self.log(f"{run.run_id}: {gflops:.3f} GFLOPs over the budget, not trained")
+                continue
+            trial.set_user_attr(STATUS, "training")
+            self.settings[run.run_id] = Setting(run, trial, dict(trial.params),
+                                                dict(trial.distributions), gflops)
+            return run.run_id
+
+
+# ----------------------------------------------------------------------------- rung results
+def val_curve(work_dir) -> dict[int, float]:
+    """Iteration -> val mIoU (percent) a training logged in ``work_dir`` (mmengine's
+    ``scalars.json`` of every start of it; a resumed training validates its resume point
+    again, with the same result)."""
+    out: dict[int, float] = {}
+    for path in sorted(Path(work_dir).glob("*/vis_data/scalars.json")):
+        for line in path.read_text().splitlines():
+            values = json.loads(line)
+            if "mIoU" in values:
+                out[int(values["step"])] = round(float(values["mIoU"]), 4)
+    return dict(sorted(out.items()))
+
+
+def rung_result(done_file, stop_at: int) -> dict | None:
+    """``{"miou": ...}`` of a rung job (``train --stop-at``): the val mIoU its training logged
+    at ``stop_at``; None when the job wrote no done file, a failure record, or no validation."""
+    from pipelines.stages.failures import read_failure
+
+    done_file = Path(done_file)
+    if not done_file.is_file() or read_failure(str(done_file)) is not None:
+        return None
+    miou = val_curve(done_file.parent).get(int(stop_at))
+    return None if miou is None else {"miou": miou}
+
+
+# ----------------------------------------------------------------------------- the command
+def _say(message: str) -> None:
+    print(message, flush=True)
+
+
+def run_search(spec, study, executor, cost, folder, log=_say, tracker=None) -> dict:
+    """``python -m pipelines search`` with a ``fidelity`` block: restore what a dead head left,
+    run the rung jobs until ``budget.trainings x R`` iterations are spent, and write the
+    search's own record (``<folder>/fidelity.json``) and report (``<folder>/fidelity.md``): the
+    hypervolume of the settings trained to the full budget against iterations and training hours
+    spent, and every setting's rung results (stopped ones drawn as stopped)."""
+    from pipelines.config import write_json_atomic
+    from pipelines.search.runs import make_run
+
+    if spec.max_trainings is None:
+        raise UserError("a search with a fidelity block needs budget.trainings (its budget is "
+                        "budget.trainings x train.max_iters iterations)")
+    folder = Path(folder)
+    record_file = folder / "fidelity.json"
+    try:
+        record = json.loads(record_file.read_text())
+    except (OSError, ValueError):
+        record = {"jobs": []}
+    full = spec.fidelity.full
+    budget = spec.max_trainings * full
+
+    def on_job(spent, search):
+        front = list(search.full_results().values())
+        record["jobs"].append({"iterations": spent, "seconds": time.time() - started + before,
+                               "hv": hypervolume(front, spec.gflops_budget),
+                               "settings_full": len(front)})
+        write_json_atomic(record_file, record)
+        if tracker is not None:
+            tracker(study, [])
+
+    search = FidelitySearch(spec=spec, study=study, fidelity=spec.fidelity, executor=executor,
+                            cost=cost, make_run=lambda v, s: make_run(spec, v, s),
+                            budget_iters=budget, seed=spec.seed, log=log, on_job=on_job)
+    search.restore()
+    before = record["jobs"][-1]["seconds"] if record["jobs"] else 0.0
+    started = time.time()
+    if search.spent:
+        log(f"{spec.name}: resumed: {len(search.settings)} settings, {search.spent} of "
+            f"{budget} iterations spent")
+    out = search.run()
+    record["settings"] = {k: {"gflops_total": s.gflops, "rungs": s.rungs,
+                              "stopped": full not in s.rungs}
+                          for k, s in sorted(search.settings.items())}
+    write_json_atomic(record_file, record)
+    (folder / "fidelity.md").write_text(report_markdown(spec, record))
+    log(f"{spec.name}: {out['iterations']} of {budget} iterations spent; {out['full']} settings "
+        f"trained to {full}, {out['settings'] - out['full']} stopped early, "
+        f"{out['refused']} refused by cost; report {folder / 'fidelity.md'}")
+    return out
+
+
+def check_rungs(spec) -> None:
+    """Every rung below the full budget is a checkpoint and validation iteration of each
+    variant's training (``train --stop-at`` would refuse it after the search started)."""
+    from pipelines.grid.render import load_rendered, render_run
+    from pipelines.search.runs import REPO, make_run
+    from pipelines.stages.train import check_stop_at
+
+    for variant, axes in spec.variants.items():
+        first = {a.axis: a.edge_values()[0] for a in axes}
+        run = make_run(spec, variant, first)
+        cfg = load_rendered(render_run(run, REPO))  # the config its trainings will read
+        for r in spec.fidelity.rungs[:-1]:
+            try:
+                check_stop_at(cfg, r)
+            except UserError as err:
+                raise UserError(f"search space key 'fidelity.rungs' (variant {variant}): "
+                                f"{str(err).replace('--stop-at', 'rung')}") from None
+
+
+def report_markdown(spec, record: dict) -> str:
+    """The search's hypervolume against iterations and training hours, and its settings' rung
+    results (a setting below the full budget is marked stopped)."""
+    rungs = spec.fidelity.rungs
+    lines = [f"# Multi-fidelity search {spec.name}", "",
+             f"Rungs {list(rungs)} (iterations of one schedule), eta {spec.fidelity.eta}; "
+             f"budget {spec.max_trainings} x {spec.fidelity.full} iterations; GFLOPs budget "
+             f"{spec.gflops_budget}. Hypervolume of the settings trained to the full budget "
+             "(reference: mIoU 0, GFLOPs = the budget).", "",
+             "| iterations spent | training hours | hypervolume | settings at full budget |",
+             "|---:|---:|---:|---:|"]
+    for job in record.get("jobs", []):
+        lines.append(f"| {job['iterations']} | {job['seconds'] / 3600:.3f} | {job['hv']:.4f} | "
+                     f"{job['settings_full']} |")
+    lines += ["", "| setting | GFLOPs | " + " | ".join(f"mIoU @{r}" for r in rungs)
+              + " | |", "|---|---:|" + "---:|" * len(rungs) + "---|"]
+    for run_id, s in record.get("settings", {}).items():
+        got = {int(k): v for k, v in s["rungs"].items()}
+        cells = [f"{got[r]:.2f}" if r in got else "" for r in rungs]
+        lines.append(f"| {run_id} | {s['gflops_total']:.3f} | " + " | ".join(cells)
+                     + f" | {'stopped' if s['stopped'] else 'full'} |")
+    return "\n".join(lines) + "\n"
+
+
+#: MLflow: the metric of a setting's learning curve (one value per rung, step = iteration), and
+#: the role of a stopped setting's run (not a data point of the ablation's analysis: it has no
+#: full-budget result)
+CURVE_METRIC = "val_miou_rung"
+ROLE_STOPPED = "stopped"
+
+
+def track_curves(spec, study, tracked: dict[str, str]) -> dict[str, str]:
+    """One MLflow run per setting of the search with its partial learning curve: the run of a
+    setting trained to the full budget (``tracked``: run id -> MLflow run id, from
+    :func:`pipelines.search.tracking.track_trials`) gets its rung results as
+    :data:`CURVE_METRIC`; a stopped setting gets a run of its own under the search's parent run
+    (role ``stopped``, its trial number, GFLOPs and curve), written once. Returns run id -> MLflow
+    run id of the stopped settings."""
+    from pipelines import contract as c
+    from pipelines.tracking import store as tracking
+    from pipelines.search.tracking import _search_parent
+
+    mlflow = spec.ablation.get("mlflow") or {}
+    uri = tracking.resolve_tracking_uri(mlflow.get("tracking_uri",
+                                                   tracking.DEFAULT_TRACKING_URI))
+    client = tracking.open_client(uri)
+    experiment = tracking.get_or_create_experiment(client, str(spec.ablation["name"]),
+                                                   mlflow.get("artifact_location"))
+    parent = _search_parent(client, experiment, spec.name,
+                            f"Optuna study {study.study_name!r} (search space {spec.path})")
+    done = {r.data.tags.get(c.RUN_ID_TAG): r.info.run_id for r in tracking.search_all(
+        client, experiment, f"tags.`{c.ROLE_TAG}` = '{ROLE_STOPPED}' and "
+                            f"tags.`{c.SEARCH_TAG}` = '{spec.name}'")}
+    out = {}
+    for t in study.get_trials(deepcopy=False):
+        run_id, rungs = t.user_attrs.get("run_id"), json.loads(t.user_attrs.get("rungs", "{}"))
+        if run_id is None or not rungs:
+            continue
+        if t.state.name == "COMPLETE" and run_id in tracked:
+            mlflow_id = tracked[run_id]
+            logged = {m.step for m in client.get_metric_history(mlflow_id, CURVE_METRIC)}
+            for r, miou in rungs.items():
+                if int(r) not in logged:
+                    client.log_metric(mlflow_id, CURVE_METRIC, float(miou), step=int(r))
+        elif t.state.name == "PRUNED" and t.user_attrs.get("status") == "stopped":
+            if run_id in done:
+                out[run_id] = done[run_id]
+                continue
+            run = client.create_run(experiment, run_name=f"{run_id} (stopped)", tags={
+                c.ROLE_TAG: ROLE_STOPPED, c.SEARCH_TAG: spec.name, c.RUN_ID_TAG: run_id,
+                c.PARENT_TAG: parent, c.TRIAL_NUMBER_TAG: str(t.number)})
+            client.log_param(run.info.run_id, "settings", t.user_attrs.get("settings", ""))
+            client.log_metric(run.info.run_id, "gflops_total",
+                              float(t.user_attrs["gflops_total"]))
+            for r, miou in sorted(rungs.items(), key=lambda kv: int(kv[0])):
+                client.log_metric(run.info.run_id, CURVE_METRIC, float(miou), step=int(r))
+            client.set_terminated(run.info.run_id, status="KILLED")
+            out[run_id] = run.info.run_id
+    return out
