@@ -111,7 +111,7 @@ def ablation_notebook():
         new_code_cell(SETUP),
         new_markdown_cell("## Runs"),
         new_code_cell('''\
-from pipelines.reports.figures import points_table
+from pipelines.reports.tables import points_table
 
 points_table(a)'''),
         new_markdown_cell("## Settings: seeds pooled (mean and 95 % CI)"),

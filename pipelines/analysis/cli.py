@@ -110,8 +110,8 @@ def read_runs(args: argparse.Namespace):
     """The runs table of ``--tracking-uri``/``--experiment`` or ``--runs-csv``; a store that
     cannot be read (unknown scheme, missing SQLite file: reading never creates one, a file that
     is no SQLite database or a truncated one) is one line."""
-    from pipelines.tracking import store as tracking
     from pipelines.analysis.data import read_source
+    from pipelines.tracking import store as tracking
 
     uri = args.tracking_uri or ""
     if args.runs_csv:

@@ -289,8 +289,8 @@ def analyse(df: pd.DataFrame, baseline: str | None = None) -> Analysis:
     tests. ``baseline``: a variant name overriding the recorded (or default) baseline."""
     from pipelines.analysis.data import tidy_runs
     from pipelines.analysis.ladder import split_ladder
-    from pipelines.analysis.roles import assign_roles, run_label, series_table
     from pipelines.analysis.pareto import fronts_by
+    from pipelines.analysis.roles import assign_roles, run_label, series_table
 
     runs, ladder = split_ladder(assign_roles(tidy_runs(df), baseline))
     series = series_table(runs)

@@ -20,8 +20,13 @@ import json
 import sys
 from pathlib import Path
 
-from pipelines.stages.cost_model_vit import (ATS_LAYERS, DEIT_S, ats_classifier_flops,
-                                      ats_kept_for_flops, patch_grid)
+from pipelines.stages.cost_model_vit import (
+    ATS_LAYERS,
+    DEIT_S,
+    ats_classifier_flops,
+    ats_kept_for_flops,
+    patch_grid,
+)
 
 
 def report(target: float, kept=None, image_hw=(224, 224), step: int = 14) -> dict:

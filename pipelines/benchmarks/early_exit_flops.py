@@ -15,8 +15,8 @@ import sys
 def exit_table(config: str, shape=None) -> dict:
     import pipelines.registry  # noqa: F401
     from pipelines.config import load_config
-    from pipelines.stages.flops import build_model, flops_report, input_shape
     from pipelines.models.early_exit import forced_exits
+    from pipelines.stages.flops import build_model, flops_report, input_shape
 
     cfg = load_config(config)
     image_hw = input_shape(cfg, shape)

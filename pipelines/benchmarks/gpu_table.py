@@ -63,7 +63,7 @@ def verdict(ratio_b1: float, ratio_bn: float, flops_ratio: float | None) -> str:
 def markdown(docs: dict, host: dict | None = None) -> str:
     """The GPU table: one row per comparison and setting (median, p90, CV of the whole model
     over the timed runs; paired median ratios), the FLOPs ratio and the targets' verdict."""
-    from pipelines.stages.benchmark import TIMED, stack_line
+    from pipelines.stages.timing import TIMED, stack_line
 
     first = next((d for d in docs.values() if "error" not in d), None)
     lines = []
@@ -134,8 +134,9 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
 
     import pipelines.registry  # noqa: F401
-    from pipelines.stages.benchmark import benchmark, host_info
     from pipelines.config import load_config
+    from pipelines.stages.benchmark import benchmark
+    from pipelines.stages.timing import host_info
 
     table, device = COMPARISONS, "cuda"
     if args.dry_run:

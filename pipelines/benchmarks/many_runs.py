@@ -134,7 +134,6 @@ def write_results(runs, results: Path, ablation: str, max_iters: int, log_interv
     """
     from pipelines.config import write_json_atomic
     from pipelines.grid import RunPaths
-
     from pipelines.grid.render import render_run, write_configs
     from pipelines.grid.run import run_document
 
@@ -279,11 +278,11 @@ def measure(size: int, root: Path, log=print, stages=STAGE_GROUPS,
     """The ``stages`` (:data:`STAGE_GROUPS`) of one size under ``root``; returns ``{"runs",
     "wall", "cpu", "actions"}``."""
     from pipelines.analysis import pareto
-    from pipelines.reports import report as md_report
     from pipelines.analysis.data import load_runs
-    from pipelines.reports.figures import render_all
     from pipelines.grid import RunPaths, expand_grid, validate_ablation
     from pipelines.grid.run import run_document
+    from pipelines.reports import report as md_report
+    from pipelines.reports.figures import render_all
     from pipelines.reports.html_report import build_report
     from pipelines.tracking.ingest import ingest
 

@@ -58,7 +58,7 @@ import time
 import warnings
 from pathlib import Path
 
-from pipelines.search.fidelity import hypervolume  # the replay's measure (re-exported)
+from pipelines.search.promotion import hypervolume  # the replay's measure (re-exported)
 
 REPO = Path(__file__).resolve().parents[2]
 #: the small recorded grid (25 settings, one seed): the search tests' space
@@ -337,7 +337,7 @@ def slow_starters(curves: dict, table: dict, budget: float, eta: float) -> dict:
     """Settings on the grid's feasible full-budget front that successive halving over the whole
     grid would stop at a rung: not among the first ``floor(n / eta)`` of the rung in Pareto
     order. ``{iteration: [run ids]}`` per recorded iteration."""
-    from pipelines.search.fidelity import pareto_ranks, promotable
+    from pipelines.search.promotion import pareto_ranks, promotable
 
     feasible = [r for r in curves if table[r]["gflops_total"] <= budget]
     finals = [(table[r]["miou"], table[r]["gflops_total"]) for r in feasible]

@@ -10,12 +10,12 @@ from typing import Any, Iterable, Mapping
 
 from pipelines import axes as ax
 from pipelines import contract
-from pipelines.stages import weights
 from pipelines.axes import Axis
 from pipelines.errors import UserError
 from pipelines.grid.plain_config import get_key, key_axis, normalise_path, resolved_base
 from pipelines.grid.render import RenderedBase, remember_base, run_config, text_digest
 from pipelines.grid.run import ID_RE, Run, digest, make_id
+from pipelines.stages import weights
 
 #: aliases every variant has
 BUILTIN_AXES = {contract.SEED: Axis("randomness.seed", type="int", minimum=0, id="seed{}",

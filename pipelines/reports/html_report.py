@@ -64,7 +64,7 @@ def _links(ui: str, r) -> str:
 def _settings_table(rows: pd.DataFrame, ui: str, front: bool) -> str:
     """Settings (seeds pooled): mean [95 % CI], small-object IoU, cost, hours, run links."""
     from pipelines.data.synthetic import SMALL_CLASSES
-    from pipelines.reports.figures import fmt_interval
+    from pipelines.reports.tables import fmt_interval
 
     head = (["front", "knee"] if front else []) + [
         "setting", "seeds", "mIoU (%) [95 % CI]", *(f"IoU {c} (%)" for c in SMALL_CLASSES),
@@ -123,10 +123,18 @@ def build_report(data, out: str | os.PathLike, ui: str = DEFAULT_UI,
     The page lists settings (mean and interval over seeds, one MLflow link per seed), not runs,
     so it stays readable with thousands of runs; MLflow holds the per-run detail.
     """
-    from pipelines.analysis.settings import (DETERMINISM, INTERVAL_NAME, ONE_SEED, TEST_NAME,
-                                             Analysis, analyse, ranking_stability)
+    from pipelines.analysis.settings import (
+        DETERMINISM,
+        INTERVAL_NAME,
+        ONE_SEED,
+        TEST_NAME,
+        Analysis,
+        analyse,
+        ranking_stability,
+    )
     from pipelines.config import ensure_writable_dir
-    from pipelines.reports.figures import FIGURES, pareto_table, render_all
+    from pipelines.reports.figures import FIGURES, render_all
+    from pipelines.reports.tables import pareto_table
 
     out = ensure_writable_dir(out, "report folder")
     a = data if isinstance(data, Analysis) else analyse(data)

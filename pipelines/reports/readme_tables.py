@@ -40,7 +40,7 @@ def demo_table(csv: Path = DEMO_CSV) -> str:
     """The demo's settings table and its ranking-stability line."""
     from pipelines.analysis.data import read_runs_csv
     from pipelines.analysis.settings import analyse, ranking_stability
-    from pipelines.reports.figures import fmt_interval
+    from pipelines.reports.tables import fmt_interval
 
     analysis = analyse(read_runs_csv(csv))
     verdicts = analysis.verdicts.set_index("setting") if len(analysis.verdicts) else None
@@ -75,8 +75,15 @@ def replay_rows(samplers=tuple(s for s, _ in SAMPLERS), seeds: int = REPLAY_SEED
     ``grid_lr.csv``, its space, ``seeds`` replays per sampler)."""
     import optuna
 
-    from pipelines.benchmarks.search_replay import (BENCH_SPACE, BENCH_TABLE, hypervolume,
-                                                    load_table, quartiles, replay, run_cache)
+    from pipelines.benchmarks.search_replay import (
+        BENCH_SPACE,
+        BENCH_TABLE,
+        hypervolume,
+        load_table,
+        quartiles,
+        replay,
+        run_cache,
+    )
     from pipelines.search.space import load_search_space
 
     optuna.logging.set_verbosity(logging.WARNING)

@@ -16,7 +16,8 @@ from pipelines import methods
 from pipelines.contract import SEED
 from pipelines.errors import UserError
 from pipelines.grid import RunPaths
-from pipelines.tracking.ingest import collect_metrics, run_failure
+from pipelines.tracking.ingest import run_failure
+from pipelines.tracking.run_files import collect_metrics
 
 COLUMNS = (("miou", "mIoU", "{:.2f}"), ("gflops_pixel_decoder", "GFLOPs pixel dec.", "{:.3f}"),
            ("gflops_total", "GFLOPs total", "{:.3f}"), ("latency_ms", "latency ms", "{:.1f}"),
@@ -64,7 +65,7 @@ def _settings_markdown(analysis) -> list[str]:
     """The settings (seeds pooled) with intervals, small-object IoU, hours and front verdicts."""
     from pipelines.analysis.settings import DETERMINISM, INTERVAL_NAME, TEST_NAME
     from pipelines.data.synthetic import SMALL_CLASSES
-    from pipelines.reports.figures import fmt_interval
+    from pipelines.reports.tables import fmt_interval
 
     overall = analysis.fronts[analysis.fronts["front"] == "overall"] if len(analysis.fronts) \
         else analysis.fronts

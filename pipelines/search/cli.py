@@ -49,12 +49,22 @@ import shlex
 from pathlib import Path
 
 from pipelines.errors import UserError
+
 # the names other modules import from here (the replay benchmark, the tests)
 from pipelines.search.executors import ReplayExecutor, SnakemakeExecutor
 from pipelines.search.loop import Search, describe
-from pipelines.search.study import (CONSTRAINT, OBJECTIVES, RUN_ID, STATUS, constraint_attrs,
-                                    create_sampler, default_storage, open_storage, open_study,
-                                    set_gflops_constraint)
+from pipelines.search.study import (
+    CONSTRAINT,
+    OBJECTIVES,
+    RUN_ID,
+    STATUS,
+    constraint_attrs,
+    create_sampler,
+    default_storage,
+    open_storage,
+    open_study,
+    set_gflops_constraint,
+)
 
 __all__ = ["CONSTRAINT", "OBJECTIVES", "RUN_ID", "STATUS", "ReplayExecutor", "Search",
            "SnakemakeExecutor", "add_parser", "constraint_attrs", "create_sampler", "describe",
@@ -117,7 +127,7 @@ def run_cli(args) -> int:
                              batch=args.batch)
     check_warm_start(spec)
     if spec.fidelity is not None:  # each rung a checkpoint and validation iteration
-        from pipelines.search.fidelity import check_rungs
+        from pipelines.search.rungs import check_rungs
 
         check_rungs(spec)
     n = sum(len(a) for a in spec.variants.values())
@@ -144,7 +154,7 @@ def run_cli(args) -> int:
 
         tracker = lambda study, told: track_trials(spec, study)  # noqa: E731
         if spec.fidelity is not None:  # and every setting's learning curve, stopped ones too
-            from pipelines.search.fidelity import track_curves
+            from pipelines.search.rungs import track_curves
 
             def tracker(study, told):
                 tracked = track_trials(spec, study)

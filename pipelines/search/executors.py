@@ -190,7 +190,7 @@ class SnakemakeExecutor:
         ``None`` when the job left no result. A rung already on disk is not trained again."""
         import yaml
 
-        from pipelines.search.fidelity import rung_result
+        from pipelines.search.rungs import rung_result
 
         full = self.spec.fidelity.full
         ablation = point_ablation(self.spec.ablation, [(run.variant, dict(run.settings))])

@@ -8,8 +8,15 @@ import time
 from typing import Any, Callable, Mapping
 
 from pipelines.errors import UserError
-from pipelines.search.study import (RUN_ID, STATUS, Heartbeat, ask, set_gflops_constraint,
-                                    set_trial_attr, trial_now)
+from pipelines.search.study import (
+    RUN_ID,
+    STATUS,
+    Heartbeat,
+    ask,
+    set_gflops_constraint,
+    set_trial_attr,
+    trial_now,
+)
 from pipelines.search.workers import WorkerTrials, _worker
 
 

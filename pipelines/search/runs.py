@@ -96,8 +96,8 @@ class FlopsCache:
     def gflops(self, run) -> dict:
         """``{part: GFLOPs}`` of ``run``'s model (``total``, ``pixel_decoder``, ...), traced from
         its rendered config (the text its training will read)."""
-        from pipelines.stages.flops import flops_report
         from pipelines.grid.render import load_rendered, render_run
+        from pipelines.stages.flops import flops_report
 
         key = self.key(run)
         if key not in self._cache:

@@ -66,8 +66,7 @@ class AxisSpace:
 
     def distribution(self):
         """The Optuna distribution of this axis."""
-        from optuna.distributions import (CategoricalDistribution, FloatDistribution,
-                                          IntDistribution)
+        from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
 
         if self.choices is not None:
             return CategoricalDistribution(list(self.choices))
@@ -149,7 +148,7 @@ class SearchSpec:
     grace_minutes: float = 10.0
     warm_start: tuple[str, ...] = ()
     infeasible_miou: float = 0.0
-    fidelity: Any = None  # pipelines.search.fidelity.Fidelity, or None: every training is full
+    fidelity: Any = None  # pipelines.search.rungs.Fidelity, or None: every training is full
     raw: Mapping[str, Any] = field(default_factory=dict, compare=False)
 
     def variant_axis(self) -> AxisSpace:
@@ -339,7 +338,7 @@ def _fidelity(doc: Mapping[str, Any], ablation: Mapping[str, Any]):
     """The ``fidelity`` block against the base ablation's full budget (``train.max_iters``)."""
     if doc.get("fidelity") is None:
         return None
-    from pipelines.search.fidelity import parse_fidelity
+    from pipelines.search.rungs import parse_fidelity
 
     max_iters = int((ablation.get("train") or {}).get("max_iters", 300))
     return parse_fidelity(doc["fidelity"], max_iters)

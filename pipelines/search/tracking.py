@@ -41,10 +41,10 @@ def _search_parent(client, experiment_id: str, name: str, storage_note: str) -> 
 
 def track_trials(spec, study, progress: bool = False) -> dict:
     """Ingest every COMPLETE trial the search trained; returns ``{run_id: mlflow run id}``."""
-    from pipelines.tracking import store as tracking
     from pipelines.grid import RunPaths
-    from pipelines.tracking.ingest import ingest
     from pipelines.search.runs import make_run
+    from pipelines.tracking import store as tracking
+    from pipelines.tracking.ingest import ingest
 
     ablation = spec.ablation
     results, name = str(ablation.get("results", "results")), str(ablation["name"])

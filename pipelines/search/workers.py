@@ -22,8 +22,15 @@ import os
 import socket
 import time
 
-from pipelines.search.study import (CONSTRAINT, RUN_ID, STATUS, Heartbeat, constraint_attrs,
-                                    fail_stale_trials, trial_now)
+from pipelines.search.study import (
+    CONSTRAINT,
+    RUN_ID,
+    STATUS,
+    Heartbeat,
+    constraint_attrs,
+    fail_stale_trials,
+    trial_now,
+)
 
 
 def _worker() -> str:

@@ -214,7 +214,6 @@ def check(runs: list[dict], results: str | Path, ablation: str | None, *,
     """Estimate, print one line, and raise :class:`UserError` when the results folder's file
     system cannot hold the checkpoints still to be written; the estimate goes to ``out``."""
     import pipelines.registry  # noqa: F401
-
     from pipelines.config import write_json_atomic
 
     doc = estimate(runs, jobs)

@@ -86,9 +86,10 @@ def check_forward_memory(cfg, h: int, w: int) -> None:
 def build_model(cfg):
     """Build the segmentor with random weights, in eval mode, on CPU. Build errors (unknown type,
     bad PRO-SCALE schedule) become one-line :class:`UserError`."""
-    import pipelines.registry  # noqa: F401  (compat fixes + plug-ins)
     from mmseg.registry import MODELS
     from mmseg.utils import register_all_modules
+
+    import pipelines.registry  # noqa: F401  (compat fixes + plug-ins)
 
     register_all_modules(init_default_scope=True)
     model_cfg = cfg.model.copy()

@@ -32,8 +32,9 @@ def config_error(err: BaseException, work_dir: str | Path, stage: str) -> UserEr
 
 
 def build_runner(cfg):
-    import pipelines.registry  # noqa: F401
     from mmengine.runner import Runner
+
+    import pipelines.registry  # noqa: F401
 
     try:
         return Runner.from_cfg(cfg)

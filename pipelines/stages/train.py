@@ -9,10 +9,10 @@ import sys
 import time
 from pathlib import Path
 
-from pipelines.stages import weights
 from pipelines.config import check_dataset, ensure_writable_dir, load_config
-from pipelines.stages.disk import apply_retention, finalize
 from pipelines.errors import UserError
+from pipelines.stages import weights
+from pipelines.stages.disk import apply_retention, finalize
 
 
 def add_parser(sub) -> None:
@@ -136,9 +136,8 @@ def train(cfg):
     """Run training; returns the runner (its ``iter`` and ``work_dir`` tell what happened)."""
     import pipelines.stages.hooks  # noqa: F401
     import pipelines.stages.resume  # noqa: F401
-    from pipelines.stages.runner import build_runner, run_loop
-
     from pipelines.stages.hooks import NonFiniteLossError
+    from pipelines.stages.runner import build_runner, run_loop
 
     runner = build_runner(cfg)
     try:
@@ -194,8 +193,6 @@ def _run_or_launch(args: argparse.Namespace) -> int:
 
 def _run(args: argparse.Namespace) -> int:
     import pipelines.registry  # noqa: F401  (before the config: it imports mmseg/mmdet)
-
-
     from pipelines.stages import launch
 
     cfg = build_train_config(args)
@@ -213,8 +210,8 @@ def _run(args: argparse.Namespace) -> int:
     else:
         checkpoint = str(finalize(runner)) if main else ""
     if args.done_file and main:
-        from pipelines.tracking import provenance
         from pipelines.config import write_json_atomic
+        from pipelines.tracking import provenance
 
         write_json_atomic(args.done_file, {
             "config": str(Path(args.config).resolve()), "work_dir": str(work_dir),

@@ -33,8 +33,15 @@ from typing import Any, Iterable, Mapping
 from pipelines import contract as c
 from pipelines.errors import UserError
 from pipelines.tracking import sql_write
-from pipelines.tracking.store import (BATCH, PARAM_BATCH, STEPS, children_by_run_id, finite,
-                                      search_all)
+from pipelines.tracking.store import (
+    BATCH,
+    PARAM_BATCH,
+    STEPS,
+    children_by_run_id,
+    finite,
+    search_all,
+)
+
 
 @dataclass
 class ChildRecord:

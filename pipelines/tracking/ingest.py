@@ -1,4 +1,4 @@
-"""``python -m pipelines ingest``: an ablation's results folder -> MLflow (one parent, one child per run).
+"""``python -m pipelines ingest``: an ablation's results -> MLflow (one parent, one child per run).
 
 Reads, per run, the files the workflow's stages wrote (``pipelines.grid.RunPaths``: per-run
 outputs in the run's recipe folder ``<id>/<recipe>/``, the training in its recipe's work dir)::
@@ -11,7 +11,8 @@ outputs in the run's recipe folder ``<id>/<recipe>/``, the training in its recip
     results/benchmark/<ablation>/<id>/<recipe>/benchmark.json  latency (optional)
     results/logs/<ablation>/<id>/                           logs
 
-and writes them through :mod:`pipelines.tracking.store` under the names of :mod:`pipelines.contract`.
+(:mod:`pipelines.tracking.run_files` reads the numbers and curves) and writes them through
+:mod:`pipelines.tracking.children` under the names of :mod:`pipelines.contract`.
 Safe to repeat: an unchanged run is skipped, a changed one rewritten, never duplicated. Run it
 from one process only (the workflow makes it a local rule).
 
@@ -37,6 +38,7 @@ from pipelines import contract as c
 from pipelines.errors import UserError
 from pipelines.grid import RunPaths
 from pipelines.tracking import children, store
+from pipelines.tracking.run_files import check_miou, collect_metrics, read_curves, read_json
 
 
 def add_parser(sub) -> None:
@@ -60,17 +62,6 @@ def add_parser(sub) -> None:
     p.set_defaults(func=run)
 
 
-def _read_json(path: Path) -> dict[str, Any] | None:
-    if not path.is_file():
-        return None
-    try:
-        return json.loads(path.read_text())
-    except ValueError as err:
-        raise UserError(f"{path}: not JSON ({err})") from None
-    except OSError as err:
-        raise UserError(f"{path}: cannot be read ({err.strerror or err})") from None
-
-
 def read_runs(results: str, ablation: str, run_jsons: list[str]) -> list[dict]:
     """Every run.json, checked before the store is opened: it lies where ``results`` and
     ``ablation`` put its run (a wrong ``--results`` or ``--ablation`` would ingest runs without
@@ -79,7 +70,7 @@ def read_runs(results: str, ablation: str, run_jsons: list[str]) -> list[dict]:
     runs, problems = [], []
     for run_json in run_jsons:
         try:
-            run = _read_json(Path(run_json))
+            run = read_json(Path(run_json))
             if run is None:
                 raise UserError(f"run file not found: {run_json}")
             if not isinstance(run, dict) or not run.get("run_id") or "params" not in run:
@@ -95,7 +86,7 @@ def read_runs(results: str, ablation: str, run_jsons: list[str]) -> list[dict]:
                     raise UserError(f"run {run['run_id']}: {needed} not found (ingest reads a "
                                     f"run once it is trained and evaluated)")
             for stage_file in (paths.train_done, paths.metrics, paths.flops, paths.benchmark):
-                _read_json(stage_file)
+                read_json(stage_file)
             check_miou(paths.metrics)
             runs.append(run)
         except UserError as err:
@@ -104,141 +95,6 @@ def read_runs(results: str, ablation: str, run_jsons: list[str]) -> list[dict]:
         more = f" (and {len(problems) - 1} more runs)" if len(problems) > 1 else ""
         raise UserError(f"{problems[0]}{more}; nothing was written")
     return runs
-
-
-def check_miou(metrics_json: Path) -> None:
-    """An evaluation output (not a failure record) must hold ``miou`` as a number (NaN is one: a
-    diverged training, recorded as a failed run); without it the run would be recorded as
-    FINISHED with no mIoU."""
-    from pipelines.stages.failures import read_failure
-
-    if read_failure(metrics_json) is not None:
-        return
-    data = _read_json(metrics_json)
-    miou = data.get(c.MIOU) if isinstance(data, dict) else None
-    if not isinstance(miou, (int, float)) or isinstance(miou, bool):
-        what = "has no" if not isinstance(data, dict) or c.MIOU not in data else \
-            f"has a {c.MIOU} that is no number ({json.dumps(miou)[:40]}), no"
-        raise UserError(f"{metrics_json}: {what} mIoU (the evaluate stage writes "
-                        f"{{\"{c.MIOU}\": <percent>, ...}}; rerun it)")
-
-
-def _number(data: dict | None, *keys: str) -> float | None:
-    """First numeric value under one of ``keys`` (``a.b`` walks nested dicts)."""
-    for key in keys:
-        node: Any = data
-        for part in key.split("."):
-            node = node.get(part) if isinstance(node, dict) else None
-        if isinstance(node, (int, float)) and not isinstance(node, bool):
-            return float(node)
-    return None
-
-
-def collect_metrics(paths: RunPaths) -> dict[str, float]:
-    """The contract's metric names from one run's stage outputs (absent stages -> missing)."""
-    metrics: dict[str, float | None] = {}
-    evaluation = _read_json(paths.metrics)
-    if evaluation:
-        for key in (c.MIOU, c.AACC, c.MACC, c.MEAN_EXIT):
-            metrics[key] = _number(evaluation, key)
-        for cls, iou in (evaluation.get("per_class_iou") or {}).items():
-            metrics[f"{c.IOU_PREFIX}{cls}"] = iou
-        # ECO-M2F (evaluate-gated): every fixed exit and the oracle gate beside the gated run
-        for row in evaluation.get("ladder") or []:
-            for key in (c.MIOU, c.AACC, c.MACC, *c.GFLOPS):
-                metrics[c.LADDER_METRIC.format(exit=row.get("exit"), metric=key)] = \
-                    _number(row, key)
-        for key in (c.MIOU, c.AACC, c.MACC, *c.GFLOPS, c.MEAN_EXIT):
-            metrics[c.ORACLE_METRIC.format(metric=key)] = _number(evaluation, f"oracle.{key}")
-    flops = _read_json(paths.flops)
-    if flops:
-        for part, name in zip(c.GFLOPS_PARTS, c.GFLOPS):
-            metrics[name] = _number(flops, f"gflops.{part}", name)
-        for stage, value in (flops.get("encoder_stages_gflops") or {}).items():
-            metrics[f"{c.GFLOPS_STAGE_PREFIX}{stage}"] = _number({"v": value}, "v")
-        params = _number(flops, "params.total")
-        if params is not None:
-            metrics["params"] = params
-    bench = _read_json(paths.benchmark)
-    if bench:
-        # `python -m pipelines benchmark --json`: results.candidate.{model,pixel_decoder}.median_ms
-        metrics[c.LATENCY_MS] = _number(bench, "results.candidate.model.median_ms")
-        metrics[c.LATENCY_MS_PIXEL_DECODER] = _number(
-            bench, "results.candidate.pixel_decoder.median_ms")
-        metrics.update(_setting_metrics(bench))
-    done = _read_json(paths.train_done)
-    if done:
-        metrics[c.TRAIN_TIME_S] = _number(done, c.TRAIN_TIME_S)
-    return {k: v for k, v in metrics.items() if v is not None}
-
-
-def _setting_metrics(bench: dict) -> dict:
-    """The benchmark's per-setting figures (batch, precision; ``--device cuda``) under
-    :data:`pipelines.contract.SETTING_METRIC` names, ratios to the paired baseline included."""
-    out = {}
-    device = bench.get("device", "cpu")
-    settings = ((bench.get("results") or {}).get("candidate") or {}).get("settings") or {}
-    ratios = bench.get("settings_ratios") or {}
-    for key, entry in settings.items():
-        if not isinstance(entry, dict):
-            continue
-        values = {"latency_ms": _number(entry, "model.median_ms"),
-                  "latency_ms_pixel_decoder": _number(entry, "pixel_decoder.median_ms"),
-                  "images_per_s": _number(entry, "images_per_s"),
-                  "peak_mem_mb": _number(entry, "peak_mem_mb"),
-                  "latency_ratio": _number(ratios, f"{key}.model"),
-                  "latency_ratio_pixel_decoder": _number(ratios, f"{key}.pixel_decoder")}
-        out.update({c.SETTING_METRIC.format(device=device, precision=entry.get("precision"),
-                                            batch=entry.get("batch"), metric=m): v
-                    for m, v in values.items() if v is not None})
-    return out
-
-
-# mmengine's scalar-log keys that are bookkeeping, not curves
-SCALAR_SKIP = ("iter", "step", "epoch", "memory", "data_time")
-
-
-def read_curves(work_dir: Path, start_ms: int | None = None) -> dict[str, list]:
-    """Training curves from mmengine's ``<work_dir>/<timestamp>/vis_data/scalars.json``.
-
-    Every invocation (a resumed training has several timestamped folders) is read in order; a
-    step logged twice (a killed invocation's steps redone after resuming) keeps its last value.
-    Lines with ``lr`` are training iterations (``train/<key>``), the others validation
-    (``val/<key>``). Timestamps accumulate mmengine's per-iteration ``time`` from ``start_ms``.
-
-    Returns:
-        ``name -> [(step, value, timestamp_ms)]`` sorted by step.
-    """
-    by_name: dict[str, dict[int, float]] = {}
-    seconds: dict[int, float] = {}
-    for log in sorted(Path(work_dir).glob("*/vis_data/scalars.json")):
-        for line in log.read_text().splitlines():
-            try:
-                row = json.loads(line)
-            except ValueError:
-                continue  # a line cut by a kill
-            step = row.get("step", row.get("iter"))
-            if not isinstance(row, dict) or not isinstance(step, int):
-                continue
-            prefix = "train/" if "lr" in row else "val/"
-            if prefix == "train/" and isinstance(row.get("time"), (int, float)):
-                seconds[step] = float(row["time"])
-            for key, value in row.items():
-                if key in SCALAR_SKIP or isinstance(value, bool) \
-                        or not isinstance(value, (int, float)):
-                    continue
-                by_name.setdefault(prefix + key, {})[step] = float(value)
-    stamps: dict[int, int] = {}
-    if start_ms is not None:
-        clock, last = float(start_ms), 0
-        for step in sorted(seconds):
-            clock += seconds[step] * 1000 * (step - last)
-            stamps[step], last = int(clock), step
-    out = {}
-    for name, points in by_name.items():
-        out[name] = [(step, value, stamps.get(step, start_ms or 0))
-                     for step, value in sorted(points.items())]
-    return out
 
 
 def _fingerprint(files, role: str) -> str:
@@ -263,7 +119,7 @@ def run_fingerprint(results: str, ablation: str, run: dict) -> str:
     run's baseline role is part of it: the role is the ablation's (``grid.baseline``), not the
     run's recipe, so a changed baseline re-records runs whose files did not change."""
     paths = RunPaths.of(results, ablation, run)
-    done = _read_json(paths.train_done) or {}
+    done = read_json(paths.train_done) or {}
     work_dir = Path(done.get("work_dir", "") or "/nonexistent")
     return _fingerprint([paths.run_json, paths.config, paths.train_done, paths.metrics,
                          paths.flops, paths.benchmark] + _scalar_logs(work_dir),
@@ -278,13 +134,13 @@ def child_record(results: str, ablation: str, run: dict, tmp: Path,
 
     paths = RunPaths.of(results, ablation, run)
     stage_files = [paths.run_json, paths.train_done, paths.metrics, paths.flops, paths.benchmark]
-    done = _read_json(paths.train_done) or {}
+    done = read_json(paths.train_done) or {}
     work_dir = Path(done.get("work_dir", "") or "/nonexistent")
     start_ms, end_ms = _ms(done.get("started_at")), _ms(done.get("ended_at"))
     artifacts: list[tuple] = [(p, "metrics") for p in stage_files if p.is_file()]
     if paths.config.is_file():  # the rendered config the run's stages read, byte for byte,
         artifacts.append((paths.config, "", c.CONFIG_ARTIFACT))  # under the artifact's name
-    evaluation = _read_json(paths.metrics) or {}
+    evaluation = read_json(paths.metrics) or {}
     if evaluation.get("exit_histogram"):
         tmp.mkdir(parents=True, exist_ok=True)
         (tmp / c.EXIT_HISTOGRAM_ARTIFACT).write_text(json.dumps(evaluation["exit_histogram"]))

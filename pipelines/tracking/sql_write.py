@@ -20,6 +20,7 @@ from pipelines import contract as c
 from pipelines.errors import UserError
 from pipelines.tracking.store import STEPS, _local_folder, finite
 
+
 def sql_target(client, experiment_id: str):
     """``(store, experiment)`` when ``client`` writes a SQL store (SQLite, PostgreSQL, MySQL)
     whose experiment keeps its artifacts in a local folder, else None."""
@@ -54,8 +55,13 @@ def write_sql(store, experiment, parent_id: str, ablation: str,
     a few ms instead of about 0.1 s (an ORM object and a validation per point, six sessions
     and five commits)."""
     from mlflow.entities import LifecycleStage, RunStatus, SourceType
-    from mlflow.store.tracking.dbmodels.models import (SqlLatestMetric, SqlMetric, SqlParam,
-                                                        SqlRun, SqlTag)
+    from mlflow.store.tracking.dbmodels.models import (
+        SqlLatestMetric,
+        SqlMetric,
+        SqlParam,
+        SqlRun,
+        SqlTag,
+    )
     from mlflow.utils.mlflow_tags import MLFLOW_RUN_NAME
     from mlflow.utils.uri import append_to_uri_path
     from mlflow.utils.validation import _validate_metric, _validate_param, _validate_tag

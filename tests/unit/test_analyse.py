@@ -11,12 +11,11 @@ import pandas as pd
 import pytest
 
 from pipelines.analysis import cli as analyse_cli
-from pipelines.reports import figures
-from pipelines.reports import html_report
 from pipelines.analysis.cli import load_analysis, save_analysis
 from pipelines.analysis.data import read_runs_csv
 from pipelines.analysis.settings import analyse
 from pipelines.errors import UserError
+from pipelines.reports import figures, html_report
 
 RUNS_CSV = Path(__file__).resolve().parents[1] / "data" / "runs_small.csv"
 

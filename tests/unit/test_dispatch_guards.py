@@ -123,8 +123,10 @@ def test_ats_guards():
 
 # --------------------------------------------------------------------------- same computation
 def test_batched_ats_sampling_equals_the_per_image_sampling():
-    from pipelines.models.token_sample import (inverse_transform_sample,
-                                               inverse_transform_sample_batch)
+    from pipelines.models.token_sample import (
+        inverse_transform_sample,
+        inverse_transform_sample_batch,
+    )
 
     g = torch.Generator().manual_seed(0)
     for trial in range(60):

@@ -5,9 +5,15 @@ import pytest
 import torch
 
 import pipelines.registry  # noqa: F401  (registers EarlyExitPixelDecoder)
-from pipelines.models.early_exit import (EarlyExitPixelDecoder, ExitGate, exit_loss_weight,
-                                         exit_probabilities, exit_range, forced_exits,
-                                         gate_labels)
+from pipelines.models.early_exit import (
+    EarlyExitPixelDecoder,
+    ExitGate,
+    exit_loss_weight,
+    exit_probabilities,
+    exit_range,
+    forced_exits,
+    gate_labels,
+)
 from tests.conftest import REPO
 from tests.unit.test_pro_scale import build, features
 
@@ -181,9 +187,9 @@ def test_gate_picks_exits_per_image_from_the_res5_tokens():
 
 def test_training_draws_exits_and_weights_the_head_losses():
     from mmengine.config import Config
+    from mmengine.structures import PixelData
     from mmseg.registry import MODELS
     from mmseg.structures import SegDataSample
-    from mmengine.structures import PixelData
 
     cfg = Config.fromfile(str(ECO_TINY))
     head_cfg = cfg.model.decode_head

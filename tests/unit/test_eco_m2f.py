@@ -240,9 +240,9 @@ def test_any_config_key_is_an_axis_and_its_stage_reads_the_rendered_config(deriv
     1 or 300 epochs; the optimizer block steps the same weights to different values)."""
     from mmengine.optim import build_optim_wrapper
 
-    from pipelines.stages.flops import build_model
     from pipelines.grid import expand_grid, validate_ablation
     from pipelines.grid.render import load_rendered, render_run, write_configs
+    from pipelines.stages.flops import build_model
 
     ablation = validate_ablation({
         "name": "axes", "data": {"root": str(derived["data"])},

@@ -92,8 +92,8 @@ def test_nan_loss_stops_a_real_mmengine_training_at_once(tmp_path):
 def test_ingest_and_report_name_the_failed_run(tmp_path):
     from pipelines import contract as c
     from pipelines.grid import RunPaths
-    from pipelines.tracking.ingest import run_failure
     from pipelines.reports.report import build_report
+    from pipelines.tracking.ingest import run_failure
 
     run = {"run_id": "broken-seed0", "train_id": "t1", "params": {"variant": "broken",
            "max_iters": "2", "recipe": "r"}, "settings": {}}

@@ -6,8 +6,13 @@ import json
 import pytest
 
 import pipelines.registry  # noqa: F401
-from pipelines.stages.cost_model import (EncoderSpec, encoder_flops, encoder_layer_flops, level_shapes,
-                                  pixel_decoder_flops)
+from pipelines.stages.cost_model import (
+    EncoderSpec,
+    encoder_flops,
+    encoder_layer_flops,
+    level_shapes,
+    pixel_decoder_flops,
+)
 from tests.conftest import REPO, TINY_CONFIG, run_cli
 
 PROSCALE_TINY = REPO / "configs/models/mask2former_r18_proscale-333_synthetic-128x128.py"
@@ -125,8 +130,8 @@ def test_params_are_counted(tiny_cfgs):
 
 
 def test_spec_is_read_from_config():
-    from pipelines.stages.cost_model import pixel_decoder_flops_from_cfg
     from pipelines.config import load_config
+    from pipelines.stages.cost_model import pixel_decoder_flops_from_cfg
 
     cfg = load_config(TINY_CONFIG).model.decode_head.pixel_decoder
     cfg = dict(cfg, in_channels=R18_CHANNELS)

@@ -197,7 +197,8 @@ def test_failure_part_way_keeps_every_finished_run_and_a_reingest_repairs(
         tmp_path, empty_db, capsys, monkeypatch):
     """The issue: a failure part-way (artifact folder read-only) deleted the old child, left the
     new one RUNNING, and every later re-ingest called it unchanged."""
-    from pipelines.tracking import children, store as tracking
+    from pipelines.tracking import children
+    from pipelines.tracking import store as tracking
     from tests.ingest_faults import stopped_at
 
     store, results, jsons = ingested(tmp_path, empty_db, capsys)

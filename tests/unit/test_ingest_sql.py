@@ -8,11 +8,11 @@ import json
 import pytest
 
 from pipelines import contract as c
-from pipelines.tracking import children, sql_write, store as tracking
+from pipelines.tracking import children, sql_write
+from pipelines.tracking import store as tracking
 from pipelines.tracking.ingest import ingest
 from tests.ingest_faults import stopped_at
-from tests.unit.test_ingest_safety import (ABL, Store, empty_db, one_good_child_each,  # noqa
-                                           refused)
+from tests.unit.test_ingest_safety import ABL, Store, empty_db, one_good_child_each, refused  # noqa
 from tests.unit.test_tracking import write_results
 
 

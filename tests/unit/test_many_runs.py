@@ -109,7 +109,8 @@ def test_batches_respect_mlflow_limits():
 
 def test_artifacts_in_one_call_keep_the_layout(tmp_path):
     """Files land in ``sub/<name>``, a folder's content in ``sub/``, in a real MLflow store."""
-    from pipelines.tracking import children, store as tracking
+    from pipelines.tracking import children
+    from pipelines.tracking import store as tracking
 
     logging.getLogger("alembic").setLevel(logging.WARNING)
     (tmp_path / "logs" / "sub").mkdir(parents=True)

@@ -44,9 +44,9 @@ def test_read_declarations_equal_the_imported_ones():
 
 def test_the_four_methods_look_and_count_as_before():
     from pipelines import contract
+    from pipelines.analysis import roles
     from pipelines.reports import figures
     from pipelines.stages import flops
-    from pipelines.analysis import roles
 
     assert {n: (m.label, m.color, m.marker) for n, m in methods.methods().items()} == \
         STYLES_BEFORE

@@ -9,9 +9,8 @@ import shutil
 import pytest
 import yaml
 
-from pipelines.grid import plan_cache
 from pipelines.errors import UserError
-from pipelines.grid import expand_grid, validate_ablation
+from pipelines.grid import expand_grid, plan_cache, validate_ablation
 from tests.conftest import REPO
 
 

@@ -7,8 +7,14 @@ import pytest
 import torch
 
 import pipelines.registry  # noqa: F401  (registers ProScalePixelDecoder)
-from pipelines.models.pro_scale import (map_to_tokens, parse_schedule, recalibrate_tokens,
-                                        stage_of_layers, tokens_to_map, trc_gate)
+from pipelines.models.pro_scale import (
+    map_to_tokens,
+    parse_schedule,
+    recalibrate_tokens,
+    stage_of_layers,
+    tokens_to_map,
+    trc_gate,
+)
 from tests.conftest import REPO, TINY_CONFIG
 
 IN_CHANNELS = [64, 128, 256, 512]

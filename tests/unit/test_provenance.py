@@ -7,8 +7,8 @@ import os
 import subprocess
 import sys
 
-from pipelines.tracking import provenance
 from pipelines.benchmarks import capability_spread
+from pipelines.tracking import provenance
 
 X86 = """processor\t: 0
 vendor_id\t: GenuineIntel
@@ -109,8 +109,8 @@ def test_capability_spread_of_one_class():
 
 def test_the_cpu_reaches_mlflow_tags():
     from pipelines import contract as c
-    from pipelines.tracking.provenance import collect
     from pipelines.tracking.children import provenance_tags
+    from pipelines.tracking.provenance import collect
 
     tags = provenance_tags(collect())
     assert tags[c.CPU_ATEN_TAG] and tags[c.CPU_MODEL_TAG] and int(tags[c.CPU_THREADS_TAG]) >= 1

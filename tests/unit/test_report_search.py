@@ -7,10 +7,10 @@ from pathlib import Path
 
 import pytest
 
-from pipelines.reports import html_report
 from pipelines.analysis.data import read_runs_csv
 from pipelines.analysis.settings import analyse
 from pipelines.errors import UserError
+from pipelines.reports import html_report
 from pipelines.reports.figures import render_all
 from pipelines.reports.report import _search_markdown
 

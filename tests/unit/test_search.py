@@ -19,8 +19,14 @@ import optuna
 import pytest
 
 from pipelines.benchmarks.search_replay import SPACE, hypervolume, run_cache
-from pipelines.search.cli import (CONSTRAINT, ReplayExecutor, Search, SnakemakeExecutor,
-                              open_study, set_gflops_constraint)
+from pipelines.search.cli import (
+    CONSTRAINT,
+    ReplayExecutor,
+    Search,
+    SnakemakeExecutor,
+    open_study,
+    set_gflops_constraint,
+)
 from pipelines.search.runs import FlopsCache, make_run, point_ablation
 from pipelines.search.space import AxisSpace, load_search_space
 

@@ -10,8 +10,8 @@ import pytest
 
 from pipelines.benchmarks.search_replay import hypervolume
 from pipelines.errors import UserError
-from pipelines.search.fidelity import (hv_contributions, pareto_order, pareto_ranks,
-                                       parse_fidelity, promotable)
+from pipelines.search.promotion import hv_contributions, pareto_order, pareto_ranks, promotable
+from pipelines.search.rungs import parse_fidelity
 
 
 def _random_points(seed, n=12):
@@ -77,8 +77,13 @@ def test_the_fidelity_block_adds_the_full_budget_and_refuses_bad_rungs():
 @pytest.fixture(scope="module")
 def curves_grid():
     """The recorded learning-curve grid: its space, table, curves and recorded settings."""
-    from pipelines.benchmarks.search_replay import (CURVES_SPACE, CURVES_TABLE, load_curves,
-                                                    load_table, run_cache)
+    from pipelines.benchmarks.search_replay import (
+        CURVES_SPACE,
+        CURVES_TABLE,
+        load_curves,
+        load_table,
+        run_cache,
+    )
     from pipelines.search.runs import space_points
     from pipelines.search.space import load_search_space
 
@@ -177,7 +182,7 @@ def test_a_rung_that_is_not_a_checkpoint_iteration_is_refused_before_any_trial(t
     import dataclasses
 
     from pipelines.benchmarks.search_replay import CURVES_SPACE
-    from pipelines.search.fidelity import check_rungs
+    from pipelines.search.rungs import check_rungs
     from pipelines.search.space import load_search_space
 
     spec = load_search_space(CURVES_SPACE, check_runs=False)

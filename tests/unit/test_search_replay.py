@@ -6,8 +6,14 @@ import csv
 
 import pytest
 
-from pipelines.benchmarks.search_replay import (BENCH_SPACE, BENCH_TABLE, MEDIUM_SPACE,
-                                                MEDIUM_TABLE, load_table, row_setting)
+from pipelines.benchmarks.search_replay import (
+    BENCH_SPACE,
+    BENCH_TABLE,
+    MEDIUM_SPACE,
+    MEDIUM_TABLE,
+    load_table,
+    row_setting,
+)
 from pipelines.search.space import load_search_space
 
 #: (space, table) of each recorded benchmark grid: the default one, and the first one

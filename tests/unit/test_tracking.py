@@ -11,7 +11,8 @@ from pipelines import contract
 from pipelines.grid import RunPaths, expand_grid
 from pipelines.grid.render import render_run, write_configs
 from pipelines.grid.run import run_document
-from pipelines.tracking.ingest import collect_metrics, ingest
+from pipelines.tracking.ingest import ingest
+from pipelines.tracking.run_files import collect_metrics
 
 BASE = "configs/models/mask2former_r18_synthetic-128x128.py"
 PRO = "configs/models/mask2former_r18_proscale-333_synthetic-128x128.py"
@@ -173,9 +174,8 @@ def test_ingest_of_a_real_tiny_training_has_curves_times_and_provenance(tmp_path
     """The real producer: `python -m pipelines train` on the tiny model (4 iterations, 64x64),
     `evaluate`, then ingest: the child's curves have one point per logged iteration, its start
     and end are the training's, and it carries the commit and library versions."""
-    from tests.conftest import TINY_OPTIONS, run_cli
-
     from pipelines.tracking.store import open_client
+    from tests.conftest import TINY_OPTIONS, run_cli
 
     config = {"name": "real", "train": {"max_iters": 4, "cfg_options": [
         o.replace("[64,64]", "(64,64)") for o in TINY_OPTIONS] + [

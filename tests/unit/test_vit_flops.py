@@ -6,10 +6,10 @@ import pytest
 import torch
 
 import pipelines.registry  # noqa: F401
-from pipelines.stages import cost_model_vit as cm
-from pipelines.stages.flop_handles import extra_flop_handles
 from pipelines.models.token_cluster import ClusterViT
 from pipelines.models.token_sample import SampleViT
+from pipelines.stages import cost_model_vit as cm
+from pipelines.stages.flop_handles import extra_flop_handles
 from tests.conftest import REPO
 from tests.unit.vit_helpers import VIT, plain_vit, same_weights
 

@@ -10,9 +10,9 @@ import shutil
 import pytest
 import torch
 
-from pipelines.stages import weights
 from pipelines.errors import UserError
 from pipelines.grid import expand_grid, resolved_base
+from pipelines.stages import weights
 from tests.conftest import REPO
 from tests.unit import pretrained_layouts as layouts
 

@@ -21,7 +21,6 @@ from tests.conftest import REPO
 from tests.workflow.conftest import PRO_SCALE, snakemake, tiny_ablation, write_config
 
 
-
 def _points(root, schedules, results=None):
     config = tiny_ablation(root, iters=2)
     if results is not None:

@@ -10,11 +10,17 @@ from pathlib import Path
 import pytest
 
 from pipelines import contract as c
-from pipelines.tracking import children, store as tracking
+from pipelines.tracking import children
+from pipelines.tracking import store as tracking
 from pipelines.tracking.ingest import ingest
 from tests.ingest_faults import run_ingest_stopped_at
-from tests.unit.test_ingest_safety import (ABL, Store, empty_db, ingested,  # noqa: F401
-                                           one_good_child_each)
+from tests.unit.test_ingest_safety import (  # noqa: F401
+    ABL,
+    Store,
+    empty_db,
+    ingested,
+    one_good_child_each,
+)
 from tests.unit.test_tracking import write_results
 
 STEPS = ("created", "logged", "artifacts", "terminated", "completed", "retired")
