@@ -77,10 +77,10 @@ def test_the_fidelity_block_adds_the_full_budget_and_refuses_bad_rungs():
 @pytest.fixture(scope="module")
 def curves_grid():
     """The recorded learning-curve grid: its space, table, curves and recorded settings."""
+    from pipelines.benchmarks.fidelity_replay import load_curves
     from pipelines.benchmarks.search_replay import (
         CURVES_SPACE,
         CURVES_TABLE,
-        load_curves,
         load_table,
         run_cache,
     )
@@ -120,7 +120,7 @@ def test_a_replayed_search_never_trains_an_iteration_twice(curves_grid, proposal
 
     import optuna
 
-    from pipelines.benchmarks.search_replay import CurveReplayExecutor
+    from pipelines.benchmarks.fidelity_replay import CurveReplayExecutor
     from pipelines.search.fidelity import FidelitySearch
     from pipelines.search.study import open_study
 
@@ -203,7 +203,7 @@ def test_a_new_head_picks_up_where_a_dead_one_stopped(curves_grid):
 
     import optuna
 
-    from pipelines.benchmarks.search_replay import CurveReplayExecutor
+    from pipelines.benchmarks.fidelity_replay import CurveReplayExecutor
     from pipelines.search.fidelity import FidelitySearch
     from pipelines.search.study import open_study
 
