@@ -240,7 +240,7 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
 
     from pipelines.grid import expand_grid, load_ablation, validate_ablation
-    from pipelines.tracking import provenance
+    from pipelines.stages import provenance
 
     out = Path(args.out).resolve()
     if out == REPO or REPO in out.parents and out.relative_to(REPO).parts[0] in ("results",

@@ -1,6 +1,6 @@
 """The multi-fidelity search replayed against a recorded learning-curve grid.
 
-``python -m pipelines.benchmarks.search_replay --fidelity`` replays the multi-fidelity search
+``python -m pipelines.benchmarks.fidelity_replay`` replays the multi-fidelity search
 (:mod:`pipelines.search.fidelity`) against the learning-curve grid ``tests/data/grid_curves.csv`` + ``grid_curves.rungs.csv`` (grid_lr's
 settings, val mIoU every 12 of 100 iterations, seeds pooled per iteration) and counts training
 **iterations**: a rung job costs the iterations from the setting's last rung to the next one, a
@@ -17,19 +17,25 @@ and the settings on the grid's front that successive halving would stop at each 
 slow, finish best). ``--partial`` replays the settings recorded so far (the others left out of
 the space).
 
-    python -m pipelines.benchmarks.search_replay --fidelity --seeds 50 [--budgets 8 10 16]
+    python -m pipelines.benchmarks.fidelity_replay --seeds 50 [--budgets 8 10 16] [--partial]
 """
 from __future__ import annotations
 
+import argparse
 import csv
 import dataclasses
 import json
+import logging
 import statistics
+import sys
 import time
+import warnings
 from pathlib import Path
 
-from pipelines.benchmarks.search_replay import (hypervolume, load_table, quartiles, row_setting,
-                                                run_cache)
+from pipelines.errors import UserError
+
+from pipelines.benchmarks.search_replay import (CURVES_SPACE, CURVES_TABLE, hypervolume, load_table,
+                                                quartiles, row_setting, run_cache)
 
 
 def rungs_path(table: Path) -> Path:
@@ -202,9 +208,8 @@ def slow_starters(curves: dict, table: dict, budget: float, eta: float) -> dict:
 
 
 def fidelity_main(args) -> int:
-    """``--fidelity``: full-fidelity search vs random proposals with Pareto-aware promotion vs
-    the multi-fidelity search, against training iterations spent."""
-    from pipelines.errors import UserError
+    """Full-fidelity search vs random proposals with Pareto-aware promotion vs the
+    multi-fidelity search, against training iterations spent."""
     from pipelines.search.runs import space_points
     from pipelines.search.space import load_search_space
 
@@ -327,3 +332,27 @@ def fidelity_main(args) -> int:
     return 0
 
 
+def main(argv=None) -> int:
+    import optuna
+
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--seeds", type=int, default=20)
+    parser.add_argument("--space", default=str(CURVES_SPACE))
+    parser.add_argument("--table", default=str(CURVES_TABLE))
+    parser.add_argument("--json", help="write every replay's numbers here")
+    parser.add_argument("--budgets", nargs="+", type=int, default=[8, 10, 16],
+                        help="training budgets (full-training equivalents)")
+    parser.add_argument("--partial", action="store_true",
+                        help="replay the settings recorded so far")
+    args = parser.parse_args(argv)
+    optuna.logging.set_verbosity(logging.WARNING)
+    warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
+    try:
+        return fidelity_main(args)
+    except UserError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -27,10 +27,7 @@ a bootstrap 95 % interval of that lead: how far other replay seeds could move it
 
     python -m pipelines.benchmarks.search_replay [--seeds 20] [--samplers tpe nsga2 gp random]
 
-``--fidelity`` replays the multi-fidelity search instead (:mod:`pipelines.benchmarks.fidelity_replay`
-says what it measures):
-
-    python -m pipelines.benchmarks.search_replay --fidelity --seeds 50 [--budgets 8 10 16]
+The multi-fidelity search has its own replay (:mod:`pipelines.benchmarks.fidelity_replay`).
 """
 from __future__ import annotations
 
@@ -178,26 +175,10 @@ def main(argv=None) -> int:
     parser.add_argument("--space", default=str(BENCH_SPACE))
     parser.add_argument("--table", default=str(BENCH_TABLE))
     parser.add_argument("--json", help="write every replay's numbers here")
-    parser.add_argument("--fidelity", action="store_true",
-                        help="multi-fidelity benchmark on the learning-curve grid "
-                             "(default space and table: grid_curves)")
-    parser.add_argument("--budgets", nargs="+", type=int, default=[8, 10, 16],
-                        help="--fidelity: training budgets (full-training equivalents)")
-    parser.add_argument("--partial", action="store_true",
-                        help="--fidelity: replay the settings recorded so far")
     args = parser.parse_args(argv)
     optuna.logging.set_verbosity(logging.WARNING)
 
     warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
-    if args.fidelity:
-        if args.space == str(BENCH_SPACE):
-            args.space = str(CURVES_SPACE)
-        if args.table == str(BENCH_TABLE):
-            args.table = str(CURVES_TABLE)
-        from pipelines.benchmarks.fidelity_replay import fidelity_main
-
-        return fidelity_main(args)
-
     spec = load_search_space(args.space)
     table = load_table(Path(args.table), spec)
     make_run = run_cache(spec)

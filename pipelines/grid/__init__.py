@@ -39,8 +39,9 @@ Pure Python plus mmengine's config reader (no torch): the Snakefile imports it.
 """
 # The package: ``run`` (the run model: Run, RunPaths, ids, content keys), ``plain_config`` (model
 # configs as plain dicts), ``render`` (a run's config: merged, rendered, written), ``expand``
-# (ablation -> runs), ``schema`` (reading and validating the
-# ablation file) and ``cli`` (``python -m pipelines grid``). Callers import from here.
+# (ablation -> runs), ``weights`` (pretrained weights: their identity in a recipe, on disk),
+# ``schema`` (reading and validating the ablation file), ``plan_cache`` (the expanded grid saved
+# for later starts) and ``cli`` (``python -m pipelines grid``). Callers import from here.
 from __future__ import annotations
 
 from pipelines.grid.cli import add_parser, write_run_json, write_runs  # noqa: F401

@@ -14,7 +14,6 @@ layers alone); ``pixel_decoder`` (all of it, encoder included); ``transformer_de
 from __future__ import annotations
 
 import argparse
-import logging
 import statistics
 from pathlib import Path
 from typing import Sequence, Tuple
@@ -84,41 +83,10 @@ def check_forward_memory(cfg, h: int, w: int) -> None:
 
 
 def build_model(cfg):
-    """Build the segmentor with random weights, in eval mode, on CPU. Build errors (unknown type,
-    bad PRO-SCALE schedule) become one-line :class:`UserError`."""
-    from mmseg.registry import MODELS
-    from mmseg.utils import register_all_modules
+    """:func:`pipelines.registry.build_model` (the segmentor, random weights, eval mode, CPU)."""
+    from pipelines.registry import build_model as build
 
-    import pipelines.registry  # noqa: F401  (compat fixes + plug-ins)
-
-    register_all_modules(init_default_scope=True)
-    model_cfg = cfg.model.copy()
-    if model_cfg.get("backbone") is not None:
-        model_cfg.backbone["init_cfg"] = None  # random weights: never download a checkpoint
-    model_cfg.pop("pretrained", None)
-    try:
-        model = MODELS.build(model_cfg)
-    except (KeyError, ValueError, TypeError, AssertionError, RuntimeError) as err:
-        # RuntimeError: torch refusing a size while building (num_queries=-3 -> an Embedding)
-        msg = str(err.args[0] if isinstance(err, KeyError) and err.args else err)
-        msg = " ".join(msg.split())
-        raise UserError(f"cannot build the model of {cfg.filename}: {type(err).__name__}: "
-                        f"{msg}") from None
-    quiet_init_weights(model)
-    return model.eval()
-
-
-def quiet_init_weights(model) -> None:
-    """``model.init_weights()`` without mmengine's per-parameter INFO log."""
-    from mmengine.logging import MMLogger
-
-    logger = MMLogger.get_current_instance()
-    level = logger.level
-    logger.setLevel(logging.WARNING)
-    try:
-        model.init_weights()
-    finally:
-        logger.setLevel(level)
+    return build(cfg)
 
 
 def inference_forward(model, image_hw: Tuple[int, int]):

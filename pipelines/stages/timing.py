@@ -260,7 +260,7 @@ def host_info(device: str) -> dict:
     dispatched to), GPU model, driver, CUDA and cuDNN, threads, library versions."""
     import torch
 
-    from pipelines.tracking.provenance import cpu_state, library_versions
+    from pipelines.stages.provenance import cpu_state, library_versions
 
     cpu = cpu_state()
     info = {"host": socket.gethostname(), "platform": platform.platform(), "cpu": cpu["model"],

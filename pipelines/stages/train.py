@@ -11,7 +11,7 @@ from pathlib import Path
 
 from pipelines.config import check_dataset, ensure_writable_dir, load_config
 from pipelines.errors import UserError
-from pipelines.stages import weights
+from pipelines.grid import weights
 from pipelines.stages.disk import apply_retention, finalize
 
 
@@ -211,7 +211,7 @@ def _run(args: argparse.Namespace) -> int:
         checkpoint = str(finalize(runner)) if main else ""
     if args.done_file and main:
         from pipelines.config import write_json_atomic
-        from pipelines.tracking import provenance
+        from pipelines.stages import provenance
 
         write_json_atomic(args.done_file, {
             "config": str(Path(args.config).resolve()), "work_dir": str(work_dir),

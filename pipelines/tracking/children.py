@@ -78,7 +78,7 @@ class ChildRecord:
 def record_metrics() -> tuple[str, ...]:
     """Final numbers whose loss marks a worse record (what search_tracking adds later is left
     out). A function: the metric names come from the method registry, which imports mmengine,
-    and every snakemake start imports this module for :func:`check_readable`."""
+    and every snakemake start checks the store (:mod:`pipelines.store_uri`)."""
     return tuple(m for m in c.METRICS if m != c.TRIAL_NUMBER)
 
 

@@ -23,43 +23,13 @@ from urllib.parse import unquote, urlsplit
 
 from pipelines import contract as c
 from pipelines.errors import UserError
+from pipelines.store_uri import check_readable, check_scheme  # noqa: F401 (part of this API)
 
 DEFAULT_TRACKING_URI = "sqlite:///results/mlflow.db"
 BATCH = 1000  # MLflow's log_batch limit on metrics per call
 PARAM_BATCH = 100
-
-
-#: URI schemes MLflow's tracking client writes to (``postgresql+psycopg2`` and the like too)
-SCHEMES = ("sqlite", "postgresql", "mysql", "mssql", "http", "https", "file")
+#: the port a store's server answers on when its URI names none
 DEFAULT_PORTS = {"http": 80, "https": 443, "postgresql": 5432, "mysql": 3306, "mssql": 1433}
-SQLITE_MAGIC = b"SQLite format 3\0"
-
-
-def check_scheme(uri: str) -> None:
-    """Refuse a URI no MLflow tracking store has (``foo://bar``, a bare path) in one line."""
-    scheme = uri.split("://", 1)[0].split("+", 1)[0].lower() if "://" in (uri or "") else ""
-    if scheme not in SCHEMES:
-        raise UserError(f"tracking URI {uri!r}: expected sqlite:///FILE, postgresql://..., "
-                        f"or http(s)://HOST:PORT")
-
-
-def check_readable(uri: str) -> None:
-    """What can be checked of a store without opening it (no connection, nothing written): its
-    scheme, and that an existing ``sqlite:///FILE`` is an SQLite database. One-line UserError."""
-    check_scheme(uri)
-    if not uri.startswith("sqlite:///"):
-        return
-    path = Path(uri[len("sqlite:///"):].split("?", 1)[0])
-    try:
-        with open(path, "rb") as f:
-            head = f.read(len(SQLITE_MAGIC))
-    except FileNotFoundError:
-        return
-    except OSError as err:
-        raise UserError(f"tracking URI {uri!r}: {path} cannot be read "
-                        f"({err.strerror or err})") from None
-    if head and head != SQLITE_MAGIC:
-        raise UserError(f"tracking URI {uri!r}: {path} is not an SQLite database")
 
 
 def resolve_tracking_uri(uri: str) -> str:

@@ -93,8 +93,8 @@ EXTRA_RUN_OUTPUTS = []
 
 ABLATION = config["name"]
 # the folder of pretrained checkpoints (ablation key `weights`, else $PIPELINES_WEIGHTS): every
-# stage job gets it (pipelines/stages/weights.py); its files were checked by expand_grid above
-from pipelines.stages.weights import folder_of as _weights_folder, shell_prefix  # noqa: E402
+# stage job gets it (pipelines/grid/weights.py); its files were checked by expand_grid above
+from pipelines.grid.weights import folder_of as _weights_folder, shell_prefix  # noqa: E402
 
 WEIGHTS_PREFIX = shell_prefix(_weights_folder(config))
 RESULTS = config["results"]

@@ -1,8 +1,8 @@
 """The README's results tables, generated from the recorded tables in ``tests/data/``.
 
-    python -m pipelines.reports.readme_tables            # rewrite every table in README.md
-    python -m pipelines.reports.readme_tables --check    # exit 1 naming each table that differs
-    python -m pipelines.reports.readme_tables --only demo
+    python -m pipelines.benchmarks.readme_tables            # rewrite every table in README.md
+    python -m pipelines.benchmarks.readme_tables --check    # exit 1 naming each table that differs
+    python -m pipelines.benchmarks.readme_tables --only demo
 
 Each table sits in README.md between ``<!-- table:NAME -->`` and ``<!-- /table:NAME -->``; the
 text between the markers is replaced by what :data:`TABLES` ``[NAME]`` builds from its recorded
@@ -155,7 +155,7 @@ def main(argv=None) -> int:
     if args.check:
         for name in differ:
             print(f"{args.readme}: table {name} differs from its recording "
-                  "(python -m pipelines.reports.readme_tables rewrites it)", file=sys.stderr)
+                  "(python -m pipelines.benchmarks.readme_tables rewrites it)", file=sys.stderr)
         return 1 if differ else 0
     if differ:
         args.readme.write_text(text)
