@@ -64,6 +64,7 @@ from pipelines.search.study import (
     open_storage,
     open_study,
     set_gflops_constraint,
+    settings_study_name,
 )
 
 __all__ = ["CONSTRAINT", "OBJECTIVES", "RUN_ID", "STATUS", "ReplayExecutor", "Search",
@@ -143,7 +144,8 @@ def run_cli(args) -> int:
     ensure_writable_dir(folder, "search results folder")
     study = open_study(spec, open_storage(args.storage, spec))
     storage = args.storage or default_storage(spec)
-    print(f"{spec.name}: watch it with: {dashboard_command(storage)}", flush=True)
+    print(f"{spec.name}: watch it with: {dashboard_command(storage)} (study "
+          f"{settings_study_name(spec.name)!r}: each setting once)", flush=True)
     shape = (spec.ablation.get("flops") or {}).get("shape") or (512, 512)
     cache = FlopsCache(path=folder / "flops_cache.json", shape=shape)
     executor = SnakemakeExecutor(spec=spec, cores=args.cores, profile=args.profile)

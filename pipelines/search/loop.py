@@ -15,6 +15,7 @@ from pipelines.search.study import (
     ask,
     set_gflops_constraint,
     set_trial_attr,
+    sync_settings_study,
     trial_now,
 )
 from pipelines.search.workers import WorkerTrials, _worker
@@ -257,10 +258,12 @@ class Search(WorkerTrials):
             for trial, run in followers:
                 self._follow(trial, run)
             self._tell_deferred(final=False)
+            sync_settings_study(self.study)  # what the dashboard shows: each setting once
             again = self.settle_running()
             if self.tracker is not None:
                 self.tracker(self.study, list(self.told))
         self._tell_deferred()
+        sync_settings_study(self.study)
         summary = self.summary()
         self.log(f"search {self.study.study_name}: stopped, {self.stopped or 'nothing to do'}; "
                  f"{summary['trials']} trials, {summary['trainings']} trainings, "

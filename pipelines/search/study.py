@@ -142,6 +142,51 @@ def open_study(spec, storage):
     return study
 
 
+#: the study beside a search's that holds each setting once (what optuna-dashboard should show)
+SETTINGS_SUFFIX = " (settings)"
+
+
+def settings_study_name(name: str) -> str:
+    return name + SETTINGS_SUFFIX
+
+
+def sync_settings_study(study):
+    """The study ``<search> (settings)`` beside ``study``, in its storage: one COMPLETE trial per
+    setting (its first told trial: values, params, constraint, user attributes), added as the
+    search tells new settings. The search's own study keeps a trial for every ask, and a reused
+    setting is told again with the values it already had, so optuna-dashboard's best trials and
+    Pareto plot of the search's study show a front setting many times; this one shows it once.
+    The samplers never read it. Returns the settings study."""
+    import optuna
+
+    target = optuna.create_study(study_name=settings_study_name(study.study_name),
+                                 storage=study._storage, load_if_exists=True,
+                                 directions=study.directions)
+    if list(target.metric_names or []) != list(study.metric_names or OBJECTIVES):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            target.set_metric_names(list(study.metric_names or OBJECTIVES))
+    if not target.user_attrs:
+        for key, value in study.user_attrs.items():
+            target.set_user_attr(key, value)
+        target.set_user_attr("settings_of", study.study_name)
+    have = {t.user_attrs.get(RUN_ID) for t in target.get_trials(deepcopy=False)}
+    for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,)):
+        run_id = t.user_attrs.get(RUN_ID)
+        if run_id is None or run_id in have:
+            continue
+        have.add(run_id)
+        system = ({DASHBOARD_CONSTRAINTS_ATTR: t.system_attrs[DASHBOARD_CONSTRAINTS_ATTR]}
+                  if DASHBOARD_CONSTRAINTS_ATTR in t.system_attrs else None)
+        # Optuna reads the dashboard's list back as constraints "0", "1", ...: copied above
+        named = {k: v for k, v in (t.constraints or {}).items() if not k.isdigit()}
+        target.add_trial(optuna.trial.create_trial(
+            values=t.values, params=t.params, distributions=t.distributions,
+            user_attrs=dict(t.user_attrs, trial_number=t.number), system_attrs=system,
+            constraints=named or None))
+    return target
+
+
 def ask(study):
     """``study.ask()``, without the warning Optuna gives when the storage has a heartbeat
     (meant for ``study.optimize``; the search beats for its asked trials itself,

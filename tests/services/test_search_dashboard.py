@@ -12,6 +12,7 @@ import urllib.request
 from html.parser import HTMLParser
 from pathlib import Path
 
+import optuna
 import pytest
 
 from tests.services.local_slurm import free_port
@@ -74,6 +75,7 @@ def test_dashboard_shows_trials_and_pareto_front(tmp_path):
     from pipelines.benchmarks.search_replay import SPACE
     from pipelines.search.cli import ReplayExecutor, Search, open_storage, open_study
     from pipelines.search.space import load_search_space
+    from pipelines.search.study import settings_study_name
 
     browser = _chromium()
     if browser is None:
@@ -128,6 +130,14 @@ def test_dashboard_shows_trials_and_pareto_front(tmp_path):
                                tmp_path)
         listed = set(int(n) for n in re.findall(r"Trial (\d+)", trials_dom))
         assert listed >= {t.number for t in trials[:5]}  # the trial list shows the trials
+        # the settings study the search prints beside the command: a front setting once
+        settings = optuna.load_study(study_name=settings_study_name(spec.name), storage=storage)
+        settings_dom = _dump_dom(browser, f"{base}/dashboard/studies/{settings._study_id}",
+                                 tmp_path)
+        best = [settings.trials[int(many or one)].user_attrs["run_id"] for many, one in
+                re.findall(r">Trial (\d+)<|Best Trial \(number=(\d+)\)", settings_dom)]
+        assert best and len(best) == len(set(best))
+        assert set(best) == {t.user_attrs["run_id"] for t in study.best_trials}
     finally:
         dashboard.terminate()
         dashboard.wait(timeout=30)

@@ -29,6 +29,7 @@ from pipelines.search.cli import (
 )
 from pipelines.search.runs import FlopsCache, make_run, point_ablation
 from pipelines.search.space import AxisSpace, load_search_space
+from pipelines.search.study import settings_study_name
 
 SPEC = load_search_space(SPACE)
 MAKE_RUN = run_cache(SPEC)
@@ -349,6 +350,18 @@ def test_front_lists_each_setting_once(spec):
     best = [t.user_attrs["run_id"] for t in search.study.best_trials]
     assert set(ids) == set(best)
     assert len(best) > len(ids)  # the duplicates the front drops (seed 0 proposes again)
+    # the study optuna-dashboard is pointed at for settings: each setting once, its best trials
+    # exactly the front, every told setting (refused ones with their constraint) there once
+    settings = optuna.load_study(study_name=settings_study_name(search.study.study_name),
+                                 storage=search.study._storage)
+    runs = [t.user_attrs["run_id"] for t in settings.trials]
+    told = {t.user_attrs["run_id"] for t in search.study.trials if t.state.name == "COMPLETE"}
+    assert len(runs) == len(set(runs)) and set(runs) == told
+    assert sorted(t.user_attrs["run_id"] for t in settings.best_trials) == sorted(ids)
+    refused = [t for t in settings.trials if t.user_attrs["status"] == "infeasible"]
+    assert all(t.constraints[CONSTRAINT] > 0 and t.system_attrs["constraints"][0] > 0
+               for t in refused)
+    assert settings.metric_names == search.study.metric_names
     points = [(TABLE[r]["miou"], TABLE[r]["gflops_total"]) for r in set(executor.launched)]
     for p in summary["pareto_front"]:  # nothing trained dominates a point of the front
         assert not any(m >= p["miou"] and g <= p["gflops_total"] and (m, g) !=
