@@ -179,8 +179,9 @@ class MethodRegistry(Registry):
             what = f"{module.__module__}.{module.__qualname__}"
             if home not in self._locations:
                 folder = self._locations[0].replace(".", "/") if self._locations else "?"
+                own = module_name if isinstance(module_name, str) else stem
                 raise UserError(f"{what}: a method declaration lives in a file of its own, "
-                                f"{folder}/{stem}.py, not in {module.__module__}")
+                                f"{folder}/{own}.py, not in {module.__module__}")
             if module_name != stem:
                 raise UserError(f"{what}: register it as @{REGISTRY_NAME}.register_module("
                                 f"name={stem!r}), its file's name (got {module_name!r})")
