@@ -123,7 +123,7 @@ class Method:
 
     @classmethod
     def axes(cls) -> Dict[str, ax.Axis]:
-        """The axes its file declares (``AXES``, read by :func:`pipelines.axes.method_axes`)."""
+        """The axes its model file declares (``AXES``: :func:`pipelines.axes.method_axes`)."""
         return ax.method_axes(cls.name) if cls.name in ax.method_files() else {}
 
 
@@ -213,7 +213,7 @@ def methods() -> Dict[str, type]:
 
 
 def get(name: str) -> Optional[type]:
-    """The declaration of method ``name`` (a file stem), or None when no file declares it."""
+    """The declaration of method ``name`` (a model file stem), or None when none is declared."""
     return methods().get(name)
 
 
@@ -353,7 +353,7 @@ def not_timed_reason(run) -> Optional[str]:
 
 
 def cost_model_of(type_name: str) -> Optional[Callable]:
-    """The analytic cost model declared by the method whose file registers ``type_name`` (a
+    """The analytic cost model declared by the method whose model file registers ``type_name`` (a
     config ``type``, ``mmdet.`` prefix allowed), or None."""
     path = ax.registered_types().get(type_name.rsplit(".", 1)[-1])
     if path is None or path.parent != ax.MODELS_DIR:
