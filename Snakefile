@@ -37,7 +37,7 @@ rule all:
 # pipelines/lock.py); each run's config rendered once into its recipe's folder; how many
 # trainings and jobs will run, and about how long
 # (pipelines/analysis/budget.py); with trainings pending, the checkpoint disk they keep, and
-# no job at all when the results folder cannot hold it (pipelines/disk.py, which says why this
+# no job at all when the results folder cannot hold it (pipelines/stages/disk.py, which says why this
 # is not a job the trainings depend on).
 onstart:
     from pipelines.analysis.budget import print_plan

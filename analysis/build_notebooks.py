@@ -35,10 +35,10 @@ sys.path.insert(0, str(root))
 import pandas as pd
 from IPython.display import Image, display
 
-from pipelines.analyse import load_analysis
+from pipelines.analysis.cli import load_analysis
 from pipelines.analysis.data import read_source
 from pipelines.analysis.settings import analyse
-from pipelines.figures import Skip, draw, png_bytes
+from pipelines.reports.figures import Skip, draw, png_bytes
 
 # the analysis the figures and reports read: the saved one, else built here once
 if analysis_dir:
@@ -69,7 +69,7 @@ def pareto_notebook():
     return new_notebook(cells=[
         new_markdown_cell("# Pareto analysis of an ablation\n\nObjectives: maximise `miou` "
                           "(%), minimise `gflops_total` (GFLOPs per image). Fronts, hypervolume "
-                          "and knee point come from `pipelines.pareto` (pymoo underneath); see "
+                          "and knee point come from `pipelines.analysis.pareto` (pymoo underneath); see "
                           "its docstring for the definitions."),
         new_code_cell(PARAMETERS, metadata={"tags": ["parameters"]}),
         new_code_cell(SETUP),
@@ -81,7 +81,7 @@ cols = ["front", "knee", "setting", "n_seeds", "miou", "gflops_total", "latency_
 fronts[[c for c in cols if c in fronts]]'''),
         new_markdown_cell("## Hypervolume per series (one reference point for all)"),
         new_code_cell('''\
-from pipelines.pareto import hypervolume, reference_point
+from pipelines.analysis.pareto import hypervolume, reference_point
 
 settings = a.settings
 ref = reference_point(settings)
@@ -111,7 +111,7 @@ def ablation_notebook():
         new_code_cell(SETUP),
         new_markdown_cell("## Runs"),
         new_code_cell('''\
-from pipelines.figures import points_table
+from pipelines.reports.tables import points_table
 
 points_table(a)'''),
         new_markdown_cell("## Settings: seeds pooled (mean and 95 % CI)"),

@@ -15,20 +15,20 @@ from pipelines.errors import UserError
 # module path of each command family, in the order ``--help`` lists them
 COMMAND_MODULES = (
     "pipelines.data.cli",
-    "pipelines.train",
-    "pipelines.evaluate",
+    "pipelines.stages.train",
+    "pipelines.stages.evaluate",
     "pipelines.grid",
-    "pipelines.ingest",
-    "pipelines.report",
-    "pipelines.analyse",
-    "pipelines.flops",
-    "pipelines.benchmark",
-    "pipelines.disk",
+    "pipelines.tracking.ingest",
+    "pipelines.reports.report",
+    "pipelines.analysis.cli",
+    "pipelines.stages.flops",
+    "pipelines.stages.benchmark",
+    "pipelines.stages.disk",
     "pipelines.eco_m2f",
-    "pipelines.figures",
-    "pipelines.html_report",
-    "pipelines.search",
-    "pipelines.mlflow_ui",
+    "pipelines.reports.figures",
+    "pipelines.reports.html_report",
+    "pipelines.search.cli",
+    "pipelines.tracking.mlflow_ui",
 )
 
 

@@ -21,7 +21,7 @@ racing the restarted search for the same folders.) A head killed before its guar
 it is seen by the guard (its parent is no longer the head). A guard killed alone is seen by its
 head, which stops the group; a guard killed together with its head leaves the group behind, and
 the restarted search stops it first (:func:`stop_group`,
-:meth:`pipelines.search_executors.SnakemakeExecutor.hold_results`).
+:meth:`pipelines.search.executors.SnakemakeExecutor.hold_results`).
 
 ``flock`` locks belong to the open file: a head that dies, however it dies, releases its lock with
 no stale file to clean up. A refusal is one line (:class:`~pipelines.errors.UserError`).

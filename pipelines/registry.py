@@ -9,5 +9,5 @@ from pipelines import compat
 compat.apply()
 
 import pipelines.data.dataset  # noqa: E402,F401
-import pipelines.metrics  # noqa: E402,F401
 import pipelines.models  # noqa: E402,F401
+import pipelines.stages.metrics  # noqa: E402,F401

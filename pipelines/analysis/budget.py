@@ -72,7 +72,7 @@ def history_s_per_iter(tracking_uri: str | None, experiment: str) -> dict[str, f
     """Median ``train_time_s / max_iters`` per config of the experiment's finished runs."""
     if not tracking_uri:
         return {}
-    from pipelines import tracking
+    from pipelines.tracking import store as tracking
 
     if tracking.missing_sqlite_file(tracking_uri) is not None:
         return {}

@@ -1,6 +1,6 @@
 """MLflow runs of one ablation (or Optuna search) -> one tidy pandas table, one row per run.
 
-The naming contract is the ingestion's (``pipelines/tracking.py``):
+The naming contract is the ingestion's (``pipelines/tracking/store.py``):
 
 * experiment name = ablation name; one parent run (tag ``pipelines.role=parent``) named after it;
 * one child run per grid run, named by its run id, tags ``pipelines.role=run``,

@@ -12,7 +12,7 @@ The analysis is one way (``../shared/docs/architecture.md``; ``workflow/README.m
   ``n_seeds``, the seeds, the member runs, and ``train_hours`` (sum of the runs' training wall
   time: CPU-hours on the CPU, GPU-hours on one GPU per training);
 * ``fronts``: the Pareto fronts (per variant and overall) computed **once, on the means**
-  (:func:`pipelines.pareto.fronts_by`);
+  (:func:`pipelines.analysis.pareto.fronts_by`);
 * ``verdicts``: for every point of the overall front, paired tests of its mIoU against the
   baseline setting and against every other front point (:data:`TEST_NAME`);
 * ``series``: one row per variant, its series name, methods, baseline flag and style
@@ -22,7 +22,7 @@ The analysis is one way (``../shared/docs/architecture.md``; ``workflow/README.m
   (:mod:`pipelines.analysis.ladder`).
 
 Every figure, table and report is drawn from one :class:`Analysis`, saved once by
-``python -m pipelines analyse`` (:mod:`pipelines.analyse`); none loads runs or computes a front
+``python -m pipelines analyse`` (:mod:`pipelines.analysis.cli`); none loads runs or computes a front
 again.
 """
 from __future__ import annotations
@@ -289,8 +289,8 @@ def analyse(df: pd.DataFrame, baseline: str | None = None) -> Analysis:
     tests. ``baseline``: a variant name overriding the recorded (or default) baseline."""
     from pipelines.analysis.data import tidy_runs
     from pipelines.analysis.ladder import split_ladder
+    from pipelines.analysis.pareto import fronts_by
     from pipelines.analysis.roles import assign_roles, run_label, series_table
-    from pipelines.pareto import fronts_by
 
     runs, ladder = split_ladder(assign_roles(tidy_runs(df), baseline))
     series = series_table(runs)

@@ -10,7 +10,7 @@ images with its trained weights; with the released DeiT-S weights, average the k
     python -m pipelines.benchmarks.ats_flops --kept 150 120 100 90 80 70 60 50 40
     python -m pipelines.benchmarks.ats_flops --target 2.9 --json out.json
 
-Counting convention and formulas: :mod:`pipelines.cost_model_vit` (``ats_classifier_flops``;
+Counting convention and formulas: :mod:`pipelines.stages.cost_model_vit` (``ats_classifier_flops``;
 the block formula is held equal to the traced count in ``tests/unit/test_vit_flops.py``).
 """
 from __future__ import annotations
@@ -20,8 +20,13 @@ import json
 import sys
 from pathlib import Path
 
-from pipelines.cost_model_vit import (ATS_LAYERS, DEIT_S, ats_classifier_flops,
-                                      ats_kept_for_flops, patch_grid)
+from pipelines.stages.cost_model_vit import (
+    ATS_LAYERS,
+    DEIT_S,
+    ats_classifier_flops,
+    ats_kept_for_flops,
+    patch_grid,
+)
 
 
 def report(target: float, kept=None, image_hw=(224, 224), step: int = 14) -> dict:

@@ -239,8 +239,8 @@ def main(argv=None) -> int:
                         help="miou and/or class names whose IoU to tabulate")
     args = parser.parse_args(argv)
 
-    from pipelines import provenance
     from pipelines.grid import expand_grid, load_ablation, validate_ablation
+    from pipelines.tracking import provenance
 
     out = Path(args.out).resolve()
     if out == REPO or REPO in out.parents and out.relative_to(REPO).parts[0] in ("results",

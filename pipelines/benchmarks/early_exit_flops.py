@@ -1,8 +1,8 @@
-"""Per-exit GFLOPs of ECO-M2F configs: traced (``pipelines.flops``) next to the analytic count.
+"""Per-exit GFLOPs of ECO-M2F configs: traced (``pipelines.stages.flops``) next to the analytic count.
 
 ``python -m pipelines.benchmarks.early_exit_flops CONFIG [--shape H W] [--json OUT]`` builds the
 model once (random weights), traces the whole inference at every exit (``test_exit=k``) and
-evaluates :func:`pipelines.cost_model.pixel_decoder_flops_from_cfg` for the same exit; it prints a
+evaluates :func:`pipelines.stages.cost_model.pixel_decoder_flops_from_cfg` for the same exit; it prints a
 markdown table (the one in ``pipelines/models/README.md``) and fails if the two counts differ.
 """
 from __future__ import annotations
@@ -15,8 +15,8 @@ import sys
 def exit_table(config: str, shape=None) -> dict:
     import pipelines.registry  # noqa: F401
     from pipelines.config import load_config
-    from pipelines.flops import build_model, flops_report, input_shape
     from pipelines.models.early_exit import forced_exits
+    from pipelines.stages.flops import build_model, flops_report, input_shape
 
     cfg = load_config(config)
     image_hw = input_shape(cfg, shape)

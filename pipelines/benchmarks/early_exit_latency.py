@@ -5,7 +5,7 @@
 One model (random weights, eval, ``no_grad``), one batch of random images. The gate is a real
 :class:`~pipelines.models.early_exit.ExitGate` whose weights are solved (least squares on this
 batch's pooled res5 tokens) so that image ``i`` picks the ``i``-th exit of ``--exits`` (default:
-one image per exit). Timed, interleaved in one loop (``pipelines.benchmark.interleaved``, the order
+one image per exit). Timed, interleaved in one loop (``pipelines.stages.timing.interleaved``, the order
 alternating every round):
 
 * ``gated``: the gate picks the exits and each encoder layer runs once over the images still
@@ -45,10 +45,10 @@ def measure(config: str, batch: int, shape, exits_arg, repeats: int, warmup: int
     import torch
 
     import pipelines.registry  # noqa: F401
-    from pipelines.benchmark import interleaved, make_timer, paired_ratio, summarize
     from pipelines.config import load_config
-    from pipelines.flops import build_model, input_shape
     from pipelines.models.early_exit import ExitGate, forced_exits
+    from pipelines.stages.flops import build_model, input_shape
+    from pipelines.stages.timing import interleaved, make_timer, paired_ratio, summarize
 
     cfg = load_config(config)
     image_hw = input_shape(cfg, shape)

@@ -4,7 +4,7 @@
 section gives the one command that also builds mmcv's CUDA ops and runs ``tests/gpu``).
 
 For each comparison (PRO-SCALE (3,3,3)+TRC+LPE R50 / R50; AiluRus ViT-B/16 25 % anchors /
-ViT-B/16; ATS DeiT-S / DeiT-S) it runs :func:`pipelines.benchmark.benchmark` (random weights,
+ViT-B/16; ATS DeiT-S / DeiT-S) it runs :func:`pipelines.stages.benchmark.benchmark` (random weights,
 eval, ``no_grad``, models interleaved, CUDA events after warm-up) at 512x512, batch 1 and
 ``--batch`` (default 32), in ``--precisions`` (default fp32 fp16 bf16), and writes
 ``DIR/gpu_table.json`` (every document) and ``DIR/gpu_table.md`` (the paired median ratios
@@ -63,7 +63,7 @@ def verdict(ratio_b1: float, ratio_bn: float, flops_ratio: float | None) -> str:
 def markdown(docs: dict, host: dict | None = None) -> str:
     """The GPU table: one row per comparison and setting (median, p90, CV of the whole model
     over the timed runs; paired median ratios), the FLOPs ratio and the targets' verdict."""
-    from pipelines.benchmark import TIMED, stack_line
+    from pipelines.stages.timing import TIMED, stack_line
 
     first = next((d for d in docs.values() if "error" not in d), None)
     lines = []
@@ -111,7 +111,7 @@ def markdown(docs: dict, host: dict | None = None) -> str:
 def flops_ratio(candidate, baseline, shape) -> float | None:
     """Whole-model GFLOPs candidate / baseline at ``shape`` (traced on the CPU, one image;
     a token-dropping model's count is that image's)."""
-    from pipelines.flops import flops_report
+    from pipelines.stages.flops import flops_report
 
     try:
         return (flops_report(candidate, tuple(shape))["gflops"]["total"]
@@ -134,8 +134,9 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
 
     import pipelines.registry  # noqa: F401
-    from pipelines.benchmark import benchmark, host_info
     from pipelines.config import load_config
+    from pipelines.stages.benchmark import benchmark
+    from pipelines.stages.timing import host_info
 
     table, device = COMPARISONS, "cuda"
     if args.dry_run:

@@ -4,7 +4,7 @@
         [--schedules 1,1,1 2,2,2 3,3,3] [--parts pixel_decoder model] [--json OUT]
 
 Every model is built once with random weights (no download); the latencies of all of them are
-measured in one loop with interleaved calls (:func:`pipelines.benchmark.measure_models`), so the
+measured in one loop with interleaved calls (:func:`pipelines.stages.timing.measure_models`), so the
 ratios are side by side under the same machine load. PRO-SCALE rows have TRC and LPE on, as in
 ``configs/models/mask2former_r50_proscale-333_ade20k-512x512.py``; the schedule is the only
 change between rows. Latency reduction / FLOPs reduction is printed for the pixel decoder
@@ -43,9 +43,9 @@ def main(argv=None) -> int:
     import torch
 
     import pipelines.registry  # noqa: F401
-    from pipelines.benchmark import check_device, measure_models, paired_ratio
     from pipelines.config import load_config, write_json_atomic
-    from pipelines.flops import build_model, flops_report, input_shape
+    from pipelines.stages.flops import build_model, flops_report, input_shape
+    from pipelines.stages.timing import check_device, measure_models, paired_ratio
 
     torch.manual_seed(0)
     if args.threads:

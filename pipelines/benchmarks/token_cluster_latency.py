@@ -9,10 +9,10 @@ downloaded) is built once plain and once per anchor fraction as ``ClusterViT`` (
 window radius 2, proportional attention) holding the same weights. Inputs are 512x512 images of
 the project's synthetic generator (a random-noise input would make every token its own cluster).
 All forwards, plus the clustering step alone on the block-2 tokens, are timed in one loop with
-interleaved calls (:func:`pipelines.benchmark.interleaved`), so the ratios are side by side under
-the same load. FLOPs are traced (``mmengine``'s ``FlopAnalyzer`` + ``pipelines.flop_handles``)
+interleaved calls (:func:`pipelines.stages.timing.interleaved`), so the ratios are side by side under
+the same load. FLOPs are traced (``mmengine``'s ``FlopAnalyzer`` + ``pipelines.stages.flop_handles``)
 on the same images, with the clustering's own row, and checked against
-``pipelines.cost_model_vit``. Printed: medians, latency ratio, FLOPs ratio, and the clustering
+``pipelines.stages.cost_model_vit``. Printed: medians, latency ratio, FLOPs ratio, and the clustering
 step's share of the clustered backbone's time.
 """
 from __future__ import annotations
@@ -58,7 +58,7 @@ def traced_flops(module, img) -> tuple:
     from mmengine.analysis import FlopAnalyzer
     from mmengine.analysis.complexity_analysis import _DEFAULT_SUPPORTED_FLOP_OPS
 
-    from pipelines.flop_handles import extra_flop_handles
+    from pipelines.stages.flop_handles import extra_flop_handles
 
     analyzer = FlopAnalyzer(module, (img,))
     analyzer.clear_op_handles().set_op_handle(**dict(_DEFAULT_SUPPORTED_FLOP_OPS,
@@ -75,11 +75,11 @@ def main(argv=None) -> int:
     from mmseg.models.backbones import VisionTransformer
 
     import pipelines.registry  # noqa: F401
-    from pipelines import cost_model_vit as cm
-    from pipelines.benchmark import interleaved, make_timer, paired_ratio, summarize
     from pipelines.config import load_config, write_json_atomic
     from pipelines.models.token_cluster import ClusterViT
     from pipelines.models.vit_tokens import embed_tokens
+    from pipelines.stages import cost_model_vit as cm
+    from pipelines.stages.timing import interleaved, make_timer, paired_ratio, summarize
 
     torch.manual_seed(0)
     if args.threads:

@@ -56,8 +56,8 @@ def main(argv=None) -> int:
     import pipelines.registry  # noqa: F401
     from pipelines.config import load_config
     from pipelines.data.synthetic import CLASSES, SyntheticSpec, write_dataset
-    from pipelines.evaluate import evaluate
-    from pipelines.train import train
+    from pipelines.stages.evaluate import evaluate
+    from pipelines.stages.train import train
 
     out = Path(args.out)
     data_root = out / "data"

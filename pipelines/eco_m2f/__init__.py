@@ -17,14 +17,14 @@
   through the gated model (exits chosen per image inside each batch) and through every fixed exit.
   The JSON has ``evaluate``'s names (``miou``, ``aacc``, ``macc``, ``per_class_iou``, ``units``),
   the mean per-image GFLOPs (``gflops_<part>``: each image's exit traced on its own shape by
-  :func:`pipelines.flops.count_flops`, plus the traced gate), ``mean_exit``, ``exit_histogram``,
+  :func:`pipelines.stages.flops.count_flops`, plus the traced gate), ``mean_exit``, ``exit_histogram``,
   the ``ladder`` (every fixed exit's mIoU and GFLOPs) and the ``oracle`` (each image at the exit
   its own derived label picks, with the gate's beta): the gate's upper bound.
 
 In the workflow (``workflow/rules/eco_m2f.smk``) each stage takes its input as the previous
 stage's JSON: ``--train-done`` (the checkpoint ``train`` recorded), ``--upstream`` (the derive
 summary of ``derive-exits --summary``, the gate summary of ``train-gate --json``); a failure record
-there (``pipelines/failures.py``) is passed on as this stage's output, and ``--record-failure 1``
+there (``pipelines/stages/failures.py``) is passed on as this stage's output, and ``--record-failure 1``
 (the last attempt) records this stage's own failure, so one failed run never blocks the others.
 ``evaluate-gated --flops-json`` writes the gated model's cost in ``flops --data``'s shape: the
 mean per image under ``gflops`` (what ingest reads for a gated run), the spread and a row per
@@ -103,12 +103,12 @@ def _stage_args(p, upstream: str | None) -> None:
                        "a failure record there is passed on as this stage's output")
     p.add_argument("--record-failure", type=int, choices=(0, 1), default=0, metavar="0|1",
                    help="1: on failure write the JSON output(s) as a failure record and exit 0 "
-                   "(the workflow's last attempt; pipelines/failures.py)")
+                   "(the workflow's last attempt; pipelines/stages/failures.py)")
 
 
 def run_derive(args: argparse.Namespace) -> int:
     from pipelines.eco_m2f.derive import run
-    from pipelines.failures import run_stage
+    from pipelines.stages.failures import run_stage
 
     return run_stage("derive", run, args, outs=[args.summary], upstreams=[args.train_done],
                      record=bool(args.record_failure))
@@ -116,7 +116,7 @@ def run_derive(args: argparse.Namespace) -> int:
 
 def run_train_gate(args: argparse.Namespace) -> int:
     from pipelines.eco_m2f.gate import run
-    from pipelines.failures import run_stage
+    from pipelines.stages.failures import run_stage
 
     return run_stage("gate", run, args, outs=[args.json], upstreams=[args.upstream],
                      record=bool(args.record_failure))
@@ -124,7 +124,7 @@ def run_train_gate(args: argparse.Namespace) -> int:
 
 def run_evaluate_gated(args: argparse.Namespace) -> int:
     from pipelines.eco_m2f.gated import run
-    from pipelines.failures import run_stage
+    from pipelines.stages.failures import run_stage
 
     return run_stage("evaluate", run, args, outs=[args.out, args.flops_json],
                      upstreams=[args.train_done, args.upstream],

@@ -25,15 +25,15 @@ class ExitGflops:
     """Traced GFLOPs per (input shape, exit), and of the gate per res5 token count.
 
     In memory, per exit (the model traced with that exit forced): not
-    :class:`pipelines.search_runs.FlopsCache`, which keeps one whole-model trace per run config
-    in a JSON file; :func:`pipelines.flops.count_flops` does the tracing for both."""
+    :class:`pipelines.search.runs.FlopsCache`, which keeps one whole-model trace per run config
+    in a JSON file; :func:`pipelines.stages.flops.count_flops` does the tracing for both."""
 
     def __init__(self, model):
         self.model = model
         self.arch = repr(model)  # the module tree with every layer's sizes
 
     def exit_gflops(self, hw, k) -> dict:
-        from pipelines.flops import count_flops
+        from pipelines.stages.flops import count_flops
         from pipelines.models.early_exit import forced_exits
 
         key = (self.arch, tuple(hw), k)
@@ -144,7 +144,7 @@ def evaluate_gated(model, gate, beta: float, loader, max_images=None):
 
 def gated_flops_report(rows: List[dict], model, params: dict, config: str, data) -> dict:
     """``flops --data``'s document for the gated model from :func:`evaluate_gated`'s rows."""
-    from pipelines.flops import describe_pixel_decoder
+    from pipelines.stages.flops import describe_pixel_decoder
 
     column = {p: [r["gflops"][p] for r in rows] for p in rows[0]["gflops"]}
     return {
@@ -161,7 +161,7 @@ def gated_flops_report(rows: List[dict], model, params: dict, config: str, data)
 
 
 def run(args: argparse.Namespace) -> int:
-    from pipelines.evaluate import _checkpoint
+    from pipelines.stages.evaluate import _checkpoint
 
     out = Path(args.out)
     ensure_writable_dir(out.parent, "output folder")

@@ -26,7 +26,7 @@ def miou_from_areas(areas: Sequence, class_names: Sequence[str]) -> dict:
     import torch
     from mmseg.evaluation import IoUMetric
 
-    from pipelines.evaluate import metrics_to_json
+    from pipelines.stages.evaluate import metrics_to_json
 
     total = [torch.stack([a[i] for a in areas]).sum(0) for i in range(4)]
     ret = IoUMetric.total_area_to_metrics(*total, ["mIoU"])
@@ -59,10 +59,10 @@ def load_exit_model(args):
     import pipelines.registry  # noqa: F401
     from mmengine.runner import load_checkpoint
 
-    from pipelines.evaluate import _checkpoint
-    from pipelines.flops import build_model
+    from pipelines.stages.evaluate import _checkpoint
+    from pipelines.stages.flops import build_model
     from pipelines.models.early_exit import EarlyExitPixelDecoder
-    from pipelines.runner import CHECKPOINT_ERRORS
+    from pipelines.stages.runner import CHECKPOINT_ERRORS
 
     checkpoint = _checkpoint(argparse.Namespace(checkpoint=args.checkpoint,
                                                 train_done=getattr(args, "train_done", None)))

@@ -120,6 +120,6 @@ def check_model_config(path: str | Path) -> None:
     cfg = load_config(path)
     if not isinstance(cfg.get("model"), dict):
         raise UserError(f"{path}: not a model config (it defines no `model`)")
-    from pipelines.flops import build_model
+    from pipelines.stages.flops import build_model
 
     build_model(cfg)  # an unknown type or a value its class refuses: one line

@@ -2,7 +2,6 @@
 key and value checked against the variant's resolved config and its axes before any job."""
 from __future__ import annotations
 
-import hashlib
 import itertools
 import re
 from dataclasses import dataclass, replace
@@ -10,12 +9,13 @@ from pathlib import Path
 from typing import Any, Iterable, Mapping
 
 from pipelines import axes as ax
-from pipelines import contract, weights
+from pipelines import contract
 from pipelines.axes import Axis
 from pipelines.errors import UserError
 from pipelines.grid.plain_config import get_key, key_axis, normalise_path, resolved_base
 from pipelines.grid.render import RenderedBase, remember_base, run_config, text_digest
 from pipelines.grid.run import ID_RE, Run, digest, make_id
+from pipelines.stages import weights
 
 #: aliases every variant has
 BUILTIN_AXES = {contract.SEED: Axis("randomness.seed", type="int", minimum=0, id="seed{}",
@@ -174,7 +174,7 @@ def _code_hash(types: frozenset[str], cache: dict) -> str:
 
 def _weights_identity(variant: _Variant, options: Mapping[str, Any], resolved: dict,
                       cache: dict) -> dict[str, str] | None:
-    """:func:`pipelines.weights.identity` of a run's config, memoised for one expansion: a run
+    """:func:`pipelines.stages.weights.identity` of a run's config, memoised for one expansion: a run
     differs from its variant's config only along its options, so only the options that can
     reach a pretrained checkpoint (a key through ``init_cfg`` or ``pretrained``, or a container
     value that may hold one) key the memo; runs without such options share one walk."""

@@ -5,12 +5,10 @@ mmengine's own merge (:mod:`pipelines.grid.render`)."""
 from __future__ import annotations
 
 import copy
-import json
 import os
-import pickle
 import re
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 from pipelines.axes import Axis
 from pipelines.errors import UserError

@@ -11,7 +11,6 @@ from pathlib import Path
 from typing import Any, Iterable, Mapping
 
 from pipelines import axes as ax
-from pipelines.errors import UserError
 
 ID_RE = ax.ID_CHARS
 

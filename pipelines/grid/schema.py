@@ -75,7 +75,7 @@ def validate_ablation(config: dict, schema: str | Path | None = None, *,
 def check_tracking_uri(config: Mapping) -> None:
     """``mlflow.tracking_uri`` must name a store MLflow has (``foo://bar`` would stop the real
     run at its first look at the store), and an existing SQLite file must be a database."""
-    from pipelines.tracking import check_readable
+    from pipelines.tracking.store import check_readable
 
     uri = (config.get("mlflow") or {}).get("tracking_uri")
     if uri:

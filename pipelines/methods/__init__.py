@@ -14,7 +14,7 @@ nothing elsewhere naming it)::
         label, color, marker = "AiluRus", "#2ca02c", "D"  # its name and series style
         rank = 30                                    # where it sorts among methods
         parts = {"cluster": "backbone.clusterer"}    # GFLOPs parts it adds: name -> module path
-        figures = "pipelines.figures_token_cluster:FIGURES"   # {name: fn(analysis, plt)}
+        figures = "pipelines.reports.figures_token_cluster:FIGURES"   # {name: fn(analysis, plt)}
 
 Every field is optional (:class:`Method` documents them); hooks are ``"module:attribute"``
 strings, imported only by the stage that calls them.
@@ -75,14 +75,14 @@ class Method:
             ``gflops_<part>`` metric (:data:`pipelines.contract.GFLOPS`), 0 for other models.
         figures: ``"module:attribute"`` of a ``{figure name: fn(analysis, plt)}`` dict: figures
             of its own, drawn by ``python -m pipelines figures`` after the general ones (a
-            function returns a Figure or a :class:`pipelines.figure_base.Skip`).
+            function returns a Figure or a :class:`pipelines.reports.figure_base.Skip`).
         report: ``"module:attribute"`` of ``fn(run_id, metrics_json_path) -> list of markdown
             lines``: its runs' part of a section of its own in the ablation report (called for
             every run whose methods include this one; an empty list adds nothing).
         report_title: that section's heading (default: the label).
         cost_model: ``"module:attribute"`` of ``fn(pixel_decoder_cfg, image_hw, count_sampling)
             -> dict`` with at least ``encoder`` and ``pixel_decoder`` FLOPs: the analytic count
-            of a pixel decoder class of its model file (:func:`pipelines.cost_model.
+            of a pixel decoder class of its model file (:func:`pipelines.stages.cost_model.
             pixel_decoder_flops_from_cfg` otherwise).
         finished_by: a later stage (an :class:`~pipelines.axes.Axis` ``stage``) that completes a
             run's model when the run has an axis of that stage (ECO-M2F's ``gate``): such a run

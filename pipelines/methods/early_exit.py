@@ -8,10 +8,10 @@ from pipelines.methods import METHODS, Method
 class EarlyExitMethod(Method):
     label, color, marker = "ECO-M2F", "#d62728", "^"  # its series in figures and tables
     rank = 20
-    figures = "pipelines.figures_eco_m2f:FIGURES"
+    figures = "pipelines.reports.figures_eco_m2f:FIGURES"
     report = "pipelines.eco_m2f.markdown:report_lines"
     report_title = "ECO-M2F: exit histogram, ladder and oracle"
-    cost_model = "pipelines.cost_model:early_exit_pixel_decoder_flops_from_cfg"
+    cost_model = "pipelines.stages.cost_model:early_exit_pixel_decoder_flops_from_cfg"
     finished_by = "gate"  # a run with a beta is completed by its gate
     not_timed = ("gated ECO-M2F run: its latency follows the exit its trained gate picks per "
                  "image, so the paired benchmark of untrained models does not time it "

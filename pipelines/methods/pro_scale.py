@@ -8,6 +8,6 @@ from pipelines.methods import METHODS, Method
 class ProScaleMethod(Method):
     label, color, marker = "PRO-SCALE", "#1f77b4", "s"  # its series in figures and tables
     rank = 10
-    figures = "pipelines.figures_pro_scale:FIGURES"
+    figures = "pipelines.reports.figures_pro_scale:FIGURES"
     axis_labels = {"schedule": "{}"}
     recorded_as = ("pro_scale",)

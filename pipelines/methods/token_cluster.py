@@ -9,5 +9,5 @@ class TokenClusterMethod(Method):
     label, color, marker = "AiluRus", "#2ca02c", "D"  # its series in figures and tables
     rank = 30
     parts = {"cluster": "backbone.clusterer"}  # the clustering step's own GFLOPs
-    figures = "pipelines.figures_token_cluster:FIGURES"
+    figures = "pipelines.reports.figures_token_cluster:FIGURES"
     recorded_as = ("ailurus",)

@@ -1,5 +1,5 @@
 """Record ``runs_small.csv``: log a handful of runs under the ingestion's naming contract into a
-throw-away SQLite MLflow store, then read them back with ``pipelines.analysis.load_runs``.
+throw-away SQLite MLflow store, then read them back with ``pipelines.analysis.data.load_runs``.
 
 The numbers are hand-made (plausible magnitudes for the 128x128 synthetic demo), not measured:
 they exercise every figure (baseline, PRO-SCALE schedules, ECO-M2F betas with exit histograms,

@@ -32,7 +32,7 @@ DTYPES = {"fp32": None, "fp16": torch.float16, "bf16": torch.bfloat16}
 def _model(name):
     import pipelines.registry  # noqa: F401
     from pipelines.config import load_config
-    from pipelines.flops import build_model
+    from pipelines.stages.flops import build_model
 
     torch.manual_seed(0)
     cfg = load_config(MODELS / CONFIGS[name])
@@ -47,7 +47,7 @@ def _autocast(precision):
 @pytest.mark.parametrize("precision", sorted(DTYPES))
 @pytest.mark.parametrize("name", sorted(CONFIGS))
 def test_forward_batch_2(name, precision):
-    from pipelines.flops import inference_forward
+    from pipelines.stages.flops import inference_forward
 
     model, _ = _model(name)
     forward = inference_forward(model.eval(), HW)

@@ -192,7 +192,7 @@ def _api(base: str, path: str) -> dict:
 
 def test_report_figures_load_and_every_run_link_resolves(ablation, mlflow_ui, browser, tmp_path):
     from pipelines.analysis.data import load_runs
-    from pipelines.html_report import build_report
+    from pipelines.reports.html_report import build_report
 
     root, config = ablation
     runs = load_runs(config["mlflow"]["tracking_uri"], "browser")

@@ -70,11 +70,10 @@ def pareto_fills(dom: str) -> list[str]:
 
 
 def test_dashboard_shows_trials_and_pareto_front(tmp_path):
-    import optuna
 
     from pipelines.benchmarks.search_replay import SPACE
-    from pipelines.search import ReplayExecutor, Search, open_storage, open_study
-    from pipelines.search_space import load_search_space
+    from pipelines.search.cli import ReplayExecutor, Search, open_storage, open_study
+    from pipelines.search.space import load_search_space
 
     browser = _chromium()
     if browser is None:

@@ -1,6 +1,6 @@
 """Concurrent search workers on one Optuna study in a real PostgreSQL server (loopback).
 
-Three worker processes run the same search (``pipelines.search.Search``) on one study; their
+Three worker processes run the same search (``pipelines.search.cli.Search``) on one study; their
 trainings are replayed from the hand-made table of ``tests/unit/test_search.py`` through a
 results folder they share (as the real workers share ``results/``). No trial may be lost (every trial finished, told by exactly one
 worker), none duplicated (no trial number told twice, no run trained twice), none left RUNNING.
@@ -22,8 +22,8 @@ WORKER = """
 import dataclasses, json, sys
 import optuna
 from pipelines.benchmarks.search_replay import SPACE
-from pipelines.search import ReplayExecutor, Search, open_storage, open_study
-from pipelines.search_space import load_search_space
+from pipelines.search.cli import ReplayExecutor, Search, open_storage, open_study
+from pipelines.search.space import load_search_space
 
 url, results, out, seed = sys.argv[1:5]
 optuna.logging.set_verbosity(optuna.logging.WARNING)

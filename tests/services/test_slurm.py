@@ -9,7 +9,6 @@ ablation-wide jobs are one each: the submissions are counted.
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 from pathlib import Path
 

@@ -10,12 +10,12 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from pipelines import analyse as analyse_cli
-from pipelines import figures, html_report
-from pipelines.analyse import load_analysis, save_analysis
+from pipelines.analysis import cli as analyse_cli
+from pipelines.analysis.cli import load_analysis, save_analysis
 from pipelines.analysis.data import read_runs_csv
 from pipelines.analysis.settings import analyse
 from pipelines.errors import UserError
+from pipelines.reports import figures, html_report
 
 RUNS_CSV = Path(__file__).resolve().parents[1] / "data" / "runs_small.csv"
 
@@ -91,7 +91,7 @@ def test_figures_and_html_read_the_saved_analysis(saved, tmp_path):
 
 
 def test_markdown_report_reads_the_saved_analysis(saved):
-    from pipelines.report import _settings_markdown
+    from pipelines.reports.report import _settings_markdown
 
     a, _ = load_analysis(saved)
     text = "\n".join(_settings_markdown(a))

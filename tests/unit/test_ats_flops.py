@@ -6,8 +6,12 @@ import json
 import pytest
 
 from pipelines.benchmarks import ats_flops
-from pipelines.cost_model_vit import (DEIT_S, ats_classifier_flops, ats_kept_for_flops,
-                                      backbone_flops)
+from pipelines.stages.cost_model_vit import (
+    DEIT_S,
+    ats_classifier_flops,
+    ats_kept_for_flops,
+    backbone_flops,
+)
 
 
 def test_plain_deit_s_is_the_papers_4_6_gflops():

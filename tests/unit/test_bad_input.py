@@ -76,7 +76,7 @@ def work(tmp_path_factory, synthetic_root) -> Path:
     (root / "space_warm.yaml").write_text(yaml.safe_dump(space))
     # MLflow stores: a text file named like one, a real one, and that one cut to a third
     (root / "notes.db").write_text("my notes, not a database\n")
-    from pipelines.tracking import open_client
+    from pipelines.tracking.store import open_client
 
     client = open_client(f"sqlite:///{root / 'store.db'}")
     experiment = client.create_experiment("e")
@@ -96,7 +96,7 @@ def checkpoint(work) -> Path:
     import torch
 
     from pipelines.config import load_config
-    from pipelines.flops import build_model
+    from pipelines.stages.flops import build_model
 
     path = work / "r18.pth"
     model = build_model(load_config(TINY_CONFIG, TINY_OPTIONS))

@@ -6,7 +6,7 @@ import json
 import pytest
 
 import pipelines.registry  # noqa: F401
-from pipelines.benchmark import interleaved, summarize
+from pipelines.stages.timing import interleaved, summarize
 from tests.conftest import REPO, TINY_CONFIG, run_cli
 
 PROSCALE_TINY = REPO / "configs/models/mask2former_r18_proscale-333_synthetic-128x128.py"
@@ -37,8 +37,8 @@ def test_interleaved_alternates_order_and_skips_warmup():
 
 
 def test_benchmark_document_structure():
-    from pipelines.benchmark import benchmark, format_table
     from pipelines.config import load_config
+    from pipelines.stages.benchmark import benchmark, format_table
 
     doc = benchmark({"candidate": load_config(PROSCALE_TINY), "baseline": load_config(TINY_CONFIG)},
                     (64, 64), "cpu", repeats=2, warmup=0)
@@ -98,7 +98,7 @@ def test_paired_runs_of_an_ablation_in_one_process(tmp_path):
     """Every run's model interleaved in one loop, host and versions named, each run's own
     document with ratios to the baseline run; a run whose model does not build is recorded
     as failed without stopping the others."""
-    from pipelines.benchmark import benchmark_runs, format_runs_table
+    from pipelines.stages.benchmark import benchmark_runs, format_runs_table
 
     broken = tmp_path / "broken.py"  # a run whose config does not build
     broken.write_text(f"_base_ = [{str(TINY_CONFIG)!r}]\nmodel = dict(decode_head=dict("
@@ -119,7 +119,7 @@ def test_paired_runs_of_an_ablation_in_one_process(tmp_path):
     assert own["results"]["baseline"] == doc["results"]["baseline-seed0"]
     assert own["ratios"]["model"] > 0 and own["host"] == doc["host"]
     # ingest reads the run's latency from its own document, as before
-    from pipelines.ingest import _number
+    from pipelines.tracking.run_files import _number
 
     assert _number(own, "results.candidate.model.median_ms") == \
         doc["results"]["pro_scale-seed0"]["model"]["median_ms"]
@@ -129,10 +129,10 @@ def test_paired_runs_of_an_ablation_in_one_process(tmp_path):
 def test_gated_runs_are_not_timed_as_their_deepest_exit():
     """A gated ECO-M2F run (the grid's own run.json) gets no latency from the paired benchmark:
     its untrained model would run to the deepest exit, a latency the gated run never has."""
-    from pipelines.benchmark import benchmark_runs, format_runs_table
     from pipelines.grid import expand_grid, load_ablation, validate_ablation
     from pipelines.grid.run import run_document
-    from pipelines.ingest import _number
+    from pipelines.stages.benchmark import benchmark_runs, format_runs_table
+    from pipelines.tracking.run_files import _number
 
     ablation = validate_ablation(load_ablation(str(REPO / "configs/ablations/eco_m2f_demo.yaml")))
     gated = [run_document(r, "results", "eco") for r in expand_grid(ablation, repo=REPO)]
@@ -154,9 +154,10 @@ def test_gated_runs_are_not_timed_as_their_deepest_exit():
 def test_settings_batch_and_precision_on_the_cpu_dry_path():
     """The GPU settings path run on the CPU: batch 1 and a throughput batch under
     bf16 autocast (the deformable sampling included), figures per setting, ingest's names."""
-    from pipelines.benchmark import benchmark, format_table, gpu_settings
     from pipelines.config import load_config
-    from pipelines.ingest import _setting_metrics
+    from pipelines.stages.benchmark import benchmark, format_table
+    from pipelines.stages.timing import gpu_settings
+    from pipelines.tracking.run_files import _setting_metrics
 
     assert gpu_settings("cpu", None, None) == []  # today's CPU behaviour: no settings
     assert gpu_settings("cuda", None, None) == [("fp32", 1), ("fp32", 32), ("fp16", 1),
@@ -176,8 +177,8 @@ def test_settings_batch_and_precision_on_the_cpu_dry_path():
 
 
 def test_settings_ratios_are_paired_and_logged():
-    from pipelines.benchmark import settings_ratios
-    from pipelines.ingest import _setting_metrics
+    from pipelines.stages.timing import settings_ratios
+    from pipelines.tracking.run_files import _setting_metrics
 
     def entry(ms):
         return {"batch": 32, "precision": "fp16", "images_per_s": 32e3 / ms[0],

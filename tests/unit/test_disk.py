@@ -5,7 +5,7 @@ import json
 
 from mmengine.config import Config
 
-from pipelines.disk import apply_retention, checkpoints_kept, running_bytes, training_bytes
+from pipelines.stages.disk import apply_retention, checkpoints_kept, running_bytes, training_bytes
 from tests.conftest import TINY_CONFIG, run_cli
 
 
@@ -37,7 +37,7 @@ def test_a_bound_the_config_sets_is_kept():
 
 def test_estimate_from_the_real_model_and_refusal_in_one_line(tmp_path):
     import pipelines.registry  # noqa: F401
-    from pipelines.disk import estimate
+    from pipelines.stages.disk import estimate
 
     config = tmp_path / "config.py"  # the run's config file (run.json's config_file)
     config.write_text(f"_base_ = [{str(TINY_CONFIG)!r}]\ntrain_cfg = dict(max_iters=100)\n")
@@ -75,7 +75,7 @@ def test_estimate_from_the_real_model_and_refusal_in_one_line(tmp_path):
 
 
 def test_already_written_counts_only_the_listed_trainings(tmp_path):
-    from pipelines.disk import used_bytes
+    from pipelines.stages.disk import used_bytes
 
     for train_id, size in (("listed", 3000), ("dropped", 5000)):
         work = tmp_path / "train" / "abl" / train_id / "work-0123"

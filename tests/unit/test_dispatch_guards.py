@@ -1,5 +1,5 @@
 """GPU guards that run on the CPU: per method, the ATen ops a forward
-dispatches (pipelines/dispatch_count.py) at batch 1, 4 and 8, eval mode, no grad, tiny sizes.
+dispatches (pipelines/stages/dispatch_count.py) at batch 1, 4 and 8, eval mode, no grad, tiny sizes.
 
 * host-sync ops (``.item()``/``int()``/``bool()`` -> ``_local_scalar_dense``, ``.tolist()``,
   ``nonzero``, ``unique``, boolean-mask indexing) at the documented count of each method
@@ -17,7 +17,7 @@ import pytest
 import torch
 
 import pipelines.registry  # noqa: F401
-from pipelines.dispatch_count import DispatchCounter, count_call, count_forward
+from pipelines.stages.dispatch_count import DispatchCounter, count_call, count_forward
 from tests.unit.test_pro_scale import build, features
 from tests.unit.vit_helpers import plain_vit, same_weights
 
@@ -123,8 +123,10 @@ def test_ats_guards():
 
 # --------------------------------------------------------------------------- same computation
 def test_batched_ats_sampling_equals_the_per_image_sampling():
-    from pipelines.models.token_sample import (inverse_transform_sample,
-                                               inverse_transform_sample_batch)
+    from pipelines.models.token_sample import (
+        inverse_transform_sample,
+        inverse_transform_sample_batch,
+    )
 
     g = torch.Generator().manual_seed(0)
     for trial in range(60):

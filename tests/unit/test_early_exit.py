@@ -5,9 +5,15 @@ import pytest
 import torch
 
 import pipelines.registry  # noqa: F401  (registers EarlyExitPixelDecoder)
-from pipelines.models.early_exit import (EarlyExitPixelDecoder, ExitGate, exit_loss_weight,
-                                         exit_probabilities, exit_range, forced_exits,
-                                         gate_labels)
+from pipelines.models.early_exit import (
+    EarlyExitPixelDecoder,
+    ExitGate,
+    exit_loss_weight,
+    exit_probabilities,
+    exit_range,
+    forced_exits,
+    gate_labels,
+)
 from tests.conftest import REPO
 from tests.unit.test_pro_scale import build, features
 
@@ -181,9 +187,9 @@ def test_gate_picks_exits_per_image_from_the_res5_tokens():
 
 def test_training_draws_exits_and_weights_the_head_losses():
     from mmengine.config import Config
+    from mmengine.structures import PixelData
     from mmseg.registry import MODELS
     from mmseg.structures import SegDataSample
-    from mmengine.structures import PixelData
 
     cfg = Config.fromfile(str(ECO_TINY))
     head_cfg = cfg.model.decode_head
@@ -230,7 +236,7 @@ def test_configs_state_only_their_difference():
 
 # --------------------------------------------------------------------------- cost
 def test_exit_schedule():
-    from pipelines.cost_model import exit_schedule
+    from pipelines.stages.cost_model import exit_schedule
 
     assert exit_schedule((0, 0, 6), 2) == ((0, 0, 2), 3)
     assert exit_schedule((3, 3, 3), 2) == ((2, 0, 0), 1)
@@ -244,7 +250,7 @@ def test_exit_schedule():
 def test_traced_exit_gflops_equal_the_analytic_count(exit_layer):
     """PRO-SCALE (3, 3, 3) + TRC + LPE with exits in stage 1 and 2 (TRC of stage 2 skipped)."""
     from pipelines.config import load_config
-    from pipelines.flops import flops_report
+    from pipelines.stages.flops import flops_report
 
     cfg = load_config(ECO_PROSCALE_TINY, [f"model.decode_head.pixel_decoder.test_exit="
                                           f"{exit_layer}"])

@@ -24,7 +24,7 @@ def save_random_checkpoint(path, seed):
     from mmengine.config import Config
     from mmengine.runner import save_checkpoint
 
-    from pipelines.flops import build_model
+    from pipelines.stages.flops import build_model
 
     torch.manual_seed(seed)
     model = build_model(Config.fromfile(str(ECO_TINY)))
@@ -174,7 +174,7 @@ def test_gated_gflops_agree_with_flops_data(derived, tmp_path):
     from pipelines.config import load_config
     from pipelines.eco_m2f.gate import load_gate
     from pipelines.eco_m2f.model import load_exit_model
-    from pipelines.flops import count_flops, dataset_inputs, per_image_report
+    from pipelines.stages.flops import count_flops, dataset_inputs, per_image_report
 
     gate = tmp_path / "gate.pth"
     assert main(["train-gate", "--table", str(derived["table"]), "--beta", "0.0", "--epochs",
@@ -214,7 +214,7 @@ def test_gated_gflops_agree_with_flops_data(derived, tmp_path):
 
 # --------------------------------------------------------------------------- in the workflow
 def test_upstream_failure_is_passed_on_and_own_failure_recorded(tmp_path):
-    from pipelines.failures import read_failure
+    from pipelines.stages.failures import read_failure
 
     failed = tmp_path / "derive.json"
     failed.write_text(json.dumps({"status": "failed", "stage": "train", "reason": "loss is nan"}))
@@ -240,9 +240,9 @@ def test_any_config_key_is_an_axis_and_its_stage_reads_the_rendered_config(deriv
     1 or 300 epochs; the optimizer block steps the same weights to different values)."""
     from mmengine.optim import build_optim_wrapper
 
-    from pipelines.flops import build_model
     from pipelines.grid import expand_grid, validate_ablation
     from pipelines.grid.render import load_rendered, render_run, write_configs
+    from pipelines.stages.flops import build_model
 
     ablation = validate_ablation({
         "name": "axes", "data": {"root": str(derived["data"])},

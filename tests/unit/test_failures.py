@@ -5,7 +5,7 @@ import json
 
 import pytest
 
-from pipelines.failures import read_failure, recording_failures, run_stage, upstream_failure
+from pipelines.stages.failures import read_failure, recording_failures, run_stage, upstream_failure
 
 
 def test_recording_writes_the_reason_and_swallows_only_when_asked(tmp_path):
@@ -65,7 +65,7 @@ def test_nan_loss_stops_a_real_mmengine_training_at_once(tmp_path):
     from mmengine.runner import Runner
 
     import pipelines.registry  # noqa: F401  (version checks before mmdet)
-    from pipelines.hooks import NonFiniteLossError
+    from pipelines.stages.hooks import NonFiniteLossError
 
     class Quadratic(BaseModel):
         def __init__(self):
@@ -92,8 +92,8 @@ def test_nan_loss_stops_a_real_mmengine_training_at_once(tmp_path):
 def test_ingest_and_report_name_the_failed_run(tmp_path):
     from pipelines import contract as c
     from pipelines.grid import RunPaths
-    from pipelines.ingest import run_failure
-    from pipelines.report import build_report
+    from pipelines.reports.report import build_report
+    from pipelines.tracking.ingest import run_failure
 
     run = {"run_id": "broken-seed0", "train_id": "t1", "params": {"variant": "broken",
            "max_iters": "2", "recipe": "r"}, "settings": {}}

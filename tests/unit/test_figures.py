@@ -13,9 +13,10 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from pipelines import figures, html_report, mlflow_ui
 from pipelines.analysis.data import read_runs_csv
 from pipelines.errors import UserError
+from pipelines.reports import figures, html_report, tables
+from pipelines.tracking import mlflow_ui
 
 RUNS_CSV = Path(__file__).resolve().parents[1] / "data" / "runs_small.csv"
 
@@ -69,7 +70,7 @@ def test_every_pareto_point_traceable_to_its_runs(rendered, runs):
     on_front = [p for p in points if p["pareto_overall"] == "True"]
     knees = {p["setting"] for p in points if p["knee_overall"] == "True"}
     assert on_front and len(knees) == 1
-    table = figures.pareto_table(runs)
+    table = tables.pareto_table(runs)
     assert set(table["front"]) == {"overall", *figures.analyse(runs).series["series"]}
     members = [i for text in table["mlflow_run_ids"] for i in json.loads(text)]
     assert set(members) <= ids and table["setting"].str.len().gt(0).all()
@@ -115,7 +116,7 @@ def test_per_stage_encoder_split_used_when_tracked(runs):
 
 
 def test_latex_escaping():
-    assert figures._tex("a_b 50% β") == r"a\_b 50\% $\beta$"
+    assert tables._tex("a_b 50% β") == r"a\_b 50\% $\beta$"
 
 
 def _cli(module, *argv):
@@ -248,7 +249,7 @@ def test_accuracy_figure_names_every_setting_and_keeps_its_legend_honest():
 
     promised = []
     for name in ("runs_demo.csv", "runs_small.csv"):
-        a = figures._analysis(read_runs_csv(RUNS_CSV.parent / name))
+        a = tables._analysis(read_runs_csv(RUNS_CSV.parent / name))
         fig = figures.fig_accuracy_vs_gflops(a, plt)
         ax = fig.axes[0]
         if name == "runs_demo.csv":

@@ -6,8 +6,13 @@ import json
 import pytest
 
 import pipelines.registry  # noqa: F401
-from pipelines.cost_model import (EncoderSpec, encoder_flops, encoder_layer_flops, level_shapes,
-                                  pixel_decoder_flops)
+from pipelines.stages.cost_model import (
+    EncoderSpec,
+    encoder_flops,
+    encoder_layer_flops,
+    level_shapes,
+    pixel_decoder_flops,
+)
 from tests.conftest import REPO, TINY_CONFIG, run_cli
 
 PROSCALE_TINY = REPO / "configs/models/mask2former_r18_proscale-333_synthetic-128x128.py"
@@ -68,7 +73,7 @@ def tiny_cfgs():
 def _report(cfg, shape, schedule=None, count_sampling=False, **changes):
     import copy
 
-    from pipelines.flops import flops_report
+    from pipelines.stages.flops import flops_report
 
     cfg = copy.deepcopy(cfg)
     if schedule is not None:
@@ -125,8 +130,8 @@ def test_params_are_counted(tiny_cfgs):
 
 
 def test_spec_is_read_from_config():
-    from pipelines.cost_model import pixel_decoder_flops_from_cfg
     from pipelines.config import load_config
+    from pipelines.stages.cost_model import pixel_decoder_flops_from_cfg
 
     cfg = load_config(TINY_CONFIG).model.decode_head.pixel_decoder
     cfg = dict(cfg, in_channels=R18_CHANNELS)
@@ -169,7 +174,7 @@ def test_cli_flops_bad_input_is_one_line(args, words):
 @pytest.mark.parametrize("name, schedule", [("proscale", (3, 3, 3)), ("proscale", (1, 0, 2)),
                                             ("baseline", None)])
 def test_encoder_stages_traced_equal_analytic(tiny_cfgs, name, schedule):
-    from pipelines.cost_model import encoder_layer_flops, level_shapes
+    from pipelines.stages.cost_model import encoder_layer_flops, level_shapes
 
     shape = (64, 96)
     report = _report(tiny_cfgs[name], shape, schedule)
@@ -187,7 +192,7 @@ def test_a_failed_count_is_recorded_on_the_last_attempt(tmp_path):
     """The workflow's last attempt (--record-failure 1) leaves a failure record that ingest and
     the report read, so one model that does not build blocks nothing else; earlier attempts
     fail as usual, in one line."""
-    from pipelines.failures import read_failure
+    from pipelines.stages.failures import read_failure
 
     out = tmp_path / "flops.json"
     args = ("flops", str(TINY_CONFIG), "--shape", "64", "64", "--json", str(out),

@@ -23,7 +23,7 @@ ABL = "abl"
 @pytest.fixture(scope="module")
 def empty_db(tmp_path_factory) -> Path:
     """A migrated, empty SQLite store, made once (MLflow's migrations take ~8 s); tests copy it."""
-    from pipelines.tracking import open_client
+    from pipelines.tracking.store import open_client
 
     path = tmp_path_factory.mktemp("template") / "empty.db"
     open_client(f"sqlite:///{path}").search_experiments()
@@ -51,7 +51,7 @@ class Store:
         return rc, out.out, out.err
 
     def client(self):
-        from pipelines.tracking import open_client
+        from pipelines.tracking.store import open_client
 
         return open_client(self.uri)
 
@@ -197,26 +197,26 @@ def test_failure_part_way_keeps_every_finished_run_and_a_reingest_repairs(
         tmp_path, empty_db, capsys, monkeypatch):
     """The issue: a failure part-way (artifact folder read-only) deleted the old child, left the
     new one RUNNING, and every later re-ingest called it unchanged."""
-    from pipelines import tracking
+    from pipelines.tracking import children
+    from pipelines.tracking import store as tracking
+    from tests.ingest_faults import stopped_at
 
     store, results, jsons = ingested(tmp_path, empty_db, capsys)
     old = one_good_child_each(store, 40.0)
     results, jsons = write_results(tmp_path / "new", miou=55.0)
-    monkeypatch.setattr(tracking, "_reached", {})
-    monkeypatch.setenv(tracking.FAULT_ENV, "artifacts@2:raise")  # the 2nd run's upload fails
-    rc, _, err = store.ingest(capsys, results, jsons)
+    with stopped_at("artifacts@2:raise"):  # the 2nd run's upload fails
+        rc, _, err = store.ingest(capsys, results, jsons)
     refused(rc, err, "injected fault at artifacts", "keeps the records it held")
     points = store.points()
     for i, run_json in enumerate(jsons):  # the 1st run is replaced, the others are not
         run_id = json.loads(Path(run_json).read_text())["run_id"]
         (run,) = points[run_id]
-        assert tracking.is_complete(run) and run.data.metrics["miou"] == (55.0 if i == 0 else
-                                                                         40.0) + i
+        assert children.is_complete(run) and run.data.metrics["miou"] == (55.0 if i == 0 else
+                                                                          40.0) + i
         assert (run.info.run_id == old[run_id]) == (i > 0)
     exp = store.client().get_experiment_by_name(ABL)
     assert not tracking.search_all(store.client(), exp.experiment_id,
                                    f"tags.`{c.ROLE_TAG}` = '{c.ROLE_PENDING}'")
-    monkeypatch.delenv(tracking.FAULT_ENV)
     rc, out, _ = store.ingest(capsys, results, jsons)
     assert rc == 0 and "2 replaced, 1 unchanged" in out
     one_good_child_each(store, 55.0)
@@ -224,7 +224,7 @@ def test_failure_part_way_keeps_every_finished_run_and_a_reingest_repairs(
 
 def test_an_incomplete_child_is_never_unchanged(tmp_path, empty_db, capsys):
     """A child an older ingest left RUNNING (its fingerprint set at creation) is rewritten."""
-    from pipelines.ingest import run_fingerprint
+    from pipelines.tracking.ingest import run_fingerprint
 
     store, results, jsons = ingested(tmp_path, empty_db, capsys)
     client = store.client()

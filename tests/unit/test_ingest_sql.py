@@ -1,18 +1,18 @@
-"""Ingest into a SQL store writes MLflow's rows itself (pipelines.tracking._write_sql): the same
+"""Ingest into a SQL store writes MLflow's rows itself (pipelines.tracking.sql_write.write_sql): the same
 children as MLflow's client calls, one child per transaction pair or a chunk of them, with the
 same guarantees (a failure part-way leaves every finished run and nothing pending)."""
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import pytest
 
 from pipelines import contract as c
-from pipelines import tracking
-from pipelines.ingest import ingest
-from tests.unit.test_ingest_safety import (ABL, Store, empty_db, one_good_child_each,  # noqa
-                                           refused)
+from pipelines.tracking import children, sql_write
+from pipelines.tracking import store as tracking
+from pipelines.tracking.ingest import ingest
+from tests.ingest_faults import stopped_at
+from tests.unit.test_ingest_safety import ABL, Store, empty_db, one_good_child_each, refused  # noqa
 from tests.unit.test_tracking import write_results
 
 
@@ -38,7 +38,7 @@ def _store_view(store: Store) -> dict:
 
 def test_sql_rows_read_like_the_clients_calls(tmp_path, empty_db, capsys,  # noqa: F811
                                               monkeypatch):
-    """The same results through MLflow's client (``_sql_target`` off) and through the SQL path,
+    """The same results through MLflow's client (``sql_target`` off) and through the SQL path,
     one by one and in a chunk: every param, metric (final and curve points, with steps and
     timestamps), tag, status, time and artifact reads back the same."""
     results, jsons = write_results(tmp_path / "r")
@@ -55,9 +55,9 @@ def test_sql_rows_read_like_the_clients_calls(tmp_path, empty_db, capsys,  # noq
     for name, chunk_min in (("client", None), ("one by one", 100), ("chunk", 2)):
         store = Store(tmp_path / name, empty_db)
         if chunk_min is None:
-            monkeypatch.setattr(tracking, "_sql_target", lambda client, experiment_id: None)
+            monkeypatch.setattr(sql_write, "sql_target", lambda client, experiment_id: None)
         else:
-            monkeypatch.setattr(tracking, "SQL_CHUNK_MIN", chunk_min)
+            monkeypatch.setattr(children, "SQL_CHUNK_MIN", chunk_min)
         rc, out, err = store.ingest(capsys, results, jsons)
         assert rc == 0, err
         assert "3 created" in out
@@ -79,17 +79,15 @@ def test_a_failed_chunk_keeps_every_finished_run_and_leaves_nothing_pending(
     assert store.ingest(capsys, results, jsons)[0] == 0
     old = one_good_child_each(store, 40.0)
     results, jsons = write_results(tmp_path / "new", miou=55.0)
-    monkeypatch.setattr(tracking, "SQL_CHUNK_MIN", 2)
-    monkeypatch.setattr(tracking, "SQL_CHUNK", 2)
-    monkeypatch.setattr(tracking, "_reached", {})
-    monkeypatch.setenv(tracking.FAULT_ENV, fault)
-    rc, _, err = store.ingest(capsys, results, jsons)
+    monkeypatch.setattr(children, "SQL_CHUNK_MIN", 2)
+    monkeypatch.setattr(children, "SQL_CHUNK", 2)
+    with stopped_at(fault):
+        rc, _, err = store.ingest(capsys, results, jsons)
     refused(rc, err, "injected fault", "keeps the records it held")
     assert one_good_child_each(store, 40.0) == old
     exp = store.client().get_experiment_by_name(ABL)
     assert not tracking.search_all(store.client(), exp.experiment_id,
                                    f"tags.`{c.ROLE_TAG}` = '{c.ROLE_PENDING}'")
-    monkeypatch.delenv(tracking.FAULT_ENV)
     summary = ingest(ABL, str(results), jsons, store.uri, str(store.art), progress=False)
     assert summary["actions"] == {"replaced": 3}
     new = one_good_child_each(store, 55.0)

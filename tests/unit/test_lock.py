@@ -110,7 +110,7 @@ HEAD = """
 import sys
 from pathlib import Path
 from types import SimpleNamespace
-from pipelines.search_executors import SnakemakeExecutor
+from pipelines.search.executors import SnakemakeExecutor
 root = Path(sys.argv[1])
 spec = SimpleNamespace(ablation={"results": str(root / "results")}, name="s")
 executor = SnakemakeExecutor(spec=spec, workdir=root, cores=1, snakefile=root / "Snakefile")
@@ -165,7 +165,7 @@ def test_a_search_generations_jobs_die_with_their_head(tmp_path):
 def test_a_restarted_head_stops_the_jobs_a_dead_head_left(tmp_path):
     """A head and its generation's guard killed at once (nobody left to stop the jobs): the
     next head of the search stops them before it trains anything."""
-    from pipelines.search_executors import SnakemakeExecutor
+    from pipelines.search.executors import SnakemakeExecutor
 
     head, job = _search_head(tmp_path)
     group = os.getpgid(job)

@@ -40,7 +40,7 @@ def test_ablation_is_a_marked_product_of_the_demo(loadtest):
 def test_generated_files_read_like_the_real_stages(loadtest):
     """What ingest reads from the generated files: every contract metric, curves, provenance."""
     from pipelines.grid import RunPaths
-    from pipelines.ingest import child_record
+    from pipelines.tracking.ingest import child_record
 
     root, config, runs = loadtest
     run = json.loads(RunPaths.of(config["results"], config["name"], runs[-1]).run_json
@@ -73,7 +73,7 @@ def test_ingest_reingest_and_load(loadtest, tmp_path):
     """Five load-test runs into a fresh store, re-ingested for free, loaded as five rows."""
     from pipelines.analysis.data import load_runs
     from pipelines.grid import RunPaths
-    from pipelines.ingest import ingest
+    from pipelines.tracking.ingest import ingest
 
     logging.getLogger("alembic").setLevel(logging.WARNING)
     root, config, runs = loadtest
@@ -93,7 +93,8 @@ def test_ingest_reingest_and_load(loadtest, tmp_path):
 
 
 def test_batches_respect_mlflow_limits():
-    from pipelines.tracking import BATCH, PARAM_BATCH, _batches
+    from pipelines.tracking.children import _batches
+    from pipelines.tracking.store import BATCH, PARAM_BATCH
 
     params, metrics = list(range(130)), list(range(2500))
     chunks = list(_batches(params, metrics))
@@ -108,7 +109,8 @@ def test_batches_respect_mlflow_limits():
 
 def test_artifacts_in_one_call_keep_the_layout(tmp_path):
     """Files land in ``sub/<name>``, a folder's content in ``sub/``, in a real MLflow store."""
-    from pipelines import tracking
+    from pipelines.tracking import children
+    from pipelines.tracking import store as tracking
 
     logging.getLogger("alembic").setLevel(logging.WARNING)
     (tmp_path / "logs" / "sub").mkdir(parents=True)
@@ -119,7 +121,7 @@ def test_artifacts_in_one_call_keep_the_layout(tmp_path):
     client = tracking.open_client(f"sqlite:///{tmp_path / 'm.db'}")
     exp = tracking.get_or_create_experiment(client, "layout", str(tmp_path / "art"))
     run = client.create_run(exp).info
-    tracking.log_artifacts_once(client, run.run_id, [
+    children.log_artifacts_once(client, run.run_id, [
         (tmp_path / "metrics.json", "metrics"), (tmp_path / "config.py", ""),
         (tmp_path / "logs", "logs"), (tmp_path / "missing.json", "metrics")])
     root = Path(client.download_artifacts(run.run_id, ""))
@@ -142,7 +144,7 @@ def test_table_reports_per_run_cost_and_ratios():
 def test_reingest_fingerprint_is_the_records(loadtest, tmp_path):
     """The re-ingest shortcut compares the same fingerprint a full record carries."""
     from pipelines.grid import RunPaths
-    from pipelines.ingest import child_record, run_fingerprint
+    from pipelines.tracking.ingest import child_record, run_fingerprint
 
     _, config, runs = loadtest
     for run in runs[:3]:

@@ -49,8 +49,10 @@ def test_declarations_are_their_own_files_and_the_models_declare_none():
 
 
 def test_the_four_methods_look_and_count_as_before():
-    from pipelines import contract, figures, flops
+    from pipelines import contract
     from pipelines.analysis import roles
+    from pipelines.reports import figures
+    from pipelines.stages import flops
 
     assert {n: (m.label, m.color, m.marker) for n, m in methods.methods().items()} == \
         STYLES_BEFORE
@@ -82,7 +84,7 @@ def test_gated_runs_and_cost_models_come_from_declarations():
     assert "gate picks" in methods.not_timed_reason(gated)
     assert not methods.is_gated({"methods": ["early_exit"], "stages": {}})
     assert not methods.is_gated({"methods": ["pro_scale"], "stages": {"beta": "gate"}})
-    from pipelines import cost_model
+    from pipelines.stages import cost_model
 
     assert methods.cost_model_of("mmdet.EarlyExitPixelDecoder") is \
         cost_model.early_exit_pixel_decoder_flops_from_cfg
@@ -111,7 +113,7 @@ def _no_torch(code: str) -> None:
 
 def test_importing_the_registry_imports_no_torch():
     _no_torch("import pipelines.methods")
-    _no_torch("from pipelines import contract, methods, figures; "
+    _no_torch("from pipelines import contract, methods; from pipelines.reports import figures; "
               "from pipelines.analysis import roles; "
               "assert contract.GFLOPS_PARTS and len(methods.methods()) == 5 and figures.FIGURES")
 
@@ -122,7 +124,7 @@ def test_what_the_snakefile_imports_imports_no_torch():
     text = "\n".join(p.read_text() for p in [REPO / "Snakefile",
                                              *sorted((REPO / "workflow" / "rules").glob("*.smk"))])
     modules = sorted(set(re.findall(r"^\s*(?:from|import) (pipelines[\w.]*)", text, re.M)))
-    assert "pipelines.grid" in modules and "pipelines.plan_cache" in modules
+    assert "pipelines.grid" in modules and "pipelines.errors" in modules
     _no_torch("import importlib; "
               f"[importlib.import_module(m) for m in {modules!r}]; "
               "from pipelines.grid import expand_grid, load_ablation; "
@@ -239,9 +241,9 @@ def test_a_declaration_is_no_part_of_a_recipe():
 def test_method_figures_parts_and_labels_are_only_declared():
     """No consumer names a method: the modules the registry replaced spell none of them."""
     names = list(STYLES_BEFORE)
-    for rel in ("pipelines/figures.py", "pipelines/flops.py", "pipelines/contract.py",
-                "pipelines/analysis/roles.py", "pipelines/benchmark.py",
-                "pipelines/models/__init__.py", "pipelines/report.py"):
+    for rel in ("pipelines/reports/figures.py", "pipelines/stages/flops.py", "pipelines/contract.py",
+                "pipelines/analysis/roles.py", "pipelines/stages/benchmark.py",
+                "pipelines/models/__init__.py", "pipelines/reports/report.py"):
         text = (REPO / rel).read_text()
         found = [n for n in names if f'"{n}"' in text or f"'{n}'" in text]
         assert not found, f"{rel} names {found}"

@@ -13,7 +13,7 @@ import json
 import pytest
 
 from pipelines import contract as c
-from pipelines import mlflow_ui
+from pipelines.tracking import mlflow_ui
 from tests.conftest import run_cli
 
 
@@ -21,7 +21,7 @@ from tests.conftest import run_cli
 def store(tmp_path):
     from mlflow import MlflowClient
 
-    from pipelines import tracking
+    from pipelines.tracking import store as tracking
 
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     client = MlflowClient(tracking_uri=uri)

@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from pipelines import pareto
+from pipelines.analysis import pareto
 
 
 def table(points, variant="a"):

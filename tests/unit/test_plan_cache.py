@@ -1,4 +1,4 @@
-"""The cache of an expanded grid (pipelines/plan_cache.py): a start whose inputs are unchanged
+"""The cache of an expanded grid (pipelines/grid/plan_cache.py): a start whose inputs are unchanged
 loads the saved runs (equal to a fresh expansion); a changed config, model config file,
 dataset folder or cache entry is a new expansion; a failed expansion is never saved."""
 from __future__ import annotations
@@ -9,9 +9,8 @@ import shutil
 import pytest
 import yaml
 
-from pipelines import plan_cache
 from pipelines.errors import UserError
-from pipelines.grid import expand_grid, validate_ablation
+from pipelines.grid import expand_grid, plan_cache, validate_ablation
 from tests.conftest import REPO
 
 

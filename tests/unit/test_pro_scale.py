@@ -7,8 +7,14 @@ import pytest
 import torch
 
 import pipelines.registry  # noqa: F401  (registers ProScalePixelDecoder)
-from pipelines.models.pro_scale import (map_to_tokens, parse_schedule, recalibrate_tokens,
-                                        stage_of_layers, tokens_to_map, trc_gate)
+from pipelines.models.pro_scale import (
+    map_to_tokens,
+    parse_schedule,
+    recalibrate_tokens,
+    stage_of_layers,
+    tokens_to_map,
+    trc_gate,
+)
 from tests.conftest import REPO, TINY_CONFIG
 
 IN_CHANNELS = [64, 128, 256, 512]
@@ -238,7 +244,7 @@ def test_trc_changes_outputs_only_when_on():
 @pytest.mark.parametrize("path, in_channels", [(PROSCALE_TINY, 64), (PROSCALE_R50, 256)])
 def test_configs_build_the_proscale_decoder(path, in_channels):
     from pipelines.config import load_config
-    from pipelines.flops import build_model
+    from pipelines.stages.flops import build_model
 
     cfg = load_config(path)
     pd = cfg.model.decode_head.pixel_decoder

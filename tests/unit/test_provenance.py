@@ -7,8 +7,8 @@ import os
 import subprocess
 import sys
 
-from pipelines import provenance
 from pipelines.benchmarks import capability_spread
+from pipelines.tracking import provenance
 
 X86 = """processor\t: 0
 vendor_id\t: GenuineIntel
@@ -63,7 +63,7 @@ def test_collect_has_cpu_and_is_json():
 def test_aten_capability_is_the_level_torch_really_used():
     """ATEN_CPU_CAPABILITY=default lowers ATen to DEFAULT on any x86 CPU; the record shows the
     level used and the variable that chose it."""
-    code = ("import json, torch; from pipelines import provenance; "
+    code = ("import json, torch; from pipelines.tracking import provenance; "
             "print(json.dumps(provenance.cpu_state()))")
     env = {**os.environ, "ATEN_CPU_CAPABILITY": "default", "PYTHONWARNINGS": "ignore"}
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
@@ -109,8 +109,8 @@ def test_capability_spread_of_one_class():
 
 def test_the_cpu_reaches_mlflow_tags():
     from pipelines import contract as c
-    from pipelines.provenance import collect
-    from pipelines.tracking import provenance_tags
+    from pipelines.tracking.children import provenance_tags
+    from pipelines.tracking.provenance import collect
 
     tags = provenance_tags(collect())
     assert tags[c.CPU_ATEN_TAG] and tags[c.CPU_MODEL_TAG] and int(tags[c.CPU_THREADS_TAG]) >= 1

@@ -1,11 +1,11 @@
-"""The README's results tables are what ``python -m pipelines.readme_tables`` builds from the
+"""The README's results tables are what ``python -m pipelines.reports.readme_tables`` builds from the
 recorded tables in ``tests/data/``: a changed recording, a changed analysis or a hand-edited
 number fails here."""
 from __future__ import annotations
 
 import pytest
 
-from pipelines import readme_tables as rt
+from pipelines.reports import readme_tables as rt
 
 
 def test_the_demo_table_is_the_recordings():

@@ -7,12 +7,12 @@ from pathlib import Path
 
 import pytest
 
-from pipelines import html_report
 from pipelines.analysis.data import read_runs_csv
 from pipelines.analysis.settings import analyse
 from pipelines.errors import UserError
-from pipelines.figures import render_all
-from pipelines.report import _search_markdown
+from pipelines.reports import html_report
+from pipelines.reports.figures import render_all
+from pipelines.reports.report import _search_markdown
 
 RUNS_CSV = Path(__file__).resolve().parents[1] / "data" / "runs_small.csv"
 

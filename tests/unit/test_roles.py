@@ -8,10 +8,10 @@ import pandas as pd
 import pytest
 import yaml
 
-from pipelines import figures
 from pipelines.analysis.data import read_runs_csv
 from pipelines.analysis.settings import analyse
 from pipelines.errors import UserError
+from pipelines.reports import figures
 
 ROOT = Path(__file__).resolve().parents[2]
 RUNS_CSV = ROOT / "tests" / "data" / "runs_small.csv"

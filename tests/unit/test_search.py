@@ -19,10 +19,16 @@ import optuna
 import pytest
 
 from pipelines.benchmarks.search_replay import SPACE, hypervolume, run_cache
-from pipelines.search import (CONSTRAINT, ReplayExecutor, Search, SnakemakeExecutor,
-                              open_study, set_gflops_constraint)
-from pipelines.search_runs import FlopsCache, make_run, point_ablation
-from pipelines.search_space import AxisSpace, load_search_space
+from pipelines.search.cli import (
+    CONSTRAINT,
+    ReplayExecutor,
+    Search,
+    SnakemakeExecutor,
+    open_study,
+    set_gflops_constraint,
+)
+from pipelines.search.runs import FlopsCache, make_run, point_ablation
+from pipelines.search.space import AxisSpace, load_search_space
 
 SPEC = load_search_space(SPACE)
 MAKE_RUN = run_cache(SPEC)
@@ -33,7 +39,7 @@ def replay_table(spec=SPEC, make_run=MAKE_RUN) -> dict:
     64x64 (the baseline 0.815; PRO-SCALE grows with its layers, LPE saves 0.12), mIoU rising with
     cost plus a fixed per-setting wiggle. Budget 0.65: the baseline and the deep schedules without
     LPE are over it."""
-    from pipelines.search_runs import space_points
+    from pipelines.search.runs import space_points
 
     table = {}
     for i, (variant, settings) in enumerate(space_points(spec)):
@@ -242,7 +248,7 @@ def test_snakemake_executor_grace_covers_every_attempt(spec):
 def test_journal_file_resume_trains_nothing_twice(spec, tmp_path):
     """Optuna's journal file (the cluster storage without a server): a second head on the same
     file continues the study; the first head's trainings are not redone."""
-    from pipelines.search import open_storage
+    from pipelines.search.cli import open_storage
 
     journal = str(tmp_path / "study.log")
     first = ReplayExecutor(table=TABLE, results=tmp_path / "results")
@@ -383,7 +389,7 @@ def test_generation_targets_flops_json(spec):
     """A generation builds each run's flops.json beside its metrics.json (its MLflow run then
     has gflops_total, like a grid run's), and its run.json (the search's ingest reads it; the
     grid's per-run jobs do not ask for it)."""
-    from pipelines.search_runs import result_paths
+    from pipelines.search.runs import result_paths
 
     run = make_run(spec, "pro_scale", {"schedule": "1-1-1", "trc": False, "lpe": False})
     ablation = point_ablation(spec.ablation, [("pro_scale", dict(run.settings))])
@@ -397,7 +403,7 @@ def test_stale_heartbeat_fails_and_asks_again(spec, tmp_path, monkeypatch):
     """RDB storages: a RUNNING trial whose head (on another host: no process to check) stopped
     beating is failed by Optuna's ``fail_stale_trials`` and asked again; one whose head beats is
     left to it."""
-    from pipelines import search_study
+    from pipelines.search import study as search_study
 
     monkeypatch.setattr(search_study, "GRACE_S", 1)
     executor = ReplayExecutor(table=TABLE)
@@ -440,7 +446,7 @@ def test_private_optuna_api_in_one_place():
 
 
 def test_the_search_names_its_dashboard_command():
-    from pipelines.search import dashboard_command
+    from pipelines.search.cli import dashboard_command
 
     assert dashboard_command("sqlite:///results/search/x/study.db") == \
         "optuna-dashboard sqlite:///results/search/x/study.db"

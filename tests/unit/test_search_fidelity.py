@@ -10,8 +10,8 @@ import pytest
 
 from pipelines.benchmarks.search_replay import hypervolume
 from pipelines.errors import UserError
-from pipelines.search_fidelity import (hv_contributions, pareto_order, pareto_ranks,
-                                       parse_fidelity, promotable)
+from pipelines.search.promotion import hv_contributions, pareto_order, pareto_ranks, promotable
+from pipelines.search.rungs import parse_fidelity
 
 
 def _random_points(seed, n=12):
@@ -77,10 +77,15 @@ def test_the_fidelity_block_adds_the_full_budget_and_refuses_bad_rungs():
 @pytest.fixture(scope="module")
 def curves_grid():
     """The recorded learning-curve grid: its space, table, curves and recorded settings."""
-    from pipelines.benchmarks.search_replay import (CURVES_SPACE, CURVES_TABLE, load_curves,
-                                                    load_table, run_cache)
-    from pipelines.search_runs import space_points
-    from pipelines.search_space import load_search_space
+    from pipelines.benchmarks.fidelity_replay import load_curves
+    from pipelines.benchmarks.search_replay import (
+        CURVES_SPACE,
+        CURVES_TABLE,
+        load_table,
+        run_cache,
+    )
+    from pipelines.search.runs import space_points
+    from pipelines.search.space import load_search_space
 
     spec = load_search_space(CURVES_SPACE)
     table, curves = load_table(CURVES_TABLE, spec), load_curves(CURVES_TABLE, spec)
@@ -115,9 +120,9 @@ def test_a_replayed_search_never_trains_an_iteration_twice(curves_grid, proposal
 
     import optuna
 
-    from pipelines.benchmarks.search_replay import CurveReplayExecutor
-    from pipelines.search_fidelity import FidelitySearch
-    from pipelines.search_study import open_study
+    from pipelines.benchmarks.fidelity_replay import CurveReplayExecutor
+    from pipelines.search.fidelity import FidelitySearch
+    from pipelines.search.study import open_study
 
     spec, table, curves, make_run, points = curves_grid
     recorded = {make_run(v, s).run_id for v, s in points}
@@ -177,8 +182,8 @@ def test_a_rung_that_is_not_a_checkpoint_iteration_is_refused_before_any_trial(t
     import dataclasses
 
     from pipelines.benchmarks.search_replay import CURVES_SPACE
-    from pipelines.search_fidelity import check_rungs
-    from pipelines.search_space import load_search_space
+    from pipelines.search.rungs import check_rungs
+    from pipelines.search.space import load_search_space
 
     spec = load_search_space(CURVES_SPACE, check_runs=False)
     check_rungs(spec)  # 12, 24, 48: multiples of the grid's interval 12
@@ -198,9 +203,9 @@ def test_a_new_head_picks_up_where_a_dead_one_stopped(curves_grid):
 
     import optuna
 
-    from pipelines.benchmarks.search_replay import CurveReplayExecutor
-    from pipelines.search_fidelity import FidelitySearch
-    from pipelines.search_study import open_study
+    from pipelines.benchmarks.fidelity_replay import CurveReplayExecutor
+    from pipelines.search.fidelity import FidelitySearch
+    from pipelines.search.study import open_study
 
     spec, table, curves, make_run, points = curves_grid
     recorded = {make_run(v, s).run_id for v, s in points}

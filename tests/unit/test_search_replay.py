@@ -6,9 +6,15 @@ import csv
 
 import pytest
 
-from pipelines.benchmarks.search_replay import (BENCH_SPACE, BENCH_TABLE, MEDIUM_SPACE,
-                                                MEDIUM_TABLE, load_table, row_setting)
-from pipelines.search_space import load_search_space
+from pipelines.benchmarks.search_replay import (
+    BENCH_SPACE,
+    BENCH_TABLE,
+    MEDIUM_SPACE,
+    MEDIUM_TABLE,
+    load_table,
+    row_setting,
+)
+from pipelines.search.space import load_search_space
 
 #: (space, table) of each recorded benchmark grid: the default one, and the first one
 GRIDS = {"grid_lr": (BENCH_SPACE, BENCH_TABLE), "grid_medium": (MEDIUM_SPACE, MEDIUM_TABLE)}
@@ -53,7 +59,7 @@ def test_the_recorded_benchmark_grid_is_complete(grid):
     """Every setting of the benchmark's space is recorded with 2 seeds, and the GFLOPs budget
     leaves at least 3x the training budget feasible (the issue's conditions)."""
     from pipelines.benchmarks.search_replay import run_cache
-    from pipelines.search_runs import space_points
+    from pipelines.search.runs import space_points
 
     space, path = GRIDS[grid]
     spec = load_search_space(space)

@@ -7,7 +7,7 @@ import pytest
 import yaml
 
 from pipelines.errors import UserError
-from pipelines.search_space import load_search_space
+from pipelines.search.space import load_search_space
 from tests.conftest import REPO, run_cli
 
 DEMO = REPO / "configs" / "search" / "demo.yaml"

@@ -180,7 +180,7 @@ def test_plan_reads_no_history_from_a_store_that_cannot_be_read(tmp_path):
     """The start-up plan reads the store's training times; a truncated store ended the real
     run with a traceback there (ingest refuses such a store in one line later)."""
     from pipelines.analysis import budget
-    from pipelines.tracking import open_client
+    from pipelines.tracking.store import open_client
 
     client = open_client(f"sqlite:///{tmp_path / 'store.db'}")
     experiment = client.create_experiment("plan")

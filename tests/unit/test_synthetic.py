@@ -6,7 +6,6 @@ import json
 from pathlib import Path
 
 import numpy as np
-import pytest
 from PIL import Image
 
 from pipelines.data.synthetic import CLASSES, SyntheticSpec, render_sample, write_dataset

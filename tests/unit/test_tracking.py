@@ -11,7 +11,8 @@ from pipelines import contract
 from pipelines.grid import RunPaths, expand_grid
 from pipelines.grid.render import render_run, write_configs
 from pipelines.grid.run import run_document
-from pipelines.ingest import collect_metrics, ingest
+from pipelines.tracking.ingest import ingest
+from pipelines.tracking.run_files import collect_metrics
 
 BASE = "configs/models/mask2former_r18_synthetic-128x128.py"
 PRO = "configs/models/mask2former_r18_proscale-333_synthetic-128x128.py"
@@ -91,7 +92,7 @@ def test_collect_metrics_reads_every_stage(tmp_path):
 
 
 def ingest_and_check(tmp_path, uri: str):
-    from pipelines.tracking import open_client
+    from pipelines.tracking.store import open_client
 
     results, jsons = write_results(tmp_path)
     art = str(tmp_path / "artifacts")
@@ -173,9 +174,8 @@ def test_ingest_of_a_real_tiny_training_has_curves_times_and_provenance(tmp_path
     """The real producer: `python -m pipelines train` on the tiny model (4 iterations, 64x64),
     `evaluate`, then ingest: the child's curves have one point per logged iteration, its start
     and end are the training's, and it carries the commit and library versions."""
+    from pipelines.tracking.store import open_client
     from tests.conftest import TINY_OPTIONS, run_cli
-
-    from pipelines.tracking import open_client
 
     config = {"name": "real", "train": {"max_iters": 4, "cfg_options": [
         o.replace("[64,64]", "(64,64)") for o in TINY_OPTIONS] + [
@@ -243,7 +243,7 @@ def test_a_changed_baseline_is_recorded_without_new_files(tmp_path):
     """The baseline role is the ablation's (grid.baseline), not the run's recipe: told a new
     baseline variant, a re-ingest re-tags runs whose files did not change (a run.json's own flag
     can be older than the ablation's choice), and changes nothing when told the same again."""
-    from pipelines.tracking import open_client
+    from pipelines.tracking.store import open_client
 
     results, jsons = write_results(tmp_path)
     uri, art = f"sqlite:///{tmp_path / 'mlflow.db'}", str(tmp_path / "artifacts")

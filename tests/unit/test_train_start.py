@@ -1,7 +1,7 @@
-"""Fine-tuning and resume together: which start a training takes (pipelines.train.choose_start)."""
+"""Fine-tuning and resume together: which start a training takes (pipelines.stages.train.choose_start)."""
 from __future__ import annotations
 
-from pipelines.train import choose_start, own_last_checkpoint
+from pipelines.stages.train import choose_start, own_last_checkpoint
 
 
 def test_fresh_work_dir_loads_the_weights_only(tmp_path):

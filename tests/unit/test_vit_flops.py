@@ -6,10 +6,10 @@ import pytest
 import torch
 
 import pipelines.registry  # noqa: F401
-from pipelines import cost_model_vit as cm
-from pipelines.flop_handles import extra_flop_handles
 from pipelines.models.token_cluster import ClusterViT
 from pipelines.models.token_sample import SampleViT
+from pipelines.stages import cost_model_vit as cm
+from pipelines.stages.flop_handles import extra_flop_handles
 from tests.conftest import REPO
 from tests.unit.vit_helpers import VIT, plain_vit, same_weights
 
@@ -116,7 +116,7 @@ def test_attention_handles_by_hand():
 def test_every_multiply_add_op_of_the_vit_mask2former_has_a_handle(backbone):
     from mmengine.config import Config
 
-    from pipelines.flops import build_model, inference_forward
+    from pipelines.stages.flops import build_model, inference_forward
 
     cfg = Config.fromfile(str(TINY_VIT))
     cfg.model.backbone.update(backbone)

@@ -1,4 +1,4 @@
-"""A weights folder for nodes without internet (pipelines/weights.py): every pretrained URI
+"""A weights folder for nodes without internet (pipelines/stages/weights.py): every pretrained URI
 resolves to one file, a missing file is refused before any job, and the files' content (not
 their folder) is part of the training recipe."""
 from __future__ import annotations
@@ -10,9 +10,9 @@ import shutil
 import pytest
 import torch
 
-from pipelines import weights
 from pipelines.errors import UserError
 from pipelines.grid import expand_grid, resolved_base
+from pipelines.stages import weights
 from tests.conftest import REPO
 from tests.unit import pretrained_layouts as layouts
 

@@ -166,7 +166,7 @@ def invocations(work: Path) -> list[list[int]]:
 
 def mlflow_children(uri: str) -> list:
     from pipelines import contract as c
-    from pipelines import tracking
+    from pipelines.tracking import store as tracking
 
     client = tracking.open_client(uri)
     exp = client.get_experiment_by_name("chaos")
@@ -178,7 +178,7 @@ def test_sigkilled_grid_reruns_to_the_undisturbed_results(tmp_path):
     import torch
 
     from pipelines import contract as c
-    from pipelines import tracking
+    from pipelines.tracking import children as tracking_children
 
     calm_dir, chaos_dir = tmp_path / "calm", tmp_path / "chaos"
     calm_dir.mkdir(), chaos_dir.mkdir()
@@ -240,7 +240,7 @@ def test_sigkilled_grid_reruns_to_the_undisturbed_results(tmp_path):
         assert len(runs) == 1, (run_id, [(r.info.status, r.data.tags.get(c.ROLE_TAG))
                                          for r in runs])
         (run,) = runs
-        assert run.info.status == "FINISHED" and tracking.is_complete(run), run_id
+        assert run.info.status == "FINISHED" and tracking_children.is_complete(run), run_id
         assert run.data.tags[c.ROLE_TAG] == c.ROLE_RUN
         assert run.data.metrics["miou"] == pytest.approx(want[run_id][1]["miou"])
     assert not list((chaos_dir / "results").rglob(".*.tmp"))  # no half-written file left

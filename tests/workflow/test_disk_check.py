@@ -1,4 +1,4 @@
-"""The disk check before training (the Snakefile's onstart, pipelines/disk.py) on real runs.
+"""The disk check before training (the Snakefile's onstart, pipelines/stages/disk.py) on real runs.
 
 - A changed set of runs (a search generation, a run added or dropped) still trains a training
   that was left unfinished. With the check as a job that trainings depended on through
@@ -19,7 +19,6 @@ import pytest
 from pipelines.grid import RunPaths
 from tests.conftest import REPO
 from tests.workflow.conftest import PRO_SCALE, snakemake, tiny_ablation, write_config
-
 
 
 def _points(root, schedules, results=None):

@@ -52,7 +52,7 @@ def test_one_failed_run_stays_local_then_a_fix_replaces_it(tmp_path):
     assert own["ratios"]["model"] > 0 and own["host"] == paired["host"]
 
     from pipelines import contract as c
-    from pipelines.tracking import open_client
+    from pipelines.tracking.store import open_client
 
     client = open_client(config["mlflow"]["tracking_uri"])
     exp = client.get_experiment_by_name("tiny")

@@ -58,7 +58,7 @@ class TokenDropPixelDecoder(MSDeformAttnPixelDecoder):
 
 
 def fig_token_drop(a, plt):
-    from pipelines.figure_base import Skip
+    from pipelines.reports.figure_base import Skip
 
     settings = a.settings.dropna(subset=["drop_stride", "miou"]) if "drop_stride" in \\
         a.settings else a.settings.iloc[:0]

@@ -10,21 +10,27 @@ from pathlib import Path
 import pytest
 
 from pipelines import contract as c
-from pipelines import tracking
-from pipelines.ingest import ingest
-from tests.conftest import run_cli
-from tests.unit.test_ingest_safety import (ABL, Store, empty_db, ingested,  # noqa: F401
-                                           one_good_child_each)
+from pipelines.tracking import children
+from pipelines.tracking import store as tracking
+from pipelines.tracking.ingest import ingest
+from tests.ingest_faults import run_ingest_stopped_at
+from tests.unit.test_ingest_safety import (  # noqa: F401
+    ABL,
+    Store,
+    empty_db,
+    ingested,
+    one_good_child_each,
+)
 from tests.unit.test_tracking import write_results
 
 STEPS = ("created", "logged", "artifacts", "terminated", "completed", "retired")
 
 
 def killed_ingest(store: Store, results: Path, jsons: list[str], at: str) -> None:
-    """The CLI in its own process, SIGKILLed by its fault hook at ``at``."""
-    proc = run_cli("ingest", "--ablation", ABL, "--results", str(results), "--tracking-uri",
-                   store.uri, "--artifact-location", str(store.art), "--runs", *jsons,
-                   env={tracking.FAULT_ENV: at})
+    """The CLI in its own process, SIGKILLed at ``at`` (:mod:`tests.ingest_faults`)."""
+    proc = run_ingest_stopped_at(at, "--ablation", ABL, "--results", str(results),
+                                 "--tracking-uri", store.uri, "--artifact-location",
+                                 str(store.art), "--runs", *jsons)
     assert proc.returncode == -signal.SIGKILL, proc.stderr[-2000:]
 
 
@@ -42,7 +48,7 @@ def check_killed(store: Store, jsons: list[str], step: str, old: float, new: flo
     order = [json.loads(Path(j).read_text())["run_id"] for j in jsons]
     for i, run_id in enumerate(order):
         runs = points[run_id]
-        assert all(tracking.is_complete(r) and r.info.status == "FINISHED" for r in runs)
+        assert all(children.is_complete(r) and r.info.status == "FINISHED" for r in runs)
         mious = sorted(r.data.metrics["miou"] - i for r in runs)
         if i == 1 and step == "completed":
             assert mious == sorted([old, new])

@@ -106,8 +106,8 @@ def dry_run_argv(argv: list[str], tmp_path: Path) -> list[str]:
 def fake_weights(folder: Path, args: list[str]) -> Path:
     """A weights folder holding a (placeholder) file for every pretrained checkpoint the
     ablation's model configs name, under the name the weights folder wants."""
-    from pipelines import weights
     from pipelines.grid import resolved_base
+    from pipelines.stages import weights
 
     ablation = yaml.safe_load(Path(args[args.index("--configfile") + 1]).read_text())
     folder.mkdir(parents=True, exist_ok=True)

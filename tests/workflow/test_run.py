@@ -46,7 +46,7 @@ def test_tiny_grid_end_to_end(tiny):
     assert f[ids[1]]["encoder"] < f[ids[0]]["encoder"]
 
     # MLflow: one parent, the two runs as children, named by run id
-    from pipelines.tracking import open_client
+    from pipelines.tracking.store import open_client
 
     client = open_client(config["mlflow"]["tracking_uri"])
     exp = client.get_experiment_by_name("tiny")

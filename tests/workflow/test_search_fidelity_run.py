@@ -114,7 +114,7 @@ def test_rungs_promotion_and_a_killed_head(tmp_path):
     # MLflow: one run per trained setting with its learning curve, the stopped one too
     from mlflow.tracking import MlflowClient
 
-    from pipelines.search_fidelity import CURVE_METRIC, ROLE_STOPPED
+    from pipelines.search.rungs import CURVE_METRIC, ROLE_STOPPED
 
     client = MlflowClient(f"sqlite:///{tmp_path / 'results' / 'mlflow.db'}")
     experiment = client.get_experiment_by_name("tiny_fidelity").experiment_id

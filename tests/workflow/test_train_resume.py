@@ -1,6 +1,6 @@
 """Train for real, SIGKILL mid-run, run the same command again: it resumes, bit-identically to an
-uninterrupted training (pipelines/resume.py); then evaluate; a finished training keeps weights
-only (pipelines/disk.py)."""
+uninterrupted training (pipelines/stages/resume.py); then evaluate; a finished training keeps weights
+only (pipelines/stages/disk.py)."""
 from __future__ import annotations
 
 import json
@@ -110,7 +110,7 @@ def test_killed_twice_and_resumed_equals_uninterrupted(tmp_path, synthetic_root)
     differ = [k for k in a if not torch.equal(a[k], b[k])]
     assert differ == [], f"resumed weights differ: {differ[:5]}"
 
-    # done: the weights alone are kept (pipelines/disk.py), under the last checkpoint's name
+    # done: the weights alone are kept (pipelines/stages/disk.py), under the last checkpoint's name
     assert sorted(p.name for p in broken.glob("*.pth")) == [f"iter_{iters}.pth"]
     final = _checkpoint(broken / f"iter_{iters}.pth")
     assert final["meta"]["final"] is True and final["meta"]["iter"] == iters

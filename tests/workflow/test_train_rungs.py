@@ -1,6 +1,6 @@
 """Rungs of a multi-fidelity search are one training: ``train --stop-at`` stops the schedule of
 ``max_iters`` at a checkpoint, a later call continues from it without repeating an iteration,
-and the result equals an uninterrupted training bit for bit (pipelines/resume.py), one that
+and the result equals an uninterrupted training bit for bit (pipelines/stages/resume.py), one that
 validated only at its end: validating at the rungs changes nothing either."""
 from __future__ import annotations
 

@@ -30,9 +30,9 @@ except UserError as err:
 validate(config, schema="../schemas/ablation.schema.yaml", set_default=True)
 
 # The expanded grid is saved in .snakemake/pipelines-plans/ under a key of everything the
-# expansion reads (pipelines/plan_cache.py): on a cluster every job's own snakemake loads it
+# expansion reads (pipelines/grid/plan_cache.py): on a cluster every job's own snakemake loads it
 # instead of expanding the whole grid again; any change is a new expansion.
-from pipelines.plan_cache import cached_expand  # noqa: E402
+from pipelines.grid.plan_cache import cached_expand  # noqa: E402
 
 def _many_output_files(runs):
     """The outputs of the jobs that write a file for every run (list_runs: each run.json;
@@ -93,8 +93,8 @@ EXTRA_RUN_OUTPUTS = []
 
 ABLATION = config["name"]
 # the folder of pretrained checkpoints (ablation key `weights`, else $PIPELINES_WEIGHTS): every
-# stage job gets it (pipelines/weights.py); its files were checked by expand_grid above
-from pipelines.weights import folder_of as _weights_folder, shell_prefix  # noqa: E402
+# stage job gets it (pipelines/stages/weights.py); its files were checked by expand_grid above
+from pipelines.stages.weights import folder_of as _weights_folder, shell_prefix  # noqa: E402
 
 WEIGHTS_PREFIX = shell_prefix(_weights_folder(config))
 RESULTS = config["results"]
@@ -249,7 +249,7 @@ def stage_resources(stage):
 
 def stage_shell(command, stderr_to_terminal=False):
     """shell: of a per-run stage job: `python -m pipelines <command>` with {threads} OpenMP
-    threads, `--record-failure` on the last attempt (pipelines/failures.py), and its output in
+    threads, `--record-failure` on the last attempt (pipelines/stages/failures.py), and its output in
     the log (stderr also on the terminal with `stderr_to_terminal`). The command reads the run's
     rendered config ({params.config}); no option is applied on top of it. Every path is quoted
     ({x:q})."""
@@ -339,8 +339,8 @@ def hold_results_lock():
 
 def report_failed_runs():
     """At the end of a run: every failed run with its stage and reason, and exit status 3 when
-    there is one (pipelines/failures.py), after the others were ingested and reported."""
-    from pipelines.failures import SOME_RUNS_FAILED, failed_runs, summary_lines
+    there is one (pipelines/stages/failures.py), after the others were ingested and reported."""
+    from pipelines.stages.failures import SOME_RUNS_FAILED, failed_runs, summary_lines
 
     failed = failed_runs({run_id: get_run_outputs(run_id) for run_id in RUNS})
     for line in summary_lines(failed, len(RUNS)):

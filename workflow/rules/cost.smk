@@ -25,7 +25,7 @@ rule count_flops:
 
 rule benchmark_ablation:
     # Paired latency: one job measures every run's model (and the baseline's) interleaved in
-    # one process on one node (pipelines/benchmark.py); it writes each run's benchmark.json,
+    # one process on one node (pipelines/stages/benchmark.py); it writes each run's benchmark.json,
     # which ingest reads, and paired.json (host, CPU/GPU model, threads, library versions).
     input:
         # every run.json (written with the manifest by list_runs)

@@ -12,7 +12,7 @@
 #
 # Adding or changing a beta is a new run id with the same train id: only its gate and gated
 # evaluation run (and ingest/report after them). The JSON outputs may be failure records
-# (pipelines/failures.py); the Parquet tables and the gate weights are never declared, like
+# (pipelines/stages/failures.py); the Parquet tables and the gate weights are never declared, like
 # checkpoints, so a retry overwrites them atomically instead of deleting them first.
 from pipelines.eco_m2f.layout import id_pattern, is_gated, stage_files  # noqa: E402
 

@@ -5,7 +5,7 @@
 # recipe is content (resolved config, data, code: pipelines/grid/), so a changed config, base
 # file or method file gives a new work folder and a new training, for the runs that use it only.
 #
-# Failures stay local (pipelines/failures.py): on a job's last attempt (`last_attempt`), a
+# Failures stay local (pipelines/stages/failures.py): on a job's last attempt (`last_attempt`), a
 # failing train/evaluate writes its output as a failure record and exits 0, so the other runs
 # are still ingested, reported and drawn; ingest records the run as FAILED with its reason.
 # Every path is quoted ({x:q}): a results folder may hold spaces.
@@ -25,7 +25,7 @@ rule train_model:
         config=get_config,
         work_dir=lambda wildcards, output: os.path.dirname(output.done),
         data_root=get_data_root,
-        # one process per GPU of the job (torchrun, pipelines/launch.py); 1 on CPU
+        # one process per GPU of the job (torchrun, pipelines/stages/launch.py); 1 on CPU
         nproc=max(1, config["resources"]["train"]["gpus"]),
     threads: get_threads("train")
     resources:
@@ -42,7 +42,7 @@ rule train_model:
         )
 
 
-# A rung of a multi-fidelity search (pipelines/search_fidelity.py): the same training, in the
+# A rung of a multi-fidelity search (pipelines/search/fidelity.py): the same training, in the
 # same work folder, stopped after iteration {stop_at} of its own schedule at a checkpoint and
 # validation iteration (`train --stop-at`); asked for by the search only. A later rung, or the
 # training's own train_done.json, continues from that checkpoint: no iteration is repeated.
