@@ -20,9 +20,10 @@ config uses a method when one of its ``type=`` values is a class of that method'
 The same scan gives a run's *code identity* (:func:`code_hash`): the bytes of every project file
 that defines a type the resolved config builds, plus the project modules those files import.
 Editing ``pipelines/models/pro_scale.py`` therefore changes the recipe of exactly the runs whose
-config builds a PRO-SCALE class; a CLI or analysis change changes no recipe. Left out: a model
-file's method declaration (its label, style and hooks, :mod:`pipelines.methods`) and this module
-itself (:data:`NOT_CODE_IMPORTS`): neither is part of what a run trains.
+config builds a PRO-SCALE class; a CLI or analysis change changes no recipe. Left out: the
+method declarations (labels, styles and hooks, in files of their own,
+``pipelines/methods/<method>.py``: :mod:`pipelines.methods`) and this module itself
+(:data:`NOT_CODE_IMPORTS`): neither is part of what a run trains.
 
 Pure Python (no torch): the Snakefile imports it.
 """
@@ -42,6 +43,8 @@ from pipelines.errors import UserError
 
 PACKAGE = Path(__file__).resolve().parent
 MODELS_DIR = PACKAGE / "models"
+#: where the method declarations live, ``<method>.py`` each (:mod:`pipelines.methods`)
+DECLARATIONS_DIR = PACKAGE / "methods"
 TYPES = ("any", "int", "float", "bool", "str", "int_list")
 CONVERTERS = ("dash_ints",)
 # run-id characters (also folder names and Snakemake wildcards)
@@ -285,21 +288,11 @@ def registered_types() -> dict[str, Path]:
     return out
 
 
-def _declares_method(path: Path) -> bool:
-    return any(isinstance(n, ast.ClassDef) and decorated_by(n, METHOD_REGISTRY)
-               for n in _ast(path).body)
-
-
-def declaration_files() -> list[Path]:
-    """The files under ``pipelines/models/`` that register a method declaration."""
-    return [p for p in sorted(MODELS_DIR.glob("*.py")) if _declares_method(p)]
-
-
 def method_files() -> dict[str, Path]:
     """Method name -> file, for every ``pipelines/models/<method>.py`` with an ``AXES`` dict or
-    a method declaration (:mod:`pipelines.methods`)."""
-    return {p.stem: p for p in sorted(MODELS_DIR.glob("*.py"))
-            if _axes_node(p) is not None or _declares_method(p)}
+    a method declaration (``pipelines/methods/<method>.py``, :mod:`pipelines.methods`)."""
+    return {p.stem: p for p in sorted(MODELS_DIR.glob("*.py")) if not p.stem.startswith("_")
+            and (_axes_node(p) is not None or (DECLARATIONS_DIR / p.name).is_file())}
 
 
 def _axes_node(path: Path) -> ast.expr | None:
@@ -362,9 +355,8 @@ def methods_of_config(cfg: Mapping) -> list[str]:
 
 
 #: imports that are no part of what a run trains: the plug-in aggregator, the method
-#: declarations' registry (a declaration is left out of the code identity: :func:`recipe_bytes`)
-#: and this module (a model file imports it for :class:`Axis`, whose effect on a run is its
-#: resolved config, hashed on its own)
+#: declarations' registry (labels, styles and hooks) and this module (a model file imports it
+#: for :class:`Axis`, whose effect on a run is its resolved config, hashed on its own)
 NOT_CODE_IMPORTS = ("pipelines.registry", "pipelines.methods", "pipelines.axes")
 
 
@@ -410,37 +402,8 @@ def type_code_files(names: Iterable[str]) -> list[Path]:
     return sorted(seen)
 
 
-def _declaration_lines(path: Path) -> set[int]:
-    """0-based lines of ``path``'s method declarations and of its ``pipelines.methods`` import,
-    with the blank and comment lines right above each."""
-    lines = path.read_text().splitlines()
-    drop: set[int] = set()
-    for node in _ast(path).body:
-        declared = isinstance(node, ast.ClassDef) and decorated_by(node, METHOD_REGISTRY)
-        imports = isinstance(node, ast.ImportFrom) and node.module == "pipelines.methods"
-        if not (declared or imports):
-            continue
-        first = min([node.lineno, *(d.lineno for d in getattr(node, "decorator_list", []))]) - 1
-        while first > 0 and (not lines[first - 1].strip()
-                             or lines[first - 1].lstrip().startswith("#")):
-            first -= 1
-        drop.update(range(first, node.end_lineno))
-    return drop
-
-
-def recipe_bytes(path: Path) -> bytes:
-    """What of ``path`` belongs to a run's code identity: the file without its method
-    declaration (labels, styles and hooks train nothing), byte for byte the rest."""
-    drop = _declaration_lines(path)
-    if not drop:
-        return path.read_bytes()
-    kept = [line for i, line in enumerate(path.read_text().splitlines(keepends=True))
-            if i not in drop]
-    return ("".join(kept).rstrip("\n") + "\n").encode()
-
-
 def code_hash(files: Iterable[Path]) -> str:
     h = hashlib.sha256()
     for path in sorted(files):
-        h.update(str(path.relative_to(PACKAGE)).encode() + b"\0" + recipe_bytes(path) + b"\0")
+        h.update(str(path.relative_to(PACKAGE)).encode() + b"\0" + path.read_bytes() + b"\0")
     return h.hexdigest()[:16]

@@ -135,15 +135,3 @@ class ClusterPixelDecoder(MSDeformAttnPixelDecoder):
         self.encoder = QueryClusterEncoder(cluster_layer=cluster_layer,
                                            anchor_fraction=anchor_fraction, k=k, window=window,
                                            **encoder)
-
-
-# ----------------------------------------------------------------------------- method declaration
-# What the rest of the pipeline knows of this method (pipelines/methods.py: read without importing
-# this file, so literals only; no part of a run's code identity).
-from pipelines.methods import METHODS, Method  # noqa: E402
-
-
-@METHODS.register_module(name="cluster_pixel_decoder")
-class ClusterPixelDecoderMethod(Method):
-    label, color, marker = "PD clustering", "#ff7f0e", "X"  # its series in figures and tables
-    rank = 50

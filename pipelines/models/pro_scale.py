@@ -397,18 +397,3 @@ def adapt_baseline_encoder(decoder: ProScalePixelDecoder, state_dict: dict,
                 sliced.append(key)
             state_dict[key] = value
     return sliced
-
-
-# ----------------------------------------------------------------------------- method declaration
-# What the rest of the pipeline knows of this method (pipelines/methods.py: read without importing
-# this file, so literals only; no part of a run's code identity).
-from pipelines.methods import METHODS, Method  # noqa: E402
-
-
-@METHODS.register_module(name="pro_scale")
-class ProScaleMethod(Method):
-    label, color, marker = "PRO-SCALE", "#1f77b4", "s"  # its series in figures and tables
-    rank = 10
-    figures = "pipelines.reports.figures_pro_scale:FIGURES"
-    axis_labels = {"schedule": "{}"}
-    recorded_as = ("pro_scale",)

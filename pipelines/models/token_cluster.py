@@ -362,18 +362,3 @@ class ClusterViT(VisionTransformer):
             merged = torch.cat([x[:, :prefix], merged], dim=1)
             bias = torch.cat([bias.new_zeros(x.shape[0], prefix), bias], dim=1)
         return merged, slot, bias
-
-
-# ----------------------------------------------------------------------------- method declaration
-# What the rest of the pipeline knows of this method (pipelines/methods.py: read without importing
-# this file, so literals only; no part of a run's code identity).
-from pipelines.methods import METHODS, Method  # noqa: E402
-
-
-@METHODS.register_module(name="token_cluster")
-class TokenClusterMethod(Method):
-    label, color, marker = "AiluRus", "#2ca02c", "D"  # its series in figures and tables
-    rank = 30
-    parts = {"cluster": "backbone.clusterer"}  # the clustering step's own GFLOPs
-    figures = "pipelines.reports.figures_token_cluster:FIGURES"
-    recorded_as = ("ailurus",)

@@ -283,16 +283,3 @@ def scatter_back(x: Tensor, state) -> Tensor:
     grid = torch.cat([last, last.new_zeros(b, 1, c)], dim=1)
     grid = grid.scatter(1, index[:, :, None].expand(b, index.shape[1], c), x[:, 1:])
     return grid[:, :n]
-
-
-# ----------------------------------------------------------------------------- method declaration
-# What the rest of the pipeline knows of this method (pipelines/methods.py: read without importing
-# this file, so literals only; no part of a run's code identity).
-from pipelines.methods import METHODS, Method  # noqa: E402
-
-
-@METHODS.register_module(name="token_sample")
-class TokenSampleMethod(Method):
-    label, color, marker = "ATS", "#9467bd", "v"  # its series in figures and tables
-    rank = 40
-    recorded_as = ("ats",)

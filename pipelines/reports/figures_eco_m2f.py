@@ -145,5 +145,5 @@ def fig_eco_m2f_exits(a, plt):
 
 
 #: name -> drawing function, drawn by ``python -m pipelines figures`` (the declaration in
-#: ``pipelines/models/early_exit.py`` names it)
+#: ``pipelines/methods/early_exit.py`` names it)
 FIGURES = {"eco_m2f_exits": fig_eco_m2f_exits, "eco_m2f_tradeoff": fig_eco_m2f_tradeoff}

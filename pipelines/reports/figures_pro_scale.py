@@ -1,5 +1,5 @@
 """PRO-SCALE's figure, for the runs that build the ``pro_scale`` method and no other (its
-declaration in ``pipelines/models/pro_scale.py`` names :data:`FIGURES`):
+declaration in ``pipelines/methods/pro_scale.py`` names :data:`FIGURES`):
 
 * ``encoder_gflops_by_schedule``: tracked encoder GFLOPs per schedule (stacked by stage when the
   flops stage logged them), next to the baseline's.

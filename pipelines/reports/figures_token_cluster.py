@@ -1,5 +1,5 @@
 """AiluRus' figure, for the settings with a clustering fraction (its declaration in
-``pipelines/models/token_cluster.py`` names :data:`FIGURES`):
+``pipelines/methods/token_cluster.py`` names :data:`FIGURES`):
 
 * ``accuracy_vs_cluster_fraction``: mIoU against the fraction of tokens kept as anchors.
 """

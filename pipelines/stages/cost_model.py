@@ -133,7 +133,7 @@ def plain_pixel_decoder_flops_from_cfg(pixel_decoder_cfg, image_hw: Tuple[int, i
 
 def early_exit_pixel_decoder_flops_from_cfg(pixel_decoder_cfg, image_hw: Tuple[int, int],
                                             count_sampling: bool = False) -> dict:
-    """ECO-M2F's cost model (declared in ``pipelines/models/early_exit.py``): with a fixed
+    """ECO-M2F's cost model (declared in ``pipelines/methods/early_exit.py``): with a fixed
     ``test_exit`` the layers after it are skipped (:func:`early_exit_pixel_decoder_flops`);
     without one, the plain count (every layer)."""
     cfg = pixel_decoder_cfg

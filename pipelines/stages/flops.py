@@ -22,7 +22,7 @@ from pipelines.config import load_config, write_json_atomic
 from pipelines.errors import UserError
 
 # part name -> module path inside the segmentor, for every model; a method adds its own parts
-# (its declaration's ``parts``, pipelines/methods.py: AiluRus' ``cluster``), 0 for other models
+# (its declaration's ``parts``, pipelines/methods/: AiluRus' ``cluster``), 0 for other models
 BASE_PARTS = {
     "backbone": "backbone",
     "encoder": "decode_head.pixel_decoder.encoder",

@@ -1,8 +1,11 @@
-"""The method registry (pipelines/methods.py): declarations read without importing their files
-equal the imported ones, the four methods look and count exactly as before, and the registry's
-rules (file's own name, literals only, no part of a recipe) hold."""
+"""The method registry (pipelines/methods/): each method's declaration is a light file of its
+own, imported the ordinary way; the five methods look and count exactly as before, and the
+registry's rules (named after its model file, a file of its own, light, no part of a recipe)
+hold, each broken one said in one line."""
 from __future__ import annotations
 
+import importlib
+import re
 import subprocess
 import sys
 
@@ -10,6 +13,7 @@ import pytest
 
 from pipelines import axes as ax
 from pipelines import methods
+from pipelines.errors import UserError
 from tests.conftest import REPO
 
 FIELDS = ("name", "label", "color", "marker", "rank", "parts", "figures", "report",
@@ -29,14 +33,16 @@ def _fields(cls) -> dict:
     return {f: getattr(cls, f) for f in FIELDS}
 
 
-def test_read_declarations_equal_the_imported_ones():
-    read = {name: _fields(cls) for name, cls in methods.methods().items()}
-    import pipelines.models  # noqa: F401  (every model file, for real: decorators run again)
+def test_declarations_are_their_own_files_and_the_models_declare_none():
+    found = methods.methods()
+    assert {name: cls.__module__ for name, cls in found.items()} == \
+        {name: f"pipelines.methods.{name}" for name in STYLES_BEFORE}
+    declared = {p.stem for p in ax.DECLARATIONS_DIR.glob("*.py") if p.stem != "__init__"}
+    assert declared == set(found) and declared <= set(ax.method_files())
+    before = {name: _fields(cls) for name, cls in found.items()}
+    import pipelines.models  # noqa: F401  (every model file, for real: a declaration there fails)
 
-    imported = {name: _fields(cls) for name, cls in methods.methods().items()}
-    assert read == imported
-    assert all(cls.__module__ == f"pipelines.models.{name}"
-               for name, cls in methods.methods().items())
+    assert {name: _fields(cls) for name, cls in methods.methods().items()} == before
     # pkgutil discovery imported every file of the package
     assert {p.stem for p in ax.MODELS_DIR.glob("*.py") if p.stem != "__init__"} <= \
         {m.rsplit(".", 1)[-1] for m in sys.modules if m.startswith("pipelines.models.")}
@@ -99,64 +105,137 @@ def test_report_sections_come_from_the_methods_hooks(tmp_path):
     assert md[:3] == ["", "## ECO-M2F: exit histogram, ladder and oracle", ""]
 
 
-def test_reading_the_registry_imports_no_torch():
-    code = ("import sys; from pipelines import contract, methods; "
-            "from pipelines.analysis import roles; from pipelines.reports import figures; "
-            "assert contract.GFLOPS_PARTS and methods.methods() and figures.FIGURES; "
-            "assert 'torch' not in sys.modules, 'torch imported'")
+def _no_torch(code: str) -> None:
+    code += "; import sys; assert 'torch' not in sys.modules, 'torch imported'"
     proc = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr[-2000:]
 
 
-DECLARATION = '''
-AXES = {"drop": Axis("model.x.drop", type="int", minimum=1)}
+def test_importing_the_registry_imports_no_torch():
+    _no_torch("import pipelines.methods")
+    _no_torch("from pipelines import contract, methods; from pipelines.reports import figures; "
+              "from pipelines.analysis import roles; "
+              "assert contract.GFLOPS_PARTS and len(methods.methods()) == 5 and figures.FIGURES")
 
 
-# ---- method declaration
-from pipelines.methods import METHODS, Method  # noqa: E402
+def test_what_the_snakefile_imports_imports_no_torch():
+    """Every ``pipelines`` module the Snakefile and its rules import, then the demo grid
+    expanded and the methods looked up, as a Snakefile parse does."""
+    text = "\n".join(p.read_text() for p in [REPO / "Snakefile",
+                                             *sorted((REPO / "workflow" / "rules").glob("*.smk"))])
+    modules = sorted(set(re.findall(r"^\s*(?:from|import) (pipelines[\w.]*)", text, re.M)))
+    assert "pipelines.grid" in modules and "pipelines.errors" in modules
+    _no_torch("import importlib; "
+              f"[importlib.import_module(m) for m in {modules!r}]; "
+              "from pipelines.grid import expand_grid, load_ablation; "
+              "from pipelines import methods; "
+              "runs = expand_grid(load_ablation('configs/ablations/demo.yaml')); "
+              "assert runs and methods.order() and any(r.methods for r in runs)")
 
 
-@METHODS.register_module(name="{name}")
-class ToyMethod(Method):
-    label = {label}
-'''
+# ----------------------------------------------------------------------------- the rules
+def _declaration(package: str, name: str = "toy", label: str = '"Toy"') -> str:
+    return (f"from {package} import METHODS, Method\n\n\n"
+            f"@METHODS.register_module(name={name!r})\n"
+            f"class ToyMethod(Method):\n    label = {label}\n")
 
 
-def _registry(tmp_path, monkeypatch, name="toy", label='"Toy"'):
-    models = tmp_path / "models"
-    models.mkdir(exist_ok=True)
-    (models / "toy.py").write_text("import torch\n" + DECLARATION.replace(
-        "{name}", name).replace("{label}", label))
-    monkeypatch.setattr(ax, "MODELS_DIR", models)
-    return methods.MethodRegistry("method_test", scope="pipelines_test", locations=["x"])
+@pytest.fixture
+def toy(tmp_path, monkeypatch):
+    """``make(files, models=("toy",))``: a package of declarations ``files`` (stem -> text, the
+    package name is ``{pkg}``) with its own registry, the model files ``models`` (each imports
+    torch: never run); returns (registry, package name)."""
+    package = "toy_methods_" + re.sub(r"\W", "_", tmp_path.name)
+    root = tmp_path / "src"
+    (root / package).mkdir(parents=True)
+    models_dir = tmp_path / "models"
+    models_dir.mkdir()
+    monkeypatch.setattr(ax, "MODELS_DIR", models_dir)
+    monkeypatch.syspath_prepend(str(root))
+
+    def make(files, models=("toy",), init=""):
+        (root / package / "__init__.py").write_text(
+            "from pipelines.methods import Method, MethodRegistry\n" + init +
+            "METHODS = MethodRegistry('method_test', scope='toy', locations=[__name__])\n")
+        for stem, text in files.items():
+            (root / package / f"{stem}.py").write_text(text.replace("{pkg}", package))
+        for stem in models:
+            (models_dir / f"{stem}.py").write_text("import torch\n")
+        return importlib.import_module(package).METHODS, package
+
+    yield make
+    for name in [m for m in sys.modules if m == package or m.startswith(package + ".")]:
+        del sys.modules[name]
 
 
-def test_a_declaration_is_read_without_running_its_file(tmp_path, monkeypatch):
-    reg = _registry(tmp_path, monkeypatch)
-    reg.import_from_location()  # the file's `import torch` line is never run
+def test_a_declaration_is_an_ordinary_import(toy):
+    reg, package = toy({"toy": _declaration("{pkg}"), "_helpers": "X = 1\n"})
     assert reg.get("toy").title() == "Toy" and reg.get("toy").name == "toy"
+    assert reg.get("toy").__module__ == f"{package}.toy" and list(reg.module_dict) == ["toy"]
 
 
-@pytest.mark.parametrize("name, label, words", [
-    ("other", '"Toy"', "its file's name"),
-    ("toy", "AXES", "literals only"),
+@pytest.mark.parametrize("files, models, init, words", [
+    ({"toy": _declaration("{pkg}", name="other")}, ("toy", "other"), "",
+     r"toy.ToyMethod: register it as @METHODS.register_module\(name='toy'\), its file's name"),
+    ({"ghost": _declaration("{pkg}", name="ghost")}, ("toy",), "",
+     r"method 'ghost' has no model file .*ghost.py"),
+    ({"toy": "LABEL = 'Toy'\n"}, ("toy",), "", r"/toy.py: declares no method"),
+    ({"toy": _declaration("{pkg}", label="AXES")}, ("toy",), "",
+     r"/toy.py: cannot import it: NameError: name 'AXES' is not defined"),
+    ({"parts": _declaration("{pkg}", name="parts")}, ("parts",),
+     "from pipelines.methods import parts  # noqa: F401\n",
+     r"/parts.py: 'parts' is already a name of toy_methods_\w+ \(the registry's own\)"),
 ])
-def test_bad_declarations_say_what_is_wrong(tmp_path, monkeypatch, name, label, words):
-    reg = _registry(tmp_path, monkeypatch, name, label)
-    with pytest.raises(ValueError, match=words):
+def test_bad_declarations_say_what_is_wrong(toy, files, models, init, words):
+    reg, _ = toy(files, models, init)
+    with pytest.raises(UserError, match=words) as err:
         reg.import_from_location()
+    assert "\n" not in str(err.value)
+    with pytest.raises(UserError, match=words):  # and again on the next lookup
+        reg.get("toy")
 
 
-def test_a_declaration_is_no_part_of_a_recipe(tmp_path):
-    source = (REPO / "pipelines" / "models" / "token_sample.py").read_text()
-    marker = source.index(" method declaration\n")
-    head = source[:source.rindex("\n\n\n", 0, marker)] + "\n"
-    a, b = tmp_path / "a.py", tmp_path / "b.py"
-    a.write_text(source)
-    b.write_text(source.replace('label = "ATS"', 'label = "ATS v2"'))
-    assert ax.recipe_bytes(a) == ax.recipe_bytes(b) == head.encode()
-    (tmp_path / "c.py").write_text(source.replace("budget", "budget2", 1))
-    assert ax.recipe_bytes(tmp_path / "c.py") != ax.recipe_bytes(a)
+def test_a_declaration_left_in_a_model_file_is_refused(toy, tmp_path):
+    reg, package = toy({})
+    stray = tmp_path / "src" / f"{package}_model.py"
+    stray.write_text(_declaration(package))
+    with pytest.raises(UserError, match=rf"{package}_model.ToyMethod: a method declaration "
+                                        rf"lives in a file of its own, {package}/toy.py"):
+        importlib.import_module(f"{package}_model")
+
+
+def test_a_heavy_declaration_is_refused(tmp_path):
+    """A declaration that imports torch (its model file, say) is refused by name, in a fresh
+    interpreter (torch not yet imported)."""
+    (tmp_path / "heavy_toy").mkdir()
+    (tmp_path / "heavy_toy" / "__init__.py").write_text(
+        "from pipelines.methods import Method, MethodRegistry\n"
+        "METHODS = MethodRegistry('m', scope='heavy', locations=[__name__])\n")
+    (tmp_path / "heavy_toy" / "toy.py").write_text("import torch\n" + _declaration("heavy_toy"))
+    (tmp_path / "toy.py").write_text("import torch\n")  # its model file
+    code = (f"import sys; sys.path.insert(0, {str(tmp_path)!r}); import pathlib; "
+            "from pipelines import axes; from pipelines.errors import UserError; import heavy_toy\n"
+            f"axes.MODELS_DIR = pathlib.Path({str(tmp_path)!r})\n"
+            "try:\n    heavy_toy.METHODS.import_from_location()\n"
+            "except UserError as err:\n    print(err)")
+    proc = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.strip() == ("heavy_toy/toy.py: importing it imports torch; a declaration "
+                                   "imports no model code (the Snakefile and the analysis "
+                                   "read it)")
+
+
+def test_a_declaration_is_no_part_of_a_recipe():
+    """No declaration file is code a run is built from, nor its classes model types; the model
+    files hold no declaration (their bytes are what the recipes always hashed)."""
+    types = ax.registered_types()
+    assert not {n for n in types if n.endswith("Method")} and \
+        not any(p.parent == ax.DECLARATIONS_DIR for p in types.values())
+    files = ax.type_code_files(types)
+    assert any(p.parent == ax.MODELS_DIR for p in files)
+    assert not any(p.parent == ax.DECLARATIONS_DIR for p in files)
+    for path in ax.MODELS_DIR.glob("*.py"):
+        assert "METHODS" not in path.read_text(), path
 
 
 def test_method_figures_parts_and_labels_are_only_declared():

@@ -1,5 +1,5 @@
-"""A fifth method is one file: a copy of the checkout gets a toy method as a
-model file, a config and an ablation block only, and the real Snakefile takes it through the
+"""A fifth method is its two files: a copy of the checkout gets a toy method as a model file, its
+declaration file, a config and an ablation block only, and the real Snakefile takes it through the
 grid, a tiny training, evaluation, FLOPs (with a GFLOPs part of its own), ingest, the figures
 (with one of its own) and the reports, its label and style read from its declaration."""
 from __future__ import annotations
@@ -74,9 +74,10 @@ FIGURES = {"token_drop_miou": fig_token_drop}
 
 def report_lines(run_id, metrics_json):
     return [f"- `{run_id}`: finest encoder level pooled"]
+'''
 
-
-from pipelines.methods import METHODS, Method  # noqa: E402
+TOY_DECLARATION = '''"""Token drop: what the pipeline knows of it (model: pipelines/models/token_drop.py)."""
+from pipelines.methods import METHODS, Method
 
 
 @METHODS.register_module(name="token_drop")
@@ -106,6 +107,7 @@ def toy_run(tmp_path_factory):
     root = tmp_path_factory.mktemp("fifth")
     repo = copy_repo(root / "repo")
     (repo / "pipelines" / "models" / "token_drop.py").write_text(TOY_MODEL)
+    (repo / "pipelines" / "methods" / "token_drop.py").write_text(TOY_DECLARATION)
     (repo / TOY_CONFIG_NAME).write_text(TOY_CONFIG)
     config = tiny_ablation(root, iters=2, benchmark=False)
     config["grid"]["variants"] = {
@@ -117,7 +119,7 @@ def toy_run(tmp_path_factory):
     return root / "results", out
 
 
-def test_a_fifth_method_is_one_file(toy_run):
+def test_a_fifth_method_is_two_files(toy_run):
     results, _ = toy_run
     ids = {p.parent.parent.name for p in results.glob("evaluate/tiny/*/*/metrics.json")}
     assert ids == {"baseline-seed0", TOY_ID}

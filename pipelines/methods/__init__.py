@@ -1,14 +1,15 @@
 """The methods the pipeline ablates, found through one mmengine ``Registry``: :data:`METHODS`.
 
-A method is one file under ``pipelines/models/``. Besides its model code and its ``AXES`` it
-declares, in that file, what the rest of the pipeline needs to know about it, as one small
-registered class (OpenMMLab's plug-in shape: ``@REGISTRY.register_module()`` in the file that
-owns the thing, nothing elsewhere naming it)::
+A method is two files of the same name: its model file ``pipelines/models/<name>.py`` (the model
+code and its ``AXES``) and its declaration ``pipelines/methods/<name>.py`` (a module of this
+package): what the rest of the pipeline needs to know about it, as one small registered class
+(OpenMMLab's plug-in shape: ``@REGISTRY.register_module()`` in the file that owns the thing,
+nothing elsewhere naming it)::
 
-    from pipelines.methods import METHODS, Method  # noqa: E402
+    from pipelines.methods import METHODS, Method
 
 
-    @METHODS.register_module(name="token_cluster")   # the file's own name
+    @METHODS.register_module(name="token_cluster")   # the model file's name
     class TokenClusterMethod(Method):
         label, color, marker = "AiluRus", "#2ca02c", "D"  # its name and series style
         rank = 30                                    # where it sorts among methods
@@ -18,44 +19,52 @@ owns the thing, nothing elsewhere naming it)::
 Every field is optional (:class:`Method` documents them); hooks are ``"module:attribute"``
 strings, imported only by the stage that calls them.
 
-**Read without importing the model file.** Importing a model file imports torch, mmcv and mmdet
-(seconds, half a gigabyte); the Snakefile, ``ingest``, the naming contract and the analysis must
-not. So the registry's location, ``pipelines/models/``, is *read*: :meth:`MethodRegistry.
-import_from_location` finds each file's class decorated with ``@METHODS.register_module(...)``
-(with :mod:`ast`, as :mod:`pipelines.axes` reads ``AXES``) and executes that class statement
-alone, with only ``METHODS`` and ``Method`` in scope. The decorator registers the class exactly
-as importing the file does; when the file is imported for real later (training, counting), its
-decorator registers the same declaration again, which replaces the first. Hence the one rule of a
-declaration: its body holds literals only (strings, numbers, tuples, dicts), no name of its file.
+**Declarations are light.** Importing a model file imports torch, mmcv and mmdet (seconds, half a
+gigabyte); the Snakefile, ``ingest``, the naming contract and the analysis must not. So a
+declaration is a file of its own that imports no model code, and the registry's location is this
+package: :meth:`MethodRegistry.import_from_location` imports each of its modules (found with
+:mod:`pkgutil`, as ``pipelines/models/__init__.py`` finds the model files; ``_``-prefixed ones
+are left alone), an ordinary import whose decorator registers the class. It refuses, in one line
+each (a :class:`~pipelines.errors.UserError` naming the file): a name other than the file's stem,
+a declaration without its model file, a declaration outside this package (one left in a model
+file), a file here that declares no method or that cannot be imported, one whose import pulls in
+torch, mmcv, mmdet or mmseg, and a file name taken by one of this package's own names
+(``figures``, ``parts``, ...).
 
-A declaration is not part of what a run trains: :func:`pipelines.axes.code_hash` leaves it out,
-so changing a label or a colour never changes a recipe.
+A declaration is not part of what a run trains: :func:`pipelines.axes.code_hash` hashes the
+model files a config builds and their project imports, never this package, so changing a label
+or a colour never changes a recipe.
 """
 from __future__ import annotations
 
-import ast
-import builtins
 import functools
 import importlib
+import pkgutil
 import sys
+from pathlib import Path
+from types import ModuleType
 from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional
 
 from mmengine.registry import Registry
 
 from pipelines import axes as ax
+from pipelines.errors import UserError
 
-#: where declarations live (the registry's location, read by :func:`declaration_nodes`)
-LOCATION = "pipelines.models"
+#: where declarations live: this package (the registry's location, imported module by module)
+LOCATION = __name__
 REGISTRY_NAME = "METHODS"
+#: what importing a declaration must not import (the Snakefile and the analysis import them all)
+HEAVY_MODULES = ("torch", "mmcv", "mmdet", "mmseg")
 
 
 class Method:
-    """A method's declaration: subclass it in the method's model file and register the subclass.
+    """A method's declaration: subclass it in ``pipelines/methods/<name>.py`` and register the
+    subclass under ``<name>``, the stem of the method's model file.
 
     Attributes:
-        name: the method's name: its file's stem (``pro_scale``), what runs record in their
-            ``pipelines.methods`` tag. Set by the registry from ``register_module(name=...)``,
-            which must equal the file's stem.
+        name: the method's name: its model file's stem (``pro_scale``), what runs record in
+            their ``pipelines.methods`` tag. Set by the registry from
+            ``register_module(name=...)``, which must equal the declaration file's stem.
         label: what figures, tables and series names call it (default: ``name``).
         color, marker: its series' matplotlib colour and marker when a variant builds this
             method alone (None: a spare style, handed out in series order).
@@ -73,7 +82,7 @@ class Method:
         report_title: that section's heading (default: the label).
         cost_model: ``"module:attribute"`` of ``fn(pixel_decoder_cfg, image_hw, count_sampling)
             -> dict`` with at least ``encoder`` and ``pixel_decoder`` FLOPs: the analytic count
-            of a pixel decoder class of this file (:func:`pipelines.stages.cost_model.
+            of a pixel decoder class of its model file (:func:`pipelines.stages.cost_model.
             pixel_decoder_flops_from_cfg` otherwise).
         finished_by: a later stage (an :class:`~pipelines.axes.Axis` ``stage``) that completes a
             run's model when the run has an axis of that stage (ECO-M2F's ``gate``): such a run
@@ -114,53 +123,85 @@ class Method:
 
     @classmethod
     def axes(cls) -> Dict[str, ax.Axis]:
-        """The axes its file declares (``AXES``, read by :func:`pipelines.axes.method_axes`)."""
+        """The axes its model file declares (``AXES``: :func:`pipelines.axes.method_axes`)."""
         return ax.method_axes(cls.name) if cls.name in ax.method_files() else {}
 
 
 class MethodRegistry(Registry):
-    """mmengine's :class:`~mmengine.registry.Registry` whose location is read, not imported
-    (see the module doc); registering must name the file's stem."""
+    """mmengine's :class:`~mmengine.registry.Registry` whose locations are packages of
+    declaration files, each imported on the first lookup (see the module doc), with the rules
+    of a declaration checked as it registers and as its file is imported."""
 
     def import_from_location(self) -> None:
         if self._imported:
             return
-        self._imported = True
-        for path in ax.declaration_files():
-            module = f"{LOCATION}.{path.stem}"
-            if module in sys.modules:  # imported for real: its decorator has registered it
+        self._imported = True  # set first: a declaration importing the registry sees no loop
+        try:
+            for location in self._locations:
+                self._import_declarations(location)
+        except BaseException:
+            self._imported = False  # the next lookup says the same again
+            raise
+
+    def _import_declarations(self, location: str) -> None:
+        package = importlib.import_module(location)
+        folder = location.replace(".", "/")
+        for found in pkgutil.iter_modules(package.__path__):
+            name, module = found.name, f"{location}.{found.name}"
+            if name.startswith("_"):
                 continue
-            nodes = declaration_nodes(path)
-            scope = {"__name__": module, REGISTRY_NAME: self, "Method": Method,
-                     "__builtins__": {"__build_class__": builtins.__build_class__}}
+            where = f"{folder}/{name}.py"
+            taken = getattr(package, name, None)
+            if taken is not None and not (isinstance(taken, ModuleType)
+                                          and taken.__name__ == module):
+                raise UserError(f"{where}: {name!r} is already a name of {location} (the "
+                                f"registry's own); name the method and its model file otherwise")
+            light = [m for m in HEAVY_MODULES if m not in sys.modules]
             try:
-                exec(compile(ast.Module(body=nodes, type_ignores=[]), str(path), "exec"), scope)
-            except NameError as err:
-                raise ValueError(f"{path}: a method declaration may hold literals only "
-                                 f"(it is read without importing its file): {err}") from None
+                importlib.import_module(module)
+            except UserError:
+                raise
+            except Exception as err:  # the declaration's author's bug: say where, in one line
+                raise UserError(f"{where}: cannot import it: {type(err).__name__}: {err}") \
+                    from err
+            heavy = [m for m in light if m in sys.modules]
+            if heavy:
+                raise UserError(f"{where}: importing it imports {', '.join(heavy)}; a declaration "
+                                f"imports no model code (the Snakefile and the analysis read it)")
+            if name not in self._module_dict:
+                raise UserError(f"{where}: declares no method (expected one "
+                                f"@{REGISTRY_NAME}.register_module(name={name!r}) class of "
+                                f"Method)")
 
     def _register_module(self, module, module_name=None, force: bool = False) -> None:
         if isinstance(module, type) and issubclass(module, Method):
-            stem = module.__module__.rsplit(".", 1)[-1]
+            home, _, stem = module.__module__.rpartition(".")
+            what = f"{module.__module__}.{module.__qualname__}"
+            if home not in self._locations:
+                folder = self._locations[0].replace(".", "/") if self._locations else "?"
+                own = module_name if isinstance(module_name, str) else stem
+                raise UserError(f"{what}: a method declaration lives in a file of its own, "
+                                f"{folder}/{own}.py, not in {module.__module__}")
             if module_name != stem:
-                raise ValueError(f"{module.__module__}.{module.__qualname__}: register it as "
-                                 f"@{REGISTRY_NAME}.register_module(name={stem!r}), its file's "
-                                 f"name (got {module_name!r})")
-            old = self._module_dict.get(stem)
-            # the same declaration again (read first, then imported for real): the new one wins
-            force = force or (old is not None and old.__module__ == module.__module__
-                              and old.__qualname__ == module.__qualname__)
+                raise UserError(f"{what}: register it as @{REGISTRY_NAME}.register_module("
+                                f"name={stem!r}), its file's name (got {module_name!r})")
+            model = ax.MODELS_DIR / f"{stem}.py"
+            if not model.is_file():
+                raise UserError(f"{what}: method {stem!r} has no model file {_shown(model)} (a "
+                                f"declaration is named after its method's model file)")
             module.name = stem
         super()._register_module(module, module_name, force)
 
 
+def _shown(path: Path) -> str:
+    """``path`` relative to the checkout when it lies in it."""
+    try:
+        return str(path.relative_to(ax.PACKAGE.parent))
+    except ValueError:
+        return str(path)
+
+
 METHODS = MethodRegistry("method", scope="pipelines", locations=[LOCATION])
-
-
-def declaration_nodes(path) -> List[ast.stmt]:
-    """The class statements of ``path`` decorated with ``@METHODS.register_module(...)``."""
-    return [node for node in ax.parsed(path).body
-            if isinstance(node, ast.ClassDef) and ax.decorated_by(node, REGISTRY_NAME)]
 
 
 # ----------------------------------------------------------------------------- lookups
@@ -172,7 +213,7 @@ def methods() -> Dict[str, type]:
 
 
 def get(name: str) -> Optional[type]:
-    """The declaration of method ``name`` (a file stem), or None when no file declares it."""
+    """The declaration of method ``name`` (a model file stem), or None when none is declared."""
     return methods().get(name)
 
 
@@ -312,7 +353,7 @@ def not_timed_reason(run) -> Optional[str]:
 
 
 def cost_model_of(type_name: str) -> Optional[Callable]:
-    """The analytic cost model declared by the method whose file registers ``type_name`` (a
+    """The analytic cost model declared by the method whose model file registers ``type_name`` (a
     config ``type``, ``mmdet.`` prefix allowed), or None."""
     path = ax.registered_types().get(type_name.rsplit(".", 1)[-1])
     if path is None or path.parent != ax.MODELS_DIR:
