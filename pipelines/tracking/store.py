@@ -252,4 +252,4 @@ def finite(value: Any) -> bool:
 #: ``logged``, ``artifacts``, ``terminated``; then ``completed`` once its complete marker is
 #: set and ``retired`` once the child it replaces is gone); the tests stop an ingest at each
 #: of them by a handler on this logger
-STEPS = logging.getLogger("pipelines.tracking.steps")
+STEPS = logging.getLogger(__name__ + ".steps")
