@@ -9,7 +9,10 @@ ablation-wide jobs are one each: the submissions are counted.
 from __future__ import annotations
 
 import json
+import os
 import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -94,3 +97,73 @@ def test_slurm_run_equals_local_run(slurm, tmp_path):
     assert set(local_metrics) == {"baseline-seed0", "pro_scale-s3-3-3-trc-lpe-seed0"}
     assert cluster_metrics == local_metrics
     assert ablation_file(slurm_dir / "results", "ingest", "tiny", "ingested.json").is_file()
+
+
+def _train_jobs(slurm, state: str) -> list[str]:
+    """Ids of the jobs in ``state`` whose rules include the training."""
+    lines = subprocess.run(["squeue", "-h", "-t", state, "-o", "%i|%k"], env=slurm.env,
+                           capture_output=True, text=True).stdout.splitlines()
+    return [line.split("|")[0] for line in lines if "train_model" in line]
+
+
+def test_requeued_training_resumes_from_its_checkpoint(slurm, tmp_path):
+    """Preemption as a cluster does it: ``scontrol requeue`` of a running training job. SLURM
+    runs the same job again in a new allocation; the training resumes from its last checkpoint
+    (no step before it is trained again), Snakemake submits the job once (no second sbatch of
+    a requeued job) and the DAG completes, the run ingested once."""
+    from tests.workflow.test_chaos import invocations
+
+    where = tmp_path / "requeue"
+    where.mkdir()
+    config = tiny_ablation(where, name="requeue", iters=40, benchmark=False)
+    config["grid"]["variants"] = {"baseline": config["grid"]["variants"]["baseline"]}
+    config["stages"]["flops"] = False
+    config["train"]["cfg_options"] = [o.replace("checkpoint.interval=2", "checkpoint.interval=4")
+                                      for o in config["train"]["cfg_options"]]
+    config["resources"] = {"train": {"gpus": 1, "cpus": 1, "mem_mb": 3000, "runtime": 30}}
+    configfile = write_config(where / "requeue.yaml", config)
+    xdg = tmp_path / "xdg"
+    env = dict(slurm.env, XDG_CONFIG_HOME=str(xdg))
+    subprocess.run(["bash", "workflow/scripts/install_profile.sh"], cwd=REPO, env=env,
+                   check=True, capture_output=True)
+    log = open(tmp_path / "snakemake.log", "w")
+    cmd = [str(Path(sys.executable).with_name("snakemake")), "--configfile", str(configfile),
+           "--snakefile", str(REPO / "Snakefile"), "--directory", str(where), "--cores", "2",
+           "--profile", "slurm", "--slurm-init-seconds-before-status-checks", "5",
+           "--seconds-between-status-checks", "5", "--jobs", "2"]
+    head = subprocess.Popen(cmd, env=dict(env, PATH=f"{Path(sys.executable).parent}"
+                                               f"{os.pathsep}{env['PATH']}"),
+                            stdout=log, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + 900
+        requeued = None
+        while requeued is None:
+            assert head.poll() is None, (tmp_path / "snakemake.log").read_text()[-4000:]
+            assert time.monotonic() < deadline, "no checkpoint to requeue from"
+            saved = list((where / "results" / "train" / "requeue").glob("*/work-*/iter_*.pth"))
+            running = _train_jobs(slurm, "RUNNING")
+            if running and any(int(p.stem.split("_")[1]) >= 8 for p in saved):
+                requeued = running[0]
+                subprocess.run(["scontrol", "requeue", requeued], env=slurm.env, check=True)
+            time.sleep(0.5)
+        assert head.wait(timeout=1500) == 0, ((tmp_path / "snakemake.log").read_text()[-4000:]
+                                              + "\n" + slurm.logs())
+    finally:
+        if head.poll() is None:
+            head.kill()
+        log.close()
+    (work,) = (where / "results" / "train" / "requeue").glob("*/work-*")
+    runs = [steps for steps in invocations(work) if steps]
+    assert len(runs) >= 2, runs  # killed by the requeue, then resumed
+    first, rest = runs[0], sorted(s for steps in runs[1:] for s in steps)
+    resumed_at = min(rest)
+    # the second start began after a checkpoint of the first (interval 4), and nothing before
+    # that checkpoint was trained again
+    assert resumed_at > 1 and (resumed_at - 1) % 4 == 0 and resumed_at - 1 <= max(first), runs
+    assert max(rest) == 40
+    # one sbatch of the training (the requeue ran the same job id again)
+    jobs = subprocess.run(["squeue", "-h", "-t", "all", "-o", "%i|%k|%T"], env=slurm.env,
+                          capture_output=True, text=True).stdout.splitlines()
+    trains = [line for line in jobs if "train_model" in line]
+    assert len(trains) == 1 and trains[0].startswith(requeued + "|"), jobs
+    assert ablation_file(where / "results", "ingest", "requeue", "ingested.json").is_file()
