@@ -183,7 +183,8 @@ def main(argv=None) -> int:
     for path in dict.fromkeys(homes[name] for name in differ):
         path.write_text(texts[path])
     rewritten = ", ".join(f"{name} ({homes[name]})" for name in differ)
-    print(f"{rewritten or 'no table'} rewritten; {len(args.only) - len(differ)} already as recorded")
+    print(f"{rewritten or 'no table'} rewritten; "
+          f"{len(args.only) - len(differ)} already as recorded")
     return 0
 
 
