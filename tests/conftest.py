@@ -10,6 +10,21 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 TINY_CONFIG = REPO / "configs" / "models" / "mask2former_r18_synthetic-128x128.py"
+#: top-level folders that hold outputs, not documentation
+NOT_DOCS = {"results", "data", "work_dirs"}
+
+
+def readme_files() -> list[Path]:
+    """Every ``README*.md`` of the checkout (hidden folders, links and outputs skipped), the top
+    ``README.md`` first."""
+    found = []
+    for root, dirs, files in os.walk(REPO):
+        top = Path(root) == REPO
+        dirs[:] = sorted(d for d in dirs if not d.startswith(".")
+                         and not (top and d in NOT_DOCS))
+        found += [Path(root) / f for f in sorted(files)
+                  if f.startswith("README") and f.endswith(".md")]
+    return sorted(found, key=lambda p: (p != REPO / "README.md", str(p)))
 
 
 def run_cli(*args: str, cwd: Path | None = None, timeout: float = 600, env=None):

@@ -1,12 +1,15 @@
-"""The README's results tables, generated from the recorded tables in ``tests/data/``.
+"""The READMEs' results tables, generated from the recorded tables in ``tests/data/``.
 
-    python -m pipelines.benchmarks.readme_tables            # rewrite every table in README.md
+    python -m pipelines.benchmarks.readme_tables            # rewrite every table where it lives
     python -m pipelines.benchmarks.readme_tables --check    # exit 1 naming each table that differs
     python -m pipelines.benchmarks.readme_tables --only demo
+    python -m pipelines.benchmarks.readme_tables --files README.md configs/README.md
 
-Each table sits in README.md between ``<!-- table:NAME -->`` and ``<!-- /table:NAME -->``; the
-text between the markers is replaced by what :data:`TABLES` ``[NAME]`` builds from its recorded
-CSV, so a number in a table is always the code's reading of the recording:
+Each table sits in one of the markdown files :data:`DOCS` (``README.md``: ``demo``;
+``configs/README.md``: ``search_replay``) between ``<!-- table:NAME -->`` and
+``<!-- /table:NAME -->``; the text between the markers is replaced by what :data:`TABLES`
+``[NAME]`` builds from its recorded CSV, so a number in a table is always the code's reading of
+the recording. A table is looked up in every file given; it must be in exactly one of them.
 
 * ``demo``: the demo DAG's settings (seeds pooled, 95 % Student-t intervals, paired t-test by
   seed against the baseline), from ``tests/data/runs_demo.csv`` (``make demo``'s
@@ -29,6 +32,8 @@ from typing import Callable
 
 REPO = Path(__file__).resolve().parents[2]
 README = REPO / "README.md"
+#: the markdown files that hold the tables (a table's markers are in exactly one of them)
+DOCS = (README, REPO / "configs" / "README.md")
 DEMO_CSV = REPO / "tests" / "data" / "runs_demo.csv"
 SMALL = ("small_blob", "small_stripes")
 REPLAY_SEEDS = 20
@@ -126,11 +131,26 @@ def block(name: str) -> re.Pattern:
 
 
 def readme_block(text: str, name: str) -> str:
-    """The text between a table's markers in the README."""
+    """The text between a table's markers in one file's ``text``."""
     found = block(name).search(text)
     if found is None:
-        raise KeyError(f"README.md has no <!-- table:{name} --> ... <!-- /table:{name} -->")
+        raise KeyError(f"no <!-- table:{name} --> ... <!-- /table:{name} -->")
     return found.group(2)
+
+
+def table_file(name: str, texts: dict[Path, str]) -> Path:
+    """The one file of ``texts`` (path -> text) that holds table ``name``."""
+    holders = [path for path, text in texts.items() if block(name).search(text)]
+    if len(holders) != 1:
+        where = " and ".join(map(str, holders)) or "none of " + ", ".join(map(str, texts))
+        raise KeyError(f"table {name} must be in exactly one file, found in {where}")
+    return holders[0]
+
+
+def table_text(name: str, files=DOCS) -> str:
+    """The text between table ``name``'s markers, in whichever of ``files`` holds it."""
+    texts = {Path(f): Path(f).read_text() for f in files}
+    return readme_block(texts[table_file(name, texts)], name)
 
 
 def main(argv=None) -> int:
@@ -138,28 +158,39 @@ def main(argv=None) -> int:
     parser.add_argument("--check", action="store_true",
                         help="change nothing; exit 1 when a table differs from its recording")
     parser.add_argument("--only", nargs="+", choices=sorted(TABLES), default=sorted(TABLES))
-    parser.add_argument("--readme", type=Path, default=README)
+    parser.add_argument("--files", "--readme", nargs="+", type=Path, default=list(DOCS),
+                        help="the markdown files that hold the tables (default: %(default)s)")
     args = parser.parse_args(argv)
-    text = args.readme.read_text()
-    differ = []
+    texts = {}
+    for path in args.files:
+        try:
+            texts[path] = path.read_text()
+        except OSError as err:
+            print(f"error: cannot read {path}: {err.strerror}", file=sys.stderr)
+            return 2
+    homes = {}
     for name in args.only:
         try:
-            old = readme_block(text, name)
+            homes[name] = table_file(name, texts)
         except KeyError as err:
-            print(f"error: {args.readme}: {err.args[0]}", file=sys.stderr)
+            print(f"error: {err.args[0]}", file=sys.stderr)
             return 2
+    differ = []
+    for name in args.only:
+        path = homes[name]
         new = TABLES[name]()
-        if new != old:
+        if new != readme_block(texts[path], name):
             differ.append(name)
-            text = block(name).sub(lambda m: m.group(1) + new + m.group(3), text)
+            texts[path] = block(name).sub(lambda m: m.group(1) + new + m.group(3), texts[path])
     if args.check:
         for name in differ:
-            print(f"{args.readme}: table {name} differs from its recording "
+            print(f"{homes[name]}: table {name} differs from its recording "
                   "(python -m pipelines.benchmarks.readme_tables rewrites it)", file=sys.stderr)
         return 1 if differ else 0
-    if differ:
-        args.readme.write_text(text)
-    print(f"{args.readme}: {', '.join(differ) or 'no table'} rewritten; "
+    for path in dict.fromkeys(homes[name] for name in differ):
+        path.write_text(texts[path])
+    rewritten = ", ".join(f"{name} ({homes[name]})" for name in differ)
+    print(f"{rewritten or 'no table'} rewritten; "
           f"{len(args.only) - len(differ)} already as recorded")
     return 0
 

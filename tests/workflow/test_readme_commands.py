@@ -1,7 +1,8 @@
 """Every command the READMEs show runs.
 
-The rule, per line of every ```bash / ```sh block of ``README.md`` and ``workflow/README.md``
-(``\\`` continuations joined, ``#`` comments and leading ``VAR=value`` assignments dropped):
+The rule, per line of every ```bash / ```sh block of every ``README*.md`` of the checkout (the
+top ``README.md`` and the per-folder ones: ``tests.conftest.readme_files``; ``\\`` continuations
+joined, ``#`` comments and leading ``VAR=value`` assignments dropped):
 
 * ``snakemake ...`` (also ``.venv/bin/snakemake``) is **dry-run as written** (``-n`` added) from
   the repository root, in a fresh temporary folder (``--directory``), so nothing touches the
@@ -31,11 +32,11 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.conftest import REPO, run_cli
+from tests.conftest import REPO, readme_files, run_cli
 from tests.workflow.conftest import snakemake
 from tests.workflow.fake_data import fake_dataset
 
-READMES = ("README.md", "workflow/README.md")
+READMES = tuple(str(p.relative_to(REPO)) for p in readme_files())
 NOT_RUN = {"conda", "pip", "xdg-open", "ls"}
 BLOCK = re.compile(r"^[ \t]*```(?:bash|sh)[ \t]*\n(.*?)^[ \t]*```", re.M | re.S)
 PLACEHOLDER = re.compile(r"[\[\]|]|\.\.\.|^[A-Z][A-Z_]*(\.\w+)?$|[A-Z]{2,}@|^[a-z]=[a-z]$")
