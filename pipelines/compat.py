@@ -6,7 +6,7 @@
    ``HistoryBuffer.__getstate__``, which pickles its class-level table of statistics
    *functions* (``getattr(HistoryBuffer, 'mean')``): allowing ``builtins.getattr`` would open
    the door to arbitrary code. We do *not* switch ``weights_only`` off. Instead, narrowly:
-   :func:`patch_history_buffer_pickling` makes the checkpoints this project writes carry only
+   :func:`patch_history_buffer_pickling` makes the checkpoints this project writes hold only
    data (the table is rebuilt from the class on load, as mmengine's own ``__setstate__``
    already does), and :func:`allow_mmengine_checkpoints` adds exactly the data types such a
    checkpoint holds to torch's safe-globals allowlist. Checkpoints written by an unpatched

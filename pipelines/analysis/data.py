@@ -5,7 +5,7 @@ The naming contract is the ingestion's (``pipelines/tracking/store.py``):
 * experiment name = ablation name; one parent run (tag ``pipelines.role=parent``) named after it;
 * one child run per grid run, named by its run id, tags ``pipelines.role=run``,
   ``pipelines.run_id=<id>``, ``pipelines.ablation=<name>``, ``mlflow.parentRunId``;
-* Optuna trials are tagged ``pipelines.role=trial`` and carry a ``trial_number`` metric;
+* Optuna trials are tagged ``pipelines.role=trial`` and hold a ``trial_number`` metric;
 * params: the fixed ones, the seed and every method alias (:data:`PARAMS`), plus any config-key
   axis a run lists in its ``pipelines.axes`` tag; metrics :data:`METRICS` plus ``iou.<class>``
   and the training curves' last values; ECO-M2F runs log an artifact ``exit_histogram.json``.

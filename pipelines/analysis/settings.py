@@ -113,7 +113,7 @@ def interval(values) -> tuple[float, float, float, float, int]:
 
 
 def summarise_settings(runs: pd.DataFrame, series: pd.DataFrame) -> pd.DataFrame:
-    """One row per setting of the grid runs in ``runs`` (which carry ``setting`` and ``series``
+    """One row per setting of the grid runs in ``runs`` (which hold ``setting`` and ``series``
     columns), in ``series`` order."""
     grid = runs[runs["role"] == contract.ROLE_RUN]
     metrics = metric_columns(grid)

@@ -1,4 +1,5 @@
-"""The README's GPU table in one command: every method against its baseline, paired.
+"""The GPU latency table in one command: every method against its baseline, paired
+(workflow/README.md, "GPU latency").
 
 ``python -m pipelines.benchmarks.gpu_table --out DIR`` on a GPU node (the README's GPU
 section gives the one command that also builds mmcv's CUDA ops and runs ``tests/gpu``).

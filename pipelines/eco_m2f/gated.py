@@ -17,7 +17,7 @@ from pipelines.errors import UserError
 
 
 # traced GFLOPs depend on the architecture, the input shape and the exit, never on the weights:
-# one process (a test session, a benchmark) traces each combination once
+# one process (a test run, a benchmark) traces each combination once
 _TRACED: dict = {}
 
 

@@ -12,7 +12,7 @@ folder:
   front memberships; ``runs.csv``: the tidy runs table the figures were drawn from;
   ``figures.json``: what was written and what was skipped, and why.
 
-Output bytes depend only on the runs: PDF/PNG metadata carry no date or version, inputs are
+Output bytes depend only on the runs: PDF/PNG metadata hold no date or version, inputs are
 sorted, fonts and style are pinned (matplotlib defaults, DejaVu Sans, fixed ``svg.hashsalt``).
 """
 from __future__ import annotations

@@ -5,7 +5,7 @@ Recorded by ``train`` into its done file, and by ``ingest`` as tags of each MLfl
 (:data:`pipelines.contract.GIT_COMMIT_TAG`, ``GIT_DIRTY_TAG``, ``VERSION_TAG_PREFIX``).
 
 The CPU matters for accuracy, not only for speed: a training is bit-reproducible on one machine
-(README "Trustworthy accuracy") but not across instruction sets. ATen, oneDNN and MKL each pick
+(analysis/README.md, "Trustworthy accuracy") but not across instruction sets. ATen, oneDNN and MKL each pick
 their kernels by the CPU (and by ``ATEN_CPU_CAPABILITY``, ``ONEDNN_MAX_CPU_ISA``,
 ``MKL_ENABLE_INSTRUCTIONS``), and a different kernel sums in a different order; 90 iterations
 later the mIoU differs by points (``python -m pipelines.benchmarks.capability_spread``).

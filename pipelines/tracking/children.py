@@ -4,7 +4,7 @@ What a user finds in ``mlflow ui``: one child per grid run **and recipe**: a run
 changed gets a new child, and the old one keeps its history under ``pipelines.role=superseded``;
 a child's start and end are the training's real ones; its params are every axis; its metrics
 are the final numbers plus the training curves (every loss term, lr, validation metrics) with
-one point per logged iteration; tags carry the git commit, a dirty flag, library versions and
+one point per logged iteration; tags hold the git commit, a dirty flag, library versions and
 the CPU it trained on. Every name comes from :mod:`pipelines.contract`.
 
 Re-ingesting is idempotent and cheap: each child records a fingerprint of the files it was made

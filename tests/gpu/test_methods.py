@@ -1,8 +1,8 @@
 """Every method on the GPU (skipped without CUDA): a forward at batch 2 in fp32,
 fp16 and bf16 autocast, one training step, and ECO-M2F's gated mixed-exit batch.
 
-Run through ``../shared/gpu`` when a GPU is lent (README, GPU section). Random weights, tiny
-synthetic configs at 64x64, so each test takes seconds.
+Run on a GPU node by ``bash workflow/scripts/gpu_check.sh run`` (workflow/README.md, "On a GPU
+cluster"). Random weights, tiny synthetic configs at 64x64, so each test takes seconds.
 """
 from __future__ import annotations
 

@@ -2,8 +2,8 @@
 torch 2.13 (workflow/patches/mmcv-2.1.0-torch2.patch), the one-line refusal of FORCE_CUDA=1
 without nvcc before anything is downloaded or built, and the build script's other prerequisite
 checks. The patch tests that need the PyPI sdist are slow (one download, cached in .pytest_cache);
-the rest are offline and take seconds. The build itself needs nvcc and a CUDA torch: README,
-"On a GPU cluster"."""
+the rest are offline and take seconds. The build itself needs nvcc and a CUDA torch:
+workflow/README.md, "On a GPU cluster"."""
 from __future__ import annotations
 
 import os

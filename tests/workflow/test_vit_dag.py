@@ -52,7 +52,7 @@ def test_vit_demo_grid_end_to_end(tmp_path):
     assert gflops["ats-K64-seed0"]["backbone"] <= gflops["ats-K128-seed0"]["backbone"] \
         < gflops["vit-seed0"]["backbone"]
     assert gflops["pd_cluster-pda0.25-seed0"]["encoder"] < gflops["vit-seed0"]["encoder"]
-    # the AiluRus figure reads the axis the real runs carry (`anchors` alias), not
+    # the AiluRus figure reads the axis the real runs have (`anchors` alias), not
     # a name only the hand-made table has
     manifest = json.loads((results / "figures" / "vit_demo" / "figures.json").read_text())
     assert "accuracy_vs_cluster_fraction" in manifest["figures"], manifest["skipped"]

@@ -114,7 +114,7 @@ INGESTED = f"{RESULTS}/ingest/{ABLATION}/{CONTENT}/ingested.json"
 PAIRED = f"{RESULTS}/benchmark/{ABLATION}/{CONTENT}/paired.json"
 # Rules name no conda environment (no `conda` directive). Jobs run in the environment snakemake
 # itself runs in (the local .venv, or on a cluster the conda env built from environment.yml plus
-# its one mmcv build step (README, "On a GPU cluster")). `--sdm conda` is not offered:
+# its one mmcv build step (workflow/README.md, "On a GPU cluster")). `--sdm conda` is not offered:
 # mmcv 2.1.0 has no wheel for torch 2.13 and must be compiled against the installed torch and
 # CUDA, which an environment Snakemake creates from environment.yml alone cannot do. (So `--lint`
 # asks for a conda environment on every rule: the one accepted finding.)
