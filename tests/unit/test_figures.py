@@ -14,6 +14,7 @@ import pandas as pd
 import pytest
 
 from pipelines.analysis.data import read_runs_csv
+from pipelines.analysis.settings import analyse
 from pipelines.errors import UserError
 from pipelines.reports import figures, html_report, tables
 from pipelines.tracking import mlflow_ui
@@ -71,7 +72,7 @@ def test_every_pareto_point_traceable_to_its_runs(rendered, runs):
     knees = {p["setting"] for p in points if p["knee_overall"] == "True"}
     assert on_front and len(knees) == 1
     table = tables.pareto_table(runs)
-    assert set(table["front"]) == {"overall", *figures.analyse(runs).series["series"]}
+    assert set(table["front"]) == {"overall", *analyse(runs).series["series"]}
     members = [i for text in table["mlflow_run_ids"] for i in json.loads(text)]
     assert set(members) <= ids and table["setting"].str.len().gt(0).all()
     md = (rendered[0] / "pareto_points.md").read_text()
