@@ -16,7 +16,8 @@ def exit_table(config: str, shape=None) -> dict:
     import pipelines.registry  # noqa: F401
     from pipelines.config import load_config
     from pipelines.models.early_exit import forced_exits
-    from pipelines.stages.flops import build_model, flops_report, input_shape
+    from pipelines.registry import build_model
+    from pipelines.stages.flops import flops_report, input_shape
 
     cfg = load_config(config)
     image_hw = input_shape(cfg, shape)

@@ -47,7 +47,8 @@ def measure(config: str, batch: int, shape, exits_arg, repeats: int, warmup: int
     import pipelines.registry  # noqa: F401
     from pipelines.config import load_config
     from pipelines.models.early_exit import ExitGate, forced_exits
-    from pipelines.stages.flops import build_model, input_shape
+    from pipelines.registry import build_model
+    from pipelines.stages.flops import input_shape
     from pipelines.stages.timing import interleaved, make_timer, paired_ratio, summarize
 
     cfg = load_config(config)

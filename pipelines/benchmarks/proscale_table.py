@@ -44,7 +44,8 @@ def main(argv=None) -> int:
 
     import pipelines.registry  # noqa: F401
     from pipelines.config import load_config, write_json_atomic
-    from pipelines.stages.flops import build_model, flops_report, input_shape
+    from pipelines.registry import build_model
+    from pipelines.stages.flops import flops_report, input_shape
     from pipelines.stages.timing import check_device, measure_models, paired_ratio
 
     torch.manual_seed(0)

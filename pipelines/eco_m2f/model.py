@@ -56,12 +56,11 @@ def model_hash(model) -> str:
 
 def load_exit_model(args):
     """Config, model (eval, CPU, checkpoint loaded strictly) and its hash."""
-    import pipelines.registry  # noqa: F401
     from mmengine.runner import load_checkpoint
 
-    from pipelines.stages.evaluate import _checkpoint
-    from pipelines.stages.flops import build_model
     from pipelines.models.early_exit import EarlyExitPixelDecoder
+    from pipelines.registry import build_model  # registers the plug-ins too
+    from pipelines.stages.evaluate import _checkpoint
     from pipelines.stages.runner import CHECKPOINT_ERRORS
 
     checkpoint = _checkpoint(argparse.Namespace(checkpoint=args.checkpoint,

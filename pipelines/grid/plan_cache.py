@@ -165,12 +165,11 @@ def _reads_to_check(reads: Mapping[str, Iterable[str]]) -> dict[str, list]:
     skip = tuple(r + os.sep for r in _environment_roots()) + (str(PACKAGE) + os.sep,) + made
     # the import system lists the folders of sys.path: those are code, not input
     imports = {os.path.realpath(p or ".") for p in sys.path} | {str(PACKAGE)}
-    files = sorted({os.path.abspath(f) for f in reads["files"]})
+    files = {os.path.abspath(f): os.path.realpath(f) for f in reads["files"]}
     dirs = sorted({os.path.abspath(d) for d in reads["dirs"]} - imports)
     return {
-        "files": [(f, _file_digest(f)) for f in files
-                  if not os.path.realpath(f).startswith(skip) and os.path.realpath(f) not in written
-                  and not os.path.isdir(f)],
+        "files": [(f, _file_digest(f)) for f, real in sorted(files.items())
+                  if not real.startswith(skip) and real not in written and not os.path.isdir(f)],
         "dirs": [(d, _listing_digest(d)) for d in dirs
                  if not os.path.realpath(d).startswith(skip)],
     }

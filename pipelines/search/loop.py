@@ -72,6 +72,7 @@ class Search(WorkerTrials):
         self.stopped = ""  # why the last run() stopped
         self._train_s = 0.0  # wall time of this process's generations, for the estimate
         self._trained_here = 0  # trainings this process saw finish
+        self._settings = None  # the settings study (sync_settings_study), once opened
         self._deferred: list = []  # refused trials waiting for a first measured mIoU
 
     # -- helpers
@@ -258,12 +259,13 @@ class Search(WorkerTrials):
             for trial, run in followers:
                 self._follow(trial, run)
             self._tell_deferred(final=False)
-            sync_settings_study(self.study)  # what the dashboard shows: each setting once
+            # what the dashboard shows: each setting once
+            self._settings = sync_settings_study(self.study, self._settings)
             again = self.settle_running()
             if self.tracker is not None:
                 self.tracker(self.study, list(self.told))
         self._tell_deferred()
-        sync_settings_study(self.study)
+        self._settings = sync_settings_study(self.study, self._settings)
         summary = self.summary()
         self.log(f"search {self.study.study_name}: stopped, {self.stopped or 'nothing to do'}; "
                  f"{summary['trials']} trials, {summary['trainings']} trainings, "

@@ -132,14 +132,21 @@ def open_study(spec, storage):
         study_name=spec.name, storage=storage, load_if_exists=True,
         directions=["maximize", "minimize"],
         sampler=create_sampler(spec.sampler, spec.seed, spec.batch))
-    if list(study.metric_names or []) != list(OBJECTIVES):
-        with warnings.catch_warnings():  # experimental in Optuna 5, and what the dashboard reads
-            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-            study.set_metric_names(list(OBJECTIVES))
+    _name_metrics(study, OBJECTIVES)
     if "gflops_budget" not in study.user_attrs:
         study.set_user_attr("gflops_budget", spec.gflops_budget)
         study.set_user_attr("base_ablation", str(spec.ablation["name"]))
     return study
+
+
+def _name_metrics(study, names) -> None:
+    """``study.set_metric_names`` (what optuna-dashboard labels the axes with) unless set."""
+    import optuna
+
+    if list(study.metric_names or []) != list(names):
+        with warnings.catch_warnings():  # experimental in Optuna 5
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            study.set_metric_names(list(names))
 
 
 #: the study beside a search's that holds each setting once (what optuna-dashboard should show)
@@ -150,26 +157,25 @@ def settings_study_name(name: str) -> str:
     return name + SETTINGS_SUFFIX
 
 
-def sync_settings_study(study):
+def sync_settings_study(study, target=None):
     """The study ``<search> (settings)`` beside ``study``, in its storage: one COMPLETE trial per
     setting (its first told trial: values, params, constraint, user attributes), added as the
     search tells new settings. The search's own study keeps a trial for every ask, and a reused
     setting is told again with the values it already had, so optuna-dashboard's best trials and
     Pareto plot of the search's study show a front setting many times; this one shows it once.
-    The samplers never read it. Returns the settings study."""
+    The samplers never read it. ``target``: the settings study a former call returned (opened
+    once per search). Returns the settings study."""
     import optuna
 
-    target = optuna.create_study(study_name=settings_study_name(study.study_name),
-                                 storage=study._storage, load_if_exists=True,
-                                 directions=study.directions)
-    if list(target.metric_names or []) != list(study.metric_names or OBJECTIVES):
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-            target.set_metric_names(list(study.metric_names or OBJECTIVES))
-    if not target.user_attrs:
-        for key, value in study.user_attrs.items():
-            target.set_user_attr(key, value)
-        target.set_user_attr("settings_of", study.study_name)
+    if target is None:
+        target = optuna.create_study(study_name=settings_study_name(study.study_name),
+                                     storage=study._storage, load_if_exists=True,
+                                     directions=study.directions)
+        _name_metrics(target, study.metric_names or OBJECTIVES)
+        if not target.user_attrs:
+            for key, value in study.user_attrs.items():
+                target.set_user_attr(key, value)
+            target.set_user_attr("settings_of", study.study_name)
     have = {t.user_attrs.get(RUN_ID) for t in target.get_trials(deepcopy=False)}
     for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,)):
         run_id = t.user_attrs.get(RUN_ID)

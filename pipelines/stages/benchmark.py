@@ -38,7 +38,7 @@ from typing import Dict, List, Sequence, Tuple
 
 from pipelines.config import load_config, write_json_atomic
 from pipelines.errors import UserError
-from pipelines.stages.flops import build_model, input_shape
+from pipelines.stages.flops import input_shape
 from pipelines.stages.timing import (
     DEFAULT_GPU_BATCH,
     PARTS,
@@ -96,6 +96,8 @@ def benchmark(configs: Dict[str, object], image_hw: Tuple[int, int], device: str
 
     backend = check_device(device, repeats, warmup)
     settings = gpu_settings(device, batch, precisions)
+    from pipelines.registry import build_model
+
     models = {name: build_model(cfg) for name, cfg in configs.items()}
     timings = measure_models(models, image_hw, device, repeats, warmup)
     if settings:
@@ -181,6 +183,7 @@ def benchmark_runs(runs: List[dict], image_hw: Tuple[int, int] | None, device: s
         model does not build gets a failure record as its document.
     """
     from pipelines.methods import not_timed_reason
+    from pipelines.registry import build_model
     from pipelines.stages.failures import failure_record
     from pipelines.stages.flops import describe_pixel_decoder
 

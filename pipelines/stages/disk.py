@@ -118,7 +118,7 @@ def estimate(runs: list[dict], jobs: int = 1) -> dict[str, Any]:
     """Per training (train id) its parameter count and checkpoint bytes (kept when done, and
     at most while running), and the total with ``jobs`` trainings running at once."""
     from pipelines.config import load_config
-    from pipelines.stages.flops import build_model
+    from pipelines.registry import build_model
 
     params_of: dict[str, int] = {}
     trainings: dict[str, dict] = {}

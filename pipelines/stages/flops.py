@@ -82,13 +82,6 @@ def check_forward_memory(cfg, h: int, w: int) -> None:
                  "pass a smaller --shape")
 
 
-def build_model(cfg):
-    """:func:`pipelines.registry.build_model` (the segmentor, random weights, eval mode, CPU)."""
-    from pipelines.registry import build_model as build
-
-    return build(cfg)
-
-
 def inference_forward(model, image_hw: Tuple[int, int]):
     """A module ``img -> seg_logits``: the segmentor's whole-image inference (backbone, decode
     head, mask upsampling) without data samples, so that it can be traced."""
@@ -188,6 +181,7 @@ def encoder_stage_layers(model) -> dict:
 def flops_report(cfg, image_hw: Tuple[int, int], count_sampling: bool = False,
                  model=None) -> dict:
     """The JSON document of the ``flops`` command (GFLOPs, parameters, analytic check)."""
+    from pipelines.registry import build_model
     from pipelines.stages.cost_model import pixel_decoder_flops_from_cfg
 
     model = build_model(cfg) if model is None else model
@@ -241,6 +235,8 @@ def per_image_report(cfg, data_root: str, max_images: int | None = None,
     ``gflops_max`` the spread, ``per_image`` one row per image.
     """
     from tqdm import tqdm
+
+    from pipelines.registry import build_model
 
     if max_images is not None and max_images < 1:
         raise UserError(f"--max-images must be at least 1, got {max_images}")

@@ -23,7 +23,7 @@ from urllib.parse import unquote, urlsplit
 
 from pipelines import contract as c
 from pipelines.errors import UserError
-from pipelines.store_uri import check_readable, check_scheme  # noqa: F401 (part of this API)
+from pipelines.store_uri import check_readable, check_scheme
 
 DEFAULT_TRACKING_URI = "sqlite:///results/mlflow.db"
 BATCH = 1000  # MLflow's log_batch limit on metrics per call

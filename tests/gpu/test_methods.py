@@ -32,7 +32,7 @@ DTYPES = {"fp32": None, "fp16": torch.float16, "bf16": torch.bfloat16}
 def _model(name):
     import pipelines.registry  # noqa: F401
     from pipelines.config import load_config
-    from pipelines.stages.flops import build_model
+    from pipelines.registry import build_model
 
     torch.manual_seed(0)
     cfg = load_config(MODELS / CONFIGS[name])

@@ -96,7 +96,7 @@ def checkpoint(work) -> Path:
     import torch
 
     from pipelines.config import load_config
-    from pipelines.stages.flops import build_model
+    from pipelines.registry import build_model
 
     path = work / "r18.pth"
     model = build_model(load_config(TINY_CONFIG, TINY_OPTIONS))

@@ -24,7 +24,7 @@ def save_random_checkpoint(path, seed):
     from mmengine.config import Config
     from mmengine.runner import save_checkpoint
 
-    from pipelines.stages.flops import build_model
+    from pipelines.registry import build_model
 
     torch.manual_seed(seed)
     model = build_model(Config.fromfile(str(ECO_TINY)))
@@ -242,7 +242,7 @@ def test_any_config_key_is_an_axis_and_its_stage_reads_the_rendered_config(deriv
 
     from pipelines.grid import expand_grid, validate_ablation
     from pipelines.grid.render import load_rendered, render_run, write_configs
-    from pipelines.stages.flops import build_model
+    from pipelines.registry import build_model
 
     ablation = validate_ablation({
         "name": "axes", "data": {"root": str(derived["data"])},

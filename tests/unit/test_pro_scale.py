@@ -244,7 +244,7 @@ def test_trc_changes_outputs_only_when_on():
 @pytest.mark.parametrize("path, in_channels", [(PROSCALE_TINY, 64), (PROSCALE_R50, 256)])
 def test_configs_build_the_proscale_decoder(path, in_channels):
     from pipelines.config import load_config
-    from pipelines.stages.flops import build_model
+    from pipelines.registry import build_model
 
     cfg = load_config(path)
     pd = cfg.model.decode_head.pixel_decoder

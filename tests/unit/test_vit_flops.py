@@ -116,7 +116,8 @@ def test_attention_handles_by_hand():
 def test_every_multiply_add_op_of_the_vit_mask2former_has_a_handle(backbone):
     from mmengine.config import Config
 
-    from pipelines.stages.flops import build_model, inference_forward
+    from pipelines.registry import build_model
+    from pipelines.stages.flops import inference_forward
 
     cfg = Config.fromfile(str(TINY_VIT))
     cfg.model.backbone.update(backbone)
