@@ -223,7 +223,7 @@ def fidelity_main(args) -> int:
     table = load_table(table_path, spec)
     curves = load_curves(table_path, spec)
     make_run = run_cache(spec)
-    rungs, full = spec.fidelity.rungs, spec.fidelity.full
+    rungs = spec.fidelity.rungs
     all_points = space_points(spec)
     points = [(v, s) for v, s in all_points if make_run(v, s).run_id in table
               and all(r in curves.get(make_run(v, s).run_id, {}) for r in rungs)]
@@ -240,42 +240,86 @@ def fidelity_main(args) -> int:
               "multi-fidelity code with one rung (today's Search, which asks a refused "
               "setting again up to its trial cap, stalls on a mostly refused space)")
 
+    budgets = sorted(set(args.gflops or [spec.gflops_budget]))
+    outs = {}
+    for gflops in budgets:
+        if len(budgets) > 1:
+            print(f"\n===== GFLOPs budget {gflops:g} =====")
+        outs[gflops] = compare(dataclasses.replace(spec, gflops_budget=float(gflops)), args,
+                               table, curves, points, recorded, make_run)
+    if args.json:
+        doc = outs[budgets[0]] if len(budgets) == 1 else {"gflops": outs}
+        Path(args.json).write_text(json.dumps(doc, indent=2, default=str))
+    return 0
+
+
+#: what the worker processes replay (set before they are forked)
+_JOBS: dict = {}
+
+
+def _replay_seed(seed: int) -> dict:
+    """The three searches of one replay seed (in a worker process or this one)."""
+    j = _JOBS
+    spec, sub, curves, cost, make_run = j["spec"], j["sub"], j["curves"], j["cost"], j["make_run"]
+    top, full, points = j["top"], j["full"], j["points"]
+    out = {}
+    if j["partial"]:  # today's Search re-asks refused settings up to its trial cap
+        out["full-tpe"] = replay_fidelity(spec, sub, curves, seed, "sampler", top * full,
+                                          make_run, cost, points, single=True)
+    else:
+        out["full-tpe"] = replay_full_curve(spec, sub, seed, spec.sampler, top, make_run, cost)
+    for name, proposals in (("promo-random", "random"), ("promo-sampler", "sampler")):
+        out[name] = replay_fidelity(spec, sub, curves, seed, proposals, top * full, make_run,
+                                    cost, points)
+    return out
+
+
+def replay_seeds(seeds: int, workers: int) -> list[dict]:
+    """:func:`_replay_seed` for seeds 0..seeds-1, in ``workers`` forked processes (1: here)."""
+    if workers <= 1:
+        return [_replay_seed(seed) for seed in range(seeds)]
+    import multiprocessing
+
+    with multiprocessing.get_context("fork").Pool(workers) as pool:
+        return pool.map(_replay_seed, range(seeds), chunksize=1)
+
+
+def compare(spec, args, table: dict, curves: dict, points: list, recorded: set,
+            make_run) -> dict:
+    """The three searches against each other at ``spec``'s GFLOPs budget: printed, and
+    returned as a document."""
     unrecorded_gflops = 10 * spec.gflops_budget
 
     def cost(run):  # the traced GFLOPs of a recorded setting
         return (table[run.run_id]["gflops_total"] if run.run_id in recorded
                 else unrecorded_gflops)
 
-    recorded_run = make_run
-
+    rungs, full = spec.fidelity.rungs, spec.fidelity.full
     sub = {r: table[r] for r in recorded}
     grid_hv = hypervolume([(r["miou"], r["gflops_total"]) for r in sub.values()],
                           spec.gflops_budget)
+    feasible = sum(r["gflops_total"] <= spec.gflops_budget for r in sub.values())
     budgets = sorted(set(args.budgets))
     top = max(budgets)
-    print(f"grid: {len(sub)} settings x {'/'.join(map(str, sorted({r['seeds'] for r in sub.values()})))} "
+    print(f"grid: {len(sub)} settings ({feasible} within the budget) x "
+          f"{'/'.join(map(str, sorted({r['seeds'] for r in sub.values()})))} "
           f"seed(s), pooled; rungs {list(rungs)} of {full} iterations, eta {spec.fidelity.eta}; "
           f"GFLOPs budget {spec.gflops_budget}; hypervolume {grid_hv:.4f}")
     print(f"budgets (full-training equivalents, x {full} iterations): {budgets}; "
           f"{args.seeds} replay seeds per search")
     t0 = time.perf_counter()
-    runs = {"full-tpe": [], "promo-random": [], "promo-sampler": []}
-    for seed in range(args.seeds):
-        if args.partial:  # today's Search re-asks refused settings up to its trial cap
-            runs["full-tpe"].append(replay_fidelity(spec, sub, curves, seed, "sampler",
-                                                    top * full, recorded_run, cost, points,
-                                                    single=True))
-        else:
-            runs["full-tpe"].append(replay_full_curve(spec, sub, seed, spec.sampler, top,
-                                                      recorded_run, cost))
-        for name, proposals in (("promo-random", "random"), ("promo-sampler", "sampler")):
-            runs[name].append(replay_fidelity(spec, sub, curves, seed, proposals, top * full,
-                                              recorded_run, cost, points))
-    print(f"({time.perf_counter() - t0:.0f} s)")
+    _JOBS.update(spec=spec, sub=sub, curves=curves, cost=cost, make_run=make_run, top=top,
+                 full=full, points=points, partial=args.partial)
+    per_seed = replay_seeds(args.seeds, args.workers)
+    runs = {name: [r[name] for r in per_seed]
+            for name in ("full-tpe", "promo-random", "promo-sampler")}
+    print(f"({time.perf_counter() - t0:.0f} s, {args.workers} process(es))")
+
     names = {"full-tpe": f"full-fidelity {spec.sampler} (today)",
              "promo-random": "random proposals + Pareto promotion (MOASHA-like)",
              "promo-sampler": f"{spec.sampler} proposals + Pareto promotion (new)"}
-    print("\nHV ratio (median [q1, q3]) against iterations spent")
+    print("\n" + "; ".join(f"{k}: {v}" for k, v in names.items()))
+    print("HV ratio (median [q1, q3]) against iterations spent")
     steps = sorted({full * k for k in range(1, top + 1)} | {full * b // 3 for b in budgets})
     print(f"{'iterations':>10}" + "".join(f"{n:>22}" for n in runs))
     for it in steps:
@@ -325,11 +369,11 @@ def fidelity_main(args) -> int:
     for it, ids in slow["stopped"].items():
         if it < full:
             print(f"  r = {it:>3}: {len(ids)}" + (f" ({', '.join(ids)})" if ids else ""))
-    out.update(rank_correlation=rho, slow_starters=slow,
-               runs={k: [{kk: vv for kk, vv in r.items()} for r in v] for k, v in runs.items()})
-    if args.json:
-        Path(args.json).write_text(json.dumps(out, indent=2, default=str))
-    return 0
+    out.update(gflops_budget=spec.gflops_budget, feasible=feasible, rank_correlation=rho,
+               slow_starters=slow, runs=runs)
+    return out
+
+
 
 
 def main(argv=None) -> int:
@@ -342,6 +386,10 @@ def main(argv=None) -> int:
     parser.add_argument("--json", help="write every replay's numbers here")
     parser.add_argument("--budgets", nargs="+", type=int, default=[8, 10, 16],
                         help="training budgets (full-training equivalents)")
+    parser.add_argument("--gflops", nargs="+", type=float,
+                        help="GFLOPs budgets to replay at (default: the search space's)")
+    parser.add_argument("--workers", type=int, default=1,
+                        help="replay the seeds in this many processes")
     parser.add_argument("--partial", action="store_true",
                         help="replay the settings recorded so far")
     args = parser.parse_args(argv)

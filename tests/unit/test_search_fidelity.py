@@ -237,3 +237,24 @@ def test_a_new_head_picks_up_where_a_dead_one_stopped(curves_grid):
     out = second.run()
     assert out["iterations"] == sum(stop - start for _, start, stop in executor.jobs)
     assert not [t for t in study.trials if t.state.name == "RUNNING"]
+
+
+def test_the_replay_runs_at_other_gflops_budgets_and_in_worker_processes(tmp_path):
+    """``fidelity_replay --gflops A B --workers 2``: one comparison per GFLOPs budget, and the
+    seeds replayed in forked processes give what one process gives."""
+    import json
+
+    from pipelines.benchmarks.fidelity_replay import main
+
+    args = ["--partial", "--seeds", "2", "--budgets", "2", "--gflops", "0.55", "0.65"]
+    assert main(args + ["--workers", "2", "--json", str(tmp_path / "two.json")]) == 0
+    assert main(args + ["--workers", "1", "--json", str(tmp_path / "one.json")]) == 0
+    two = json.loads((tmp_path / "two.json").read_text())["gflops"]
+    one = json.loads((tmp_path / "one.json").read_text())["gflops"]
+    assert set(two) == {"0.55", "0.65"}
+    assert two["0.55"]["feasible"] < two["0.65"]["feasible"]
+    assert two["0.55"]["gflops_budget"] == 0.55
+    for budget in two:
+        for name in ("full-tpe", "promo-random", "promo-sampler"):
+            assert [r["curve"] for r in two[budget]["runs"][name]] == \
+                [r["curve"] for r in one[budget]["runs"][name]]

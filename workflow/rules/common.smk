@@ -1,5 +1,6 @@
 # Validation of the ablation config and the small helpers the rules share.
 # Grid expansion, run ids and the result layout live in pipelines/grid/ (unit-tested).
+import functools
 import json
 import os
 from pathlib import Path
@@ -9,6 +10,9 @@ from snakemake.utils import validate
 
 sys.path.insert(0, workflow.basedir)
 from pipelines.errors import UserError  # noqa: E402
+from pipelines.snakemake_signatures import install as _read_signatures_once  # noqa: E402
+
+_read_signatures_once()  # Snakemake asks each rule function's signature once, not per job
 from pipelines.grid import RunPaths, content_key, expand_grid, validate_ablation  # noqa: E402
 from pipelines.grid.run import run_document  # noqa: E402
 
@@ -128,8 +132,16 @@ wildcard_constraints:
     recipe=r"[0-9a-f]+",
 
 
+@functools.cache
 def paths(run_id):
+    """A run's output paths (made once per run: Snakemake asks for them job by job)."""
     return RunPaths.of(RESULTS, ABLATION, RUNS[run_id])
+
+
+@functools.cache
+def run_file(run_id, name):
+    """One of a run's paths as text (``train_done``, ``config``...), made once per run."""
+    return str(getattr(paths(run_id), name))
 
 
 def get_run(wildcards):
@@ -143,19 +155,19 @@ def get_training(wildcards):
 
 def get_train_done(wildcards):
     """The train_done.json of a run's training (in its recipe's work folder)."""
-    return str(paths(wildcards.run_id).train_done)
+    return run_file(wildcards.run_id, "train_done")
 
 
 def get_training_done(wildcards):
     """The train_done.json of a training, by its train id."""
-    return str(paths(get_training(wildcards).run_id).train_done)
+    return run_file(get_training(wildcards).run_id, "train_done")
 
 
 def get_config(wildcards):
     """A run's rendered config (its config.py beside its run.json), or a training's (the
     rendered config of its first run: runs that share a training share that text)."""
     run = get_run(wildcards) if "run_id" in wildcards.keys() else get_training(wildcards)
-    return str(paths(run.run_id).config)
+    return run_file(run.run_id, "config")
 
 
 def write_rendered_configs():
