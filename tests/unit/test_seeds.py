@@ -206,3 +206,29 @@ def test_ranking_stability_is_kendall_tau_between_seeds():
     # 3 settings: one discordant pair of 3 -> tau = (2 - 1) / 3
     assert taus[(0, 1)] == pytest.approx(1.0)
     assert taus[(0, 2)] == pytest.approx(1 / 3) and taus[(1, 2)] == pytest.approx(1 / 3)
+
+
+@pytest.mark.parametrize("settings, seeds, missing, levels", [
+    (25, 40, 0.2, 5),     # ties within a seed, settings missing for some seeds
+    (30, 12, 0.0, None),  # no ties, every setting with every seed
+    (6, 8, 0.6, 3),       # pairs of seeds with fewer than two settings in common (NaN)
+    (4, 3, 0.0, 1),       # every setting tied under a seed (NaN, as scipy)
+])
+def test_every_pair_of_seeds_at_once_is_scipys_kendall_tau(settings, seeds, missing, levels):
+    """All pairs of seeds ranked at once (matrix products) give scipy's tau-b, pair by pair."""
+    import numpy as np
+
+    from pipelines import contract
+
+    rng = np.random.default_rng(settings * seeds)
+    runs = pd.DataFrame([
+        {"role": contract.ROLE_RUN, "setting": f"s{s}", contract.SEED: k,
+         contract.MIOU: float(rng.integers(0, levels)) if levels else float(rng.normal())}
+        for s in range(settings) for k in range(seeds) if rng.random() >= missing])
+    at_once = st.ranking_stability(runs)
+    table = runs.pivot_table(index="setting", columns=contract.SEED, values=contract.MIOU)
+    one_by_one = st._ranking_stability_pairwise(table, sorted(table.columns), list(at_once))
+    assert at_once[["seed_a", "seed_b", "n_settings"]].equals(
+        one_by_one[["seed_a", "seed_b", "n_settings"]])
+    assert np.allclose(at_once["tau"], one_by_one["tau"], atol=1e-6, equal_nan=True)
+    assert at_once["tau"].notna().any() or levels == 1
