@@ -17,6 +17,8 @@ from a recorded table without a tracking server.
 """
 from __future__ import annotations
 
+import contextlib
+import gc
 import json
 import os
 from pathlib import Path
@@ -201,6 +203,28 @@ def load_runs(tracking_uri: str, experiment: str, roles=POINT_ROLES) -> pd.DataF
         names = sorted(e.name for e in client.search_experiments())
         raise UserError(f"no MLflow experiment {experiment!r} at {tracking_uri} "
                         f"(experiments: {', '.join(names) or 'none'})")
+    with _no_cyclic_gc():
+        rows = _read_rows(client, exp, roles)
+    return tidy_runs(pd.DataFrame(rows))
+
+
+@contextlib.contextmanager
+def _no_cyclic_gc():
+    """Python's cyclic garbage collector paused (then one collection): reading 10,000 runs
+    builds about 800,000 ORM objects in MLflow's store, and the collector's passes over the
+    growing heap tripled the read (42 -> 15 CPU s at 10,000 runs)."""
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if enabled:
+            gc.enable()
+            gc.collect()
+
+
+def _read_rows(client, exp, roles) -> list[dict]:
+    """One dict per data-point run of ``exp`` (MLflow's search, page by page)."""
     rows, token = [], None
     while True:
         page = client.search_runs([exp.experiment_id], max_results=1000, page_token=token,
@@ -231,8 +255,7 @@ def load_runs(tracking_uri: str, experiment: str, roles=POINT_ROLES) -> pd.DataF
             rows.append(row)
         token = page.token
         if not token:
-            break
-    return tidy_runs(pd.DataFrame(rows))
+            return rows
 
 
 def write_runs_csv(df: pd.DataFrame, path: str | os.PathLike) -> Path:

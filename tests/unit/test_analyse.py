@@ -119,3 +119,29 @@ def test_notebook_reads_the_saved_analysis(saved, tmp_path):
     outputs = [o for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", [])]
     assert not [o for o in outputs if o.output_type == "error"]
     assert "15 grid runs, 6 search trials" in "".join(o.get("text", "") for o in outputs)
+
+
+def test_reading_the_store_pauses_the_garbage_collector_and_gives_it_back():
+    """load_runs reads with Python's cyclic collector paused; it is on again afterwards (also
+    after an error), and left off where the caller had turned it off."""
+    import gc
+
+    import pytest
+
+    from pipelines.analysis.data import _no_cyclic_gc
+
+    assert gc.isenabled()
+    with _no_cyclic_gc():
+        assert not gc.isenabled()
+    assert gc.isenabled()
+    with pytest.raises(RuntimeError):
+        with _no_cyclic_gc():
+            raise RuntimeError("store gone")
+    assert gc.isenabled()
+    gc.disable()
+    try:
+        with _no_cyclic_gc():
+            pass
+        assert not gc.isenabled()
+    finally:
+        gc.enable()
