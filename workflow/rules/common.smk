@@ -10,9 +10,10 @@ from snakemake.utils import validate
 
 sys.path.insert(0, workflow.basedir)
 from pipelines.errors import UserError  # noqa: E402
-from pipelines.snakemake_signatures import install as _read_signatures_once  # noqa: E402
+from pipelines.snakemake_speed import fewer_gc_passes, read_signatures_once  # noqa: E402
 
-_read_signatures_once()  # Snakemake asks each rule function's signature once, not per job
+read_signatures_once()  # Snakemake asks each rule function's signature once, not per job
+fewer_gc_passes()  # the DAG's objects live as long as it does: fewer collector passes over them
 from pipelines.grid import RunPaths, content_key, expand_grid, validate_ablation  # noqa: E402
 from pipelines.grid.run import run_document  # noqa: E402
 

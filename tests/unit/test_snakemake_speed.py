@@ -1,4 +1,4 @@
-"""Snakemake reads each rule function's signature once (pipelines.snakemake_signatures)."""
+"""A large DAG built faster (pipelines.snakemake_speed)."""
 from __future__ import annotations
 
 import functools
@@ -10,7 +10,7 @@ import snakemake.common
 import snakemake.jobs
 import snakemake.rules
 
-from pipelines import snakemake_signatures as sig
+from pipelines import snakemake_speed as sig
 
 
 def counting():
@@ -91,11 +91,27 @@ def test_the_memo_does_not_keep_a_function_alive():
 
 
 def test_install_wraps_every_module_once():
-    assert sig.install()
+    assert sig.read_signatures_once()
     wrapped = snakemake.common.get_function_params
     assert hasattr(wrapped, "memoises")
     assert snakemake.rules.get_function_params is wrapped
     assert snakemake.jobs.get_function_params is wrapped
-    assert sig.install()  # again: the same wrapper, not a wrapper of the wrapper
+    assert sig.read_signatures_once()  # again: the same wrapper, not a wrapper of the wrapper
     assert snakemake.common.get_function_params is wrapped
     assert not hasattr(wrapped.memoises, "memoises")
+
+
+def test_gc_thresholds_are_raised_never_lowered():
+    import gc
+
+    before = gc.get_threshold()
+    try:
+        gc.set_threshold(700, 10, 10)
+        sig.fewer_gc_passes()
+        assert gc.get_threshold() == sig.GC_THRESHOLDS
+        gc.set_threshold(10 ** 6, 10, 1000)
+        sig.fewer_gc_passes()
+        assert gc.get_threshold() == (10 ** 6, 20, 1000)
+        assert gc.isenabled()
+    finally:
+        gc.set_threshold(*before)
