@@ -71,8 +71,9 @@ def scalar(value) -> str:
 
 
 def collect(config: dict) -> tuple[list[dict], list[str]]:
-    """Rows of every finished run of the grid (read from the files its jobs wrote: its
-    evaluation's metrics and its FLOPs) and the axis columns."""
+    """Rows of every finished run (read from the files its jobs wrote) and the axis columns.
+    The runs come from the grid's own expansion (the DAG is asked for the runs' metrics and
+    FLOPs only, so no run.json is written)."""
     from pipelines.grid import RunPaths, expand_grid
 
     rows, axes = [], []
