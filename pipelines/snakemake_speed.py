@@ -20,7 +20,7 @@ weakly, so a function made per call is not kept alive by it.
 **Garbage collection.** Building 30,000 jobs makes millions of objects that live as long as the
 DAG; with Python's default thresholds (a young-generation pass every 700 allocations) the
 collector walked them again and again: about a quarter of a 3,000-run ``snakemake -n``
-(17.4 -> 13.5 CPU s with the thresholds below). :func:`fewer_gc_passes` raises the
+(17.4 -> 14.1 CPU s with the thresholds below). :func:`fewer_gc_passes` raises the
 thresholds for the Snakemake process; the collector still runs, less often.
 """
 from __future__ import annotations

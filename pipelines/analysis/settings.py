@@ -353,9 +353,10 @@ def ranking_stability(runs: pd.DataFrame, metric: str = contract.MIOU) -> pd.Dat
     if len(i) * len(seeds) > _ALL_PAIRS_AT_ONCE:
         return _ranking_stability_pairwise(table, seeds, columns)
     present = ~np.isnan(values)
+    run_with = present[i] & present[j]  # [p, k]: both settings of pair p run with seed k
     sign = np.sign(np.nan_to_num(values[i] - values[j], nan=0.0)).astype(np.float32)
-    sign[~(present[i] & present[j])] = 0.0  # a pair not run with this seed
-    both = (present[i] & present[j]).astype(np.float32)
+    sign[~run_with] = 0.0
+    both = run_with.astype(np.float32)
     concordance = sign.T @ sign  # (concordant - discordant) pairs of every pair of seeds
     untied = np.abs(sign).T @ both  # [a, b]: pairs run with both, not tied under a
     common = present.T.astype(np.int64) @ present.astype(np.int64)

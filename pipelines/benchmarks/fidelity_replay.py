@@ -240,15 +240,15 @@ def fidelity_main(args) -> int:
               "multi-fidelity code with one rung (today's Search, which asks a refused "
               "setting again up to its trial cap, stalls on a mostly refused space)")
 
-    budgets = sorted(set(args.gflops or [spec.gflops_budget]))
+    gflops_budgets = sorted(set(args.gflops or [spec.gflops_budget]))
     outs = {}
-    for gflops in budgets:
-        if len(budgets) > 1:
+    for gflops in gflops_budgets:
+        if len(gflops_budgets) > 1:
             print(f"\n===== GFLOPs budget {gflops:g} =====")
         outs[gflops] = compare(dataclasses.replace(spec, gflops_budget=float(gflops)), args,
                                table, curves, points, recorded, make_run)
     if args.json:
-        doc = outs[budgets[0]] if len(budgets) == 1 else {"gflops": outs}
+        doc = outs[gflops_budgets[0]] if len(gflops_budgets) == 1 else {"gflops": outs}
         Path(args.json).write_text(json.dumps(doc, indent=2, default=str))
     return 0
 
