@@ -212,7 +212,8 @@ def load_runs(tracking_uri: str, experiment: str, roles=POINT_ROLES) -> pd.DataF
 def _no_cyclic_gc():
     """Python's cyclic garbage collector paused (then one collection): reading 10,000 runs
     builds about 800,000 ORM objects in MLflow's store, and the collector's passes over the
-    growing heap tripled the read (42 -> 15 CPU s at 10,000 runs)."""
+    growing heap tripled the read (38.7 -> 13.2 CPU s at 10,000 runs, the load benchmark's
+    `load` stage)."""
     enabled = gc.isenabled()
     gc.disable()
     try:

@@ -168,3 +168,28 @@ PartitionName=main Nodes={self.node} Default=YES MaxTime=INFINITE State=UP
                 except subprocess.TimeoutExpired:
                     proc.kill()
         self.procs.clear()
+
+
+def main(argv=None) -> int:
+    """``python -m tests.services.local_slurm COMMAND...``: COMMAND with a local SLURM up (its
+    ``SLURM_CONF`` in the environment), as on a cluster's submit host; SLURM stops after it.
+    The load benchmark's DAG and job-start numbers in tests/README.md were taken this way."""
+    import sys
+    import tempfile
+
+    command = list(sys.argv[1:] if argv is None else argv)
+    reason = missing_reason()
+    if not command or reason:
+        print(f"error: {reason or 'usage: python -m tests.services.local_slurm COMMAND...'}",
+              file=sys.stderr)
+        return 2
+    with tempfile.TemporaryDirectory(prefix="local-slurm-") as root:
+        slurm = LocalSlurm(Path(root)).start()
+        try:
+            return subprocess.run(command, env=slurm.env).returncode
+        finally:
+            slurm.stop()
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
