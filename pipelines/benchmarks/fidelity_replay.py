@@ -241,6 +241,12 @@ def fidelity_main(args) -> int:
               "setting again up to its trial cap, stalls on a mostly refused space)")
 
     gflops_budgets = sorted(set(args.gflops or [spec.gflops_budget]))
+    cheapest = min(table[r]["gflops_total"] for r in recorded)
+    if gflops_budgets[0] < cheapest:
+        raise UserError(f"--gflops {gflops_budgets[0]:g}: no recorded setting is within it (the "
+                        f"cheapest costs {cheapest:g} GFLOPs): nothing to replay")
+    if args.workers < 1:
+        raise UserError(f"--workers {args.workers}: give 1 or more processes")
     outs = {}
     for gflops in gflops_budgets:
         if len(gflops_budgets) > 1:

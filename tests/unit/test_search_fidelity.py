@@ -258,3 +258,16 @@ def test_the_replay_runs_at_other_gflops_budgets_and_in_worker_processes(tmp_pat
         for name in ("full-tpe", "promo-random", "promo-sampler"):
             assert [r["curve"] for r in two[budget]["runs"][name]] == \
                 [r["curve"] for r in one[budget]["runs"][name]]
+
+
+@pytest.mark.parametrize("args, says", [
+    (["--gflops", "0.1"], "no recorded setting is within it"),
+    (["--gflops", "-1"], "no recorded setting is within it"),
+    (["--workers", "0"], "give 1 or more processes"),
+])
+def test_a_replay_with_nothing_to_replay_is_one_line(args, says, capsys):
+    from pipelines.benchmarks.fidelity_replay import main
+
+    assert main(["--seeds", "1", "--budgets", "1", *args]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: ") and says in err[0]
